@@ -1,0 +1,71 @@
+//! Condition types and reasons. Every reason the controller writes is a constant here, so
+//! users, alerts and tests can match on them.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+// Ready=True.
+pub const RUNNING: &str = "Running";
+pub const STOPPED: &str = "Stopped";
+// Reconciling=True: an operation is in flight.
+pub const PROVISIONING: &str = "Provisioning";
+pub const SWITCHING: &str = "Switching";
+pub const STOPPING: &str = "Stopping";
+pub const DELETING: &str = "Deleting";
+pub const CLAIM_HELD_ELSEWHERE: &str = "ClaimHeldElsewhere";
+pub const PENDING: &str = "Pending";
+// Stalled=True: needs a fix or a recovery outside the controller.
+pub const PROVIDER_NOT_FOUND: &str = "ProviderNotFound";
+pub const PROVIDER_NOT_READY: &str = "ProviderNotReady";
+pub const PROVIDER_MISCONFIGURED: &str = "ProviderMisconfigured";
+pub const STOP_FAILED: &str = "StopFailed";
+pub const PROVISION_FAILED: &str = "ProvisionFailed";
+// ComputeProvider Ready.
+pub const HEALTHY: &str = "Healthy";
+pub const UNHEALTHY: &str = "Unhealthy";
+
+/// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not change.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.clone();
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        }),
+    }
+}
+
+/// The condition of `type_`, if present.
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// True when condition `type_` is present with status "True".
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    get(conditions, type_).is_some_and(|c| c.status == "True")
+}

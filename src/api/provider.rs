@@ -1,0 +1,142 @@
+// kube's repeated printcolumn(...) and validation attributes are lists, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A place compute can run. Workspaces name one the way a PVC names a StorageClass.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "ComputeProvider",
+    shortname = "cprov",
+    category = "switchyard",
+    status = "ComputeProviderStatus",
+    printcolumn(name = "Driver", type_ = "string", json_path = ".spec.driver"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(self.driver == 'http') == has(self.http)").message("spec.http must be set exactly when driver is http"),
+    validation = Rule::new("(self.driver == 'kubernetes') == has(self.kubernetes)").message("spec.kubernetes must be set exactly when driver is kubernetes"),
+    validation = Rule::new("self.driver == 'simulated' || !has(self.simulated)").message("spec.simulated is only allowed when driver is simulated")
+)]
+pub struct ComputeProviderSpec {
+    /// Which driver talks to this provider.
+    pub driver: Driver,
+
+    /// Settings of the `http` driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
+
+    /// Settings of the `kubernetes` driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSettings>,
+
+    /// Settings of the in-process `simulated` driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<SimulatedSettings>,
+
+    /// How many times, and how patiently, a stop is retried before the switch is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_policy: Option<StopPolicy>,
+
+    /// Upper bound for one call to the provider, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub call_timeout_seconds: Option<u32>,
+}
+
+/// Drivers Switchyard ships.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    Http,
+    Kubernetes,
+    Simulated,
+}
+
+/// An out-of-process provider speaking the Switchyard provider protocol.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSettings {
+    /// Base URL of the provider, e.g. https://compute.example.com/switchyard.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: String,
+    /// Secret holding the bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// PEM bundle of CAs trusted for the endpoint, in addition to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+}
+
+/// A key in a namespaced Secret.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub namespace: String,
+    /// Key within the Secret's data.
+    #[serde(default = "default_token_key")]
+    pub key: String,
+}
+
+fn default_token_key() -> String {
+    "token".to_string()
+}
+
+/// Workspaces run as Pods in a namespace, possibly of another cluster.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesSettings {
+    /// Namespace the Pods are created in.
+    pub namespace: String,
+    /// Secret with a kubeconfig for another cluster; absent means this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Behaviour of the in-process simulated cloud.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulatedSettings {
+    /// Latency of a provision call, in milliseconds.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 600000))]
+    pub provision_latency_ms: u64,
+    /// Latency of a stop call, in milliseconds.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 600000))]
+    pub stop_latency_ms: u64,
+}
+
+/// Retry policy of stop calls.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StopPolicy {
+    /// Attempts before the claim is released with StopFailed.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    /// First backoff between attempts, in milliseconds; doubles each attempt.
+    #[schemars(range(min = 1, max = 600000))]
+    pub initial_backoff_ms: u64,
+}
+
+/// Observed health of a provider.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeProviderStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready reflects the last health probe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,214 @@
+// kube's repeated printcolumn(...) and validation attributes are lists, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A unit of compute that Switchyard places on the provider named in `spec.provider`, and moves
+/// when that name changes.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "Workspace",
+    namespaced,
+    shortname = "ws",
+    category = "switchyard",
+    status = "WorkspaceStatus",
+    printcolumn(
+        name = "Provider",
+        type_ = "string",
+        json_path = ".spec.provider",
+        description = "Desired provider"
+    ),
+    printcolumn(
+        name = "Active",
+        type_ = "string",
+        json_path = ".status.activeProvider",
+        description = "Provider the compute is placed on"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceSpec {
+    /// Name of the cluster-scoped ComputeProvider this workspace runs on. Changing it switches
+    /// the workspace: the old compute is stopped before the new provider is recorded.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub provider: String,
+
+    /// Desired power state: false stops the compute without deleting the workspace.
+    #[serde(default = "default_running")]
+    pub running: bool,
+
+    /// What to run. Opaque to the controller: passed as-is to the provider's driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<WorkspaceTemplate>,
+}
+
+fn default_running() -> bool {
+    true
+}
+
+/// What the provider should run for this workspace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.args) || has(self.image)").message("template.args requires template.image"))]
+pub struct WorkspaceTemplate {
+    /// Container or machine image to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Size class understood by the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+
+    /// Arguments passed to the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+
+    /// Environment variables for the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// Size class of a workspace's compute.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    Small,
+    Medium,
+    Large,
+}
+
+/// What the controller observed and is doing. Written only by the controller.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// One-word summary for people and printer columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Provider the compute is placed on (or was last placed on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_provider: Option<String>,
+
+    /// The current compute, absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+
+    /// Fencing counter: incremented by every claim, never decreases. Passed to providers so
+    /// that a paused former holder of a claim cannot act after a takeover.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("status.epoch must never decrease"))]
+    #[schemars(range(min = 0))]
+    pub epoch: i64,
+
+    /// The claim: present only while a side-effecting operation is in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+
+    /// The last switch that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_switch: Option<LastSwitch>,
+
+    /// Ready, Reconciling and Stalled, with kstatus polarity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One-word summary of a workspace's state.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Provisioning,
+    Running,
+    Switching,
+    Stopping,
+    Stopped,
+    Failed,
+    Terminating,
+}
+
+/// A compute instance at a provider.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// Provider-assigned instance id.
+    pub id: String,
+    /// Name of the ComputeProvider that holds the instance.
+    pub provider: String,
+    /// Idempotency key it was provisioned under.
+    pub key: String,
+}
+
+/// The claim on a workspace's compute: who may act, on what, and how far it got.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Fresh per claim; a writer recognises its own claim by this id.
+    pub id: String,
+    pub kind: OperationKind,
+    /// Provider the compute is leaving (absent for a first provision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Provider the compute is going to (absent for Stop and Delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Last step recorded; a restarted controller resumes from here.
+    pub step: Step,
+    /// Identity of the controller instance holding the claim.
+    pub holder: String,
+    /// status.epoch at claim time; sent to providers for fencing.
+    pub epoch: i64,
+    pub started_at: Time,
+    /// Refreshed by the holder; a claim not renewed within the lease may be taken over.
+    pub renewed_at: Time,
+    /// Failed attempts of the current step.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Last error seen by the current step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What a claim does to the compute.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OperationKind {
+    Provision,
+    Switch,
+    Stop,
+    Delete,
+}
+
+/// How far an operation got. Every step is idempotent, so resuming repeats at most one call.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// The claim landed; nothing has been done yet.
+    Claimed,
+    /// The old compute is confirmed stopped (and, for a switch, the new provider recorded).
+    OldStopped,
+}
+
+/// The last switch that finished.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSwitch {
+    pub from: String,
+    pub to: String,
+    pub started_at: Time,
+    pub completed_at: Time,
+}

@@ -1,0 +1,6 @@
+//! Switchyard: a Kubernetes controller that places each Workspace on a compute provider and
+//! switches it, safely, when `spec.provider` changes.
+
+pub mod api;
+pub mod cli;
+pub mod dev;

@@ -1,0 +1,214 @@
+//! Test harness: one real control plane (etcd + kube-apiserver from `tests/testenv`) per test
+//! binary, or the cluster named by `SWITCHYARD_TEST_KUBECONFIG`; the CRDs applied once; a fresh
+//! namespace per test (a bare apiserver never finishes deleting one, so none is deleted).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    // Held for the life of the test binary: the control plane exits when its stdin closes.
+    _child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn testenv_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SWITCHYARD_TESTENV_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/testenv/bin"));
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `make testenv` first", path.display());
+    path
+}
+
+/// The control plane of this test binary, started on first use.
+pub fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        let cp = match std::env::var_os("SWITCHYARD_TEST_KUBECONFIG") {
+            Some(path) => ControlPlane {
+                kubeconfig: PathBuf::from(path),
+                _child: None,
+                _dir: None,
+            },
+            None => start_control_plane(),
+        };
+        install_crds(&cp.kubeconfig);
+        cp
+    })
+}
+
+fn start_control_plane() -> ControlPlane {
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-testenv-")
+        .tempdir()
+        .expect("temp dir");
+    let logs = repo_root().join("target/testenv/logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let exe = std::env::current_exe().ok();
+    let binary = exe
+        .as_deref()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("test");
+    let log_path = logs.join(format!("{binary}-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(testenv_bin("switchyard-testenv"))
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--stdin-lifeline")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start switchyard-testenv");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(path) = line.strip_prefix("ready ") {
+                let _ = tx.send(PathBuf::from(path));
+            }
+        }
+    });
+    let kubeconfig = rx
+        .recv_timeout(Duration::from_secs(180))
+        .unwrap_or_else(|_| panic!("control plane not ready within 180s; see {}", log_path.display()));
+    ControlPlane {
+        kubeconfig,
+        _child: Some(child),
+        _dir: Some(dir),
+    }
+}
+
+fn install_crds(kubeconfig: &Path) {
+    let crds = repo_root().join("crds");
+    let out = kubectl_with(
+        kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "applying CRDs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl_with(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            crds.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "CRDs not established: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(testenv_bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Runs the real kubectl against the test control plane.
+pub fn kubectl(args: &[&str]) -> Output {
+    kubectl_with(&control_plane().kubeconfig, args)
+}
+
+/// Runs kubectl with `input` on stdin.
+pub fn kubectl_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(testenv_bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&control_plane().kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// A kube client for the test control plane, bound to the calling test's runtime.
+pub async fn client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
