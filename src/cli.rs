@@ -2,7 +2,14 @@
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+
+use crate::controller::{self, FailPoints, Settings, Stats};
+use crate::provider::Dispatcher;
+use crate::provider::simulated::Clouds;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -11,20 +18,126 @@ use clap::{Parser, Subcommand};
     about = "Places Workspaces on compute providers and switches them safely"
 )]
 pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t, env = "SWITCHYARD_LOG_FORMAT")]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options of `switchyard controller`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// This instance's identity in claims (default: pod name or hostname, plus a random suffix).
+    #[arg(long, env = "SWITCHYARD_IDENTITY")]
+    pub identity: Option<String>,
+    /// A claim not renewed for this long may be taken over (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub claim_lease: Duration,
+    /// Only reconcile workspaces in this namespace (default: all namespaces).
+    #[arg(long, env = "SWITCHYARD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Workspaces reconciled at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u16,
+    /// Failed provision attempts before a workspace reports Stalled (it keeps retrying).
+    #[arg(long, default_value_t = 3)]
+    pub stall_after: i32,
+}
+
+impl ControllerArgs {
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::new(self.identity.clone().unwrap_or_else(default_identity));
+        s.claim_lease = self.claim_lease;
+        s.namespace = self.namespace.clone();
+        s.concurrency = self.concurrency;
+        s.stall_after = self.stall_after;
+        s
+    }
+}
+
+/// Pod name (or hostname) plus a random suffix, so two processes never share an identity.
+pub fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchyard".to_string());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..6])
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print every CustomResourceDefinition as YAML.
     Crd,
+    /// Run the Workspace controller against the cluster of the current kubeconfig.
+    Controller(ControllerArgs),
     /// Run everything locally: a control plane, simulated providers, the controller, samples.
     Dev(crate::dev::DevArgs),
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
+    crate::telemetry::init(cli.log_format);
     match cli.command {
+        Command::Controller(args) => match kube::Client::try_default().await {
+            Ok(client) => {
+                let dispatcher = Dispatcher::new(Clouds::new());
+                let stats = Arc::new(Stats::default());
+                controller::run(
+                    client,
+                    args.settings(),
+                    dispatcher,
+                    FailPoints::default(),
+                    stats,
+                    shutdown_signal(),
+                )
+                .await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchyard controller: no usable kubeconfig or in-cluster config: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Crd => match crate::api::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

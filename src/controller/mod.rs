@@ -1,0 +1,215 @@
+//! The Workspace controller: wiring (watches, Context, error policy). The protocol itself is
+//! in `protocol`; the decision it follows in `decide`; the status it writes in `status`.
+
+pub mod decide;
+pub mod failpoints;
+mod protocol;
+pub mod status;
+pub mod writes;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tracing::{info, warn};
+
+pub use failpoints::{FailPoint, FailPoints};
+
+use crate::api::{ComputeProvider, Workspace};
+use crate::provider::Dispatcher;
+
+/// What can go wrong in a reconcile. Every variant is retried with per-workspace backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("workspace {0}: too many conflicting writes in a row")]
+    TooManyConflicts(String),
+    #[error("workspace {0} has no uid")]
+    NoUid(String),
+}
+
+/// Tunables of one controller instance.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Who we are in `status.operation.holder`; unique per running instance.
+    pub identity: String,
+    /// A claim not renewed for this long may be taken over by another instance.
+    pub claim_lease: Duration,
+    /// Restrict to one namespace (None: all).
+    pub namespace: Option<String>,
+    /// Workspaces reconciled at once.
+    pub concurrency: u16,
+    /// Provision retries: first backoff and cap.
+    pub provision_backoff: (Duration, Duration),
+    /// Failed provision attempts before the workspace reports Stalled (it keeps retrying).
+    pub stall_after: i32,
+    /// Stop attempts within one claim, and the first backoff between them, unless the
+    /// provider's stopPolicy says otherwise.
+    pub stop_attempts: u32,
+    pub stop_backoff: Duration,
+    /// After a stop failed past its budget: first delay before claiming again, and cap.
+    pub stop_retry: (Duration, Duration),
+}
+
+impl Settings {
+    pub fn new(identity: impl Into<String>) -> Self {
+        Self {
+            identity: identity.into(),
+            claim_lease: Duration::from_secs(60),
+            namespace: None,
+            concurrency: 64,
+            provision_backoff: (Duration::from_secs(1), Duration::from_secs(30)),
+            stall_after: 3,
+            stop_attempts: 3,
+            stop_backoff: Duration::from_millis(200),
+            stop_retry: (Duration::from_secs(5), Duration::from_secs(300)),
+        }
+    }
+}
+
+/// Counters of what this instance did, for logs, tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub claims_won: AtomicU64,
+    pub claims_lost: AtomicU64,
+    pub takeovers: AtomicU64,
+    pub status_writes: AtomicU64,
+    pub switches_completed: AtomicU64,
+    pub reconciles: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything a reconcile needs; one per controller instance.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub dispatcher: Dispatcher,
+    pub providers: Store<ComputeProvider>,
+    pub recorder: Recorder,
+    pub failpoints: FailPoints,
+    pub stats: Arc<Stats>,
+    memory: Mutex<Memory>,
+}
+
+/// Per-workspace facts kept in memory only (lost on restart, which is safe).
+#[derive(Default)]
+struct Memory {
+    /// resourceVersion of our last write, to skip reconciles on a cache that has not caught up.
+    written: HashMap<ObjectRef<Workspace>, u64>,
+    /// Consecutive failed stops and when the next may be tried.
+    stop_failures: HashMap<ObjectRef<Workspace>, (u32, jiff::Timestamp)>,
+    /// Consecutive reconcile errors, for the error backoff.
+    errors: HashMap<ObjectRef<Workspace>, u32>,
+}
+
+impl Context {
+    fn workspaces(&self, namespace: &str) -> Api<Workspace> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; in-flight reconciles then finish (or stay
+/// resumable from their recorded step).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    failpoints: FailPoints,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let workspaces: Api<Workspace> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (providers, writer) = reflector::store();
+    let provider_events = reflector::reflector(
+        writer,
+        watcher(Api::<ComputeProvider>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let controller = Controller::new(workspaces, watcher::Config::default());
+    let cached = controller.store();
+    // A provider change re-queues every workspace that names it or runs on it.
+    let controller = controller.watches_stream(provider_events, move |p: ComputeProvider| {
+        let name = p.name_any();
+        cached
+            .state()
+            .into_iter()
+            .filter(|ws| names_provider(ws, &name))
+            .map(|ws| ObjectRef::from_obj(&*ws))
+            .collect::<Vec<_>>()
+    });
+
+    let reporter = Reporter {
+        controller: "switchyard".into(),
+        instance: Some(settings.identity.clone()),
+    };
+    let concurrency = settings.concurrency;
+    info!(identity = %settings.identity, namespace = ?settings.namespace, "controller starting");
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings,
+        dispatcher,
+        providers,
+        failpoints,
+        stats,
+        memory: Mutex::default(),
+    });
+    controller
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(protocol::reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+    info!("controller stopped");
+}
+
+fn names_provider(ws: &Workspace, name: &str) -> bool {
+    let status = ws.status.as_ref();
+    ws.spec.provider == name
+        || status.and_then(|s| s.active_provider.as_deref()) == Some(name)
+        || status
+            .and_then(|s| s.instance.as_ref())
+            .is_some_and(|i| i.provider == name)
+}
+
+/// Per-workspace exponential backoff on errors: 1s, 2s, 4s … capped at 5 minutes.
+fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
+    Stats::inc(&ctx.stats.reconcile_errors);
+    let key = ObjectRef::from_obj(&*ws);
+    let failures = {
+        let mut memory = ctx.memory();
+        let n = memory.errors.entry(key).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
+    warn!(namespace = ws.namespace().as_deref().unwrap_or(""), name = %ws.name_any(), %error, failures, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}

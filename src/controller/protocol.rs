@@ -1,0 +1,674 @@
+//! The switch protocol (DESIGN.md §2), as effects. One reconcile runs `decide` → one step →
+//! `decide` again on the object our last write returned, until the workspace is at rest or
+//! must wait. Every step is idempotent, so a crash anywhere resumes from `operation.step`:
+//!
+//!   validate → claim → stop old → commit → provision (idempotency key) → finish
+//!
+//! A step is at most one provider call followed by one guarded status write. A lost claim or a
+//! fenced provider call ends the reconcile at once: no further call, no further write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::decide::{Facts, Next, ProviderState, backoff, decide};
+use super::failpoints::FailPoint;
+use super::status::{self, Stall};
+use super::writes::{self, Written};
+use super::{Context, Error, Stats};
+use crate::api::conditions as cond;
+use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
+use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
+
+/// Steps one reconcile may take before yielding (a full switch takes five).
+const MAX_STEPS: usize = 12;
+/// Even at rest, look again now and then: providers may change without an event.
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// What to do after a step.
+enum Flow {
+    /// Decide again on this (fresher) object.
+    Continue(Box<Workspace>),
+    /// Stop this reconcile.
+    Done(Action),
+}
+
+pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    Stats::inc(&ctx.stats.reconciles);
+    let key = ObjectRef::from_obj(&*ws);
+    let span = info_span!("reconcile", namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any());
+    async move {
+        if cache_is_behind_our_write(&ctx, &key, &ws) {
+            // Our own last write has not reached the cache yet; its watch event will bring us back.
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        let mut ws = (*ws).clone();
+        for _ in 0..MAX_STEPS {
+            let facts = facts(&ctx, &ws).await?;
+            let next = decide(&ws, &facts);
+            debug!(?next, "decided");
+            match step(&ctx, &ws, next).await? {
+                Flow::Continue(fresh) => {
+                    remember_write(&ctx, &key, &fresh);
+                    ws = *fresh;
+                }
+                Flow::Done(action) => {
+                    ctx.memory().errors.remove(&key);
+                    return Ok(action);
+                }
+            }
+        }
+        Ok(Action::requeue(Duration::from_millis(100)))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Carries out one decision.
+async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> {
+    let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
+    let now = now();
+    match next {
+        Next::Nothing => Ok(Flow::Done(Action::await_change())),
+        Next::AddFinalizer => {
+            let mut finalizers = ws.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            Ok(Flow::Continue(Box::new(
+                writes::set_finalizers(&api, ws, finalizers).await?,
+            )))
+        }
+        Next::RemoveFinalizer => {
+            let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+            writes::set_finalizers(&api, ws, finalizers).await?;
+            info!("compute released; finalizer removed");
+            Ok(Flow::Done(Action::await_change()))
+        }
+        Next::Rest { stall } => rest(ctx, &api, ws, stall, &now).await,
+        Next::Wait { after, why } => {
+            debug!(after_ms = after.as_millis() as u64, why, "waiting");
+            Ok(Flow::Done(Action::requeue(after)))
+        }
+        Next::Claim { kind, from, to } => claim(ctx, &api, ws, kind, from, to, &now).await,
+        Next::TakeOver => take_over(ctx, &api, ws, &now).await,
+        Next::ConvertToDelete => held_write(ctx, &api, ws, |w| status::converted_to_delete(w, &now)).await,
+        Next::Abort => {
+            let flow = held_write(ctx, &api, ws, |w| status::aborted(w, &now)).await?;
+            event(
+                ctx,
+                ws,
+                EventType::Normal,
+                "SwitchAborted",
+                "Abort",
+                "spec returned to the current provider before anything was stopped",
+            )
+            .await;
+            Ok(flow)
+        }
+        Next::StopOld { instance } => stop_old(ctx, &api, ws, instance, &now).await,
+        Next::Commit => commit(ctx, &api, ws, &now).await,
+        Next::Provision { provider, key } => provision(ctx, &api, ws, &provider, &key, &now).await,
+        Next::Retarget { provider, key } => {
+            if let Some(stop) = release(ctx, ws, &provider, &key).await {
+                return stop;
+            }
+            let id = uuid::Uuid::new_v4().to_string();
+            let flow = held_write(ctx, &api, ws, |w| status::retargeted(w, &id, &now)).await?;
+            let note = format!(
+                "target changed to {} after the old compute stopped; released {provider}",
+                ws.spec.provider
+            );
+            event(ctx, ws, EventType::Normal, "Retargeted", "Retarget", &note).await;
+            Ok(flow)
+        }
+        Next::FinishWithoutCompute { release: in_flight } => {
+            if let Some((provider, key)) = in_flight
+                && let Some(stop) = release(ctx, ws, &provider, &key).await
+            {
+                return stop;
+            }
+            held_write(ctx, &api, ws, |w| status::finished_without_compute(w, &now)).await
+        }
+        Next::Hold { stall } => hold(ctx, &api, ws, stall, &now).await,
+    }
+}
+
+/// Our operation cannot progress for now: record why (Stalled), keep the claim, retry later.
+async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall, now: &Time) -> Result<Flow, Error> {
+    let flow = held_write(ctx, api, ws, |w| {
+        status::step_failed(w, stall.reason, &stall.message, 0, now)
+    })
+    .await?;
+    event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message).await;
+    Ok(match flow {
+        Flow::Continue(_) => Flow::Done(Action::requeue(ctx.settings.provision_backoff.1)),
+        done => done,
+    })
+}
+
+/// At rest: write the status only if what it says would change.
+async fn rest(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    stall: Option<Stall>,
+    now: &Time,
+) -> Result<Flow, Error> {
+    let next = status::at_rest(ws, stall.as_ref(), now);
+    let current = ws.status.clone().unwrap_or_default();
+    if status::differs(&current, &next) {
+        match writes::patch_status(api, ws, &next).await {
+            Ok(_) => {
+                Stats::inc(&ctx.stats.status_writes);
+                if let Some(stall) = &stall {
+                    let changed = cond::get(&current.conditions, cond::STALLED)
+                        .is_none_or(|c| c.reason != stall.reason || c.status != "True");
+                    if changed {
+                        event(ctx, ws, EventType::Warning, stall.reason, "Validate", &stall.message).await;
+                    }
+                }
+            }
+            // Someone wrote first; their event brings us back with the fresh object.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Flow::Done(if stall.is_some() {
+        Action::requeue(ctx.settings.provision_backoff.1)
+    } else {
+        Action::requeue(RESYNC)
+    }))
+}
+
+/// The claim: a guarded write of a fresh operation. Losing it ends everything for us.
+async fn claim(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    kind: OperationKind,
+    from: Option<String>,
+    to: Option<String>,
+    now: &Time,
+) -> Result<Flow, Error> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, now);
+    let is_ours = |w: &Workspace| {
+        w.status
+            .as_ref()
+            .and_then(|s| s.operation.as_ref())
+            .is_some_and(|o| o.id == id)
+    };
+    match writes::claim(api, ws, &next, is_ours).await? {
+        Written::Lost => {
+            Stats::inc(&ctx.stats.claims_lost);
+            info!(?kind, "claim lost to another writer: no further action");
+            Ok(Flow::Done(Action::await_change()))
+        }
+        Written::Landed(fresh) => {
+            Stats::inc(&ctx.stats.claims_won);
+            Stats::inc(&ctx.stats.status_writes);
+            let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
+            info!(operation = %id, ?kind, ?from, ?to, epoch, "claimed");
+            let note = match (&from, &to) {
+                (Some(f), Some(t)) if kind == OperationKind::Switch => {
+                    format!("switching from {f} to {t} (epoch {epoch})")
+                }
+                _ => format!("{kind:?} claimed (epoch {epoch})"),
+            };
+            event(ctx, &fresh, EventType::Normal, "Claimed", "Claim", &note).await;
+            ctx.failpoints.hit(FailPoint::AfterClaim).await;
+            Ok(Flow::Continue(fresh))
+        }
+    }
+}
+
+/// Takeover of a stale claim: same operation, our identity, a new epoch.
+async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
+    let me = ctx.settings.identity.clone();
+    let previous = ws
+        .status
+        .as_ref()
+        .and_then(|s| s.operation.as_ref())
+        .map(|o| o.holder.clone())
+        .unwrap_or_default();
+    let next = status::taken_over(ws, &me, now);
+    let epoch = next.epoch;
+    let is_ours = |w: &Workspace| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.epoch == epoch && s.operation.as_ref().is_some_and(|o| o.holder == me))
+    };
+    match writes::claim(api, ws, &next, is_ours).await? {
+        Written::Lost => {
+            Stats::inc(&ctx.stats.claims_lost);
+            Ok(Flow::Done(Action::await_change()))
+        }
+        Written::Landed(fresh) => {
+            Stats::inc(&ctx.stats.takeovers);
+            Stats::inc(&ctx.stats.status_writes);
+            info!(%previous, epoch, "took over a stale claim");
+            let note = format!("claim of {previous} was stale; resumed under epoch {epoch}");
+            event(ctx, &fresh, EventType::Normal, "TookOver", "TakeOver", &note).await;
+            Ok(Flow::Continue(fresh))
+        }
+    }
+}
+
+/// Stop the old compute, with bounded retries; then commit (Switch) or finish (Stop, Delete).
+async fn stop_old(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    instance: Instance,
+    now: &Time,
+) -> Result<Flow, Error> {
+    let Some((call, kind)) = call_context(ctx, ws) else {
+        return Ok(Flow::Done(Action::await_change()));
+    };
+    let provider = match lookup_provider(ctx, &instance.provider).await? {
+        Some(p) => p,
+        None => {
+            let stall = Stall::new(
+                cond::PROVIDER_NOT_FOUND,
+                format!(
+                    "ComputeProvider {:?} holding the old compute does not exist",
+                    instance.provider
+                ),
+            );
+            return hold(ctx, api, ws, stall, now).await;
+        }
+    };
+    let (attempts, mut delay) = stop_policy(ctx, &provider);
+    let mut last = None;
+    for attempt in 1..=attempts {
+        match ctx.dispatcher.stop(&provider, &call, &instance.id).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) if fenced(&e) => return Ok(fenced_off(ctx, &e)),
+            Err(e) => {
+                warn!(attempt, attempts, error = %e, "stop failed");
+                let retry = e.is_retryable();
+                last = Some(e);
+                if !retry || attempt == attempts {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+        }
+    }
+    if let Some(e) = last {
+        return stop_failed(ctx, api, ws, &e.to_string(), now).await;
+    }
+    ctx.memory().stop_failures.remove(&ObjectRef::from_obj(ws));
+    info!(instance = %instance.id, provider = %instance.provider, "old compute stopped");
+    event(
+        ctx,
+        ws,
+        EventType::Normal,
+        "OldComputeStopped",
+        "Stop",
+        &format!("stopped {} on {}", instance.id, instance.provider),
+    )
+    .await;
+    ctx.failpoints.hit(FailPoint::AfterStop).await;
+    match kind {
+        OperationKind::Switch => commit(ctx, api, ws, now).await,
+        OperationKind::Delete => {
+            // Anything the operation's key may have created is released too.
+            let op = ws.status.as_ref().and_then(|s| s.operation.as_ref());
+            if let Some(to) = op.and_then(|o| o.to.clone()) {
+                let key = crate::provider::provision_key(&call.workspace_uid, &call.operation_id);
+                if let Some(stop) = release(ctx, ws, &to, &key).await {
+                    return stop;
+                }
+            }
+            held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await
+        }
+        _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
+    }
+}
+
+/// The commit: only now, with the old compute confirmed stopped, is the new provider recorded.
+async fn commit(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
+    let flow = held_write(ctx, api, ws, |w| status::committed(w, now)).await?;
+    ctx.failpoints.hit(FailPoint::AfterCommit).await;
+    Ok(flow)
+}
+
+/// A stop failed past its budget: release the claim, stay on the old provider, retry later.
+async fn stop_failed(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    error: &str,
+    now: &Time,
+) -> Result<Flow, Error> {
+    let key = ObjectRef::from_obj(ws);
+    let (first, cap) = ctx.settings.stop_retry;
+    let delay = {
+        let mut memory = ctx.memory();
+        let failures = memory.stop_failures.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
+        let delay = backoff(i32::try_from(failures).unwrap_or(i32::MAX), (first, cap));
+        let at = Timestamp::now() + jiff::SignedDuration::try_from(delay).unwrap_or_default();
+        memory.stop_failures.insert(key, (failures, at));
+        delay
+    };
+    let flow = held_write(ctx, api, ws, |w| status::stop_failed(w, error, now)).await?;
+    event(
+        ctx,
+        ws,
+        EventType::Warning,
+        cond::STOP_FAILED,
+        "Stop",
+        &format!("{error}; claim released, retrying in {}s", delay.as_secs()),
+    )
+    .await;
+    Ok(match flow {
+        Flow::Continue(_) => Flow::Done(Action::requeue(delay)),
+        done => done,
+    })
+}
+
+/// Provision on the target under the operation's key; then finish.
+async fn provision(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    provider_name: &str,
+    key: &str,
+    now: &Time,
+) -> Result<Flow, Error> {
+    let Some((call, kind)) = call_context(ctx, ws) else {
+        return Ok(Flow::Done(Action::await_change()));
+    };
+    let Some(provider) = lookup_provider(ctx, provider_name).await? else {
+        let stall = Stall::new(
+            cond::PROVIDER_NOT_FOUND,
+            format!("ComputeProvider {provider_name:?} does not exist"),
+        );
+        return hold(ctx, api, ws, stall, now).await;
+    };
+    let result = ctx
+        .dispatcher
+        .provision(&provider, &call, key, ws.spec.template.as_ref())
+        .await;
+    let instance = match result {
+        Ok(info) if info.state == InstanceState::Running => info,
+        Ok(info) => {
+            let error = format!("instance {} under key {key} is {:?}", info.id, info.state);
+            return provision_failed(ctx, api, ws, &error, now).await;
+        }
+        Err(e) if fenced(&e) => return Ok(fenced_off(ctx, &e)),
+        Err(e) => return provision_failed(ctx, api, ws, &e.to_string(), now).await,
+    };
+    ctx.failpoints.hit(FailPoint::AfterProvision).await;
+    let instance = Instance {
+        id: instance.id,
+        provider: provider_name.to_string(),
+        key: key.to_string(),
+    };
+    let flow = held_write(ctx, api, ws, |w| status::provisioned(w, instance.clone(), now)).await?;
+    if let Flow::Continue(_) = &flow {
+        info!(instance = %instance.id, provider = provider_name, "provisioned; operation finished");
+        if kind == OperationKind::Switch {
+            Stats::inc(&ctx.stats.switches_completed);
+            let from = ws
+                .status
+                .as_ref()
+                .and_then(|s| s.operation.as_ref())
+                .and_then(|o| o.from.clone())
+                .unwrap_or_default();
+            event(
+                ctx,
+                ws,
+                EventType::Normal,
+                "SwitchCompleted",
+                "Provision",
+                &format!("switched from {from} to {provider_name}: {}", instance.id),
+            )
+            .await;
+        } else {
+            event(
+                ctx,
+                ws,
+                EventType::Normal,
+                "Provisioned",
+                "Provision",
+                &format!("running on {provider_name}: {}", instance.id),
+            )
+            .await;
+        }
+    }
+    Ok(flow)
+}
+
+/// A provision failed: record it in the operation (roll forward only) and retry after a backoff.
+async fn provision_failed(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    error: &str,
+    now: &Time,
+) -> Result<Flow, Error> {
+    warn!(%error, "provision failed");
+    let stall_after = ctx.settings.stall_after;
+    let flow = held_write(ctx, api, ws, |w| {
+        status::step_failed(w, cond::PROVISION_FAILED, error, stall_after, now)
+    })
+    .await?;
+    let Flow::Continue(fresh) = flow else { return Ok(flow) };
+    let attempts = fresh
+        .status
+        .as_ref()
+        .and_then(|s| s.operation.as_ref())
+        .map(|o| o.attempts)
+        .unwrap_or(1);
+    if attempts == 1 || attempts == stall_after {
+        event(
+            ctx,
+            ws,
+            EventType::Warning,
+            cond::PROVISION_FAILED,
+            "Provision",
+            &format!("{error} (attempt {attempts})"),
+        )
+        .await;
+    }
+    Ok(Flow::Done(Action::requeue(backoff(
+        attempts,
+        ctx.settings.provision_backoff,
+    ))))
+}
+
+/// Stops whatever `key` created on `provider`. Returns a flow only when the reconcile must end.
+async fn release(ctx: &Context, ws: &Workspace, provider_name: &str, key: &str) -> Option<Result<Flow, Error>> {
+    let (call, _) = call_context(ctx, ws)?;
+    let provider = match lookup_provider(ctx, provider_name).await {
+        Ok(Some(p)) => p,
+        // A provider that no longer exists holds nothing we could release.
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    let found = match ctx.dispatcher.lookup(&provider, &call, key).await {
+        Ok(found) => found,
+        Err(e) => return Some(Ok(release_failed(ctx, &e))),
+    };
+    if let Some(instance) = found.filter(|i| i.state == InstanceState::Running) {
+        if let Err(e) = ctx.dispatcher.stop(&provider, &call, &instance.id).await {
+            return Some(Ok(release_failed(ctx, &e)));
+        }
+        info!(instance = %instance.id, provider = provider_name, "released compute created under the operation's key");
+    }
+    None
+}
+
+fn release_failed(ctx: &Context, e: &DispatchError) -> Flow {
+    if fenced(e) {
+        return fenced_off(ctx, e);
+    }
+    warn!(error = %e, "releasing in-flight compute failed; will retry");
+    Flow::Done(Action::requeue(ctx.settings.provision_backoff.0))
+}
+
+/// A write under our claim. Lost means someone took the workspace over: stop here.
+async fn held_write(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    transition: impl Fn(&Workspace) -> crate::api::WorkspaceStatus,
+) -> Result<Flow, Error> {
+    let Some(op_id) = ws
+        .status
+        .as_ref()
+        .and_then(|s| s.operation.as_ref())
+        .map(|o| o.id.clone())
+    else {
+        return Ok(Flow::Done(Action::await_change()));
+    };
+    match writes::under_claim(api, ws, &op_id, transition).await? {
+        Written::Landed(fresh) => {
+            Stats::inc(&ctx.stats.status_writes);
+            Ok(Flow::Continue(fresh))
+        }
+        Written::Lost => {
+            Stats::inc(&ctx.stats.claims_lost);
+            info!(operation = %op_id, "operation taken over by another instance: no further action");
+            Ok(Flow::Done(Action::await_change()))
+        }
+    }
+}
+
+/// A provider refused us for a stale epoch: another instance has taken over. Touch nothing more.
+fn fenced_off(ctx: &Context, e: &DispatchError) -> Flow {
+    Stats::inc(&ctx.stats.claims_lost);
+    warn!(error = %e, "fenced off by the provider: another instance holds the workspace");
+    Flow::Done(Action::await_change())
+}
+
+fn fenced(e: &DispatchError) -> bool {
+    matches!(
+        e,
+        DispatchError::Driver {
+            source: DriverError::StaleEpoch { .. },
+            ..
+        }
+    )
+}
+
+/// The call context of our current operation.
+fn call_context(ctx: &Context, ws: &Workspace) -> Option<(CallContext, OperationKind)> {
+    let op = ws.status.as_ref()?.operation.as_ref()?;
+    Some((
+        CallContext {
+            namespace: ws.namespace().unwrap_or_default(),
+            name: ws.name_any(),
+            workspace_uid: ws.metadata.uid.clone()?,
+            epoch: op.epoch,
+            caller: ctx.settings.identity.clone(),
+            operation_id: op.id.clone(),
+        },
+        op.kind,
+    ))
+}
+
+fn stop_policy(ctx: &Context, provider: &ComputeProvider) -> (u32, Duration) {
+    match &provider.spec.stop_policy {
+        Some(p) => (p.max_attempts, Duration::from_millis(p.initial_backoff_ms)),
+        None => (ctx.settings.stop_attempts, ctx.settings.stop_backoff),
+    }
+}
+
+/// A provider by name: from the cache, confirmed by a read when the cache has not seen it
+/// (right after start-up, or just after it was created).
+async fn lookup_provider(ctx: &Context, name: &str) -> Result<Option<Arc<ComputeProvider>>, Error> {
+    if let Some(p) = ctx.providers.get(&ObjectRef::new(name)) {
+        return Ok(Some(p));
+    }
+    let api: Api<ComputeProvider> = Api::all(ctx.client.clone());
+    Ok(api.get_opt(name).await?.map(Arc::new))
+}
+
+async fn provider_state(ctx: &Context, name: &str) -> Result<ProviderState, Error> {
+    let Some(p) = lookup_provider(ctx, name).await? else {
+        return Ok(ProviderState::Missing);
+    };
+    let conditions = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    Ok(match cond::get(conditions, cond::READY) {
+        Some(c) if c.status == "False" => {
+            let reason = if c.reason == cond::PROVIDER_MISCONFIGURED {
+                cond::PROVIDER_MISCONFIGURED
+            } else {
+                cond::PROVIDER_NOT_READY
+            };
+            ProviderState::NotReady {
+                reason,
+                message: c.message.clone(),
+            }
+        }
+        _ => ProviderState::Usable,
+    })
+}
+
+async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
+    let instance_provider = ws
+        .status
+        .as_ref()
+        .and_then(|s| s.instance.as_ref())
+        .map(|i| i.provider.clone());
+    let source = match instance_provider {
+        Some(name) => provider_state(ctx, &name).await?,
+        None => ProviderState::Usable,
+    };
+    let retry_at = ctx
+        .memory()
+        .stop_failures
+        .get(&ObjectRef::from_obj(ws))
+        .map(|(_, at)| *at);
+    Ok(Facts {
+        me: ctx.settings.identity.clone(),
+        now: Timestamp::now(),
+        claim_lease: ctx.settings.claim_lease,
+        target: provider_state(ctx, &ws.spec.provider).await?,
+        source,
+        retry_at,
+        provision_backoff: ctx.settings.provision_backoff,
+    })
+}
+
+async fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, action: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &writes::reference(ws)).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+fn cache_is_behind_our_write(ctx: &Context, key: &ObjectRef<Workspace>, ws: &Workspace) -> bool {
+    let cached = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok());
+    let written = ctx.memory().written.get(key).copied();
+    matches!((cached, written), (Some(c), Some(w)) if c < w)
+}
+
+fn remember_write(ctx: &Context, key: &ObjectRef<Workspace>, ws: &Workspace) {
+    if let Some(rv) = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok()) {
+        ctx.memory().written.insert(key.clone(), rv);
+    }
+}

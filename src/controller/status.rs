@@ -1,0 +1,308 @@
+//! Pure status transitions. Each function takes the workspace as observed and returns the
+//! status to write; `summarize` derives phase and conditions from it, so the kstatus rules
+//! (DESIGN.md §3.7) hold in every status the controller writes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use crate::api::conditions::{self as cond};
+use crate::api::{Instance, LastSwitch, Operation, OperationKind, Phase, Step, Workspace, WorkspaceStatus};
+
+/// Why a workspace cannot progress without outside help.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Stall {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+fn current(ws: &Workspace) -> WorkspaceStatus {
+    ws.status.clone().unwrap_or_default()
+}
+
+/// The claim: a fresh operation under a new epoch.
+pub fn claimed(
+    ws: &Workspace,
+    id: &str,
+    kind: OperationKind,
+    from: Option<String>,
+    to: Option<String>,
+    holder: &str,
+    now: &Time,
+) -> WorkspaceStatus {
+    let mut s = current(ws);
+    s.epoch += 1;
+    s.operation = Some(Operation {
+        id: id.to_string(),
+        kind,
+        from,
+        to,
+        step: Step::Claimed,
+        holder: holder.to_string(),
+        epoch: s.epoch,
+        started_at: now.clone(),
+        renewed_at: now.clone(),
+        attempts: 0,
+        last_error: None,
+    });
+    summarize(ws, s, None, now)
+}
+
+/// Takeover of a stale claim: same operation and step, new holder, new epoch (which fences
+/// the former holder at the providers).
+pub fn taken_over(ws: &Workspace, holder: &str, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    s.epoch += 1;
+    if let Some(op) = s.operation.as_mut() {
+        op.holder = holder.to_string();
+        op.epoch = s.epoch;
+        op.renewed_at = now.clone();
+    }
+    summarize(ws, s, None, now)
+}
+
+/// A deletion overtakes an in-flight operation: it becomes a Delete, keeping its id (so the
+/// provision key of anything in flight stays known), its target and its step.
+pub fn converted_to_delete(ws: &Workspace, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    if let Some(op) = s.operation.as_mut() {
+        op.kind = OperationKind::Delete;
+        op.renewed_at = now.clone();
+        op.attempts = 0;
+        op.last_error = None;
+    }
+    summarize(ws, s, None, now)
+}
+
+/// The commit of a switch: the old compute is confirmed stopped, so the new provider is recorded.
+pub fn committed(ws: &Workspace, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    s.instance = None;
+    if let Some(op) = s.operation.as_mut() {
+        op.step = Step::OldStopped;
+        op.to = Some(ws.spec.provider.clone());
+        op.renewed_at = now.clone();
+        op.attempts = 0;
+        op.last_error = None;
+        s.active_provider = op.to.clone();
+    }
+    summarize(ws, s, None, now)
+}
+
+/// The target changed after the old compute stopped: provision on the new target under a new
+/// operation id (hence a new provision key); whatever the old key created is already released.
+pub fn retargeted(ws: &Workspace, new_id: &str, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    if let Some(op) = s.operation.as_mut() {
+        op.id = new_id.to_string();
+        op.to = Some(ws.spec.provider.clone());
+        op.step = Step::OldStopped;
+        op.renewed_at = now.clone();
+        op.attempts = 0;
+        op.last_error = None;
+        s.active_provider = op.to.clone();
+    }
+    summarize(ws, s, None, now)
+}
+
+/// The finish of a provision or switch: the new instance recorded, the claim released.
+pub fn provisioned(ws: &Workspace, instance: Instance, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    if let Some(op) = s.operation.take()
+        && op.kind == OperationKind::Switch
+    {
+        s.last_switch = Some(LastSwitch {
+            from: op.from.unwrap_or_default(),
+            to: instance.provider.clone(),
+            started_at: op.started_at,
+            completed_at: now.clone(),
+        });
+    }
+    s.active_provider = Some(instance.provider.clone());
+    s.instance = Some(instance);
+    summarize(ws, s, None, now)
+}
+
+/// The finish of an operation that leaves no compute (a stop, a delete, a switch of a
+/// workspace that should no longer run).
+pub fn finished_without_compute(ws: &Workspace, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    s.operation = None;
+    s.instance = None;
+    summarize(ws, s, None, now)
+}
+
+/// The claim released without any compute call (spec reverted before the stop).
+pub fn aborted(ws: &Workspace, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    s.operation = None;
+    summarize(ws, s, None, now)
+}
+
+/// A stop failed past its retry budget: the claim is released and the workspace stays where it is.
+pub fn stop_failed(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    let from = s.instance.as_ref().map(|i| i.provider.clone()).unwrap_or_default();
+    s.operation = None;
+    let stall = Stall::new(
+        cond::STOP_FAILED,
+        format!("stopping the compute on {from} failed: {error}"),
+    );
+    summarize(ws, s, Some(&stall), now)
+}
+
+/// A step of our operation failed: recorded in the operation; the workspace is Stalled once
+/// `attempts` reaches `stall_after` (it keeps retrying either way).
+pub fn step_failed(ws: &Workspace, reason: &'static str, error: &str, stall_after: i32, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    let mut stall = None;
+    if let Some(op) = s.operation.as_mut() {
+        op.attempts += 1;
+        op.last_error = Some(error.to_string());
+        op.renewed_at = now.clone();
+        if op.attempts >= stall_after {
+            stall = Some(Stall::new(
+                reason,
+                format!("{error} (attempt {}, still retrying)", op.attempts),
+            ));
+        }
+    }
+    summarize(ws, s, stall.as_ref(), now)
+}
+
+/// No operation is needed, or none can start: the status as it should read at rest.
+pub fn at_rest(ws: &Workspace, stall: Option<&Stall>, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    if s.instance.is_none() && s.operation.is_none() {
+        // Without compute, the placement is simply the desired one.
+        s.active_provider = Some(ws.spec.provider.clone());
+    }
+    summarize(ws, s, stall, now)
+}
+
+/// Derives phase, conditions and observedGeneration. One place, so that Ready is always
+/// present, Ready=False whenever Reconciling or Stalled is true, and at most one of those is true.
+pub fn summarize(ws: &Workspace, mut s: WorkspaceStatus, stall: Option<&Stall>, now: &Time) -> WorkspaceStatus {
+    let generation = ws.metadata.generation;
+    let deleting = ws.metadata.deletion_timestamp.is_some();
+    s.observed_generation = generation;
+    let (phase, ready, reconciling, reason, message): (Phase, bool, bool, &str, String) = if let Some(stall) = stall {
+        (Phase::Failed, false, false, stall.reason, stall.message.clone())
+    } else if let Some(op) = &s.operation {
+        let (phase, reason) = match op.kind {
+            OperationKind::Provision => (Phase::Provisioning, cond::PROVISIONING),
+            OperationKind::Switch => (Phase::Switching, cond::SWITCHING),
+            OperationKind::Stop => (Phase::Stopping, cond::STOPPING),
+            OperationKind::Delete => (Phase::Terminating, cond::DELETING),
+        };
+        (phase, false, true, reason, describe(op))
+    } else if let Some(instance) = &s.instance {
+        (
+            Phase::Running,
+            true,
+            false,
+            cond::RUNNING,
+            format!("running on {} as {}", instance.provider, instance.id),
+        )
+    } else if !ws.spec.running {
+        let on = s.active_provider.as_deref().unwrap_or(&ws.spec.provider);
+        (
+            Phase::Stopped,
+            true,
+            false,
+            cond::STOPPED,
+            format!("stopped as requested (placed on {on})"),
+        )
+    } else {
+        (
+            Phase::Pending,
+            false,
+            true,
+            cond::PENDING,
+            "waiting to be provisioned".to_string(),
+        )
+    };
+    s.phase = Some(if deleting { Phase::Terminating } else { phase });
+    let stalled = stall.is_some();
+    cond::set(
+        &mut s.conditions,
+        cond::READY,
+        ready,
+        reason,
+        message.clone(),
+        generation,
+        now,
+    );
+    let (r_reason, r_message) = if reconciling {
+        (reason, message.clone())
+    } else {
+        (reason, String::new())
+    };
+    cond::set(
+        &mut s.conditions,
+        cond::RECONCILING,
+        reconciling,
+        r_reason,
+        r_message,
+        generation,
+        now,
+    );
+    let (s_reason, s_message) = if stalled {
+        (reason, message)
+    } else {
+        (reason, String::new())
+    };
+    cond::set(
+        &mut s.conditions,
+        cond::STALLED,
+        stalled,
+        s_reason,
+        s_message,
+        generation,
+        now,
+    );
+    s
+}
+
+fn describe(op: &Operation) -> String {
+    let step = match op.step {
+        Step::Claimed => "claimed",
+        Step::OldStopped => "old compute stopped",
+    };
+    let mut text = match (op.kind, op.from.as_deref(), op.to.as_deref()) {
+        (OperationKind::Switch, Some(from), Some(to)) => format!("switching from {from} to {to}: {step}"),
+        (OperationKind::Provision, _, Some(to)) => format!("provisioning on {to}: {step}"),
+        (OperationKind::Stop, Some(from), _) => format!("stopping on {from}: {step}"),
+        (kind, _, _) => format!("{kind:?}: {step}"),
+    };
+    if let Some(e) = &op.last_error {
+        text.push_str(&format!("; last error (attempt {}): {e}", op.attempts));
+    }
+    text
+}
+
+/// True when two statuses differ in anything but condition timestamps — i.e. a write would
+/// change what users and other controllers see.
+pub fn differs(a: &WorkspaceStatus, b: &WorkspaceStatus) -> bool {
+    let strip = |s: &WorkspaceStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+/// A short name of the workspace for messages and logs.
+pub fn display_name(ws: &Workspace) -> String {
+    format!("{}/{}", ws.namespace().unwrap_or_default(), ws.name_any())
+}

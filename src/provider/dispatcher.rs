@@ -1,0 +1,139 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use tracing::debug;
+
+use super::simulated::{Clouds, SimulatedDriver};
+use super::{CallContext, Driver, DriverError, InstanceInfo};
+use crate::api::{ComputeProvider, Driver as DriverKind, WorkspaceTemplate};
+
+/// Why a compute call could not be made or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DispatchError {
+    #[error("provider {provider}: driver {driver:?} is not available in this build")]
+    Unsupported { provider: String, driver: DriverKind },
+    #[error("provider {provider}: {source}")]
+    Driver {
+        provider: String,
+        #[source]
+        source: DriverError,
+    },
+    #[error("provider {provider}: call timed out after {after:?}")]
+    Timeout { provider: String, after: Duration },
+}
+
+impl DispatchError {
+    /// Whether retrying the same call later can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DispatchError::Unsupported { .. } => false,
+            DispatchError::Driver { source, .. } => source.is_retryable(),
+            DispatchError::Timeout { .. } => true,
+        }
+    }
+}
+
+/// The single place compute calls go through: picks the driver of a `ComputeProvider`, bounds
+/// each call by the provider's timeout, and logs it. Nothing else calls a driver.
+#[derive(Clone)]
+pub struct Dispatcher {
+    simulated: Clouds,
+}
+
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Dispatcher {
+    pub fn new(simulated: Clouds) -> Self {
+        Self { simulated }
+    }
+
+    /// The in-process simulated clouds (their ledger is what tests check).
+    pub fn simulated(&self) -> &Clouds {
+        &self.simulated
+    }
+
+    fn driver(&self, provider: &ComputeProvider) -> Result<Arc<dyn Driver>, DispatchError> {
+        match provider.spec.driver {
+            DriverKind::Simulated => Ok(Arc::new(SimulatedDriver::new(
+                self.simulated.cloud(&provider.name_any()),
+                provider.spec.simulated.clone().unwrap_or_default(),
+            ))),
+            driver => Err(DispatchError::Unsupported {
+                provider: provider.name_any(),
+                driver,
+            }),
+        }
+    }
+
+    pub async fn provision(
+        &self,
+        provider: &ComputeProvider,
+        call: &CallContext,
+        key: &str,
+        template: Option<&WorkspaceTemplate>,
+    ) -> Result<InstanceInfo, DispatchError> {
+        let driver = self.driver(provider)?;
+        self.bounded(provider, "provision", call, driver.provision(call, key, template))
+            .await
+    }
+
+    pub async fn stop(
+        &self,
+        provider: &ComputeProvider,
+        call: &CallContext,
+        instance_id: &str,
+    ) -> Result<(), DispatchError> {
+        let driver = self.driver(provider)?;
+        self.bounded(provider, "stop", call, driver.stop(call, instance_id))
+            .await
+    }
+
+    pub async fn lookup(
+        &self,
+        provider: &ComputeProvider,
+        call: &CallContext,
+        key: &str,
+    ) -> Result<Option<InstanceInfo>, DispatchError> {
+        let driver = self.driver(provider)?;
+        self.bounded(provider, "lookup", call, driver.lookup(call, key)).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        provider: &ComputeProvider,
+        operation: &'static str,
+        call: &CallContext,
+        fut: impl Future<Output = Result<T, DriverError>>,
+    ) -> Result<T, DispatchError> {
+        let name = provider.name_any();
+        let after = provider
+            .spec
+            .call_timeout_seconds
+            .map(|s| Duration::from_secs(u64::from(s)))
+            .unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let started = Instant::now();
+        let result = match tokio::time::timeout(after, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(DispatchError::Driver {
+                provider: name.clone(),
+                source,
+            }),
+            Err(_) => Err(DispatchError::Timeout {
+                provider: name.clone(),
+                after,
+            }),
+        };
+        debug!(
+            provider = %name,
+            operation,
+            namespace = %call.namespace,
+            workspace = %call.name,
+            epoch = call.epoch,
+            ok = result.is_ok(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "provider call"
+        );
+        result
+    }
+}

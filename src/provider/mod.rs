@@ -1,0 +1,88 @@
+//! Compute providers: the driver trait, the one dispatcher through which every compute call
+//! goes, and the drivers.
+
+mod dispatcher;
+pub mod simulated;
+
+pub use dispatcher::{DispatchError, Dispatcher};
+
+use async_trait::async_trait;
+
+use crate::api::WorkspaceTemplate;
+
+/// Who is calling, for which workspace, under which claim. Every driver call carries it so
+/// providers can fence stale callers and the ledger can attribute each call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    pub namespace: String,
+    pub name: String,
+    /// metadata.uid of the workspace: stable across renames of nothing, unique across re-creations.
+    pub workspace_uid: String,
+    /// status.epoch of the claim the call is made under.
+    pub epoch: i64,
+    /// Identity of the controller instance making the call.
+    pub caller: String,
+    /// status.operation.id of the claim.
+    pub operation_id: String,
+}
+
+/// Whether an instance is consuming compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum InstanceState {
+    Running,
+    Stopped,
+}
+
+/// An instance as the provider reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    /// Idempotency key the instance was created under.
+    pub key: String,
+    pub state: InstanceState,
+}
+
+/// A failed driver call, classified by whether retrying can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// The provider has seen a newer epoch for this workspace: this caller has been fenced off.
+    #[error("refused: epoch {epoch} is older than {newest}, the newest the provider has seen")]
+    StaleEpoch { epoch: i64, newest: i64 },
+    /// A transient failure (timeout, 5xx, connection reset, lost answer): retrying may help.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The provider rejected the request itself (bad template, unknown instance kind): retrying
+    /// the same call will not help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+impl DriverError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DriverError::Transient(_))
+    }
+}
+
+/// A compute provider, as the controller needs it. Every method is idempotent.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// Creates the instance for `key`, or returns the one already created under `key`.
+    async fn provision(
+        &self,
+        call: &CallContext,
+        key: &str,
+        template: Option<&WorkspaceTemplate>,
+    ) -> Result<InstanceInfo, DriverError>;
+
+    /// Stops `instance_id`. An unknown or already stopped instance counts as stopped.
+    async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError>;
+
+    /// The instance created under `key`, if any.
+    async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError>;
+}
+
+/// The provision key of an operation: derived from the workspace and the claim, so a retried
+/// or resumed provision returns the same instance instead of creating a second one.
+pub fn provision_key(workspace_uid: &str, operation_id: &str) -> String {
+    format!("{workspace_uid}.{operation_id}")
+}

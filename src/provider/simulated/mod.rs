@@ -1,0 +1,529 @@
+//! The in-process simulated cloud: instances, per-workspace fencing, injectable faults and a
+//! ledger of every call. Drives the demo, the benchmarks and the fault-injection tests; the
+//! checkers in [`invariants`] verify DESIGN.md §3 against its ledger.
+
+pub mod invariants;
+
+pub use invariants::{Violation, check_ledger, check_live};
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tracing::trace;
+
+use super::{CallContext, Driver, DriverError, InstanceInfo, InstanceState};
+use crate::api::{SimulatedSettings, WorkspaceTemplate};
+
+/// Locks `m`, recovering from poisoning: the guarded state is updated in single steps that
+/// cannot be left half-done by a panic elsewhere, so it stays consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Faults to inject into one simulated cloud. Counters are consumed one per matching call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Faults {
+    /// Added to the latency of every call.
+    pub extra_latency: Duration,
+    /// The next N provisions fail with `Transient`, without effect.
+    pub fail_provision: u32,
+    /// The next N stops fail with `Transient`, without effect.
+    pub fail_stop: u32,
+    /// Every provision fails with `Transient`, without effect.
+    pub fail_provision_always: bool,
+    /// Every stop fails with `Transient`, without effect.
+    pub fail_stop_always: bool,
+    /// The next N accepted provisions take effect, then answer `Transient("response lost")`.
+    pub drop_provision_response: u32,
+    /// Calls never return and have no effect (the caller's timeout must fire).
+    pub hang: bool,
+}
+
+/// The kind of a ledgered call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Call {
+    Provision,
+    Stop,
+    Lookup,
+}
+
+impl Call {
+    /// Whether the call can change the cloud, and so passes the fence.
+    pub fn is_mutating(self) -> bool {
+        matches!(self, Call::Provision | Call::Stop)
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Call::Provision => "provision",
+            Call::Stop => "stop",
+            Call::Lookup => "lookup",
+        })
+    }
+}
+
+/// What a ledgered call did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// provision: a new Running instance was created.
+    Created,
+    /// provision: the instance already created under the key was returned (idempotent replay).
+    Existing,
+    /// stop: a Running instance was stopped.
+    Stopped,
+    /// stop: the instance was unknown or already stopped; nothing changed.
+    AlreadyStopped,
+    /// lookup: an instance exists under the key.
+    Found,
+    /// lookup: no instance exists under the key.
+    NotFound,
+    /// Refused: the provider has seen a newer epoch for the workspace. No effect.
+    Fenced { newest: i64 },
+    /// An injected fault; the call had no effect.
+    Failed(String),
+    /// Refused as invalid (e.g. the target belongs to another workspace). No effect.
+    Rejected(String),
+    /// provision: took effect (`created` says whether a new instance was made), then the answer
+    /// was dropped.
+    CommittedResponseLost { created: bool },
+    /// The call was swallowed by an injected hang: no effect and no answer, ever.
+    Hung,
+}
+
+impl Outcome {
+    /// Whether the call got past the fence (and so was judged against, and advanced, it).
+    pub fn passed_fence(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Created
+                | Outcome::Existing
+                | Outcome::Stopped
+                | Outcome::AlreadyStopped
+                | Outcome::Rejected(_)
+                | Outcome::CommittedResponseLost { .. }
+        )
+    }
+
+    /// Whether the call created a new instance.
+    pub fn created(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Created | Outcome::CommittedResponseLost { created: true }
+        )
+    }
+}
+
+/// One call as the simulated cloud saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// Global across all providers of one [`Clouds`]: seq order is the order effects happened in.
+    pub seq: u64,
+    pub at: SystemTime,
+    pub provider: String,
+    pub caller: String,
+    pub operation_id: String,
+    pub call: Call,
+    pub workspace_uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub epoch: i64,
+    /// The provision or lookup key; for a stop, the key of the target if the cloud knows it.
+    pub key: Option<String>,
+    /// The instance created, returned, found or targeted, if any.
+    pub instance: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// The ledger shared by every cloud of one [`Clouds`].
+#[derive(Debug, Default)]
+struct Ledger {
+    entries: Mutex<Vec<LedgerEntry>>,
+}
+
+impl Ledger {
+    /// Appends `entry` under the next sequence number (1, 2, ...).
+    fn push(&self, mut entry: LedgerEntry) {
+        let mut entries = lock(&self.entries);
+        entry.seq = entries.len() as u64 + 1;
+        trace!(seq = entry.seq, provider = %entry.provider, call = %entry.call, outcome = ?entry.outcome, "simulated call");
+        entries.push(entry);
+    }
+
+    fn snapshot(&self) -> Vec<LedgerEntry> {
+        lock(&self.entries).clone()
+    }
+}
+
+/// An instance of a simulated cloud.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    pub id: String,
+    pub key: String,
+    pub workspace_uid: String,
+    pub state: InstanceState,
+}
+
+impl Instance {
+    fn info(&self) -> InstanceInfo {
+        InstanceInfo {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            state: self.state,
+        }
+    }
+}
+
+/// A Running instance of some provider.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveInstance {
+    pub provider: String,
+    pub id: String,
+    pub key: String,
+    pub workspace_uid: String,
+}
+
+#[derive(Debug, Default)]
+struct CloudState {
+    instances: BTreeMap<String, Instance>,
+    by_key: HashMap<String, String>,
+    /// Highest epoch accepted per workspace_uid.
+    fences: HashMap<String, i64>,
+    faults: Faults,
+    next_id: u64,
+}
+
+impl CloudState {
+    /// Admits `call` if its epoch is not older than the newest seen for its workspace, and makes
+    /// it the newest; otherwise returns the newest.
+    fn admit(&mut self, call: &CallContext) -> Result<(), i64> {
+        match self.fences.get(&call.workspace_uid) {
+            Some(&newest) if call.epoch < newest => Err(newest),
+            _ => {
+                self.fences.insert(call.workspace_uid.clone(), call.epoch);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What a call answers once its latency has passed.
+enum Answer<T> {
+    Reply(Result<T, DriverError>),
+    Hang,
+}
+
+/// One simulated provider.
+#[derive(Debug)]
+pub struct Cloud {
+    provider: String,
+    ledger: Arc<Ledger>,
+    state: Mutex<CloudState>,
+}
+
+impl Cloud {
+    fn new(provider: &str, ledger: Arc<Ledger>) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            ledger,
+            state: Mutex::new(CloudState::default()),
+        }
+    }
+
+    /// The provider name this cloud was created for.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.state).faults = faults;
+    }
+
+    /// The current faults, with counters as far as they have been consumed.
+    pub fn faults(&self) -> Faults {
+        lock(&self.state).faults.clone()
+    }
+
+    /// Every instance ever created, by id.
+    pub fn instances(&self) -> Vec<Instance> {
+        lock(&self.state).instances.values().cloned().collect()
+    }
+
+    pub fn instance(&self, id: &str) -> Option<Instance> {
+        lock(&self.state).instances.get(id).cloned()
+    }
+
+    /// The newest epoch accepted for `workspace_uid`, if any call was accepted for it.
+    pub fn newest_epoch(&self, workspace_uid: &str) -> Option<i64> {
+        lock(&self.state).fences.get(workspace_uid).copied()
+    }
+
+    /// Ledgers a call. Takes the state guard as proof it is held, so the sequence number is
+    /// assigned in the same critical section as the effect.
+    fn record(
+        &self,
+        _held: &CloudState,
+        ctx: &CallContext,
+        call: Call,
+        key: Option<&str>,
+        instance: Option<&str>,
+        outcome: Outcome,
+    ) {
+        self.ledger.push(LedgerEntry {
+            seq: 0,
+            at: SystemTime::now(),
+            provider: self.provider.clone(),
+            caller: ctx.caller.clone(),
+            operation_id: ctx.operation_id.clone(),
+            call,
+            workspace_uid: ctx.workspace_uid.clone(),
+            namespace: ctx.namespace.clone(),
+            name: ctx.name.clone(),
+            epoch: ctx.epoch,
+            key: key.map(str::to_owned),
+            instance: instance.map(str::to_owned),
+            outcome,
+        });
+    }
+
+    fn provision_now(&self, ctx: &CallContext, key: &str) -> Answer<InstanceInfo> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let rec = |st: &CloudState, instance: Option<&str>, outcome| {
+            self.record(st, ctx, Call::Provision, Some(key), instance, outcome)
+        };
+        if st.faults.hang {
+            rec(st, None, Outcome::Hung);
+            return Answer::Hang;
+        }
+        if st.faults.fail_provision_always || st.faults.fail_provision > 0 {
+            if !st.faults.fail_provision_always {
+                st.faults.fail_provision -= 1;
+            }
+            let msg = "injected provision failure";
+            rec(st, None, Outcome::Failed(msg.to_owned()));
+            return Answer::Reply(Err(DriverError::Transient(msg.to_owned())));
+        }
+        if let Err(newest) = st.admit(ctx) {
+            rec(st, None, Outcome::Fenced { newest });
+            return Answer::Reply(Err(DriverError::StaleEpoch {
+                epoch: ctx.epoch,
+                newest,
+            }));
+        }
+        let existing = st.by_key.get(key).and_then(|id| st.instances.get(id));
+        let (info, created) = match existing {
+            Some(inst) if inst.workspace_uid != ctx.workspace_uid => {
+                let msg = format!("key {key} belongs to workspace {}", inst.workspace_uid);
+                let id = inst.id.clone();
+                rec(st, Some(&id), Outcome::Rejected(msg.clone()));
+                return Answer::Reply(Err(DriverError::Rejected(msg)));
+            }
+            Some(inst) => (inst.info(), false),
+            None => {
+                st.next_id += 1;
+                let inst = Instance {
+                    id: format!("i-{}-{}", self.provider, st.next_id),
+                    key: key.to_owned(),
+                    workspace_uid: ctx.workspace_uid.clone(),
+                    state: InstanceState::Running,
+                };
+                let info = inst.info();
+                st.by_key.insert(key.to_owned(), inst.id.clone());
+                st.instances.insert(inst.id.clone(), inst);
+                (info, true)
+            }
+        };
+        if st.faults.drop_provision_response > 0 {
+            st.faults.drop_provision_response -= 1;
+            rec(st, Some(&info.id), Outcome::CommittedResponseLost { created });
+            return Answer::Reply(Err(DriverError::Transient("response lost".to_owned())));
+        }
+        rec(
+            st,
+            Some(&info.id),
+            if created { Outcome::Created } else { Outcome::Existing },
+        );
+        Answer::Reply(Ok(info))
+    }
+
+    fn stop_now(&self, ctx: &CallContext, id: &str) -> Answer<()> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let key = st.instances.get(id).map(|i| i.key.clone());
+        let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Stop, key.as_deref(), Some(id), outcome);
+        if st.faults.hang {
+            rec(st, Outcome::Hung);
+            return Answer::Hang;
+        }
+        if st.faults.fail_stop_always || st.faults.fail_stop > 0 {
+            if !st.faults.fail_stop_always {
+                st.faults.fail_stop -= 1;
+            }
+            let msg = "injected stop failure";
+            rec(st, Outcome::Failed(msg.to_owned()));
+            return Answer::Reply(Err(DriverError::Transient(msg.to_owned())));
+        }
+        if let Err(newest) = st.admit(ctx) {
+            rec(st, Outcome::Fenced { newest });
+            return Answer::Reply(Err(DriverError::StaleEpoch {
+                epoch: ctx.epoch,
+                newest,
+            }));
+        }
+        let outcome = match st.instances.get_mut(id) {
+            // A stop must never reach another workspace's instance, whatever the caller thinks.
+            Some(inst) if inst.workspace_uid != ctx.workspace_uid => {
+                let msg = format!("instance {id} belongs to workspace {}", inst.workspace_uid);
+                rec(st, Outcome::Rejected(msg.clone()));
+                return Answer::Reply(Err(DriverError::Rejected(msg)));
+            }
+            Some(inst) if inst.state == InstanceState::Running => {
+                inst.state = InstanceState::Stopped;
+                Outcome::Stopped
+            }
+            Some(_) | None => Outcome::AlreadyStopped,
+        };
+        rec(st, outcome);
+        Answer::Reply(Ok(()))
+    }
+
+    fn lookup_now(&self, ctx: &CallContext, key: &str) -> Answer<Option<InstanceInfo>> {
+        let guard = lock(&self.state);
+        let st = &*guard;
+        if st.faults.hang {
+            self.record(st, ctx, Call::Lookup, Some(key), None, Outcome::Hung);
+            return Answer::Hang;
+        }
+        let found = st
+            .by_key
+            .get(key)
+            .and_then(|id| st.instances.get(id))
+            .map(Instance::info);
+        let (instance, outcome) = match &found {
+            Some(info) => (Some(info.id.as_str()), Outcome::Found),
+            None => (None, Outcome::NotFound),
+        };
+        self.record(st, ctx, Call::Lookup, Some(key), instance, outcome);
+        Answer::Reply(Ok(found))
+    }
+}
+
+#[derive(Debug, Default)]
+struct CloudsInner {
+    clouds: Mutex<BTreeMap<String, Arc<Cloud>>>,
+    ledger: Arc<Ledger>,
+}
+
+/// The simulated clouds of one process, by provider name, sharing one totally ordered ledger.
+/// Cloning is cheap and shares the clouds.
+#[derive(Clone, Debug, Default)]
+pub struct Clouds {
+    inner: Arc<CloudsInner>,
+}
+
+impl Clouds {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cloud of `provider`, created empty on first use.
+    pub fn cloud(&self, provider: &str) -> Arc<Cloud> {
+        let mut clouds = lock(&self.inner.clouds);
+        clouds
+            .entry(provider.to_owned())
+            .or_insert_with(|| Arc::new(Cloud::new(provider, self.inner.ledger.clone())))
+            .clone()
+    }
+
+    /// Every call to every cloud so far, in seq order.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.inner.ledger.snapshot()
+    }
+
+    /// The Running instances of every cloud, ordered by provider then id.
+    pub fn live_instances(&self) -> Vec<LiveInstance> {
+        // Snapshot the registry first so no cloud lock is taken under the registry lock.
+        let clouds: Vec<Arc<Cloud>> = lock(&self.inner.clouds).values().cloned().collect();
+        clouds
+            .iter()
+            .flat_map(|cloud| {
+                cloud
+                    .instances()
+                    .into_iter()
+                    .filter(|i| i.state == InstanceState::Running)
+                    .map(|i| LiveInstance {
+                        provider: cloud.provider.clone(),
+                        id: i.id,
+                        key: i.key,
+                        workspace_uid: i.workspace_uid,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The `simulated` driver: one cloud, with the latencies of its ComputeProvider.
+pub struct SimulatedDriver {
+    cloud: Arc<Cloud>,
+    settings: SimulatedSettings,
+}
+
+impl SimulatedDriver {
+    pub fn new(cloud: Arc<Cloud>, settings: SimulatedSettings) -> Self {
+        Self { cloud, settings }
+    }
+
+    /// Waits out the call's latency. Runs before the effect, so a caller that times out may or
+    /// may not see its call take effect — as with a real cloud.
+    async fn latency(&self, base_ms: u64) {
+        let delay = Duration::from_millis(base_ms) + self.cloud.faults().extra_latency;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn answer<T>(answer: Answer<T>) -> Result<T, DriverError> {
+        match answer {
+            Answer::Reply(r) => r,
+            Answer::Hang => std::future::pending().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for SimulatedDriver {
+    async fn provision(
+        &self,
+        call: &CallContext,
+        key: &str,
+        _template: Option<&WorkspaceTemplate>,
+    ) -> Result<InstanceInfo, DriverError> {
+        self.latency(self.settings.provision_latency_ms).await;
+        Self::answer(self.cloud.provision_now(call, key)).await
+    }
+
+    async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError> {
+        self.latency(self.settings.stop_latency_ms).await;
+        Self::answer(self.cloud.stop_now(call, instance_id)).await
+    }
+
+    async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError> {
+        self.latency(0).await;
+        Self::answer(self.cloud.lookup_now(call, key)).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

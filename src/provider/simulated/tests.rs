@@ -1,0 +1,944 @@
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+
+const WS: &str = "uid-1";
+
+fn ctx(epoch: i64) -> CallContext {
+    ctx_for(WS, epoch)
+}
+
+fn ctx_for(uid: &str, epoch: i64) -> CallContext {
+    CallContext {
+        namespace: "default".into(),
+        name: format!("ws-{uid}"),
+        workspace_uid: uid.into(),
+        epoch,
+        caller: "ctrl-a".into(),
+        operation_id: format!("op-{epoch}"),
+    }
+}
+
+fn driver(clouds: &Clouds, provider: &str) -> SimulatedDriver {
+    SimulatedDriver::new(clouds.cloud(provider), SimulatedSettings::default())
+}
+
+fn outcomes(clouds: &Clouds) -> Vec<Outcome> {
+    clouds.ledger().into_iter().map(|e| e.outcome).collect()
+}
+
+// ---- the cloud -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn provision_is_idempotent_by_key() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let b = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let c = d.provision(&ctx(1), "k2", None).await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.state, InstanceState::Running);
+    assert_eq!(a.key, "k1");
+    assert_ne!(a.id, c.id);
+    assert!(a.id.starts_with("i-east-"), "{}", a.id);
+    assert_eq!(clouds.cloud("east").instances().len(), 2);
+    assert_eq!(
+        outcomes(&clouds),
+        vec![Outcome::Created, Outcome::Existing, Outcome::Created]
+    );
+}
+
+#[tokio::test]
+async fn provision_returns_a_stopped_instance_as_is() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    d.stop(&ctx(1), &a.id).await.unwrap();
+    let again = d.provision(&ctx(1), "k1", None).await.unwrap();
+    assert_eq!(again.id, a.id);
+    assert_eq!(again.state, InstanceState::Stopped);
+    assert_eq!(clouds.cloud("east").instances().len(), 1);
+    assert!(clouds.live_instances().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_provisions_of_one_key_create_one_instance() {
+    let clouds = Clouds::new();
+    let cloud = clouds.cloud("east");
+    let handles: Vec<_> = (0..32)
+        .map(|_| {
+            let cloud = cloud.clone();
+            tokio::spawn(async move {
+                let d = SimulatedDriver::new(
+                    cloud,
+                    SimulatedSettings {
+                        provision_latency_ms: 1,
+                        stop_latency_ms: 0,
+                    },
+                );
+                d.provision(&ctx(1), "k", None).await
+            })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for h in handles {
+        ids.insert(h.await.unwrap().unwrap().id);
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(cloud.instances().len(), 1);
+    let created = outcomes(&clouds).iter().filter(|o| **o == Outcome::Created).count();
+    assert_eq!(created, 1);
+    assert!(check_ledger(&clouds.ledger()).is_empty());
+}
+
+#[tokio::test]
+async fn stop_semantics() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    d.stop(&ctx(1), "i-does-not-exist").await.unwrap();
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    d.stop(&ctx(1), &a.id).await.unwrap();
+    assert_eq!(
+        clouds.cloud("east").instance(&a.id).unwrap().state,
+        InstanceState::Stopped
+    );
+    d.stop(&ctx(1), &a.id).await.unwrap();
+    assert_eq!(
+        outcomes(&clouds),
+        vec![
+            Outcome::AlreadyStopped,
+            Outcome::Created,
+            Outcome::Stopped,
+            Outcome::AlreadyStopped
+        ]
+    );
+    let ledger = clouds.ledger();
+    assert_eq!(ledger[0].instance.as_deref(), Some("i-does-not-exist"));
+    assert_eq!(ledger[0].key, None);
+    assert_eq!(
+        ledger[2].key.as_deref(),
+        Some("k1"),
+        "a stop names the target's key when known"
+    );
+    assert!(check_ledger(&ledger).is_empty());
+}
+
+#[tokio::test]
+async fn stop_of_another_workspaces_instance_is_rejected() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let a = d.provision(&ctx_for("uid-a", 1), "ka", None).await.unwrap();
+    let err = d.stop(&ctx_for("uid-b", 1), &a.id).await.unwrap_err();
+    assert!(matches!(err, DriverError::Rejected(_)), "{err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        clouds.cloud("east").instance(&a.id).unwrap().state,
+        InstanceState::Running
+    );
+    let v = check_ledger(&clouds.ledger());
+    assert!(
+        matches!(v.as_slice(), [Violation::ForeignStop { owner, .. }] if owner == "uid-a"),
+        "{v:?}"
+    );
+}
+
+#[tokio::test]
+async fn lookup_finds_by_key_and_is_ledgered() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    assert_eq!(d.lookup(&ctx(1), "k1").await.unwrap(), None);
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    assert_eq!(d.lookup(&ctx(1), "k1").await.unwrap(), Some(a.clone()));
+    let ledger = clouds.ledger();
+    assert_eq!(ledger.len(), 3);
+    assert_eq!(ledger[0].call, Call::Lookup);
+    assert_eq!(ledger[0].outcome, Outcome::NotFound);
+    assert_eq!(ledger[2].outcome, Outcome::Found);
+    assert_eq!(ledger[2].instance.as_deref(), Some(a.id.as_str()));
+}
+
+#[tokio::test]
+async fn ledger_attributes_each_call() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let mut c = ctx(7);
+    c.caller = "ctrl-b".into();
+    c.operation_id = "op-x".into();
+    let a = d.provision(&c, "k1", None).await.unwrap();
+    let [e] = clouds.ledger().try_into().unwrap();
+    assert_eq!(e.seq, 1);
+    assert_eq!(e.provider, "east");
+    assert_eq!(e.caller, "ctrl-b");
+    assert_eq!(e.operation_id, "op-x");
+    assert_eq!(e.call, Call::Provision);
+    assert_eq!(e.workspace_uid, WS);
+    assert_eq!(e.namespace, "default");
+    assert_eq!(e.name, "ws-uid-1");
+    assert_eq!(e.epoch, 7);
+    assert_eq!(e.key.as_deref(), Some("k1"));
+    assert_eq!(e.instance.as_deref(), Some(a.id.as_str()));
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(json["workspaceUid"], WS);
+    assert_eq!(json["outcome"], "created");
+}
+
+#[tokio::test]
+async fn clouds_share_one_totally_ordered_ledger() {
+    let clouds = Clouds::new();
+    assert!(Arc::ptr_eq(&clouds.cloud("east"), &clouds.clone().cloud("east")));
+    assert!(!Arc::ptr_eq(&clouds.cloud("east"), &clouds.cloud("west")));
+    let east = driver(&clouds, "east");
+    let west = driver(&clouds, "west");
+    east.provision(&ctx(1), "k1", None).await.unwrap();
+    west.lookup(&ctx(1), "k1").await.unwrap();
+    east.lookup(&ctx(1), "k1").await.unwrap();
+    let ledger = clouds.ledger();
+    let seqs: Vec<u64> = ledger.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let providers: Vec<&str> = ledger.iter().map(|e| e.provider.as_str()).collect();
+    assert_eq!(providers, vec!["east", "west", "east"]);
+    // Per-provider state: west has no instance under k1.
+    assert_eq!(ledger[1].outcome, Outcome::NotFound);
+}
+
+#[tokio::test]
+async fn live_instances_span_providers_and_skip_stopped() {
+    let clouds = Clouds::new();
+    let east = driver(&clouds, "east");
+    let west = driver(&clouds, "west");
+    let a = east.provision(&ctx_for("u1", 1), "k1", None).await.unwrap();
+    let b = west.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
+    let c = west.provision(&ctx_for("u3", 1), "k3", None).await.unwrap();
+    west.stop(&ctx_for("u3", 1), &c.id).await.unwrap();
+    let live = clouds.live_instances();
+    assert_eq!(
+        live,
+        vec![
+            LiveInstance {
+                provider: "east".into(),
+                id: a.id,
+                key: "k1".into(),
+                workspace_uid: "u1".into()
+            },
+            LiveInstance {
+                provider: "west".into(),
+                id: b.id,
+                key: "k2".into(),
+                workspace_uid: "u2".into()
+            },
+        ]
+    );
+}
+
+// ---- fencing ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn stale_epochs_are_fenced_without_effect() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    let a = d.provision(&ctx(2), "k2", None).await.unwrap();
+    assert_eq!(cloud.newest_epoch(WS), Some(2));
+
+    let err = d.provision(&ctx(1), "k1", None).await.unwrap_err();
+    assert_eq!(err, DriverError::StaleEpoch { epoch: 1, newest: 2 });
+    assert!(!err.is_retryable());
+    assert_eq!(cloud.instances().len(), 1, "a fenced provision creates nothing");
+
+    let err = d.stop(&ctx(1), &a.id).await.unwrap_err();
+    assert_eq!(err, DriverError::StaleEpoch { epoch: 1, newest: 2 });
+    assert_eq!(
+        cloud.instance(&a.id).unwrap().state,
+        InstanceState::Running,
+        "a fenced stop stops nothing"
+    );
+
+    // Lookups are not fenced.
+    assert_eq!(d.lookup(&ctx(1), "k2").await.unwrap().map(|i| i.id), Some(a.id.clone()));
+
+    let fenced: Vec<_> = clouds
+        .ledger()
+        .into_iter()
+        .filter(|e| e.outcome == Outcome::Fenced { newest: 2 })
+        .collect();
+    assert_eq!(fenced.len(), 2);
+    assert_eq!(fenced[1].call, Call::Stop);
+    assert_eq!(fenced[1].instance.as_deref(), Some(a.id.as_str()));
+
+    // The same epoch is still accepted; a newer one moves the fence.
+    d.provision(&ctx(2), "k2", None).await.unwrap();
+    d.stop(&ctx(3), &a.id).await.unwrap();
+    assert_eq!(cloud.newest_epoch(WS), Some(3));
+    assert_eq!(
+        d.provision(&ctx(2), "k2", None).await.unwrap_err(),
+        DriverError::StaleEpoch { epoch: 2, newest: 3 }
+    );
+    assert!(
+        check_ledger(&clouds.ledger()).is_empty(),
+        "{:?}",
+        check_ledger(&clouds.ledger())
+    );
+}
+
+#[tokio::test]
+async fn fences_are_per_workspace_and_per_provider() {
+    let clouds = Clouds::new();
+    let east = driver(&clouds, "east");
+    let west = driver(&clouds, "west");
+    east.provision(&ctx_for("u1", 5), "k1", None).await.unwrap();
+    east.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
+    west.provision(&ctx_for("u1", 1), "k3", None).await.unwrap();
+    assert_eq!(clouds.cloud("west").newest_epoch("u1"), Some(1));
+    assert_eq!(clouds.cloud("east").newest_epoch("u1"), Some(5));
+}
+
+#[tokio::test]
+async fn lookups_do_not_move_the_fence() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    d.lookup(&ctx(9), "k").await.unwrap();
+    assert_eq!(clouds.cloud("east").newest_epoch(WS), None);
+    d.provision(&ctx(1), "k", None).await.unwrap();
+}
+
+// ---- faults ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fail_provision_fails_the_next_n_without_effect() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    cloud.set_faults(Faults {
+        fail_provision: 2,
+        ..Faults::default()
+    });
+    for left in [1, 0] {
+        let err = d.provision(&ctx(5), "k", None).await.unwrap_err();
+        assert!(matches!(err, DriverError::Transient(_)), "{err:?}");
+        assert_eq!(cloud.faults().fail_provision, left);
+    }
+    assert!(cloud.instances().is_empty());
+    assert_eq!(cloud.newest_epoch(WS), None, "a failed call does not reach the fence");
+    // Stops are not affected by provision faults.
+    d.stop(&ctx(1), "i-x").await.unwrap();
+    d.provision(&ctx(1), "k", None).await.unwrap();
+    assert_eq!(cloud.instances().len(), 1);
+    let o = outcomes(&clouds);
+    assert!(matches!(&o[..2], [Outcome::Failed(_), Outcome::Failed(_)]), "{o:?}");
+    assert_eq!(&o[2..], &[Outcome::AlreadyStopped, Outcome::Created]);
+}
+
+#[tokio::test]
+async fn fail_stop_fails_the_next_n_without_effect() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    let a = d.provision(&ctx(1), "k", None).await.unwrap();
+    cloud.set_faults(Faults {
+        fail_stop: 1,
+        ..Faults::default()
+    });
+    // Provisions are not affected by stop faults.
+    d.provision(&ctx(1), "k", None).await.unwrap();
+    let err = d.stop(&ctx(1), &a.id).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(cloud.faults().fail_stop, 0);
+    d.stop(&ctx(1), &a.id).await.unwrap();
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Stopped);
+    assert!(matches!(outcomes(&clouds)[2], Outcome::Failed(_)));
+}
+
+#[tokio::test]
+async fn always_failing_faults_persist_until_cleared() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    let a = d.provision(&ctx(1), "k", None).await.unwrap();
+    cloud.set_faults(Faults {
+        fail_provision_always: true,
+        fail_stop_always: true,
+        ..Faults::default()
+    });
+    for _ in 0..5 {
+        assert!(matches!(
+            d.provision(&ctx(1), "k2", None).await,
+            Err(DriverError::Transient(_))
+        ));
+        assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::Transient(_))));
+    }
+    assert_eq!(cloud.instances().len(), 1);
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    cloud.set_faults(Faults::default());
+    d.stop(&ctx(1), &a.id).await.unwrap();
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Stopped);
+}
+
+#[tokio::test]
+async fn dropped_provision_response_commits() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    cloud.set_faults(Faults {
+        drop_provision_response: 1,
+        ..Faults::default()
+    });
+    let err = d.provision(&ctx(1), "k", None).await.unwrap_err();
+    assert_eq!(err, DriverError::Transient("response lost".into()));
+    let [inst] = cloud.instances().try_into().unwrap();
+    assert_eq!(inst.state, InstanceState::Running, "the lost answer's effect happened");
+    assert_eq!(cloud.faults().drop_provision_response, 0);
+    // The retry under the same key finds the committed instance instead of creating another.
+    let again = d.provision(&ctx(1), "k", None).await.unwrap();
+    assert_eq!(again.id, inst.id);
+    assert_eq!(
+        outcomes(&clouds),
+        vec![Outcome::CommittedResponseLost { created: true }, Outcome::Existing]
+    );
+    assert_eq!(clouds.ledger()[0].instance.as_deref(), Some(inst.id.as_str()));
+    assert!(check_ledger(&clouds.ledger()).is_empty());
+}
+
+#[tokio::test]
+async fn dropped_response_of_a_replay_and_fenced_calls() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    let a = d.provision(&ctx(2), "k", None).await.unwrap();
+    cloud.set_faults(Faults {
+        drop_provision_response: 1,
+        ..Faults::default()
+    });
+    // A fenced provision commits nothing, so it does not consume the drop.
+    assert!(matches!(
+        d.provision(&ctx(1), "k", None).await,
+        Err(DriverError::StaleEpoch { .. })
+    ));
+    assert_eq!(cloud.faults().drop_provision_response, 1);
+    assert!(matches!(
+        d.provision(&ctx(2), "k", None).await,
+        Err(DriverError::Transient(_))
+    ));
+    assert_eq!(cloud.instances().len(), 1);
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(outcomes(&clouds)[2], Outcome::CommittedResponseLost { created: false });
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_elapses_before_the_effect() {
+    let clouds = Clouds::new();
+    let cloud = clouds.cloud("east");
+    let d = SimulatedDriver::new(
+        cloud.clone(),
+        SimulatedSettings {
+            provision_latency_ms: 100,
+            stop_latency_ms: 40,
+        },
+    );
+    let task = tokio::spawn(async move { d.provision(&ctx(1), "k", None).await });
+    tokio::time::advance(Duration::from_millis(99)).await;
+    tokio::task::yield_now().await;
+    assert!(cloud.instances().is_empty(), "no effect before the latency has passed");
+    assert!(clouds.ledger().is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let inst = task.await.unwrap().unwrap();
+    assert_eq!(cloud.instances().len(), 1);
+
+    let d = SimulatedDriver::new(
+        cloud.clone(),
+        SimulatedSettings {
+            provision_latency_ms: 100,
+            stop_latency_ms: 40,
+        },
+    );
+    let started = Instant::now();
+    d.stop(&ctx(1), &inst.id).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(40));
+    let started = Instant::now();
+    d.lookup(&ctx(1), "k").await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn extra_latency_applies_to_every_call() {
+    let clouds = Clouds::new();
+    let cloud = clouds.cloud("east");
+    cloud.set_faults(Faults {
+        extra_latency: Duration::from_secs(5),
+        ..Faults::default()
+    });
+    let d = SimulatedDriver::new(
+        cloud.clone(),
+        SimulatedSettings {
+            provision_latency_ms: 100,
+            stop_latency_ms: 40,
+        },
+    );
+    let started = Instant::now();
+    let inst = d.provision(&ctx(1), "k", None).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(5100));
+    let started = Instant::now();
+    d.stop(&ctx(1), &inst.id).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(5040));
+    let started = Instant::now();
+    d.lookup(&ctx(1), "k").await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hang_never_answers_and_has_no_effect() {
+    let clouds = Clouds::new();
+    let cloud = clouds.cloud("east");
+    let d = driver(&clouds, "east");
+    let a = d.provision(&ctx(1), "k", None).await.unwrap();
+    cloud.set_faults(Faults {
+        hang: true,
+        ..Faults::default()
+    });
+    let limit = Duration::from_secs(3600);
+    assert!(
+        tokio::time::timeout(limit, d.provision(&ctx(2), "k2", None))
+            .await
+            .is_err()
+    );
+    assert!(tokio::time::timeout(limit, d.stop(&ctx(2), &a.id)).await.is_err());
+    assert!(tokio::time::timeout(limit, d.lookup(&ctx(2), "k")).await.is_err());
+    assert_eq!(cloud.instances().len(), 1);
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(cloud.newest_epoch(WS), Some(1), "a hung call does not reach the fence");
+    assert_eq!(&outcomes(&clouds)[1..], &[Outcome::Hung, Outcome::Hung, Outcome::Hung]);
+    cloud.set_faults(Faults::default());
+    d.stop(&ctx(2), &a.id).await.unwrap();
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Stopped);
+}
+
+// ---- end to end through the drivers ----------------------------------------------------------
+
+#[tokio::test]
+async fn a_safe_switch_leaves_a_clean_ledger() {
+    let clouds = Clouds::new();
+    let east = driver(&clouds, "east");
+    let west = driver(&clouds, "west");
+    let a = east.provision(&ctx(1), "uid-1.op-1", None).await.unwrap();
+    // Switch under epoch 2: stop the old instance first, then start the new one.
+    east.stop(&ctx(2), &a.id).await.unwrap();
+    let b = west.provision(&ctx(2), "uid-1.op-2", None).await.unwrap();
+    // A takeover under epoch 3 resumes and repeats both calls idempotently.
+    east.stop(&ctx(3), &a.id).await.unwrap();
+    assert_eq!(west.provision(&ctx(3), "uid-1.op-2", None).await.unwrap().id, b.id);
+    assert!(
+        check_ledger(&clouds.ledger()).is_empty(),
+        "{:?}",
+        check_ledger(&clouds.ledger())
+    );
+    assert!(check_live(&clouds, &[("west".into(), b.id.clone())]).is_empty());
+}
+
+#[tokio::test]
+async fn an_unsafe_switch_is_flagged() {
+    let clouds = Clouds::new();
+    let east = driver(&clouds, "east");
+    let west = driver(&clouds, "west");
+    let a = east.provision(&ctx(1), "k1", None).await.unwrap();
+    let b = west.provision(&ctx(2), "k2", None).await.unwrap();
+    east.stop(&ctx(2), &a.id).await.unwrap();
+    let v = check_ledger(&clouds.ledger());
+    assert_eq!(
+        v,
+        vec![Violation::MultipleLive {
+            seq: 2,
+            workspace_uid: WS.into(),
+            provider: "west".into(),
+            instance: b.id,
+            running_provider: "east".into(),
+            running_instance: a.id,
+        }]
+    );
+}
+
+// ---- check_ledger on hand-built ledgers ------------------------------------------------------
+
+struct Book(Vec<LedgerEntry>);
+
+impl Book {
+    fn new() -> Self {
+        Book(Vec::new())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        provider: &str,
+        uid: &str,
+        epoch: i64,
+        call: Call,
+        key: Option<&str>,
+        instance: Option<&str>,
+        outcome: Outcome,
+    ) -> &mut Self {
+        let c = ctx_for(uid, epoch);
+        self.0.push(LedgerEntry {
+            seq: self.0.len() as u64 + 1,
+            at: SystemTime::UNIX_EPOCH,
+            provider: provider.into(),
+            caller: c.caller,
+            operation_id: c.operation_id,
+            call,
+            workspace_uid: c.workspace_uid,
+            namespace: c.namespace,
+            name: c.name,
+            epoch,
+            key: key.map(Into::into),
+            instance: instance.map(Into::into),
+            outcome,
+        });
+        self
+    }
+
+    fn create(&mut self, provider: &str, uid: &str, epoch: i64, key: &str, id: &str) -> &mut Self {
+        self.push(
+            provider,
+            uid,
+            epoch,
+            Call::Provision,
+            Some(key),
+            Some(id),
+            Outcome::Created,
+        )
+    }
+
+    fn stop(&mut self, provider: &str, uid: &str, epoch: i64, id: &str, outcome: Outcome) -> &mut Self {
+        self.push(provider, uid, epoch, Call::Stop, None, Some(id), outcome)
+    }
+
+    fn check(&self) -> Vec<Violation> {
+        check_ledger(&self.0)
+    }
+}
+
+/// A busy but correct history: two workspaces, a switch, replays, lookups, faults and fences.
+fn clean_book() -> Book {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "u1.op1", "e1")
+        .create("east", "u2", 1, "u2.op1", "e2")
+        .push(
+            "east",
+            "u1",
+            1,
+            Call::Provision,
+            Some("u1.op1"),
+            Some("e1"),
+            Outcome::Existing,
+        )
+        .push(
+            "east",
+            "u1",
+            1,
+            Call::Lookup,
+            Some("u1.op1"),
+            Some("e1"),
+            Outcome::Found,
+        )
+        .stop("east", "u1", 2, "e1", Outcome::Failed("injected".into()))
+        .stop("east", "u1", 2, "e1", Outcome::Stopped)
+        .stop("east", "u1", 1, "e1", Outcome::Fenced { newest: 2 })
+        .push(
+            "west",
+            "u1",
+            2,
+            Call::Provision,
+            Some("u1.op2"),
+            None,
+            Outcome::Failed("injected".into()),
+        )
+        .push(
+            "west",
+            "u1",
+            2,
+            Call::Provision,
+            Some("u1.op2"),
+            Some("w1"),
+            Outcome::CommittedResponseLost { created: true },
+        )
+        .push(
+            "west",
+            "u1",
+            2,
+            Call::Provision,
+            Some("u1.op2"),
+            Some("w1"),
+            Outcome::Existing,
+        )
+        .stop("east", "u1", 3, "e1", Outcome::AlreadyStopped)
+        .stop("west", "u1", 3, "w-unknown", Outcome::AlreadyStopped)
+        .push(
+            "west",
+            "u1",
+            1,
+            Call::Lookup,
+            Some("u1.op2"),
+            Some("w1"),
+            Outcome::Found,
+        )
+        .push("west", "u1", 0, Call::Provision, Some("u1.op0"), None, Outcome::Hung)
+        // Back to east under a fresh key after the west instance stops.
+        .stop("west", "u1", 4, "w1", Outcome::Stopped)
+        .create("east", "u1", 4, "u1.op4", "e3");
+    b
+}
+
+#[test]
+fn clean_ledger_passes() {
+    let v = clean_book().check();
+    assert!(v.is_empty(), "{v:?}");
+}
+
+#[test]
+fn ledger_is_replayed_in_seq_order() {
+    let mut b = clean_book();
+    b.0.reverse();
+    assert!(b.check().is_empty());
+}
+
+#[test]
+fn flags_two_live_instances_across_providers() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .create("west", "u1", 2, "k2", "w1");
+    let v = b.check();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        matches!(&v[0], Violation::MultipleLive { seq: 2, instance, running_instance, .. }
+        if instance == "w1" && running_instance == "e1")
+    );
+    let msg = v[0].to_string();
+    assert!(msg.contains("invariant 2") && msg.contains("seq 2") && msg.contains("west/w1") && msg.contains("east/e1"));
+}
+
+#[test]
+fn flags_a_lost_response_that_created_a_second_live_instance() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1").push(
+        "east",
+        "u1",
+        1,
+        Call::Provision,
+        Some("k2"),
+        Some("e2"),
+        Outcome::CommittedResponseLost { created: true },
+    );
+    assert!(matches!(b.check().as_slice(), [Violation::MultipleLive { seq: 2, .. }]));
+}
+
+#[test]
+fn instances_of_other_workspaces_or_stopped_ones_do_not_count_as_live() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .create("east", "u2", 1, "k2", "e2")
+        .stop("east", "u1", 2, "e1", Outcome::Stopped)
+        .create("west", "u1", 2, "k3", "w1");
+    assert!(b.check().is_empty());
+    // An ineffective stop does not free the slot.
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .stop("east", "u1", 2, "e1", Outcome::Failed("x".into()))
+        .stop("east", "u1", 2, "e1", Outcome::Fenced { newest: 3 })
+        .stop("east", "u1", 2, "e1", Outcome::AlreadyStopped)
+        .create("west", "u1", 2, "k3", "w1");
+    assert!(matches!(b.check().as_slice(), [Violation::MultipleLive { seq: 5, .. }]));
+}
+
+#[test]
+fn flags_a_repeated_effective_stop() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .stop("east", "u1", 2, "e1", Outcome::Stopped)
+        .stop("east", "u1", 2, "e1", Outcome::Stopped);
+    let v = b.check();
+    assert_eq!(
+        v,
+        vec![Violation::RepeatedStop {
+            seq: 3,
+            provider: "east".into(),
+            instance: "e1".into(),
+            first_seq: 2
+        }]
+    );
+    assert!(v[0].to_string().contains("invariant 3"));
+}
+
+#[test]
+fn flags_effective_stops_under_two_epochs() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .stop("east", "u1", 2, "e1", Outcome::Stopped)
+        .stop("east", "u1", 3, "e1", Outcome::Stopped);
+    let v = b.check();
+    assert!(v.contains(&Violation::StoppedUnderTwoEpochs {
+        seq: 3,
+        provider: "east".into(),
+        instance: "e1".into(),
+        epoch: 3,
+        first_seq: 2,
+        first_epoch: 2,
+    }));
+    assert_eq!(v.len(), 2, "{v:?}");
+}
+
+#[test]
+fn same_instance_id_on_two_providers_is_two_instances() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "i1")
+        .stop("east", "u1", 2, "i1", Outcome::Stopped)
+        .create("west", "u1", 2, "k1", "i1")
+        .stop("west", "u1", 3, "i1", Outcome::Stopped);
+    assert!(b.check().is_empty(), "{:?}", b.check());
+}
+
+#[test]
+fn flags_an_accepted_stale_epoch() {
+    let mut b = Book::new();
+    b.create("east", "u1", 3, "k1", "e1")
+        .stop("east", "u1", 2, "e1", Outcome::AlreadyStopped);
+    let v = b.check();
+    assert_eq!(
+        v,
+        vec![Violation::StaleEpochAccepted {
+            seq: 2,
+            provider: "east".into(),
+            call: Call::Stop,
+            workspace_uid: "u1".into(),
+            epoch: 2,
+            newest: 3,
+            newest_seq: 1,
+        }]
+    );
+    assert!(
+        v[0].to_string()
+            .contains("accepted a stop for workspace u1 under epoch 2 after accepting epoch 3")
+    );
+}
+
+#[test]
+fn stale_epochs_that_were_refused_or_elsewhere_are_fine() {
+    let mut b = Book::new();
+    b.create("east", "u1", 3, "k1", "e1")
+        .stop("east", "u1", 2, "e1", Outcome::Fenced { newest: 3 })
+        .push(
+            "east",
+            "u1",
+            2,
+            Call::Provision,
+            Some("k9"),
+            None,
+            Outcome::Failed("x".into()),
+        )
+        .push("east", "u1", 1, Call::Lookup, Some("k1"), Some("e1"), Outcome::Found)
+        // Another workspace, and another provider, have fences of their own.
+        .create("east", "u2", 1, "k2", "e2")
+        .stop("east", "u1", 3, "e1", Outcome::Stopped)
+        .create("west", "u1", 1, "k3", "w1");
+    assert!(b.check().is_empty(), "{:?}", b.check());
+}
+
+#[test]
+fn flags_a_key_that_yields_two_instances() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .stop("east", "u1", 1, "e1", Outcome::Stopped)
+        .create("east", "u1", 1, "k1", "e2");
+    let v = b.check();
+    assert_eq!(
+        v,
+        vec![Violation::KeyReused {
+            seq: 3,
+            provider: "east".into(),
+            key: "k1".into(),
+            instance: "e2".into(),
+            first_instance: "e1".into(),
+            first_seq: 1,
+        }]
+    );
+    assert!(v[0].to_string().starts_with("invariant 4"));
+    // The same key on another provider is another key.
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .stop("east", "u1", 1, "e1", Outcome::Stopped)
+        .create("west", "u1", 1, "k1", "w1");
+    assert!(b.check().is_empty());
+}
+
+#[test]
+fn flags_a_lookup_that_contradicts_the_key() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .push("east", "u1", 1, Call::Lookup, Some("k1"), Some("e7"), Outcome::Found);
+    assert!(matches!(b.check().as_slice(), [Violation::KeyReused { seq: 2, .. }]));
+}
+
+#[test]
+fn flags_a_stop_of_another_workspaces_instance() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .stop("east", "u2", 1, "e1", Outcome::Stopped);
+    let v = b.check();
+    assert_eq!(
+        v,
+        vec![Violation::ForeignStop {
+            seq: 2,
+            provider: "east".into(),
+            instance: "e1".into(),
+            workspace_uid: "u2".into(),
+            owner: "u1".into(),
+        }]
+    );
+}
+
+// ---- check_live ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn check_live_flags_leaks_and_missing_instances() {
+    let clouds = Clouds::new();
+    let east = driver(&clouds, "east");
+    let west = driver(&clouds, "west");
+    let a = east.provision(&ctx_for("u1", 1), "k1", None).await.unwrap();
+    let b = west.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
+    let c = west.provision(&ctx_for("u3", 1), "k3", None).await.unwrap();
+    west.stop(&ctx_for("u3", 1), &c.id).await.unwrap();
+
+    let all = [("east".to_string(), a.id.clone()), ("west".to_string(), b.id.clone())];
+    assert!(check_live(&clouds, &all).is_empty());
+
+    let v = check_live(&clouds, &all[..1]);
+    assert_eq!(
+        v,
+        vec![Violation::Leaked {
+            provider: "west".into(),
+            instance: b.id.clone(),
+            workspace_uid: "u2".into()
+        }]
+    );
+    assert!(v[0].to_string().contains("invariant 6"));
+
+    // Naming a stopped instance, or naming one on the wrong provider, is also a mismatch.
+    let v = check_live(
+        &clouds,
+        &[all[0].clone(), all[1].clone(), ("west".to_string(), c.id.clone())],
+    );
+    assert_eq!(
+        v,
+        vec![Violation::NotLive {
+            provider: "west".into(),
+            instance: c.id.clone()
+        }]
+    );
+    let v = check_live(&clouds, &[all[0].clone(), ("east".to_string(), b.id.clone())]);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v.contains(&Violation::NotLive {
+        provider: "east".into(),
+        instance: b.id.clone()
+    }));
+}

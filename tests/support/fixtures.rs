@@ -1,0 +1,274 @@
+//! Switchyard-specific test helpers: providers, in-process controller instances, waiting on
+//! workspace state, and the DESIGN.md §3 invariants checked from the providers' ledger.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use switchyard::api::conditions as cond;
+use switchyard::api::{ComputeProvider, Workspace, WorkspaceStatus};
+use switchyard::controller::{self, FailPoints, Settings, Stats};
+use switchyard::provider::Dispatcher;
+use switchyard::provider::simulated::{Clouds, LedgerEntry, check_ledger, check_live};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::eventually;
+
+/// A short name unique within this test binary's control plane (DNS-1123 label).
+pub fn unique(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Creates a simulated ComputeProvider.
+pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, stop_ms: u64) {
+    let p: ComputeProvider = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
+        "metadata": {"name": name},
+        "spec": {"driver": "simulated", "simulated": {"provisionLatencyMs": provision_ms, "stopLatencyMs": stop_ms}}
+    }))
+    .expect("provider");
+    Api::<ComputeProvider>::all(client.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("create provider");
+}
+
+pub fn workspace(name: &str, provider: &str) -> Workspace {
+    serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
+        "metadata": {"name": name},
+        "spec": {"provider": provider, "template": {"image": "busybox", "size": "small"}}
+    }))
+    .expect("workspace")
+}
+
+/// Test-speed settings: short lease and backoffs, one namespace.
+pub fn settings(identity: &str, namespace: &str) -> Settings {
+    let mut s = Settings::new(identity);
+    s.namespace = Some(namespace.to_string());
+    s.claim_lease = Duration::from_secs(2);
+    s.provision_backoff = (Duration::from_millis(100), Duration::from_millis(800));
+    s.stop_attempts = 2;
+    s.stop_backoff = Duration::from_millis(50);
+    s.stop_retry = (Duration::from_millis(300), Duration::from_secs(1));
+    s
+}
+
+/// A controller instance running in this process.
+pub struct Instance {
+    pub identity: String,
+    pub stats: Arc<Stats>,
+    pub failpoints: FailPoints,
+    task: Option<JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Instance {
+    pub fn start(client: &Client, settings: Settings, clouds: &Clouds) -> Self {
+        Self::start_with(client, settings, clouds, FailPoints::default())
+    }
+
+    pub fn start_with(client: &Client, settings: Settings, clouds: &Clouds, failpoints: FailPoints) -> Self {
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = oneshot::channel::<()>();
+        let identity = settings.identity.clone();
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            settings,
+            Dispatcher::new(clouds.clone()),
+            failpoints.clone(),
+            stats.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            identity,
+            stats,
+            failpoints,
+            task: Some(task),
+            stop: Some(tx),
+        }
+    }
+
+    /// Kills the instance where it stands, as a crashed process would stop.
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Graceful shutdown: in-flight reconciles finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn status(ws: &Workspace) -> WorkspaceStatus {
+    ws.status.clone().unwrap_or_default()
+}
+
+pub fn is_ready_on(ws: &Workspace, provider: &str) -> bool {
+    let s = status(ws);
+    s.operation.is_none()
+        && s.active_provider.as_deref() == Some(provider)
+        && s.instance.as_ref().is_some_and(|i| i.provider == provider)
+        && cond::is_true(&s.conditions, cond::READY)
+        && s.observed_generation == ws.metadata.generation
+}
+
+/// Waits until `name` is Ready, with its compute on `provider`.
+pub async fn wait_ready_on(api: &Api<Workspace>, name: &str, provider: &str, timeout: Duration) -> Workspace {
+    eventually(&format!("{name} ready on {provider}"), timeout, || async {
+        api.get(name).await.ok().filter(|ws| is_ready_on(ws, provider))
+    })
+    .await
+}
+
+/// Waits until `check` holds for `name`.
+pub async fn wait_for(
+    api: &Api<Workspace>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Workspace) -> bool,
+) -> Workspace {
+    eventually(what, timeout, || async {
+        api.get(name).await.ok().filter(|ws| check(ws))
+    })
+    .await
+}
+
+/// Every (provider, instance id) that workspace statuses in `namespace` name.
+pub async fn named_instances(api: &Api<Workspace>) -> Vec<(String, String)> {
+    let list = api.list(&ListParams::default()).await.expect("list workspaces");
+    list.items
+        .iter()
+        .filter_map(|ws| status(ws).instance.map(|i| (i.provider, i.id)))
+        .collect()
+}
+
+/// DESIGN.md §3 invariants 2, 3, 4 and 6, from the providers' side.
+pub async fn assert_invariants(api: &Api<Workspace>, clouds: &Clouds) {
+    let ledger = clouds.ledger();
+    let mut violations: Vec<String> = check_ledger(&ledger).iter().map(|v| v.to_string()).collect();
+    let named = named_instances(api).await;
+    violations.extend(check_live(clouds, &named).iter().map(|v| v.to_string()));
+    assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
+}
+
+/// The ledger entries of one workspace.
+pub fn ledger_of(clouds: &Clouds, uid: &str) -> Vec<LedgerEntry> {
+    clouds.ledger().into_iter().filter(|e| e.workspace_uid == uid).collect()
+}
+
+/// DESIGN.md §3.7 for one observed status; the description of the breach, if any.
+pub fn kstatus_breach(ws: &Workspace) -> Option<String> {
+    let s = ws.status.as_ref()?;
+    if s.conditions.is_empty() && s.phase.is_none() {
+        return None; // never written by the controller yet
+    }
+    let ready = cond::get(&s.conditions, cond::READY);
+    let reconciling = cond::is_true(&s.conditions, cond::RECONCILING);
+    let stalled = cond::is_true(&s.conditions, cond::STALLED);
+    let name = ws.name_any();
+    let Some(ready) = ready else {
+        return Some(format!("{name}: Ready missing"));
+    };
+    if (reconciling || stalled) && ready.status != "False" {
+        return Some(format!(
+            "{name}: Ready={} while Reconciling={reconciling} Stalled={stalled}",
+            ready.status
+        ));
+    }
+    if reconciling && stalled {
+        return Some(format!("{name}: Reconciling and Stalled both True"));
+    }
+    if s.observed_generation > ws.metadata.generation {
+        return Some(format!(
+            "{name}: observedGeneration {:?} > generation {:?}",
+            s.observed_generation, ws.metadata.generation
+        ));
+    }
+    None
+}
+
+/// Watches every workspace in a namespace and records each version seen; checks §3.7 on each.
+pub struct StatusWatch {
+    task: JoinHandle<Seen>,
+    stop: oneshot::Sender<()>,
+}
+
+/// What a status watch saw.
+pub struct Seen {
+    pub versions: usize,
+    pub breaches: Vec<String>,
+    /// Per workspace uid: every (holder, epoch) of an operation seen.
+    pub claims: BTreeMap<String, Vec<(String, i64)>>,
+}
+
+impl StatusWatch {
+    pub fn start(api: Api<Workspace>) -> Self {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut versions = 0;
+            let mut breaches = Vec::new();
+            let mut claims: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+            let stream = watcher(api, watcher::Config::default()).boxed();
+            let mut stream = stream.fuse();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    ev = stream.next() => match ev {
+                        Some(Ok(watcher::Event::Apply(ws))) | Some(Ok(watcher::Event::InitApply(ws))) => {
+                            versions += 1;
+                            if let Some(b) = kstatus_breach(&ws) { breaches.push(b); }
+                            if let Some(op) = status(&ws).operation {
+                                let seen = claims.entry(ws.uid().unwrap_or_default()).or_default();
+                                if !seen.contains(&(op.holder.clone(), op.epoch)) { seen.push((op.holder, op.epoch)); }
+                            }
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            }
+            Seen {
+                versions,
+                breaches,
+                claims,
+            }
+        });
+        Self { task, stop }
+    }
+
+    pub async fn finish(self) -> Seen {
+        let _ = self.stop.send(());
+        self.task.await.expect("status watch")
+    }
+}
