@@ -11,7 +11,7 @@ run: testenv build
 
 ## test: lint-free build, unit tests and integration tests against a real kube-apiserver
 test: testenv
-	$(CARGO) test --all-targets -- --color never
+	$(CARGO) test --all-targets -- --color never --test-threads 4
 
 ## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
 testenv:

@@ -12,11 +12,7 @@ use crate::provider::Dispatcher;
 use crate::provider::simulated::Clouds;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "Places Workspaces on compute providers and switches them safely"
-)]
+#[command(name = "switchyard", version, about = "Places Workspaces on compute providers and switches them safely")]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t, env = "SWITCHYARD_LOG_FORMAT")]
@@ -61,11 +57,7 @@ pub fn default_identity() -> String {
     let host = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .ok()
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "switchyard".to_string());
     let suffix = uuid::Uuid::new_v4().simple().to_string();
@@ -77,9 +69,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 2m"))?;
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 2m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "" | "s" => Ok(Duration::from_secs(n)),
@@ -122,15 +112,8 @@ pub async fn main(cli: Cli) -> ExitCode {
             Ok(client) => {
                 let dispatcher = Dispatcher::new(Clouds::new());
                 let stats = Arc::new(Stats::default());
-                controller::run(
-                    client,
-                    args.settings(),
-                    dispatcher,
-                    FailPoints::default(),
-                    stats,
-                    shutdown_signal(),
-                )
-                .await;
+                controller::run(client, args.settings(), dispatcher, FailPoints::default(), stats, shutdown_signal())
+                    .await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -76,10 +76,7 @@ impl LocalControlPlane {
         let mut lines = BufReader::new(stdout).lines();
         while let Some(line) = lines.next_line().await? {
             if let Some(kubeconfig) = line.strip_prefix("ready ") {
-                return Ok(Self {
-                    kubeconfig: PathBuf::from(kubeconfig),
-                    child,
-                });
+                return Ok(Self { kubeconfig: PathBuf::from(kubeconfig), child });
             }
         }
         Err(DevError::NotReady { log: log_path })
@@ -128,17 +125,13 @@ pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
     for file in files {
         let text = std::fs::read_to_string(&file)?;
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).map_err(|source| DevError::Yaml {
-                file: file.clone(),
-                source,
-            })?;
+            let value =
+                serde_yaml::Value::deserialize(doc).map_err(|source| DevError::Yaml { file: file.clone(), source })?;
             if value.is_null() {
                 continue;
             }
-            let obj: DynamicObject = serde_yaml::from_value(value).map_err(|source| DevError::Yaml {
-                file: file.clone(),
-                source,
-            })?;
+            let obj: DynamicObject =
+                serde_yaml::from_value(value).map_err(|source| DevError::Yaml { file: file.clone(), source })?;
             let gvk = obj
                 .types
                 .as_ref()
@@ -148,11 +141,9 @@ pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
                 .resolve_gvk(&gvk)
                 .ok_or_else(|| DevError::Other(format!("{}: unknown kind {gvk:?}", file.display())))?;
             let api: Api<DynamicObject> = match caps.scope {
-                Scope::Namespaced => Api::namespaced_with(
-                    client.clone(),
-                    obj.namespace().as_deref().unwrap_or("default"),
-                    &resource,
-                ),
+                Scope::Namespaced => {
+                    Api::namespaced_with(client.clone(), obj.namespace().as_deref().unwrap_or("default"), &resource)
+                }
                 Scope::Cluster => Api::all_with(client.clone(), &resource),
             };
             api.patch(&obj.name_any(), &params, &Patch::Apply(&obj)).await?;
@@ -163,10 +154,7 @@ pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
 }
 
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
-    eprintln!(
-        "starting the local control plane (kube-apiserver + etcd) in {}",
-        args.dir.display()
-    );
+    eprintln!("starting the local control plane (kube-apiserver + etcd) in {}", args.dir.display());
     let cp = LocalControlPlane::start(&args.testenv_bin, &args.dir).await?;
     let client = cp.client().await?;
     install_crds(&client).await?;

@@ -21,10 +21,7 @@ fn workspace(name: &str, provider: &str) -> Workspace {
 fn committed_crds_match_the_rust_types() {
     let committed = std::fs::read_to_string(repo_root().join("crds/switchyard.dev.yaml")).expect("read crds/");
     let generated = crds_yaml().expect("render CRDs");
-    assert!(
-        committed == generated,
-        "crds/ is out of date with src/api: run `make crds`"
-    );
+    assert!(committed == generated, "crds/ is out of date with src/api: run `make crds`");
 }
 
 #[tokio::test]
@@ -32,19 +29,12 @@ async fn status_merge_patch_with_stale_resource_version_is_refused() {
     let client = client().await;
     let ns = namespace(&client, "api-rv").await;
     let api: Api<Workspace> = Api::namespaced(client, &ns);
-    let created = api
-        .create(&PostParams::default(), &workspace("ws-rv", "aws"))
-        .await
-        .expect("create");
+    let created = api.create(&PostParams::default(), &workspace("ws-rv", "aws")).await.expect("create");
     let stale_rv = created.metadata.resource_version.clone().expect("rv");
 
     // Someone else writes first: the resourceVersion we hold is now stale.
     let first = api
-        .patch_status(
-            "ws-rv",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"epoch": 1}})),
-        )
+        .patch_status("ws-rv", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 1}})))
         .await
         .expect("first status write");
 
@@ -58,10 +48,7 @@ async fn status_merge_patch_with_stale_resource_version_is_refused() {
         other => panic!("expected 409, got {other:?}"),
     }
     let after = api.get_status("ws-rv").await.expect("get");
-    assert_eq!(
-        after.metadata.resource_version, first.metadata.resource_version,
-        "a refused write changed the object"
-    );
+    assert_eq!(after.metadata.resource_version, first.metadata.resource_version, "a refused write changed the object");
     let status = after.status.expect("status");
     assert_eq!(status.epoch, 1);
     assert_eq!(status.active_provider, None);
@@ -79,18 +66,11 @@ async fn status_writes_leave_generation_and_spec_writes_bump_it() {
     let client = client().await;
     let ns = namespace(&client, "api-gen").await;
     let api: Api<Workspace> = Api::namespaced(client, &ns);
-    let created = api
-        .create(&PostParams::default(), &workspace("ws-gen", "aws"))
-        .await
-        .expect("create");
+    let created = api.create(&PostParams::default(), &workspace("ws-gen", "aws")).await.expect("create");
     let generation = created.metadata.generation.expect("generation");
 
     let after_status = api
-        .patch_status(
-            "ws-gen",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Pending"}})),
-        )
+        .patch_status("ws-gen", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Pending"}})))
         .await
         .expect("status write");
     assert_eq!(after_status.metadata.generation, Some(generation));
@@ -105,10 +85,7 @@ async fn status_writes_leave_generation_and_spec_writes_bump_it() {
         .await
         .expect("spec write");
     assert_eq!(after_spec.metadata.generation, Some(generation + 1));
-    assert_eq!(
-        after_spec.status.and_then(|s| s.phase),
-        Some(switchyard::api::Phase::Pending)
-    );
+    assert_eq!(after_spec.status.and_then(|s| s.phase), Some(switchyard::api::Phase::Pending));
 }
 
 #[tokio::test]
@@ -116,38 +93,21 @@ async fn status_epoch_never_decreases() {
     let client = client().await;
     let ns = namespace(&client, "api-epoch").await;
     let api: Api<Workspace> = Api::namespaced(client, &ns);
-    api.create(&PostParams::default(), &workspace("ws-epoch", "aws"))
+    api.create(&PostParams::default(), &workspace("ws-epoch", "aws")).await.expect("create");
+    api.patch_status("ws-epoch", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 5}})))
         .await
-        .expect("create");
-    api.patch_status(
-        "ws-epoch",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"epoch": 5}})),
-    )
-    .await
-    .expect("raise epoch");
+        .expect("raise epoch");
     let err = api
-        .patch_status(
-            "ws-epoch",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"epoch": 4}})),
-        )
+        .patch_status("ws-epoch", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 4}})))
         .await
         .expect_err("a lower epoch must be refused");
-    assert!(
-        err.to_string().contains("status.epoch must never decrease"),
-        "unexpected error: {err}"
-    );
+    assert!(err.to_string().contains("status.epoch must never decrease"), "unexpected error: {err}");
 }
 
 /// Applies `manifest` with kubectl and returns its error output, asserting it failed.
 fn rejected(manifest: &str) -> String {
     let out = kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(
-        !out.status.success(),
-        "expected rejection, kubectl said: {}",
-        stdout(&out)
-    );
+    assert!(!out.status.success(), "expected rejection, kubectl said: {}", stdout(&out));
     stderr(&out)
 }
 
@@ -162,10 +122,7 @@ async fn invalid_objects_are_rejected_with_a_clear_message() {
     };
 
     let msg = rejected(&ws("  provider: GCP_1\n"));
-    assert!(
-        msg.contains("spec.provider") && msg.contains("should match"),
-        "bad provider name: {msg}"
-    );
+    assert!(msg.contains("spec.provider") && msg.contains("should match"), "bad provider name: {msg}");
 
     let msg = rejected(&ws("  running: true\n"));
     assert!(msg.contains("spec.provider: Required value"), "missing provider: {msg}");
@@ -174,16 +131,10 @@ async fn invalid_objects_are_rejected_with_a_clear_message() {
     assert!(msg.contains("unknown field \"spec.colour\""), "unknown field: {msg}");
 
     let msg = rejected(&ws("  provider: aws\n  template:\n    size: huge\n"));
-    assert!(
-        msg.contains("spec.template.size") && msg.contains("Unsupported value"),
-        "bad size: {msg}"
-    );
+    assert!(msg.contains("spec.template.size") && msg.contains("Unsupported value"), "bad size: {msg}");
 
     let msg = rejected(&ws("  provider: aws\n  template:\n    args: [\"--fast\"]\n"));
-    assert!(
-        msg.contains("template.args requires template.image"),
-        "CEL on template: {msg}"
-    );
+    assert!(msg.contains("template.args requires template.image"), "CEL on template: {msg}");
 
     let provider = |spec: &str| {
         format!(
@@ -191,22 +142,13 @@ async fn invalid_objects_are_rejected_with_a_clear_message() {
         )
     };
     let msg = rejected(&provider("  driver: http\n"));
-    assert!(
-        msg.contains("spec.http must be set exactly when driver is http"),
-        "CEL on provider: {msg}"
-    );
+    assert!(msg.contains("spec.http must be set exactly when driver is http"), "CEL on provider: {msg}");
 
     let msg = rejected(&provider("  driver: simulated\n  http:\n    endpoint: https://x\n"));
-    assert!(
-        msg.contains("spec.http must be set exactly when driver is http"),
-        "CEL on provider: {msg}"
-    );
+    assert!(msg.contains("spec.http must be set exactly when driver is http"), "CEL on provider: {msg}");
 
     let msg = rejected(&provider("  driver: ftp\n"));
-    assert!(
-        msg.contains("spec.driver") && msg.contains("Unsupported value"),
-        "bad driver: {msg}"
-    );
+    assert!(msg.contains("spec.driver") && msg.contains("Unsupported value"), "bad driver: {msg}");
 
     // Nothing of the rejected objects was stored.
     let api: Api<Workspace> = Api::namespaced(client, &ns);
@@ -218,9 +160,7 @@ async fn kubectl_works_as_users_expect() {
     let client = client().await;
     let ns = namespace(&client, "api-kubectl").await;
     let api: Api<Workspace> = Api::namespaced(client, &ns);
-    api.create(&PostParams::default(), &workspace("ws-1", "aws"))
-        .await
-        .expect("create");
+    api.create(&PostParams::default(), &workspace("ws-1", "aws")).await.expect("create");
     api.patch_status(
         "ws-1",
         &PatchParams::default(),
@@ -243,23 +183,10 @@ async fn kubectl_works_as_users_expect() {
 
     let out = kubectl(&["explain", "workspace.spec.provider"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("Name of the cluster-scoped ComputeProvider"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("Name of the cluster-scoped ComputeProvider"), "{}", stdout(&out));
 
-    let out = kubectl(&[
-        "patch",
-        "workspace",
-        "ws-1",
-        "-n",
-        &ns,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"provider":"gcp"}}"#,
-    ]);
+    let out =
+        kubectl(&["patch", "workspace", "ws-1", "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"provider":"gcp"}}"#]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(api.get("ws-1").await.expect("get").spec.provider, "gcp");
 }

@@ -10,8 +10,12 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use support::fixtures::*;
 use support::*;
+use switchyard::api::Step;
 use switchyard::api::Workspace;
-use switchyard::provider::simulated::{Call, Clouds, Outcome};
+use switchyard::controller::FailPoint;
+use switchyard::controller::FailPoints;
+use switchyard::controller::Stats;
+use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -26,9 +30,7 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
     let _ctl = Instance::start(&client, settings("ctl-1", &ns), &clouds);
     let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
 
-    api.create(&PostParams::default(), &workspace("ws-1", &a))
-        .await
-        .expect("create");
+    api.create(&PostParams::default(), &workspace("ws-1", &a)).await.expect("create");
     let running = wait_ready_on(&api, "ws-1", &a, CONVERGE).await;
     let uid = running.metadata.uid.clone().expect("uid");
     let first = running.status.clone().and_then(|s| s.instance).expect("instance on a");
@@ -84,13 +86,389 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
         .expect("provision on b");
     assert_eq!(stop_a.instance.as_deref(), Some(first.id.as_str()));
     assert_eq!(create_b.instance.as_deref(), Some(second.id.as_str()));
-    assert!(
-        stop_a.seq < create_b.seq,
-        "provision on b (seq {}) before stop on a (seq {})",
-        create_b.seq,
-        stop_a.seq
-    );
+    assert!(stop_a.seq < create_b.seq, "provision on b (seq {}) before stop on a (seq {})", create_b.seq, stop_a.seq);
     assert_eq!(stop_a.epoch, create_b.epoch, "stop and provision belong to one claim");
     assert_invariants(&api, &clouds).await;
     eprintln!("switch: {status_writes} status writes, {} provider calls", ledger.len());
+}
+
+/// Two controller instances on the same 50 workspaces through rounds of random switches and
+/// power flips: every claim has exactly one winner, losers touch nothing, all converge, and a
+/// watch over the whole run never sees a status that breaks the kstatus rules.
+#[tokio::test]
+async fn two_instances_race_on_fifty_workspaces() {
+    use rand::{Rng, SeedableRng};
+    let client = client().await;
+    let ns = namespace(&client, "ctl-race").await;
+    let providers = [unique("a"), unique("b"), unique("c")];
+    for p in &providers {
+        simulated_provider(&client, p, 5, 5).await;
+    }
+    let clouds = Clouds::new();
+    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let watch = StatusWatch::start(api.clone());
+    let x = Instance::start(&client, settings("race-x", &ns), &clouds);
+    let y = Instance::start(&client, settings("race-y", &ns), &clouds);
+
+    let names: Vec<String> = (0..50).map(|i| format!("ws-{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        api.create(&PostParams::default(), &workspace(name, &providers[i % 3])).await.expect("create");
+    }
+    let seed: u64 = std::env::var("RACE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261127);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut switches = 0;
+    for round in 0..4 {
+        wait_all_converged(&api, &names).await;
+        for name in &names {
+            let roll: u32 = rng.random_range(0..10);
+            if roll < 6 {
+                let to = &providers[rng.random_range(0..3)];
+                let current = api.get(name).await.expect("get").spec.provider;
+                if *to != current {
+                    switches += 1;
+                }
+                patch_spec(&api, name, serde_json::json!({"provider": to})).await;
+            } else if roll < 8 {
+                let running = api.get(name).await.expect("get").spec.running;
+                patch_spec(&api, name, serde_json::json!({"running": !running})).await;
+            }
+        }
+        eprintln!("race round {round}: patched");
+    }
+    wait_all_converged(&api, &names).await;
+    let seen = watch.finish().await;
+    let (xs, ys) = (x.stats.clone(), y.stats.clone());
+    x.stop().await;
+    y.stop().await;
+
+    assert_invariants(&api, &clouds).await;
+    assert!(seen.breaches.is_empty(), "statuses broke the kstatus rules:\n{}", seen.breaches.join("\n"));
+    // Invariant 1: every provider call was made under a claim its caller actually held.
+    let ledger = clouds.ledger();
+    for e in &ledger {
+        let held = seen.claims.get(&e.workspace_uid).is_some_and(|c| c.contains(&(e.caller.clone(), e.epoch)));
+        assert!(held, "call {e:?} was made under a claim the API server never recorded for its caller");
+    }
+    let sum = |f: fn(&Stats) -> &std::sync::atomic::AtomicU64| Stats::get(f(&xs)) + Stats::get(f(&ys));
+    let (won, lost) = (sum(|s| &s.claims_won), sum(|s| &s.claims_lost));
+    let (writes, completed) = (sum(|s| &s.status_writes), sum(|s| &s.switches_completed));
+    eprintln!(
+        "race (seed {seed}): {switches} switches requested, {completed} completed, {won} claims won, {lost} lost, \
+         {} provider calls, {writes} status writes, {} versions watched",
+        ledger.len(),
+        seen.versions
+    );
+    assert!(won > 0 && completed > 0);
+}
+
+async fn wait_all_converged(api: &Api<Workspace>, names: &[String]) {
+    use switchyard::api::conditions as cond;
+    eventually("all workspaces converged", CONVERGE, || async {
+        let list = api.list(&Default::default()).await.ok()?;
+        let converged =
+            list.items.iter().filter(|ws| names.contains(&ws.metadata.name.clone().unwrap_or_default())).all(|ws| {
+                let s = status(ws);
+                s.operation.is_none()
+                    && s.active_provider.as_deref() == Some(ws.spec.provider.as_str())
+                    && s.instance.is_some() == ws.spec.running
+                    && cond::is_true(&s.conditions, cond::READY)
+                    && s.observed_generation == ws.metadata.generation
+            });
+        (converged && list.items.len() >= names.len()).then_some(())
+    })
+    .await
+}
+
+/// A controller handed a stale copy (an old resourceVersion) gets 409 on its claim and stops:
+/// no provider call, no write.
+#[tokio::test]
+async fn stale_copy_loses_its_claim_and_calls_no_provider() {
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::reflector;
+    use switchyard::controller::{Context, FailPoints, reconcile};
+    use switchyard::provider::Dispatcher;
+
+    let client = client().await;
+    let ns = namespace(&client, "ctl-stale").await;
+    let a = unique("a");
+    simulated_provider(&client, &a, 0, 0).await;
+    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let mut ws = workspace("ws-stale", &a);
+    ws.metadata.finalizers = Some(vec![switchyard::api::FINALIZER.to_string()]);
+    let stale = api.create(&PostParams::default(), &ws).await.expect("create");
+    // Someone else changes the object: our copy is now stale.
+    let label = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+    let fresh = api.patch("ws-stale", &PatchParams::default(), &Patch::Merge(label)).await.expect("label");
+    assert_ne!(fresh.metadata.resource_version, stale.metadata.resource_version);
+
+    let clouds = Clouds::new();
+    let (providers, _writer) = reflector::store();
+    let stats = std::sync::Arc::new(Stats::default());
+    let ctx = Context::new(
+        client.clone(),
+        settings("stale-1", &ns),
+        Dispatcher::new(clouds.clone()),
+        providers,
+        FailPoints::default(),
+        stats.clone(),
+    );
+    reconcile(std::sync::Arc::new(stale), ctx).await.expect("reconcile");
+
+    assert_eq!(Stats::get(&stats.claims_lost), 1, "the stale claim must be refused");
+    assert_eq!(Stats::get(&stats.claims_won), 0);
+    assert!(clouds.ledger().is_empty(), "the loser called a provider: {:?}", clouds.ledger());
+    let after = api.get("ws-stale").await.expect("get");
+    assert_eq!(after.metadata.resource_version, fresh.metadata.resource_version, "the loser wrote");
+}
+
+/// Sets up namespace, providers `a` and `b`, and `ws` Running on `a` (by a controller that
+/// is then shut down), for the crash and failure scenarios.
+struct Scenario {
+    client: kube::Client,
+    ns: String,
+    a: String,
+    b: String,
+    clouds: Clouds,
+    api: Api<Workspace>,
+    uid: String,
+}
+
+impl Scenario {
+    async fn running_on_a(prefix: &str) -> Self {
+        let client = client().await;
+        let ns = namespace(&client, prefix).await;
+        let (a, b) = (unique("a"), unique("b"));
+        simulated_provider(&client, &a, 5, 5).await;
+        simulated_provider(&client, &b, 5, 5).await;
+        let clouds = Clouds::new();
+        let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+        let setup = Instance::start(&client, settings(&format!("{prefix}-setup"), &ns), &clouds);
+        api.create(&PostParams::default(), &workspace("ws", &a)).await.expect("create");
+        let ws = wait_ready_on(&api, "ws", &a, CONVERGE).await;
+        setup.stop().await;
+        let uid = ws.metadata.uid.expect("uid");
+        Self { client, ns, a, b, clouds, api, uid }
+    }
+
+    fn start(&self, identity: &str) -> Instance {
+        Instance::start(&self.client, settings(identity, &self.ns), &self.clouds)
+    }
+
+    fn start_frozen_at(&self, identity: &str, point: FailPoint) -> Instance {
+        let failpoints = FailPoints::default();
+        failpoints.arm(point);
+        Instance::start_with(&self.client, settings(identity, &self.ns), &self.clouds, failpoints)
+    }
+
+    fn ledger_has(&self, provider: &str, call: Call, pred: impl Fn(&Outcome) -> bool) -> bool {
+        ledger_of(&self.clouds, &self.uid).iter().any(|e| e.provider == provider && e.call == call && pred(&e.outcome))
+    }
+
+    fn live(&self) -> Vec<(String, String)> {
+        self.clouds
+            .live_instances()
+            .into_iter()
+            .filter(|i| i.workspace_uid == self.uid)
+            .map(|i| (i.provider, i.id))
+            .collect()
+    }
+
+    /// Waits until the frozen instance has reached `point`.
+    async fn reached(&self, point: FailPoint) {
+        eventually(&format!("controller frozen at {point:?}"), CONVERGE, || async {
+            let ws = self.api.get("ws").await.ok()?;
+            let op = status(&ws).operation;
+            let step = op.as_ref().map(|o| o.step);
+            let reached = match point {
+                FailPoint::AfterClaim => step == Some(Step::Claimed),
+                FailPoint::AfterStop => self.ledger_has(&self.a, Call::Stop, |o| *o == Outcome::Stopped),
+                FailPoint::AfterCommit => step == Some(Step::OldStopped),
+                FailPoint::AfterProvision => self.ledger_has(&self.b, Call::Provision, |o| o.created()),
+            };
+            reached.then_some(())
+        })
+        .await
+    }
+}
+
+/// A controller killed at each step of a switch: a fresh instance takes the stale claim over
+/// and converges with exactly one instance and nothing leaked.
+#[tokio::test]
+async fn crash_at_every_step_converges_with_one_instance() {
+    for point in [FailPoint::AfterClaim, FailPoint::AfterStop, FailPoint::AfterCommit, FailPoint::AfterProvision] {
+        let s = Scenario::running_on_a("ctl-crash").await;
+        let x = s.start_frozen_at("crash-x", point);
+        switch_with_kubectl(&s.ns, "ws", &s.b);
+        s.reached(point).await;
+        x.kill();
+        let y = s.start("crash-y");
+        let ws = wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+        assert_eq!(Stats::get(&y.stats.takeovers), 1, "{point:?}: the stale claim must be taken over");
+        let instance = status(&ws).instance.expect("instance");
+        assert_eq!(s.live(), vec![(s.b.clone(), instance.id)], "{point:?}: exactly one live instance, on b");
+        assert!(status(&ws).epoch >= 3, "{point:?}: takeover bumps the epoch");
+        assert_invariants(&s.api, &s.clouds).await;
+    }
+}
+
+/// A provision that succeeds at the provider but whose answer is lost: the retry under the
+/// same key returns the same instance.
+#[tokio::test]
+async fn lost_provision_answer_yields_the_same_instance() {
+    let s = Scenario::running_on_a("ctl-lost").await;
+    s.clouds.cloud(&s.b).set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
+    let _x = s.start("lost-x");
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    let ws = wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+    let instance = status(&ws).instance.expect("instance");
+    assert!(s.ledger_has(&s.b, Call::Provision, |o| matches!(o, Outcome::CommittedResponseLost { created: true })));
+    assert!(s.ledger_has(&s.b, Call::Provision, |o| *o == Outcome::Existing), "the retry must reuse the key");
+    assert_eq!(s.live(), vec![(s.b.clone(), instance.id)]);
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// Stop fails past its budget: claim released, Stalled/StopFailed with an Event, still on a;
+/// once a recovers the switch completes.
+#[tokio::test]
+async fn stop_failure_releases_the_claim_and_recovers() {
+    use switchyard::api::conditions as cond;
+    let s = Scenario::running_on_a("ctl-stopfail").await;
+    s.clouds.cloud(&s.a).set_faults(Faults { fail_stop_always: true, ..Faults::default() });
+    let _x = s.start("stopfail-x");
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    let stalled = wait_for(&s.api, "ws", "Stalled=True StopFailed", CONVERGE, |ws| {
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::STOP_FAILED.into()))
+    })
+    .await;
+    let st = status(&stalled);
+    assert!(st.operation.is_none(), "the claim must be released");
+    assert_eq!(st.instance.as_ref().map(|i| i.provider.as_str()), Some(s.a.as_str()), "still on a");
+    assert_eq!(condition(&stalled, cond::READY).map(|c| c.0), Some("False".into()));
+    assert!(!s.ledger_has(&s.b, Call::Provision, |_| true), "nothing may be provisioned on b before a stops");
+    eventually("StopFailed event", CONVERGE, || async {
+        events_of(&s.client, &s.ns, "ws").await.iter().any(|(reason, _)| reason == cond::STOP_FAILED).then_some(())
+    })
+    .await;
+
+    s.clouds.cloud(&s.a).set_faults(Faults::default());
+    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+    assert!(s.live().len() == 1);
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// Provision fails on b: retried with backoff, lastError visible; converges when b recovers.
+#[tokio::test]
+async fn provision_failure_is_retried_and_visible() {
+    let s = Scenario::running_on_a("ctl-provfail").await;
+    s.clouds.cloud(&s.b).set_faults(Faults { fail_provision_always: true, ..Faults::default() });
+    let _x = s.start("provfail-x");
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    let failing = wait_for(&s.api, "ws", "lastError after two attempts", CONVERGE, |ws| {
+        status(ws).operation.is_some_and(|o| o.attempts >= 2 && o.last_error.is_some())
+    })
+    .await;
+    let op = status(&failing).operation.expect("operation");
+    assert_eq!(op.step, Step::OldStopped, "roll forward only: the old compute stays stopped");
+    assert!(op.last_error.unwrap_or_default().contains("injected"), "lastError should say what failed");
+    s.clouds.cloud(&s.b).set_faults(Faults::default());
+    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+    assert_eq!(s.live().len(), 1);
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// A→B→A before the stop: no stop issued, ends on A with its instance. A→B→C after a
+/// provision on B already happened: ends on C, nothing live on B.
+#[tokio::test]
+async fn reverted_and_retargeted_switches() {
+    let s = Scenario::running_on_a("ctl-revert").await;
+    let before = status(&s.api.get("ws").await.expect("get")).instance.expect("instance");
+    let x = s.start_frozen_at("revert-x", FailPoint::AfterClaim);
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    s.reached(FailPoint::AfterClaim).await;
+    switch_with_kubectl(&s.ns, "ws", &s.a);
+    x.kill();
+    let _y = s.start("revert-y");
+    let ws = wait_ready_on(&s.api, "ws", &s.a, CONVERGE).await;
+    assert_eq!(status(&ws).instance, Some(before), "the original instance keeps running");
+    assert!(!s.ledger_has(&s.a, Call::Stop, |_| true), "no stop may be issued for a reverted switch");
+    assert_invariants(&s.api, &s.clouds).await;
+
+    let s = Scenario::running_on_a("ctl-retarget").await;
+    let c = unique("c");
+    simulated_provider(&s.client, &c, 5, 5).await;
+    let x = s.start_frozen_at("retarget-x", FailPoint::AfterProvision);
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    s.reached(FailPoint::AfterProvision).await;
+    switch_with_kubectl(&s.ns, "ws", &c);
+    x.kill();
+    let _y = s.start("retarget-y");
+    let ws = wait_ready_on(&s.api, "ws", &c, CONVERGE).await;
+    let instance = status(&ws).instance.expect("instance");
+    assert_eq!(s.live(), vec![(c.clone(), instance.id)], "nothing may be left on b");
+    assert!(s.ledger_has(&s.b, Call::Stop, |o| *o == Outcome::Stopped), "what b created is released");
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// Deleting the workspace at each step of a switch: zero instances remain anywhere and the
+/// object goes away.
+#[tokio::test]
+async fn delete_at_every_step_leaves_nothing() {
+    for point in [FailPoint::AfterClaim, FailPoint::AfterStop, FailPoint::AfterCommit, FailPoint::AfterProvision] {
+        let s = Scenario::running_on_a("ctl-delete").await;
+        let x = s.start_frozen_at("delete-x", point);
+        switch_with_kubectl(&s.ns, "ws", &s.b);
+        s.reached(point).await;
+        let out = kubectl(&["delete", "workspace", "ws", "-n", &s.ns, "--wait=false"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        x.kill();
+        let _y = s.start("delete-y");
+        eventually(&format!("{point:?}: workspace gone"), CONVERGE, || async {
+            s.api.get_opt("ws").await.ok().and_then(|o| o.is_none().then_some(()))
+        })
+        .await;
+        assert!(s.live().is_empty(), "{point:?}: instances left after deletion: {:?}", s.live());
+        assert_invariants(&s.api, &s.clouds).await;
+    }
+}
+
+/// An unknown provider stalls with ProviderNotFound and an Event, without any provider call;
+/// fixing the name recovers. A spec edit in the middle of a switch does not break it.
+#[tokio::test]
+async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
+    use switchyard::api::conditions as cond;
+    let client = client().await;
+    let ns = namespace(&client, "ctl-unknown").await;
+    let (a, b) = (unique("a"), unique("b"));
+    simulated_provider(&client, &a, 5, 400).await;
+    simulated_provider(&client, &b, 5, 5).await;
+    let clouds = Clouds::new();
+    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let _x = Instance::start(&client, settings("unknown-x", &ns), &clouds);
+
+    api.create(&PostParams::default(), &workspace("ws", "no-such-cloud")).await.expect("create");
+    let stalled = wait_for(&api, "ws", "Stalled ProviderNotFound", CONVERGE, |ws| {
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_NOT_FOUND.into()))
+    })
+    .await;
+    assert_eq!(condition(&stalled, cond::READY).map(|c| c.0), Some("False".into()));
+    eventually("ProviderNotFound event", CONVERGE, || async {
+        events_of(&client, &ns, "ws").await.iter().any(|(r, _)| r == cond::PROVIDER_NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(clouds.ledger().is_empty(), "no provider may be called: {:?}", clouds.ledger());
+
+    switch_with_kubectl(&ns, "ws", &a);
+    let ws = wait_ready_on(&api, "ws", &a, CONVERGE).await;
+    assert_eq!(condition(&ws, cond::STALLED).map(|c| c.0), Some("False".into()));
+
+    // Stopping on a takes 400ms; edit the template while the switch is in flight.
+    switch_with_kubectl(&ns, "ws", &b);
+    wait_for(&api, "ws", "switch in flight", CONVERGE, |ws| status(ws).operation.is_some()).await;
+    patch_spec(&api, "ws", serde_json::json!({"template": {"image": "busybox:2", "size": "large"}})).await;
+    let ws = wait_ready_on(&api, "ws", &b, CONVERGE).await;
+    assert_eq!(ws.spec.template.and_then(|t| t.image).as_deref(), Some("busybox:2"));
+    let uid = ws.metadata.uid.clone().expect("uid");
+    let switches = ledger_of(&clouds, &uid).iter().filter(|e| e.provider == b && e.outcome.created()).count();
+    assert_eq!(switches, 1, "the switch must complete once, not restart");
+    assert_invariants(&api, &clouds).await;
 }

@@ -15,11 +15,7 @@ use serde::{Deserialize, Serialize};
     category = "switchyard",
     status = "ComputeProviderStatus",
     printcolumn(name = "Driver", type_ = "string", json_path = ".spec.driver"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -18,12 +18,7 @@ use serde::{Deserialize, Serialize};
     shortname = "ws",
     category = "switchyard",
     status = "WorkspaceStatus",
-    printcolumn(
-        name = "Provider",
-        type_ = "string",
-        json_path = ".spec.provider",
-        description = "Desired provider"
-    ),
+    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider", description = "Desired provider"),
     printcolumn(
         name = "Active",
         type_ = "string",
@@ -31,11 +26,7 @@ use serde::{Deserialize, Serialize};
         description = "Provider the compute is placed on"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -90,11 +90,7 @@ pub enum Next {
 /// The next step for `ws`.
 pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     let deleting = ws.metadata.deletion_timestamp.is_some();
-    let has_finalizer = ws
-        .metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+    let has_finalizer = ws.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == FINALIZER));
     let status = ws.status.as_ref();
     let instance = status.and_then(|s| s.instance.as_ref());
 
@@ -102,10 +98,7 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
         if op.holder != facts.me {
             let age = elapsed(op.renewed_at.0, facts.now);
             return if age < facts.claim_lease {
-                Next::Wait {
-                    after: facts.claim_lease - age,
-                    why: cond::CLAIM_HELD_ELSEWHERE,
-                }
+                Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE }
             } else {
                 Next::TakeOver
             };
@@ -116,11 +109,7 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     if deleting {
         return match (has_finalizer, instance) {
             (false, _) => Next::Nothing,
-            (true, Some(i)) => Next::Claim {
-                kind: OperationKind::Delete,
-                from: Some(i.provider.clone()),
-                to: None,
-            },
+            (true, Some(i)) => Next::Claim { kind: OperationKind::Delete, from: Some(i.provider.clone()), to: None },
             (true, None) => Next::RemoveFinalizer,
         };
     }
@@ -130,21 +119,14 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     if let Some(at) = facts.retry_at
         && at > facts.now
     {
-        return Next::Wait {
-            after: until(facts.now, at),
-            why: cond::STOP_FAILED,
-        };
+        return Next::Wait { after: until(facts.now, at), why: cond::STOP_FAILED };
     }
 
     let spec = &ws.spec;
     match instance {
         Some(i) if !spec.running => match blocked(&facts.source, &i.provider) {
             Some(stall) => Next::Rest { stall: Some(stall) },
-            None => Next::Claim {
-                kind: OperationKind::Stop,
-                from: Some(i.provider.clone()),
-                to: None,
-            },
+            None => Next::Claim { kind: OperationKind::Stop, from: Some(i.provider.clone()), to: None },
         },
         Some(i) if i.provider != spec.provider => {
             match blocked(&facts.target, &spec.provider).or_else(|| blocked(&facts.source, &i.provider)) {
@@ -216,10 +198,7 @@ fn continue_operation(
                 let wait = backoff(op.attempts, facts.provision_backoff);
                 let since = elapsed(op.renewed_at.0, facts.now);
                 if since < wait {
-                    return Next::Wait {
-                        after: wait - since,
-                        why: cond::PROVISION_FAILED,
-                    };
+                    return Next::Wait { after: wait - since, why: cond::PROVISION_FAILED };
                 }
             }
             Next::Provision { provider: to, key }
@@ -231,14 +210,12 @@ fn continue_operation(
 fn blocked(state: &ProviderState, name: &str) -> Option<Stall> {
     match state {
         ProviderState::Usable => None,
-        ProviderState::Missing => Some(Stall::new(
-            cond::PROVIDER_NOT_FOUND,
-            format!("ComputeProvider {name:?} does not exist"),
-        )),
-        ProviderState::NotReady { reason, message } => Some(Stall::new(
-            reason,
-            format!("ComputeProvider {name:?} is not ready: {message}"),
-        )),
+        ProviderState::Missing => {
+            Some(Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider {name:?} does not exist")))
+        }
+        ProviderState::NotReady { reason, message } => {
+            Some(Stall::new(reason, format!("ComputeProvider {name:?} is not ready: {message}")))
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 pub use failpoints::{FailPoint, FailPoints};
+pub use protocol::reconcile;
 
 use crate::api::{ComputeProvider, Workspace};
 use crate::provider::Dispatcher;
@@ -121,6 +122,27 @@ struct Memory {
 }
 
 impl Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        providers: Store<ComputeProvider>,
+        failpoints: FailPoints,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
+        let reporter = Reporter { controller: "switchyard".into(), instance: Some(settings.identity.clone()) };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            dispatcher,
+            providers,
+            failpoints,
+            stats,
+            memory: Mutex::default(),
+        })
+    }
+
     fn workspaces(&self, namespace: &str) -> Api<Workspace> {
         Api::namespaced(self.client.clone(), namespace)
     }
@@ -145,12 +167,10 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let (providers, writer) = reflector::store();
-    let provider_events = reflector::reflector(
-        writer,
-        watcher(Api::<ComputeProvider>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let provider_events =
+        reflector::reflector(writer, watcher(Api::<ComputeProvider>::all(client.clone()), watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
 
     let controller = Controller::new(workspaces, watcher::Config::default());
     let cached = controller.store();
@@ -165,22 +185,9 @@ pub async fn run(
             .collect::<Vec<_>>()
     });
 
-    let reporter = Reporter {
-        controller: "switchyard".into(),
-        instance: Some(settings.identity.clone()),
-    };
     let concurrency = settings.concurrency;
     info!(identity = %settings.identity, namespace = ?settings.namespace, "controller starting");
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        settings,
-        dispatcher,
-        providers,
-        failpoints,
-        stats,
-        memory: Mutex::default(),
-    });
+    let ctx = Context::new(client, settings, dispatcher, providers, failpoints, stats);
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
@@ -194,9 +201,7 @@ fn names_provider(ws: &Workspace, name: &str) -> bool {
     let status = ws.status.as_ref();
     ws.spec.provider == name
         || status.and_then(|s| s.active_provider.as_deref()) == Some(name)
-        || status
-            .and_then(|s| s.instance.as_ref())
-            .is_some_and(|i| i.provider == name)
+        || status.and_then(|s| s.instance.as_ref()).is_some_and(|i| i.provider == name)
 }
 
 /// Per-workspace exponential backoff on errors: 1s, 2s, 4s … capped at 5 minutes.

@@ -80,9 +80,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         Next::AddFinalizer => {
             let mut finalizers = ws.finalizers().to_vec();
             finalizers.push(FINALIZER.to_string());
-            Ok(Flow::Continue(Box::new(
-                writes::set_finalizers(&api, ws, finalizers).await?,
-            )))
+            Ok(Flow::Continue(Box::new(writes::set_finalizers(&api, ws, finalizers).await?)))
         }
         Next::RemoveFinalizer => {
             let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
@@ -120,10 +118,8 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
             }
             let id = uuid::Uuid::new_v4().to_string();
             let flow = held_write(ctx, &api, ws, |w| status::retargeted(w, &id, &now)).await?;
-            let note = format!(
-                "target changed to {} after the old compute stopped; released {provider}",
-                ws.spec.provider
-            );
+            let note =
+                format!("target changed to {} after the old compute stopped; released {provider}", ws.spec.provider);
             event(ctx, ws, EventType::Normal, "Retargeted", "Retarget", &note).await;
             Ok(flow)
         }
@@ -141,10 +137,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
 
 /// Our operation cannot progress for now: record why (Stalled), keep the claim, retry later.
 async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall, now: &Time) -> Result<Flow, Error> {
-    let flow = held_write(ctx, api, ws, |w| {
-        status::step_failed(w, stall.reason, &stall.message, 0, now)
-    })
-    .await?;
+    let flow = held_write(ctx, api, ws, |w| status::step_failed(w, stall.reason, &stall.message, 0, now)).await?;
     event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message).await;
     Ok(match flow {
         Flow::Continue(_) => Flow::Done(Action::requeue(ctx.settings.provision_backoff.1)),
@@ -198,12 +191,7 @@ async fn claim(
 ) -> Result<Flow, Error> {
     let id = uuid::Uuid::new_v4().to_string();
     let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, now);
-    let is_ours = |w: &Workspace| {
-        w.status
-            .as_ref()
-            .and_then(|s| s.operation.as_ref())
-            .is_some_and(|o| o.id == id)
-    };
+    let is_ours = |w: &Workspace| w.status.as_ref().and_then(|s| s.operation.as_ref()).is_some_and(|o| o.id == id);
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
             Stats::inc(&ctx.stats.claims_lost);
@@ -231,18 +219,11 @@ async fn claim(
 /// Takeover of a stale claim: same operation, our identity, a new epoch.
 async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
     let me = ctx.settings.identity.clone();
-    let previous = ws
-        .status
-        .as_ref()
-        .and_then(|s| s.operation.as_ref())
-        .map(|o| o.holder.clone())
-        .unwrap_or_default();
+    let previous = ws.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.holder.clone()).unwrap_or_default();
     let next = status::taken_over(ws, &me, now);
     let epoch = next.epoch;
     let is_ours = |w: &Workspace| {
-        w.status
-            .as_ref()
-            .is_some_and(|s| s.epoch == epoch && s.operation.as_ref().is_some_and(|o| o.holder == me))
+        w.status.as_ref().is_some_and(|s| s.epoch == epoch && s.operation.as_ref().is_some_and(|o| o.holder == me))
     };
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
@@ -276,10 +257,7 @@ async fn stop_old(
         None => {
             let stall = Stall::new(
                 cond::PROVIDER_NOT_FOUND,
-                format!(
-                    "ComputeProvider {:?} holding the old compute does not exist",
-                    instance.provider
-                ),
+                format!("ComputeProvider {:?} holding the old compute does not exist", instance.provider),
             );
             return hold(ctx, api, ws, stall, now).await;
         }
@@ -391,16 +369,10 @@ async fn provision(
         return Ok(Flow::Done(Action::await_change()));
     };
     let Some(provider) = lookup_provider(ctx, provider_name).await? else {
-        let stall = Stall::new(
-            cond::PROVIDER_NOT_FOUND,
-            format!("ComputeProvider {provider_name:?} does not exist"),
-        );
+        let stall = Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider {provider_name:?} does not exist"));
         return hold(ctx, api, ws, stall, now).await;
     };
-    let result = ctx
-        .dispatcher
-        .provision(&provider, &call, key, ws.spec.template.as_ref())
-        .await;
+    let result = ctx.dispatcher.provision(&provider, &call, key, ws.spec.template.as_ref()).await;
     let instance = match result {
         Ok(info) if info.state == InstanceState::Running => info,
         Ok(info) => {
@@ -411,22 +383,14 @@ async fn provision(
         Err(e) => return provision_failed(ctx, api, ws, &e.to_string(), now).await,
     };
     ctx.failpoints.hit(FailPoint::AfterProvision).await;
-    let instance = Instance {
-        id: instance.id,
-        provider: provider_name.to_string(),
-        key: key.to_string(),
-    };
+    let instance = Instance { id: instance.id, provider: provider_name.to_string(), key: key.to_string() };
     let flow = held_write(ctx, api, ws, |w| status::provisioned(w, instance.clone(), now)).await?;
     if let Flow::Continue(_) = &flow {
         info!(instance = %instance.id, provider = provider_name, "provisioned; operation finished");
         if kind == OperationKind::Switch {
             Stats::inc(&ctx.stats.switches_completed);
-            let from = ws
-                .status
-                .as_ref()
-                .and_then(|s| s.operation.as_ref())
-                .and_then(|o| o.from.clone())
-                .unwrap_or_default();
+            let from =
+                ws.status.as_ref().and_then(|s| s.operation.as_ref()).and_then(|o| o.from.clone()).unwrap_or_default();
             event(
                 ctx,
                 ws,
@@ -461,17 +425,10 @@ async fn provision_failed(
 ) -> Result<Flow, Error> {
     warn!(%error, "provision failed");
     let stall_after = ctx.settings.stall_after;
-    let flow = held_write(ctx, api, ws, |w| {
-        status::step_failed(w, cond::PROVISION_FAILED, error, stall_after, now)
-    })
-    .await?;
+    let flow =
+        held_write(ctx, api, ws, |w| status::step_failed(w, cond::PROVISION_FAILED, error, stall_after, now)).await?;
     let Flow::Continue(fresh) = flow else { return Ok(flow) };
-    let attempts = fresh
-        .status
-        .as_ref()
-        .and_then(|s| s.operation.as_ref())
-        .map(|o| o.attempts)
-        .unwrap_or(1);
+    let attempts = fresh.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.attempts).unwrap_or(1);
     if attempts == 1 || attempts == stall_after {
         event(
             ctx,
@@ -483,10 +440,7 @@ async fn provision_failed(
         )
         .await;
     }
-    Ok(Flow::Done(Action::requeue(backoff(
-        attempts,
-        ctx.settings.provision_backoff,
-    ))))
+    Ok(Flow::Done(Action::requeue(backoff(attempts, ctx.settings.provision_backoff))))
 }
 
 /// Stops whatever `key` created on `provider`. Returns a flow only when the reconcile must end.
@@ -526,12 +480,7 @@ async fn held_write(
     ws: &Workspace,
     transition: impl Fn(&Workspace) -> crate::api::WorkspaceStatus,
 ) -> Result<Flow, Error> {
-    let Some(op_id) = ws
-        .status
-        .as_ref()
-        .and_then(|s| s.operation.as_ref())
-        .map(|o| o.id.clone())
-    else {
+    let Some(op_id) = ws.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.id.clone()) else {
         return Ok(Flow::Done(Action::await_change()));
     };
     match writes::under_claim(api, ws, &op_id, transition).await? {
@@ -555,13 +504,7 @@ fn fenced_off(ctx: &Context, e: &DispatchError) -> Flow {
 }
 
 fn fenced(e: &DispatchError) -> bool {
-    matches!(
-        e,
-        DispatchError::Driver {
-            source: DriverError::StaleEpoch { .. },
-            ..
-        }
-    )
+    matches!(e, DispatchError::Driver { source: DriverError::StaleEpoch { .. }, .. })
 }
 
 /// The call context of our current operation.
@@ -609,30 +552,19 @@ async fn provider_state(ctx: &Context, name: &str) -> Result<ProviderState, Erro
             } else {
                 cond::PROVIDER_NOT_READY
             };
-            ProviderState::NotReady {
-                reason,
-                message: c.message.clone(),
-            }
+            ProviderState::NotReady { reason, message: c.message.clone() }
         }
         _ => ProviderState::Usable,
     })
 }
 
 async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
-    let instance_provider = ws
-        .status
-        .as_ref()
-        .and_then(|s| s.instance.as_ref())
-        .map(|i| i.provider.clone());
+    let instance_provider = ws.status.as_ref().and_then(|s| s.instance.as_ref()).map(|i| i.provider.clone());
     let source = match instance_provider {
         Some(name) => provider_state(ctx, &name).await?,
         None => ProviderState::Usable,
     };
-    let retry_at = ctx
-        .memory()
-        .stop_failures
-        .get(&ObjectRef::from_obj(ws))
-        .map(|(_, at)| *at);
+    let retry_at = ctx.memory().stop_failures.get(&ObjectRef::from_obj(ws)).map(|(_, at)| *at);
     Ok(Facts {
         me: ctx.settings.identity.clone(),
         now: Timestamp::now(),
@@ -645,13 +577,7 @@ async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
 }
 
 async fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, action: &str, note: &str) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: action.into(),
-        secondary: None,
-    };
+    let ev = Event { type_, reason: reason.into(), note: Some(note.into()), action: action.into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&ev, &writes::reference(ws)).await {
         warn!(error = %e, reason, "could not publish event");
     }

@@ -17,10 +17,7 @@ pub struct Stall {
 
 impl Stall {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-        }
+        Self { reason, message: message.into() }
     }
 }
 
@@ -152,10 +149,7 @@ pub fn stop_failed(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     let from = s.instance.as_ref().map(|i| i.provider.clone()).unwrap_or_default();
     s.operation = None;
-    let stall = Stall::new(
-        cond::STOP_FAILED,
-        format!("stopping the compute on {from} failed: {error}"),
-    );
+    let stall = Stall::new(cond::STOP_FAILED, format!("stopping the compute on {from} failed: {error}"));
     summarize(ws, s, Some(&stall), now)
 }
 
@@ -169,10 +163,7 @@ pub fn step_failed(ws: &Workspace, reason: &'static str, error: &str, stall_afte
         op.last_error = Some(error.to_string());
         op.renewed_at = now.clone();
         if op.attempts >= stall_after {
-            stall = Some(Stall::new(
-                reason,
-                format!("{error} (attempt {}, still retrying)", op.attempts),
-            ));
+            stall = Some(Stall::new(reason, format!("{error} (attempt {}, still retrying)", op.attempts)));
         }
     }
     summarize(ws, s, stall.as_ref(), now)
@@ -205,70 +196,20 @@ pub fn summarize(ws: &Workspace, mut s: WorkspaceStatus, stall: Option<&Stall>, 
         };
         (phase, false, true, reason, describe(op))
     } else if let Some(instance) = &s.instance {
-        (
-            Phase::Running,
-            true,
-            false,
-            cond::RUNNING,
-            format!("running on {} as {}", instance.provider, instance.id),
-        )
+        (Phase::Running, true, false, cond::RUNNING, format!("running on {} as {}", instance.provider, instance.id))
     } else if !ws.spec.running {
         let on = s.active_provider.as_deref().unwrap_or(&ws.spec.provider);
-        (
-            Phase::Stopped,
-            true,
-            false,
-            cond::STOPPED,
-            format!("stopped as requested (placed on {on})"),
-        )
+        (Phase::Stopped, true, false, cond::STOPPED, format!("stopped as requested (placed on {on})"))
     } else {
-        (
-            Phase::Pending,
-            false,
-            true,
-            cond::PENDING,
-            "waiting to be provisioned".to_string(),
-        )
+        (Phase::Pending, false, true, cond::PENDING, "waiting to be provisioned".to_string())
     };
     s.phase = Some(if deleting { Phase::Terminating } else { phase });
     let stalled = stall.is_some();
-    cond::set(
-        &mut s.conditions,
-        cond::READY,
-        ready,
-        reason,
-        message.clone(),
-        generation,
-        now,
-    );
-    let (r_reason, r_message) = if reconciling {
-        (reason, message.clone())
-    } else {
-        (reason, String::new())
-    };
-    cond::set(
-        &mut s.conditions,
-        cond::RECONCILING,
-        reconciling,
-        r_reason,
-        r_message,
-        generation,
-        now,
-    );
-    let (s_reason, s_message) = if stalled {
-        (reason, message)
-    } else {
-        (reason, String::new())
-    };
-    cond::set(
-        &mut s.conditions,
-        cond::STALLED,
-        stalled,
-        s_reason,
-        s_message,
-        generation,
-        now,
-    );
+    cond::set(&mut s.conditions, cond::READY, ready, reason, message.clone(), generation, now);
+    let (r_reason, r_message) = if reconciling { (reason, message.clone()) } else { (reason, String::new()) };
+    cond::set(&mut s.conditions, cond::RECONCILING, reconciling, r_reason, r_message, generation, now);
+    let (s_reason, s_message) = if stalled { (reason, message) } else { (reason, String::new()) };
+    cond::set(&mut s.conditions, cond::STALLED, stalled, s_reason, s_message, generation, now);
     s
 }
 

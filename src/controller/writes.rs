@@ -42,8 +42,7 @@ pub async fn patch_status(api: &Api<Workspace>, ws: &Workspace, next: &Workspace
         "metadata": {"resourceVersion": ws.resource_version()},
         "status": merge_diff(&old, &new),
     });
-    api.patch_status(&ws.name_any(), &PatchParams::default(), &Patch::Merge(body))
-        .await
+    api.patch_status(&ws.name_any(), &PatchParams::default(), &Patch::Merge(body)).await
 }
 
 /// A claim (or takeover): one attempt. If the answer is a conflict or unknown, the claim
@@ -84,11 +83,8 @@ pub async fn under_claim(
             Ok(w) => return Ok(Written::Landed(Box::new(w))),
             Err(e) if must_reread(&e) => {
                 let fresh = api.get(&ws.name_any()).await?;
-                let still_ours = fresh
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.operation.as_ref())
-                    .is_some_and(|o| o.id == op_id);
+                let still_ours =
+                    fresh.status.as_ref().and_then(|s| s.operation.as_ref()).is_some_and(|o| o.id == op_id);
                 if !still_ours {
                     return Ok(Written::Lost);
                 }
@@ -104,8 +100,7 @@ pub async fn under_claim(
 /// Writes metadata.finalizers, guarded by resourceVersion (a merge patch replaces the list).
 pub async fn set_finalizers(api: &Api<Workspace>, ws: &Workspace, finalizers: Vec<String>) -> kube::Result<Workspace> {
     let body = json!({"metadata": {"resourceVersion": ws.resource_version(), "finalizers": finalizers}});
-    api.patch(&ws.name_any(), &PatchParams::default(), &Patch::Merge(body))
-        .await
+    api.patch(&ws.name_any(), &PatchParams::default(), &Patch::Merge(body)).await
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`.
@@ -168,10 +163,7 @@ mod tests {
         let cases = [
             (json!({}), json!({"a": 1})),
             (json!({"a": 1, "b": {"c": 2, "d": 3}}), json!({"a": 1, "b": {"c": 2}})),
-            (
-                json!({"op": {"id": "x", "lastError": "e"}}),
-                json!({"instance": {"id": "i"}}),
-            ),
+            (json!({"op": {"id": "x", "lastError": "e"}}), json!({"instance": {"id": "i"}})),
             (json!({"conditions": [1, 2]}), json!({"conditions": [2]})),
             (json!({"a": {"b": 1}}), json!({"a": 5})),
         ];

@@ -59,10 +59,7 @@ impl Dispatcher {
                 self.simulated.cloud(&provider.name_any()),
                 provider.spec.simulated.clone().unwrap_or_default(),
             ))),
-            driver => Err(DispatchError::Unsupported {
-                provider: provider.name_any(),
-                driver,
-            }),
+            driver => Err(DispatchError::Unsupported { provider: provider.name_any(), driver }),
         }
     }
 
@@ -74,8 +71,7 @@ impl Dispatcher {
         template: Option<&WorkspaceTemplate>,
     ) -> Result<InstanceInfo, DispatchError> {
         let driver = self.driver(provider)?;
-        self.bounded(provider, "provision", call, driver.provision(call, key, template))
-            .await
+        self.bounded(provider, "provision", call, driver.provision(call, key, template)).await
     }
 
     pub async fn stop(
@@ -85,8 +81,7 @@ impl Dispatcher {
         instance_id: &str,
     ) -> Result<(), DispatchError> {
         let driver = self.driver(provider)?;
-        self.bounded(provider, "stop", call, driver.stop(call, instance_id))
-            .await
+        self.bounded(provider, "stop", call, driver.stop(call, instance_id)).await
     }
 
     pub async fn lookup(
@@ -115,14 +110,8 @@ impl Dispatcher {
         let started = Instant::now();
         let result = match tokio::time::timeout(after, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(DispatchError::Driver {
-                provider: name.clone(),
-                source,
-            }),
-            Err(_) => Err(DispatchError::Timeout {
-                provider: name.clone(),
-                after,
-            }),
+            Ok(Err(source)) => Err(DispatchError::Driver { provider: name.clone(), source }),
+            Err(_) => Err(DispatchError::Timeout { provider: name.clone(), after }),
         };
         debug!(
             provider = %name,

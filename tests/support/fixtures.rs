@@ -24,11 +24,7 @@ use super::eventually;
 /// A short name unique within this test binary's control plane (DNS-1123 label).
 pub fn unique(prefix: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{prefix}-{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Creates a simulated ComputeProvider.
@@ -39,10 +35,7 @@ pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, 
         "spec": {"driver": "simulated", "simulated": {"provisionLatencyMs": provision_ms, "stopLatencyMs": stop_ms}}
     }))
     .expect("provider");
-    Api::<ComputeProvider>::all(client.clone())
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("create provider");
+    Api::<ComputeProvider>::all(client.clone()).create(&PostParams::default(), &p).await.expect("create provider");
 }
 
 pub fn workspace(name: &str, provider: &str) -> Workspace {
@@ -94,13 +87,7 @@ impl Instance {
                 let _ = rx.await;
             },
         ));
-        Self {
-            identity,
-            stats,
-            failpoints,
-            task: Some(task),
-            stop: Some(tx),
-        }
+        Self { identity, stats, failpoints, task: Some(task), stop: Some(tx) }
     }
 
     /// Kills the instance where it stands, as a crashed process would stop.
@@ -158,19 +145,13 @@ pub async fn wait_for(
     timeout: Duration,
     check: impl Fn(&Workspace) -> bool,
 ) -> Workspace {
-    eventually(what, timeout, || async {
-        api.get(name).await.ok().filter(|ws| check(ws))
-    })
-    .await
+    eventually(what, timeout, || async { api.get(name).await.ok().filter(|ws| check(ws)) }).await
 }
 
 /// Every (provider, instance id) that workspace statuses in `namespace` name.
 pub async fn named_instances(api: &Api<Workspace>) -> Vec<(String, String)> {
     let list = api.list(&ListParams::default()).await.expect("list workspaces");
-    list.items
-        .iter()
-        .filter_map(|ws| status(ws).instance.map(|i| (i.provider, i.id)))
-        .collect()
+    list.items.iter().filter_map(|ws| status(ws).instance.map(|i| (i.provider, i.id))).collect()
 }
 
 /// DESIGN.md §3 invariants 2, 3, 4 and 6, from the providers' side.
@@ -201,10 +182,7 @@ pub fn kstatus_breach(ws: &Workspace) -> Option<String> {
         return Some(format!("{name}: Ready missing"));
     };
     if (reconciling || stalled) && ready.status != "False" {
-        return Some(format!(
-            "{name}: Ready={} while Reconciling={reconciling} Stalled={stalled}",
-            ready.status
-        ));
+        return Some(format!("{name}: Ready={} while Reconciling={reconciling} Stalled={stalled}", ready.status));
     }
     if reconciling && stalled {
         return Some(format!("{name}: Reconciling and Stalled both True"));
@@ -258,11 +236,7 @@ impl StatusWatch {
                     }
                 }
             }
-            Seen {
-                versions,
-                breaches,
-                claims,
-            }
+            Seen { versions, breaches, claims }
         });
         Self { task, stop }
     }
@@ -271,4 +245,34 @@ impl StatusWatch {
         let _ = self.stop.send(());
         self.task.await.expect("status watch")
     }
+}
+
+/// `kubectl patch workspace NAME --type merge -p '{"spec":{"provider":P}}'`, as users switch.
+pub fn switch_with_kubectl(namespace: &str, name: &str, provider: &str) {
+    let patch = json!({"spec": {"provider": provider}}).to_string();
+    let out = super::kubectl(&["patch", "workspace", name, "-n", namespace, "--type", "merge", "-p", &patch]);
+    assert!(out.status.success(), "kubectl patch failed: {}", super::stderr(&out));
+}
+
+/// Merge-patches a workspace's spec through the API.
+pub async fn patch_spec(api: &Api<Workspace>, name: &str, spec: serde_json::Value) {
+    use kube::api::{Patch, PatchParams};
+    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await.expect("patch spec");
+}
+
+/// Events recorded for a workspace (events.k8s.io), as (reason, note).
+pub async fn events_of(client: &Client, namespace: &str, name: &str) -> Vec<(String, String)> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let list = api.list(&ListParams::default()).await.expect("list events");
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// The condition `type_` of a workspace as (status, reason).
+pub fn condition(ws: &Workspace, type_: &str) -> Option<(String, String)> {
+    cond::get(&status(ws).conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
 }

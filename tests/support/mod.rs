@@ -43,11 +43,7 @@ pub fn testenv_bin(name: &str) -> PathBuf {
 pub fn control_plane() -> &'static ControlPlane {
     CONTROL_PLANE.get_or_init(|| {
         let cp = match std::env::var_os("SWITCHYARD_TEST_KUBECONFIG") {
-            Some(path) => ControlPlane {
-                kubeconfig: PathBuf::from(path),
-                _child: None,
-                _dir: None,
-            },
+            Some(path) => ControlPlane { kubeconfig: PathBuf::from(path), _child: None, _dir: None },
             None => start_control_plane(),
         };
         install_crds(&cp.kubeconfig);
@@ -56,18 +52,11 @@ pub fn control_plane() -> &'static ControlPlane {
 }
 
 fn start_control_plane() -> ControlPlane {
-    let dir = tempfile::Builder::new()
-        .prefix("switchyard-testenv-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = tempfile::Builder::new().prefix("switchyard-testenv-").tempdir().expect("temp dir");
     let logs = repo_root().join("target/testenv/logs");
     std::fs::create_dir_all(&logs).expect("log dir");
     let exe = std::env::current_exe().ok();
-    let binary = exe
-        .as_deref()
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .unwrap_or("test");
+    let binary = exe.as_deref().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("test");
     let log_path = logs.join(format!("{binary}-{}.log", std::process::id()));
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(testenv_bin("switchyard-testenv"))
@@ -91,54 +80,25 @@ fn start_control_plane() -> ControlPlane {
     let kubeconfig = rx
         .recv_timeout(Duration::from_secs(180))
         .unwrap_or_else(|_| panic!("control plane not ready within 180s; see {}", log_path.display()));
-    ControlPlane {
-        kubeconfig,
-        _child: Some(child),
-        _dir: Some(dir),
-    }
+    ControlPlane { kubeconfig, _child: Some(child), _dir: Some(dir) }
 }
 
 fn install_crds(kubeconfig: &Path) {
     let crds = repo_root().join("crds");
     let out = kubectl_with(
         kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            crds.to_str().expect("utf-8 path"),
-        ],
+        &["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().expect("utf-8 path")],
     );
-    assert!(
-        out.status.success(),
-        "applying CRDs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "applying CRDs failed: {}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl_with(
         kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "-f",
-            crds.to_str().expect("utf-8 path"),
-        ],
+        &["wait", "--for=condition=Established", "--timeout=60s", "-f", crds.to_str().expect("utf-8 path")],
     );
-    assert!(
-        out.status.success(),
-        "CRDs not established: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "CRDs not established: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(testenv_bin("kubectl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl")
+    Command::new(testenv_bin("kubectl")).arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("run kubectl")
 }
 
 /// Runs the real kubectl against the test control plane.
@@ -158,21 +118,14 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     child.wait_with_output().expect("kubectl output")
 }
 
 /// A kube client for the test control plane, bound to the calling test's runtime.
 pub async fn client() -> Client {
     let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
     Client::try_from(config).expect("client")
 }
 
@@ -181,10 +134,7 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
     name
 }
 
@@ -199,10 +149,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -23,24 +23,12 @@ pub enum Violation {
     #[error(
         "invariant 3: at seq {seq}, {provider}/{instance} was stopped again (first effective stop at seq {first_seq})"
     )]
-    RepeatedStop {
-        seq: u64,
-        provider: String,
-        instance: String,
-        first_seq: u64,
-    },
+    RepeatedStop { seq: u64, provider: String, instance: String, first_seq: u64 },
     #[error(
         "invariant 3: {provider}/{instance} was effectively stopped under epoch {first_epoch} (seq {first_seq}) \
          and under epoch {epoch} (seq {seq})"
     )]
-    StoppedUnderTwoEpochs {
-        seq: u64,
-        provider: String,
-        instance: String,
-        epoch: i64,
-        first_seq: u64,
-        first_epoch: i64,
-    },
+    StoppedUnderTwoEpochs { seq: u64, provider: String, instance: String, epoch: i64, first_seq: u64, first_epoch: i64 },
     #[error(
         "invariant 3: at seq {seq}, {provider} accepted a {call} for workspace {workspace_uid} under epoch {epoch} \
          after accepting epoch {newest} at seq {newest_seq}"
@@ -58,32 +46,15 @@ pub enum Violation {
         "invariant 3: at seq {seq}, workspace {workspace_uid} asked {provider} to stop {instance}, \
          which belongs to workspace {owner}"
     )]
-    ForeignStop {
-        seq: u64,
-        provider: String,
-        instance: String,
-        workspace_uid: String,
-        owner: String,
-    },
+    ForeignStop { seq: u64, provider: String, instance: String, workspace_uid: String, owner: String },
     #[error(
         "invariant 4: at seq {seq}, key {key} on {provider} yielded {instance}, but it yielded {first_instance} at seq {first_seq}"
     )]
-    KeyReused {
-        seq: u64,
-        provider: String,
-        key: String,
-        instance: String,
-        first_instance: String,
-        first_seq: u64,
-    },
+    KeyReused { seq: u64, provider: String, key: String, instance: String, first_instance: String, first_seq: u64 },
     #[error(
         "invariant 6: {provider}/{instance} of workspace {workspace_uid} is running but no workspace status names it"
     )]
-    Leaked {
-        provider: String,
-        instance: String,
-        workspace_uid: String,
-    },
+    Leaked { provider: String, instance: String, workspace_uid: String },
     #[error("invariant 6: a workspace status names {provider}/{instance}, which is not running")]
     NotLive { provider: String, instance: String },
 }
@@ -112,9 +83,7 @@ pub fn check_ledger(ledger: &[LedgerEntry]) -> Vec<Violation> {
 
         // Invariant 3: the provider's fence never moves backwards for an accepted call.
         if e.call.is_mutating() && e.outcome.passed_fence() {
-            let slot = fence
-                .entry((e.provider.clone(), e.workspace_uid.clone()))
-                .or_insert((e.epoch, e.seq));
+            let slot = fence.entry((e.provider.clone(), e.workspace_uid.clone())).or_insert((e.epoch, e.seq));
             if e.epoch < slot.0 {
                 violations.push(Violation::StaleEpochAccepted {
                     seq: e.seq,
@@ -132,9 +101,7 @@ pub fn check_ledger(ledger: &[LedgerEntry]) -> Vec<Violation> {
 
         // Invariant 4: whatever the call, a key names one instance.
         if let (Some(key), Some(id)) = (&e.key, &e.instance) {
-            let (first, first_seq) = keys
-                .entry((e.provider.clone(), key.clone()))
-                .or_insert((id.clone(), e.seq));
+            let (first, first_seq) = keys.entry((e.provider.clone(), key.clone())).or_insert((id.clone(), e.seq));
             if first != id {
                 violations.push(Violation::KeyReused {
                     seq: e.seq,
@@ -219,10 +186,8 @@ pub fn check_live(clouds: &Clouds, named: &[(String, String)]) -> Vec<Violation>
     let live = clouds.live_instances();
     let live_refs: BTreeSet<(&str, &str)> = live.iter().map(|l| (l.provider.as_str(), l.id.as_str())).collect();
 
-    let leaked = live
-        .iter()
-        .filter(|l| !named.contains(&(l.provider.as_str(), l.id.as_str())))
-        .map(|l| Violation::Leaked {
+    let leaked =
+        live.iter().filter(|l| !named.contains(&(l.provider.as_str(), l.id.as_str()))).map(|l| Violation::Leaked {
             provider: l.provider.clone(),
             instance: l.id.clone(),
             workspace_uid: l.workspace_uid.clone(),
@@ -230,9 +195,6 @@ pub fn check_live(clouds: &Clouds, named: &[(String, String)]) -> Vec<Violation>
     let not_live = named
         .iter()
         .filter(|r| !live_refs.contains(*r))
-        .map(|(p, i)| Violation::NotLive {
-            provider: (*p).to_owned(),
-            instance: (*i).to_owned(),
-        });
+        .map(|(p, i)| Violation::NotLive { provider: (*p).to_owned(), instance: (*i).to_owned() });
     leaked.chain(not_live).collect()
 }

@@ -115,10 +115,7 @@ impl Outcome {
 
     /// Whether the call created a new instance.
     pub fn created(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Created | Outcome::CommittedResponseLost { created: true }
-        )
+        matches!(self, Outcome::Created | Outcome::CommittedResponseLost { created: true })
     }
 }
 
@@ -176,11 +173,7 @@ pub struct Instance {
 
 impl Instance {
     fn info(&self) -> InstanceInfo {
-        InstanceInfo {
-            id: self.id.clone(),
-            key: self.key.clone(),
-            state: self.state,
-        }
+        InstanceInfo { id: self.id.clone(), key: self.key.clone(), state: self.state }
     }
 }
 
@@ -234,11 +227,7 @@ pub struct Cloud {
 
 impl Cloud {
     fn new(provider: &str, ledger: Arc<Ledger>) -> Self {
-        Self {
-            provider: provider.to_owned(),
-            ledger,
-            state: Mutex::new(CloudState::default()),
-        }
+        Self { provider: provider.to_owned(), ledger, state: Mutex::new(CloudState::default()) }
     }
 
     /// The provider name this cloud was created for.
@@ -317,10 +306,7 @@ impl Cloud {
         }
         if let Err(newest) = st.admit(ctx) {
             rec(st, None, Outcome::Fenced { newest });
-            return Answer::Reply(Err(DriverError::StaleEpoch {
-                epoch: ctx.epoch,
-                newest,
-            }));
+            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
         }
         let existing = st.by_key.get(key).and_then(|id| st.instances.get(id));
         let (info, created) = match existing {
@@ -350,11 +336,7 @@ impl Cloud {
             rec(st, Some(&info.id), Outcome::CommittedResponseLost { created });
             return Answer::Reply(Err(DriverError::Transient("response lost".to_owned())));
         }
-        rec(
-            st,
-            Some(&info.id),
-            if created { Outcome::Created } else { Outcome::Existing },
-        );
+        rec(st, Some(&info.id), if created { Outcome::Created } else { Outcome::Existing });
         Answer::Reply(Ok(info))
     }
 
@@ -377,10 +359,7 @@ impl Cloud {
         }
         if let Err(newest) = st.admit(ctx) {
             rec(st, Outcome::Fenced { newest });
-            return Answer::Reply(Err(DriverError::StaleEpoch {
-                epoch: ctx.epoch,
-                newest,
-            }));
+            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
         }
         let outcome = match st.instances.get_mut(id) {
             // A stop must never reach another workspace's instance, whatever the caller thinks.
@@ -406,11 +385,7 @@ impl Cloud {
             self.record(st, ctx, Call::Lookup, Some(key), None, Outcome::Hung);
             return Answer::Hang;
         }
-        let found = st
-            .by_key
-            .get(key)
-            .and_then(|id| st.instances.get(id))
-            .map(Instance::info);
+        let found = st.by_key.get(key).and_then(|id| st.instances.get(id)).map(Instance::info);
         let (instance, outcome) = match &found {
             Some(info) => (Some(info.id.as_str()), Outcome::Found),
             None => (None, Outcome::NotFound),
@@ -459,16 +434,12 @@ impl Clouds {
         clouds
             .iter()
             .flat_map(|cloud| {
-                cloud
-                    .instances()
-                    .into_iter()
-                    .filter(|i| i.state == InstanceState::Running)
-                    .map(|i| LiveInstance {
-                        provider: cloud.provider.clone(),
-                        id: i.id,
-                        key: i.key,
-                        workspace_uid: i.workspace_uid,
-                    })
+                cloud.instances().into_iter().filter(|i| i.state == InstanceState::Running).map(|i| LiveInstance {
+                    provider: cloud.provider.clone(),
+                    id: i.id,
+                    key: i.key,
+                    workspace_uid: i.workspace_uid,
+                })
             })
             .collect()
     }

@@ -45,10 +45,7 @@ async fn provision_is_idempotent_by_key() {
     assert_ne!(a.id, c.id);
     assert!(a.id.starts_with("i-east-"), "{}", a.id);
     assert_eq!(clouds.cloud("east").instances().len(), 2);
-    assert_eq!(
-        outcomes(&clouds),
-        vec![Outcome::Created, Outcome::Existing, Outcome::Created]
-    );
+    assert_eq!(outcomes(&clouds), vec![Outcome::Created, Outcome::Existing, Outcome::Created]);
 }
 
 #[tokio::test]
@@ -72,13 +69,7 @@ async fn concurrent_provisions_of_one_key_create_one_instance() {
         .map(|_| {
             let cloud = cloud.clone();
             tokio::spawn(async move {
-                let d = SimulatedDriver::new(
-                    cloud,
-                    SimulatedSettings {
-                        provision_latency_ms: 1,
-                        stop_latency_ms: 0,
-                    },
-                );
+                let d = SimulatedDriver::new(cloud, SimulatedSettings { provision_latency_ms: 1, stop_latency_ms: 0 });
                 d.provision(&ctx(1), "k", None).await
             })
         })
@@ -101,28 +92,16 @@ async fn stop_semantics() {
     d.stop(&ctx(1), "i-does-not-exist").await.unwrap();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     d.stop(&ctx(1), &a.id).await.unwrap();
-    assert_eq!(
-        clouds.cloud("east").instance(&a.id).unwrap().state,
-        InstanceState::Stopped
-    );
+    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().state, InstanceState::Stopped);
     d.stop(&ctx(1), &a.id).await.unwrap();
     assert_eq!(
         outcomes(&clouds),
-        vec![
-            Outcome::AlreadyStopped,
-            Outcome::Created,
-            Outcome::Stopped,
-            Outcome::AlreadyStopped
-        ]
+        vec![Outcome::AlreadyStopped, Outcome::Created, Outcome::Stopped, Outcome::AlreadyStopped]
     );
     let ledger = clouds.ledger();
     assert_eq!(ledger[0].instance.as_deref(), Some("i-does-not-exist"));
     assert_eq!(ledger[0].key, None);
-    assert_eq!(
-        ledger[2].key.as_deref(),
-        Some("k1"),
-        "a stop names the target's key when known"
-    );
+    assert_eq!(ledger[2].key.as_deref(), Some("k1"), "a stop names the target's key when known");
     assert!(check_ledger(&ledger).is_empty());
 }
 
@@ -134,15 +113,9 @@ async fn stop_of_another_workspaces_instance_is_rejected() {
     let err = d.stop(&ctx_for("uid-b", 1), &a.id).await.unwrap_err();
     assert!(matches!(err, DriverError::Rejected(_)), "{err:?}");
     assert!(!err.is_retryable());
-    assert_eq!(
-        clouds.cloud("east").instance(&a.id).unwrap().state,
-        InstanceState::Running
-    );
+    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().state, InstanceState::Running);
     let v = check_ledger(&clouds.ledger());
-    assert!(
-        matches!(v.as_slice(), [Violation::ForeignStop { owner, .. }] if owner == "uid-a"),
-        "{v:?}"
-    );
+    assert!(matches!(v.as_slice(), [Violation::ForeignStop { owner, .. }] if owner == "uid-a"), "{v:?}");
 }
 
 #[tokio::test]
@@ -217,18 +190,8 @@ async fn live_instances_span_providers_and_skip_stopped() {
     assert_eq!(
         live,
         vec![
-            LiveInstance {
-                provider: "east".into(),
-                id: a.id,
-                key: "k1".into(),
-                workspace_uid: "u1".into()
-            },
-            LiveInstance {
-                provider: "west".into(),
-                id: b.id,
-                key: "k2".into(),
-                workspace_uid: "u2".into()
-            },
+            LiveInstance { provider: "east".into(), id: a.id, key: "k1".into(), workspace_uid: "u1".into() },
+            LiveInstance { provider: "west".into(), id: b.id, key: "k2".into(), workspace_uid: "u2".into() },
         ]
     );
 }
@@ -250,20 +213,12 @@ async fn stale_epochs_are_fenced_without_effect() {
 
     let err = d.stop(&ctx(1), &a.id).await.unwrap_err();
     assert_eq!(err, DriverError::StaleEpoch { epoch: 1, newest: 2 });
-    assert_eq!(
-        cloud.instance(&a.id).unwrap().state,
-        InstanceState::Running,
-        "a fenced stop stops nothing"
-    );
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running, "a fenced stop stops nothing");
 
     // Lookups are not fenced.
     assert_eq!(d.lookup(&ctx(1), "k2").await.unwrap().map(|i| i.id), Some(a.id.clone()));
 
-    let fenced: Vec<_> = clouds
-        .ledger()
-        .into_iter()
-        .filter(|e| e.outcome == Outcome::Fenced { newest: 2 })
-        .collect();
+    let fenced: Vec<_> = clouds.ledger().into_iter().filter(|e| e.outcome == Outcome::Fenced { newest: 2 }).collect();
     assert_eq!(fenced.len(), 2);
     assert_eq!(fenced[1].call, Call::Stop);
     assert_eq!(fenced[1].instance.as_deref(), Some(a.id.as_str()));
@@ -272,15 +227,8 @@ async fn stale_epochs_are_fenced_without_effect() {
     d.provision(&ctx(2), "k2", None).await.unwrap();
     d.stop(&ctx(3), &a.id).await.unwrap();
     assert_eq!(cloud.newest_epoch(WS), Some(3));
-    assert_eq!(
-        d.provision(&ctx(2), "k2", None).await.unwrap_err(),
-        DriverError::StaleEpoch { epoch: 2, newest: 3 }
-    );
-    assert!(
-        check_ledger(&clouds.ledger()).is_empty(),
-        "{:?}",
-        check_ledger(&clouds.ledger())
-    );
+    assert_eq!(d.provision(&ctx(2), "k2", None).await.unwrap_err(), DriverError::StaleEpoch { epoch: 2, newest: 3 });
+    assert!(check_ledger(&clouds.ledger()).is_empty(), "{:?}", check_ledger(&clouds.ledger()));
 }
 
 #[tokio::test]
@@ -311,10 +259,7 @@ async fn fail_provision_fails_the_next_n_without_effect() {
     let clouds = Clouds::new();
     let d = driver(&clouds, "east");
     let cloud = clouds.cloud("east");
-    cloud.set_faults(Faults {
-        fail_provision: 2,
-        ..Faults::default()
-    });
+    cloud.set_faults(Faults { fail_provision: 2, ..Faults::default() });
     for left in [1, 0] {
         let err = d.provision(&ctx(5), "k", None).await.unwrap_err();
         assert!(matches!(err, DriverError::Transient(_)), "{err:?}");
@@ -337,10 +282,7 @@ async fn fail_stop_fails_the_next_n_without_effect() {
     let d = driver(&clouds, "east");
     let cloud = clouds.cloud("east");
     let a = d.provision(&ctx(1), "k", None).await.unwrap();
-    cloud.set_faults(Faults {
-        fail_stop: 1,
-        ..Faults::default()
-    });
+    cloud.set_faults(Faults { fail_stop: 1, ..Faults::default() });
     // Provisions are not affected by stop faults.
     d.provision(&ctx(1), "k", None).await.unwrap();
     let err = d.stop(&ctx(1), &a.id).await.unwrap_err();
@@ -358,16 +300,9 @@ async fn always_failing_faults_persist_until_cleared() {
     let d = driver(&clouds, "east");
     let cloud = clouds.cloud("east");
     let a = d.provision(&ctx(1), "k", None).await.unwrap();
-    cloud.set_faults(Faults {
-        fail_provision_always: true,
-        fail_stop_always: true,
-        ..Faults::default()
-    });
+    cloud.set_faults(Faults { fail_provision_always: true, fail_stop_always: true, ..Faults::default() });
     for _ in 0..5 {
-        assert!(matches!(
-            d.provision(&ctx(1), "k2", None).await,
-            Err(DriverError::Transient(_))
-        ));
+        assert!(matches!(d.provision(&ctx(1), "k2", None).await, Err(DriverError::Transient(_))));
         assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::Transient(_))));
     }
     assert_eq!(cloud.instances().len(), 1);
@@ -382,10 +317,7 @@ async fn dropped_provision_response_commits() {
     let clouds = Clouds::new();
     let d = driver(&clouds, "east");
     let cloud = clouds.cloud("east");
-    cloud.set_faults(Faults {
-        drop_provision_response: 1,
-        ..Faults::default()
-    });
+    cloud.set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
     let err = d.provision(&ctx(1), "k", None).await.unwrap_err();
     assert_eq!(err, DriverError::Transient("response lost".into()));
     let [inst] = cloud.instances().try_into().unwrap();
@@ -394,10 +326,7 @@ async fn dropped_provision_response_commits() {
     // The retry under the same key finds the committed instance instead of creating another.
     let again = d.provision(&ctx(1), "k", None).await.unwrap();
     assert_eq!(again.id, inst.id);
-    assert_eq!(
-        outcomes(&clouds),
-        vec![Outcome::CommittedResponseLost { created: true }, Outcome::Existing]
-    );
+    assert_eq!(outcomes(&clouds), vec![Outcome::CommittedResponseLost { created: true }, Outcome::Existing]);
     assert_eq!(clouds.ledger()[0].instance.as_deref(), Some(inst.id.as_str()));
     assert!(check_ledger(&clouds.ledger()).is_empty());
 }
@@ -408,20 +337,11 @@ async fn dropped_response_of_a_replay_and_fenced_calls() {
     let d = driver(&clouds, "east");
     let cloud = clouds.cloud("east");
     let a = d.provision(&ctx(2), "k", None).await.unwrap();
-    cloud.set_faults(Faults {
-        drop_provision_response: 1,
-        ..Faults::default()
-    });
+    cloud.set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
     // A fenced provision commits nothing, so it does not consume the drop.
-    assert!(matches!(
-        d.provision(&ctx(1), "k", None).await,
-        Err(DriverError::StaleEpoch { .. })
-    ));
+    assert!(matches!(d.provision(&ctx(1), "k", None).await, Err(DriverError::StaleEpoch { .. })));
     assert_eq!(cloud.faults().drop_provision_response, 1);
-    assert!(matches!(
-        d.provision(&ctx(2), "k", None).await,
-        Err(DriverError::Transient(_))
-    ));
+    assert!(matches!(d.provision(&ctx(2), "k", None).await, Err(DriverError::Transient(_))));
     assert_eq!(cloud.instances().len(), 1);
     assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
     assert_eq!(outcomes(&clouds)[2], Outcome::CommittedResponseLost { created: false });
@@ -431,13 +351,7 @@ async fn dropped_response_of_a_replay_and_fenced_calls() {
 async fn latency_elapses_before_the_effect() {
     let clouds = Clouds::new();
     let cloud = clouds.cloud("east");
-    let d = SimulatedDriver::new(
-        cloud.clone(),
-        SimulatedSettings {
-            provision_latency_ms: 100,
-            stop_latency_ms: 40,
-        },
-    );
+    let d = SimulatedDriver::new(cloud.clone(), SimulatedSettings { provision_latency_ms: 100, stop_latency_ms: 40 });
     let task = tokio::spawn(async move { d.provision(&ctx(1), "k", None).await });
     tokio::time::advance(Duration::from_millis(99)).await;
     tokio::task::yield_now().await;
@@ -447,13 +361,7 @@ async fn latency_elapses_before_the_effect() {
     let inst = task.await.unwrap().unwrap();
     assert_eq!(cloud.instances().len(), 1);
 
-    let d = SimulatedDriver::new(
-        cloud.clone(),
-        SimulatedSettings {
-            provision_latency_ms: 100,
-            stop_latency_ms: 40,
-        },
-    );
+    let d = SimulatedDriver::new(cloud.clone(), SimulatedSettings { provision_latency_ms: 100, stop_latency_ms: 40 });
     let started = Instant::now();
     d.stop(&ctx(1), &inst.id).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(40));
@@ -466,17 +374,8 @@ async fn latency_elapses_before_the_effect() {
 async fn extra_latency_applies_to_every_call() {
     let clouds = Clouds::new();
     let cloud = clouds.cloud("east");
-    cloud.set_faults(Faults {
-        extra_latency: Duration::from_secs(5),
-        ..Faults::default()
-    });
-    let d = SimulatedDriver::new(
-        cloud.clone(),
-        SimulatedSettings {
-            provision_latency_ms: 100,
-            stop_latency_ms: 40,
-        },
-    );
+    cloud.set_faults(Faults { extra_latency: Duration::from_secs(5), ..Faults::default() });
+    let d = SimulatedDriver::new(cloud.clone(), SimulatedSettings { provision_latency_ms: 100, stop_latency_ms: 40 });
     let started = Instant::now();
     let inst = d.provision(&ctx(1), "k", None).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(5100));
@@ -494,16 +393,9 @@ async fn hang_never_answers_and_has_no_effect() {
     let cloud = clouds.cloud("east");
     let d = driver(&clouds, "east");
     let a = d.provision(&ctx(1), "k", None).await.unwrap();
-    cloud.set_faults(Faults {
-        hang: true,
-        ..Faults::default()
-    });
+    cloud.set_faults(Faults { hang: true, ..Faults::default() });
     let limit = Duration::from_secs(3600);
-    assert!(
-        tokio::time::timeout(limit, d.provision(&ctx(2), "k2", None))
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(limit, d.provision(&ctx(2), "k2", None)).await.is_err());
     assert!(tokio::time::timeout(limit, d.stop(&ctx(2), &a.id)).await.is_err());
     assert!(tokio::time::timeout(limit, d.lookup(&ctx(2), "k")).await.is_err());
     assert_eq!(cloud.instances().len(), 1);
@@ -529,11 +421,7 @@ async fn a_safe_switch_leaves_a_clean_ledger() {
     // A takeover under epoch 3 resumes and repeats both calls idempotently.
     east.stop(&ctx(3), &a.id).await.unwrap();
     assert_eq!(west.provision(&ctx(3), "uid-1.op-2", None).await.unwrap().id, b.id);
-    assert!(
-        check_ledger(&clouds.ledger()).is_empty(),
-        "{:?}",
-        check_ledger(&clouds.ledger())
-    );
+    assert!(check_ledger(&clouds.ledger()).is_empty(), "{:?}", check_ledger(&clouds.ledger()));
     assert!(check_live(&clouds, &[("west".into(), b.id.clone())]).is_empty());
 }
 
@@ -599,15 +487,7 @@ impl Book {
     }
 
     fn create(&mut self, provider: &str, uid: &str, epoch: i64, key: &str, id: &str) -> &mut Self {
-        self.push(
-            provider,
-            uid,
-            epoch,
-            Call::Provision,
-            Some(key),
-            Some(id),
-            Outcome::Created,
-        )
+        self.push(provider, uid, epoch, Call::Provision, Some(key), Some(id), Outcome::Created)
     }
 
     fn stop(&mut self, provider: &str, uid: &str, epoch: i64, id: &str, outcome: Outcome) -> &mut Self {
@@ -624,36 +504,12 @@ fn clean_book() -> Book {
     let mut b = Book::new();
     b.create("east", "u1", 1, "u1.op1", "e1")
         .create("east", "u2", 1, "u2.op1", "e2")
-        .push(
-            "east",
-            "u1",
-            1,
-            Call::Provision,
-            Some("u1.op1"),
-            Some("e1"),
-            Outcome::Existing,
-        )
-        .push(
-            "east",
-            "u1",
-            1,
-            Call::Lookup,
-            Some("u1.op1"),
-            Some("e1"),
-            Outcome::Found,
-        )
+        .push("east", "u1", 1, Call::Provision, Some("u1.op1"), Some("e1"), Outcome::Existing)
+        .push("east", "u1", 1, Call::Lookup, Some("u1.op1"), Some("e1"), Outcome::Found)
         .stop("east", "u1", 2, "e1", Outcome::Failed("injected".into()))
         .stop("east", "u1", 2, "e1", Outcome::Stopped)
         .stop("east", "u1", 1, "e1", Outcome::Fenced { newest: 2 })
-        .push(
-            "west",
-            "u1",
-            2,
-            Call::Provision,
-            Some("u1.op2"),
-            None,
-            Outcome::Failed("injected".into()),
-        )
+        .push("west", "u1", 2, Call::Provision, Some("u1.op2"), None, Outcome::Failed("injected".into()))
         .push(
             "west",
             "u1",
@@ -663,26 +519,10 @@ fn clean_book() -> Book {
             Some("w1"),
             Outcome::CommittedResponseLost { created: true },
         )
-        .push(
-            "west",
-            "u1",
-            2,
-            Call::Provision,
-            Some("u1.op2"),
-            Some("w1"),
-            Outcome::Existing,
-        )
+        .push("west", "u1", 2, Call::Provision, Some("u1.op2"), Some("w1"), Outcome::Existing)
         .stop("east", "u1", 3, "e1", Outcome::AlreadyStopped)
         .stop("west", "u1", 3, "w-unknown", Outcome::AlreadyStopped)
-        .push(
-            "west",
-            "u1",
-            1,
-            Call::Lookup,
-            Some("u1.op2"),
-            Some("w1"),
-            Outcome::Found,
-        )
+        .push("west", "u1", 1, Call::Lookup, Some("u1.op2"), Some("w1"), Outcome::Found)
         .push("west", "u1", 0, Call::Provision, Some("u1.op0"), None, Outcome::Hung)
         // Back to east under a fresh key after the west instance stops.
         .stop("west", "u1", 4, "w1", Outcome::Stopped)
@@ -706,14 +546,11 @@ fn ledger_is_replayed_in_seq_order() {
 #[test]
 fn flags_two_live_instances_across_providers() {
     let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1")
-        .create("west", "u1", 2, "k2", "w1");
+    b.create("east", "u1", 1, "k1", "e1").create("west", "u1", 2, "k2", "w1");
     let v = b.check();
     assert_eq!(v.len(), 1, "{v:?}");
-    assert!(
-        matches!(&v[0], Violation::MultipleLive { seq: 2, instance, running_instance, .. }
-        if instance == "w1" && running_instance == "e1")
-    );
+    assert!(matches!(&v[0], Violation::MultipleLive { seq: 2, instance, running_instance, .. }
+        if instance == "w1" && running_instance == "e1"));
     let msg = v[0].to_string();
     assert!(msg.contains("invariant 2") && msg.contains("seq 2") && msg.contains("west/w1") && msg.contains("east/e1"));
 }
@@ -754,18 +591,17 @@ fn instances_of_other_workspaces_or_stopped_ones_do_not_count_as_live() {
 #[test]
 fn flags_a_repeated_effective_stop() {
     let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1")
-        .stop("east", "u1", 2, "e1", Outcome::Stopped)
-        .stop("east", "u1", 2, "e1", Outcome::Stopped);
+    b.create("east", "u1", 1, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped).stop(
+        "east",
+        "u1",
+        2,
+        "e1",
+        Outcome::Stopped,
+    );
     let v = b.check();
     assert_eq!(
         v,
-        vec![Violation::RepeatedStop {
-            seq: 3,
-            provider: "east".into(),
-            instance: "e1".into(),
-            first_seq: 2
-        }]
+        vec![Violation::RepeatedStop { seq: 3, provider: "east".into(), instance: "e1".into(), first_seq: 2 }]
     );
     assert!(v[0].to_string().contains("invariant 3"));
 }
@@ -773,9 +609,13 @@ fn flags_a_repeated_effective_stop() {
 #[test]
 fn flags_effective_stops_under_two_epochs() {
     let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1")
-        .stop("east", "u1", 2, "e1", Outcome::Stopped)
-        .stop("east", "u1", 3, "e1", Outcome::Stopped);
+    b.create("east", "u1", 1, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped).stop(
+        "east",
+        "u1",
+        3,
+        "e1",
+        Outcome::Stopped,
+    );
     let v = b.check();
     assert!(v.contains(&Violation::StoppedUnderTwoEpochs {
         seq: 3,
@@ -801,8 +641,7 @@ fn same_instance_id_on_two_providers_is_two_instances() {
 #[test]
 fn flags_an_accepted_stale_epoch() {
     let mut b = Book::new();
-    b.create("east", "u1", 3, "k1", "e1")
-        .stop("east", "u1", 2, "e1", Outcome::AlreadyStopped);
+    b.create("east", "u1", 3, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::AlreadyStopped);
     let v = b.check();
     assert_eq!(
         v,
@@ -816,10 +655,7 @@ fn flags_an_accepted_stale_epoch() {
             newest_seq: 1,
         }]
     );
-    assert!(
-        v[0].to_string()
-            .contains("accepted a stop for workspace u1 under epoch 2 after accepting epoch 3")
-    );
+    assert!(v[0].to_string().contains("accepted a stop for workspace u1 under epoch 2 after accepting epoch 3"));
 }
 
 #[test]
@@ -827,15 +663,7 @@ fn stale_epochs_that_were_refused_or_elsewhere_are_fine() {
     let mut b = Book::new();
     b.create("east", "u1", 3, "k1", "e1")
         .stop("east", "u1", 2, "e1", Outcome::Fenced { newest: 3 })
-        .push(
-            "east",
-            "u1",
-            2,
-            Call::Provision,
-            Some("k9"),
-            None,
-            Outcome::Failed("x".into()),
-        )
+        .push("east", "u1", 2, Call::Provision, Some("k9"), None, Outcome::Failed("x".into()))
         .push("east", "u1", 1, Call::Lookup, Some("k1"), Some("e1"), Outcome::Found)
         // Another workspace, and another provider, have fences of their own.
         .create("east", "u2", 1, "k2", "e2")
@@ -874,16 +702,14 @@ fn flags_a_key_that_yields_two_instances() {
 #[test]
 fn flags_a_lookup_that_contradicts_the_key() {
     let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1")
-        .push("east", "u1", 1, Call::Lookup, Some("k1"), Some("e7"), Outcome::Found);
+    b.create("east", "u1", 1, "k1", "e1").push("east", "u1", 1, Call::Lookup, Some("k1"), Some("e7"), Outcome::Found);
     assert!(matches!(b.check().as_slice(), [Violation::KeyReused { seq: 2, .. }]));
 }
 
 #[test]
 fn flags_a_stop_of_another_workspaces_instance() {
     let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1")
-        .stop("east", "u2", 1, "e1", Outcome::Stopped);
+    b.create("east", "u1", 1, "k1", "e1").stop("east", "u2", 1, "e1", Outcome::Stopped);
     let v = b.check();
     assert_eq!(
         v,
@@ -915,30 +741,14 @@ async fn check_live_flags_leaks_and_missing_instances() {
     let v = check_live(&clouds, &all[..1]);
     assert_eq!(
         v,
-        vec![Violation::Leaked {
-            provider: "west".into(),
-            instance: b.id.clone(),
-            workspace_uid: "u2".into()
-        }]
+        vec![Violation::Leaked { provider: "west".into(), instance: b.id.clone(), workspace_uid: "u2".into() }]
     );
     assert!(v[0].to_string().contains("invariant 6"));
 
     // Naming a stopped instance, or naming one on the wrong provider, is also a mismatch.
-    let v = check_live(
-        &clouds,
-        &[all[0].clone(), all[1].clone(), ("west".to_string(), c.id.clone())],
-    );
-    assert_eq!(
-        v,
-        vec![Violation::NotLive {
-            provider: "west".into(),
-            instance: c.id.clone()
-        }]
-    );
+    let v = check_live(&clouds, &[all[0].clone(), all[1].clone(), ("west".to_string(), c.id.clone())]);
+    assert_eq!(v, vec![Violation::NotLive { provider: "west".into(), instance: c.id.clone() }]);
     let v = check_live(&clouds, &[all[0].clone(), ("east".to_string(), b.id.clone())]);
     assert_eq!(v.len(), 2, "{v:?}");
-    assert!(v.contains(&Violation::NotLive {
-        provider: "east".into(),
-        instance: b.id.clone()
-    }));
+    assert!(v.contains(&Violation::NotLive { provider: "east".into(), instance: b.id.clone() }));
 }
