@@ -159,22 +159,40 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let client = cp.client().await?;
     install_crds(&client).await?;
     let applied = apply_dir(&client, &args.samples).await?;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let settings = crate::controller::Settings::new(crate::cli::default_identity());
+    let controller = tokio::spawn(crate::controller::run(
+        client.clone(),
+        settings,
+        crate::provider::Dispatcher::new(crate::provider::simulated::Clouds::new()),
+        crate::controller::FailPoints::default(),
+        std::sync::Arc::new(crate::controller::Stats::default()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
     let kubectl = args.testenv_bin.join("kubectl");
     let kc = cp.kubeconfig.display();
     println!(
-        "\nSwitchyard is up: CRDs installed, {applied} sample objects applied from {samples}.\n\n\
+        "\nSwitchyard is up: CRDs installed, {applied} sample objects applied from {samples}, controller running.\n\n\
          Try, in another terminal:\n\
          \x20 export KUBECONFIG={kc}\n\
          \x20 export PATH=$PWD/{bin}:$PATH\n\
          \x20 kubectl get computeproviders\n\
          \x20 kubectl get workspaces\n\
          \x20 kubectl patch workspace ws-1 --type merge -p '{{\"spec\":{{\"provider\":\"gcp\"}}}}'\n\
-         \x20 kubectl get workspace ws-1 -o yaml\n\n\
+         \x20 kubectl wait --for=condition=Ready workspace/ws-1 --timeout=60s\n\
+         \x20 kubectl get workspace ws-1 -o yaml\n\
+         \x20 kubectl events --for workspace/ws-1\n\n\
          Ctrl-C stops everything.",
         samples = args.samples.display(),
         bin = kubectl.parent().map(|p| p.display().to_string()).unwrap_or_default(),
     );
-    tokio::signal::ctrl_c().await?;
-    eprintln!("stopping");
+    crate::cli::shutdown_signal().await;
+    eprintln!("stopping the controller and the control plane");
+    let _ = stop.send(());
+    let _ = controller.await;
     cp.stop().await
 }

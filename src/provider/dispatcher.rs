@@ -39,13 +39,22 @@ impl DispatchError {
 #[derive(Clone)]
 pub struct Dispatcher {
     simulated: Clouds,
+    /// The cluster the controller runs against: for Secrets named by providers, and for the
+    /// `kubernetes` driver's default target. None in unit tests of the simulated driver.
+    client: Option<kube::Client>,
 }
 
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Dispatcher {
     pub fn new(simulated: Clouds) -> Self {
-        Self { simulated }
+        Self { simulated, client: None }
+    }
+
+    /// Gives drivers access to the cluster (Secrets, Pods).
+    pub fn with_client(mut self, client: kube::Client) -> Self {
+        self.client = Some(client);
+        self
     }
 
     /// The in-process simulated clouds (their ledger is what tests check).

@@ -79,6 +79,11 @@ pub trait Driver: Send + Sync {
 
     /// The instance created under `key`, if any.
     async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError>;
+
+    /// Whether the provider answers and accepts our credentials; backs ComputeProvider Ready.
+    async fn health(&self) -> Result<(), DriverError> {
+        Ok(())
+    }
 }
 
 /// The provision key of an operation: derived from the workspace and the claim, so a retried
