@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::controller::{self, FailPoints, Settings, Stats};
+use crate::controller::{self, Handles, LeaseSettings, Settings};
 use crate::provider::Dispatcher;
 use crate::provider::simulated::Clouds;
 
@@ -39,6 +38,21 @@ pub struct ControllerArgs {
     /// Failed provision attempts before a workspace reports Stalled (it keeps retrying).
     #[arg(long, default_value_t = 3)]
     pub stall_after: i32,
+    /// Reconcile only while holding the leader Lease (run this with 2+ replicas).
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "switchyard-controller")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: the pod's namespace, else switchyard-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "switchyard-system")]
+    pub lease_namespace: String,
+    /// How long a leader may go without renewing before another replica takes over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Address of /metrics, /healthz and /readyz ("" disables).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
 }
 
 impl ControllerArgs {
@@ -48,6 +62,11 @@ impl ControllerArgs {
         s.namespace = self.namespace.clone();
         s.concurrency = self.concurrency;
         s.stall_after = self.stall_after;
+        s.leader_election = self.leader_election.then(|| LeaseSettings {
+            namespace: self.lease_namespace.clone(),
+            name: self.lease_name.clone(),
+            duration: self.lease_duration,
+        });
         s
     }
 }
@@ -103,21 +122,17 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Run everything locally: a control plane, simulated providers, the controller, samples.
     Dev(crate::dev::DevArgs),
+    /// Benchmark the controller against the API server's own limit (see docs/benchmarks.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
     crate::telemetry::init(cli.log_format);
     match cli.command {
-        Command::Controller(args) => match kube::Client::try_default().await {
-            Ok(client) => {
-                let dispatcher = Dispatcher::new(Clouds::new());
-                let stats = Arc::new(Stats::default());
-                controller::run(client, args.settings(), dispatcher, FailPoints::default(), stats, shutdown_signal())
-                    .await;
-                ExitCode::SUCCESS
-            }
+        Command::Controller(args) => match run_controller(args).await {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("switchyard controller: no usable kubeconfig or in-cluster config: {e}");
+                eprintln!("switchyard controller: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -131,6 +146,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench(args) => crate::bench::main(args).await,
         Command::Dev(args) => match crate::dev::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -139,4 +155,33 @@ pub async fn main(cli: Cli) -> ExitCode {
             }
         },
     }
+}
+
+/// `switchyard controller`: the controller plus its metrics and health endpoints, until SIGTERM.
+async fn run_controller(args: ControllerArgs) -> Result<(), String> {
+    let client =
+        kube::Client::try_default().await.map_err(|e| format!("no usable kubeconfig or in-cluster config: {e}"))?;
+    let handles = Handles::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    if !args.metrics_addr.is_empty() {
+        let addr: std::net::SocketAddr =
+            args.metrics_addr.parse().map_err(|e| format!("--metrics-addr {:?}: {e}", args.metrics_addr))?;
+        let server =
+            crate::telemetry::serve(addr, handles.metrics.clone(), handles.health.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
+    controller::run(client, args.settings(), dispatcher, handles, stopped(stop_rx)).await;
+    Ok(())
 }

@@ -83,9 +83,12 @@ impl LocalControlPlane {
     }
 
     pub async fn client(&self) -> Result<Client, DevError> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(config)?)
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// The control plane's process id (kube-apiserver and etcd run in it), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Asks the control plane to stop and waits for it.
@@ -94,6 +97,13 @@ impl LocalControlPlane {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// A client for the cluster a kubeconfig file names (its current context).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, DevError> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
 }
 
 /// Server-side applies every CRD and waits until each is established.
@@ -166,8 +176,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         client.clone(),
         settings,
         crate::provider::Dispatcher::new(crate::provider::simulated::Clouds::new()),
-        crate::controller::FailPoints::default(),
-        std::sync::Arc::new(crate::controller::Stats::default()),
+        crate::controller::Handles::default(),
         async move {
             let _ = stopped.await;
         },

@@ -2,6 +2,7 @@
 //! switches it, safely, when `spec.provider` changes.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod controller;
 pub mod dev;

@@ -14,8 +14,8 @@ use switchyard::api::Step;
 use switchyard::api::Workspace;
 use switchyard::controller::FailPoint;
 use switchyard::controller::FailPoints;
-use switchyard::controller::Stats;
 use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
+use switchyard::telemetry::{Metrics, SwitchLabels};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -137,7 +137,7 @@ async fn two_instances_race_on_fifty_workspaces() {
     }
     wait_all_converged(&api, &names).await;
     let seen = watch.finish().await;
-    let (xs, ys) = (x.stats.clone(), y.stats.clone());
+    let (xm, ym) = (x.metrics.clone(), y.metrics.clone());
     x.stop().await;
     y.stop().await;
 
@@ -149,9 +149,18 @@ async fn two_instances_race_on_fifty_workspaces() {
         let held = seen.claims.get(&e.workspace_uid).is_some_and(|c| c.contains(&(e.caller.clone(), e.epoch)));
         assert!(held, "call {e:?} was made under a claim the API server never recorded for its caller");
     }
-    let sum = |f: fn(&Stats) -> &std::sync::atomic::AtomicU64| Stats::get(f(&xs)) + Stats::get(f(&ys));
-    let (won, lost) = (sum(|s| &s.claims_won), sum(|s| &s.claims_lost));
-    let (writes, completed) = (sum(|s| &s.status_writes), sum(|s| &s.switches_completed));
+    let sum = |f: &dyn Fn(&Metrics) -> u64| f(&xm) + f(&ym);
+    let (won, lost) = (sum(&|m| m.claims_won.get()), sum(&|m| m.claims_lost.get()));
+    let writes = sum(&|m| m.status_writes.get());
+    let pairs: Vec<(&String, &String)> = providers.iter().flat_map(|f| providers.iter().map(move |t| (f, t))).collect();
+    let completed = sum(&|m| {
+        let labels = |(f, t): &(&String, &String)| SwitchLabels {
+            from: f.to_string(),
+            to: t.to_string(),
+            result: "completed".into(),
+        };
+        pairs.iter().map(|p| m.switches.get_or_create(&labels(p)).get()).sum()
+    });
     eprintln!(
         "race (seed {seed}): {switches} switches requested, {completed} completed, {won} claims won, {lost} lost, \
          {} provider calls, {writes} status writes, {} versions watched",
@@ -185,7 +194,7 @@ async fn wait_all_converged(api: &Api<Workspace>, names: &[String]) {
 async fn stale_copy_loses_its_claim_and_calls_no_provider() {
     use kube::api::{Patch, PatchParams};
     use kube::runtime::reflector;
-    use switchyard::controller::{Context, FailPoints, reconcile};
+    use switchyard::controller::{Context, Handles, reconcile};
     use switchyard::provider::Dispatcher;
 
     let client = client().await;
@@ -203,19 +212,13 @@ async fn stale_copy_loses_its_claim_and_calls_no_provider() {
 
     let clouds = Clouds::new();
     let (providers, _writer) = reflector::store();
-    let stats = std::sync::Arc::new(Stats::default());
-    let ctx = Context::new(
-        client.clone(),
-        settings("stale-1", &ns),
-        Dispatcher::new(clouds.clone()),
-        providers,
-        FailPoints::default(),
-        stats.clone(),
-    );
+    let handles = Handles::default();
+    let ctx =
+        Context::new(client.clone(), settings("stale-1", &ns), Dispatcher::new(clouds.clone()), providers, &handles);
     reconcile(std::sync::Arc::new(stale), ctx).await.expect("reconcile");
 
-    assert_eq!(Stats::get(&stats.claims_lost), 1, "the stale claim must be refused");
-    assert_eq!(Stats::get(&stats.claims_won), 0);
+    assert_eq!(handles.metrics.claims_lost.get(), 1, "the stale claim must be refused");
+    assert_eq!(handles.metrics.claims_won.get(), 0);
     assert!(clouds.ledger().is_empty(), "the loser called a provider: {:?}", clouds.ledger());
     let after = api.get("ws-stale").await.expect("get");
     assert_eq!(after.metadata.resource_version, fresh.metadata.resource_version, "the loser wrote");
@@ -303,7 +306,7 @@ async fn crash_at_every_step_converges_with_one_instance() {
         x.kill();
         let y = s.start("crash-y");
         let ws = wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
-        assert_eq!(Stats::get(&y.stats.takeovers), 1, "{point:?}: the stale claim must be taken over");
+        assert_eq!(y.metrics.takeovers.get(), 1, "{point:?}: the stale claim must be taken over");
         let instance = status(&ws).instance.expect("instance");
         assert_eq!(s.live(), vec![(s.b.clone(), instance.id)], "{point:?}: exactly one live instance, on b");
         assert!(status(&ws).epoch >= 3, "{point:?}: takeover bumps the epoch");

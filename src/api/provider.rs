@@ -47,6 +47,7 @@ pub struct ComputeProviderSpec {
     /// Upper bound for one call to the provider, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 600))]
+    #[schemars(extend("format" = "int32"))]
     pub call_timeout_seconds: Option<u32>,
 }
 
@@ -107,10 +108,12 @@ pub struct SimulatedSettings {
     /// Latency of a provision call, in milliseconds.
     #[serde(default)]
     #[schemars(range(min = 0, max = 600000))]
+    #[schemars(extend("format" = "int64"))]
     pub provision_latency_ms: u64,
     /// Latency of a stop call, in milliseconds.
     #[serde(default)]
     #[schemars(range(min = 0, max = 600000))]
+    #[schemars(extend("format" = "int64"))]
     pub stop_latency_ms: u64,
 }
 
@@ -120,9 +123,11 @@ pub struct SimulatedSettings {
 pub struct StopPolicy {
     /// Attempts before the claim is released with StopFailed.
     #[schemars(range(min = 1, max = 100))]
+    #[schemars(extend("format" = "int32"))]
     pub max_attempts: u32,
     /// First backoff between attempts, in milliseconds; doubles each attempt.
     #[schemars(range(min = 1, max = 600000))]
+    #[schemars(extend("format" = "int64"))]
     pub initial_backoff_ms: u64,
 }
 

@@ -232,3 +232,7 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
 fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
 }
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

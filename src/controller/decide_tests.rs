@@ -52,16 +52,7 @@ struct Op {
 }
 
 fn op(kind: OperationKind, step: Step, from: Option<&'static str>, to: Option<&'static str>) -> Op {
-    Op {
-        id: OP_ID,
-        kind,
-        step,
-        from,
-        to,
-        holder: ME,
-        renewed_ago: 5,
-        attempts: 0,
-    }
+    Op { id: OP_ID, kind, step, from, to, holder: ME, renewed_ago: 5, attempts: 0 }
 }
 
 /// A switch from a to b.
@@ -121,16 +112,7 @@ struct Ws {
 
 /// A running workspace naming `provider`, with our finalizer, no status.
 fn ws(provider: &'static str) -> Ws {
-    Ws {
-        uid: UID,
-        provider,
-        running: true,
-        finalizer: true,
-        deleting: false,
-        instance: None,
-        active: None,
-        op: None,
-    }
+    Ws { uid: UID, provider, running: true, finalizer: true, deleting: false, instance: None, active: None, op: None }
 }
 
 impl Ws {
@@ -227,11 +209,7 @@ impl Ws {
 
 /// The compute on `provider`, provisioned by an earlier operation.
 fn instance(provider: &str) -> Instance {
-    Instance {
-        id: format!("i-{provider}"),
-        provider: provider.to_string(),
-        key: format!("{UID}.op-0"),
-    }
+    Instance { id: format!("i-{provider}"), provider: provider.to_string(), key: format!("{UID}.op-0") }
 }
 
 // ---- facts -----------------------------------------------------------------------------------
@@ -250,72 +228,44 @@ fn facts() -> Facts {
 }
 
 fn target(state: ProviderState) -> Facts {
-    Facts {
-        target: state,
-        ..facts()
-    }
+    Facts { target: state, ..facts() }
 }
 
 fn source(state: ProviderState) -> Facts {
-    Facts {
-        source: state,
-        ..facts()
-    }
+    Facts { source: state, ..facts() }
 }
 
 fn both(state: ProviderState) -> Facts {
-    Facts {
-        target: state.clone(),
-        source: state,
-        ..facts()
-    }
+    Facts { target: state.clone(), source: state, ..facts() }
 }
 
 /// A failed stop may be retried `secs` from now (negative: in the past).
 fn retry_in(secs: i64) -> Facts {
-    Facts {
-        retry_at: Some(now() + SignedDuration::from_secs(secs)),
-        ..facts()
-    }
+    Facts { retry_at: Some(now() + SignedDuration::from_secs(secs)), ..facts() }
 }
 
 const MISSING: ProviderState = ProviderState::Missing;
 
 fn not_ready() -> ProviderState {
-    ProviderState::NotReady {
-        reason: cond::PROVIDER_NOT_READY,
-        message: "endpoint unreachable".to_string(),
-    }
+    ProviderState::NotReady { reason: cond::PROVIDER_NOT_READY, message: "endpoint unreachable".to_string() }
 }
 
 fn misconfigured() -> ProviderState {
-    ProviderState::NotReady {
-        reason: cond::PROVIDER_MISCONFIGURED,
-        message: "secret missing".to_string(),
-    }
+    ProviderState::NotReady { reason: cond::PROVIDER_MISCONFIGURED, message: "secret missing".to_string() }
 }
 
 // ---- expected decisions ----------------------------------------------------------------------
 
 fn missing_stall(provider: &str) -> Stall {
-    Stall::new(
-        cond::PROVIDER_NOT_FOUND,
-        format!("ComputeProvider \"{provider}\" does not exist"),
-    )
+    Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider \"{provider}\" does not exist"))
 }
 
 fn not_ready_stall(provider: &str) -> Stall {
-    Stall::new(
-        cond::PROVIDER_NOT_READY,
-        format!("ComputeProvider \"{provider}\" is not ready: endpoint unreachable"),
-    )
+    Stall::new(cond::PROVIDER_NOT_READY, format!("ComputeProvider \"{provider}\" is not ready: endpoint unreachable"))
 }
 
 fn misconfigured_stall(provider: &str) -> Stall {
-    Stall::new(
-        cond::PROVIDER_MISCONFIGURED,
-        format!("ComputeProvider \"{provider}\" is not ready: secret missing"),
-    )
+    Stall::new(cond::PROVIDER_MISCONFIGURED, format!("ComputeProvider \"{provider}\" is not ready: secret missing"))
 }
 
 fn rest() -> Next {
@@ -327,45 +277,28 @@ fn stalled(stall: Stall) -> Next {
 }
 
 fn claim(kind: OperationKind, from: Option<&str>, to: Option<&str>) -> Next {
-    Next::Claim {
-        kind,
-        from: from.map(String::from),
-        to: to.map(String::from),
-    }
+    Next::Claim { kind, from: from.map(String::from), to: to.map(String::from) }
 }
 
 fn wait(secs: u64, why: &'static str) -> Next {
-    Next::Wait {
-        after: Duration::from_secs(secs),
-        why,
-    }
+    Next::Wait { after: Duration::from_secs(secs), why }
 }
 
 fn stop_old(provider: &str) -> Next {
-    Next::StopOld {
-        instance: instance(provider),
-    }
+    Next::StopOld { instance: instance(provider) }
 }
 
 fn provision_on(provider: &str) -> Next {
-    Next::Provision {
-        provider: provider.to_string(),
-        key: KEY.to_string(),
-    }
+    Next::Provision { provider: provider.to_string(), key: KEY.to_string() }
 }
 
 fn retarget(provider: &str) -> Next {
-    Next::Retarget {
-        provider: provider.to_string(),
-        key: KEY.to_string(),
-    }
+    Next::Retarget { provider: provider.to_string(), key: KEY.to_string() }
 }
 
 /// Finish without compute, releasing what `KEY` may have created on `release`.
 fn finish(release: Option<&str>) -> Next {
-    Next::FinishWithoutCompute {
-        release: release.map(|p| (p.to_string(), KEY.to_string())),
-    }
+    Next::FinishWithoutCompute { release: release.map(|p| (p.to_string(), KEY.to_string())) }
 }
 
 fn hold(stall: Stall) -> Next {
@@ -390,13 +323,7 @@ fn check(cases: &[Case]) {
             (&got != expected).then(|| format!("{description}:\n    expected {expected:?}\n    got      {got:?}"))
         })
         .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 /// No operation in flight: finalizer handling, validation, claims, rest.
@@ -485,12 +412,7 @@ fn without_operation() -> Vec<Case> {
             claim(Delete, Some("a"), None),
         ),
         // First provision.
-        case(
-            "new workspace: claim Provision on spec.provider",
-            ws("b"),
-            facts(),
-            claim(Provision, None, Some("b")),
-        ),
+        case("new workspace: claim Provision on spec.provider", ws("b"), facts(), claim(Provision, None, Some("b"))),
         case(
             "no compute, placed on a before, spec b: Provision from a to b",
             ws("b").active("a"),
@@ -541,12 +463,7 @@ fn without_operation() -> Vec<Case> {
             both(not_ready()),
             rest(),
         ),
-        case(
-            "running on spec.provider, stop backoff elapsed: rest",
-            ws("a").on("a"),
-            retry_in(-5),
-            rest(),
-        ),
+        case("running on spec.provider, stop backoff elapsed: rest", ws("a").on("a"), retry_in(-5), rest()),
         case("stopped, no compute: rest", ws("a").stopped(), facts(), rest()),
         case(
             "stopped, no compute, placed on a, spec b: rest (nothing to move)",
@@ -561,12 +478,7 @@ fn without_operation() -> Vec<Case> {
             rest(),
         ),
         // Switch.
-        case(
-            "compute on a, spec b: claim Switch a→b",
-            ws("b").on("a"),
-            facts(),
-            claim(Switch, Some("a"), Some("b")),
-        ),
+        case("compute on a, spec b: claim Switch a→b", ws("b").on("a"), facts(), claim(Switch, Some("a"), Some("b"))),
         case(
             "switch a→b, target missing: stall naming b, no claim",
             ws("b").on("a"),
@@ -600,11 +512,7 @@ fn without_operation() -> Vec<Case> {
         case(
             "switch a→b, both blocked: the target is reported",
             ws("b").on("a"),
-            Facts {
-                target: MISSING,
-                source: not_ready(),
-                ..facts()
-            },
+            Facts { target: MISSING, source: not_ready(), ..facts() },
             stalled(missing_stall("b")),
         ),
         case(
@@ -616,10 +524,7 @@ fn without_operation() -> Vec<Case> {
         case(
             "switch a→b, stop backoff pending, target missing: the backoff comes first",
             ws("b").on("a"),
-            Facts {
-                target: MISSING,
-                ..retry_in(30)
-            },
+            Facts { target: MISSING, ..retry_in(30) },
             wait(30, cond::STOP_FAILED),
         ),
         case(
@@ -723,7 +628,12 @@ fn claims_of_others() -> Vec<Case> {
         let stale = || holding(theirs.clone().renewed(61));
         let l = op.label();
         cases.extend([
-            case(format!("{l}, other holder renewed 10s ago: wait out the lease"), fresh(), facts(), wait(50, held_elsewhere)),
+            case(
+                format!("{l}, other holder renewed 10s ago: wait out the lease"),
+                fresh(),
+                facts(),
+                wait(50, held_elsewhere),
+            ),
             case(
                 format!("{l}, other holder renewed 59s ago: wait 1s"),
                 holding(theirs.clone().renewed(59)),
@@ -767,12 +677,7 @@ fn claims_of_others() -> Vec<Case> {
                 facts(),
                 wait(50, held_elsewhere),
             ),
-            case(
-                format!("{l}, stale other claim, deleting: take over"),
-                stale().deleting(),
-                facts(),
-                Next::TakeOver,
-            ),
+            case(format!("{l}, stale other claim, deleting: take over"), stale().deleting(), facts(), Next::TakeOver),
             case(
                 format!("{l}, fresh other claim, no finalizer: wait, finalizer untouched"),
                 fresh().without_finalizer(),
@@ -806,10 +711,7 @@ fn claims_of_others() -> Vec<Case> {
         ]);
         for (spec, running) in [("a", true), ("b", true), ("c", true), ("a", false), ("c", false)] {
             let run = if running { "running" } else { "stopped" };
-            let with_spec = |ws: Ws| {
-                let ws = ws.spec(spec);
-                if running { Ws { running, ..ws } } else { ws.stopped() }
-            };
+            let with_spec = |ws: Ws| Ws { running, ..ws.spec(spec) };
             cases.push(case(
                 format!("{l}, fresh other claim, spec {spec} {run}: wait"),
                 with_spec(fresh()),
@@ -883,12 +785,7 @@ fn own_delete() -> Vec<Case> {
                 facts(),
                 stop_old("a"),
             ),
-            case(
-                format!("{l}, no compute, no target: finish, nothing to release"),
-                base(None),
-                facts(),
-                finish(None),
-            ),
+            case(format!("{l}, no compute, no target: finish, nothing to release"), base(None), facts(), finish(None)),
             case(
                 format!("{l}, no compute, target b in flight: finish, releasing b's key"),
                 base(Some("b")).active("b"),
@@ -987,12 +884,7 @@ fn own_stop() -> Vec<Case> {
                 facts(),
                 stop_old("a"),
             ),
-            case(
-                format!("{l}, no compute, stopped spec: finish, nothing to release"),
-                base(),
-                facts(),
-                finish(None),
-            ),
+            case(format!("{l}, no compute, stopped spec: finish, nothing to release"), base(), facts(), finish(None)),
             case(
                 format!("{l}, no compute, spec running again: finish (a provision follows)"),
                 running_again(base()),
@@ -1035,12 +927,7 @@ fn own_switch_claimed() -> Vec<Case> {
     let no_compute = || ws("b").active("a").op(switch(Claimed));
     vec![
         case(format!("{l}, compute on a, spec b: stop a"), base(), facts(), stop_old("a")),
-        case(
-            format!("{l}, compute on a, spec b stopped: stop a"),
-            base().stopped(),
-            facts(),
-            stop_old("a"),
-        ),
+        case(format!("{l}, compute on a, spec b stopped: stop a"), base().stopped(), facts(), stop_old("a")),
         case(
             format!("{l}, compute on a, spec now c: stop a (the commit records c)"),
             base().spec("c"),
@@ -1053,12 +940,7 @@ fn own_switch_claimed() -> Vec<Case> {
             facts(),
             stop_old("a"),
         ),
-        case(
-            format!("{l}, compute on a, spec back to a: abort, no stop"),
-            base().spec("a"),
-            facts(),
-            Next::Abort,
-        ),
+        case(format!("{l}, compute on a, spec back to a: abort, no stop"), base().spec("a"), facts(), Next::Abort),
         case(
             format!("{l}, compute on a, spec back to a, a not ready: abort, no stop"),
             base().spec("a"),
@@ -1090,12 +972,7 @@ fn own_switch_claimed() -> Vec<Case> {
             source(MISSING),
             stop_old("a"),
         ),
-        case(
-            format!("{l}, compute on a, a not ready: still a stop"),
-            base(),
-            source(not_ready()),
-            stop_old("a"),
-        ),
+        case(format!("{l}, compute on a, a not ready: still a stop"), base(), source(not_ready()), stop_old("a")),
         case(
             format!("{l}, compute on a, 2 failed attempts just now: no provision backoff for a stop"),
             ws("b").on("a").op(switch(Claimed).attempts(2).renewed(0)),
@@ -1122,12 +999,7 @@ fn own_switch_claimed() -> Vec<Case> {
             Next::Commit,
         ),
         case(format!("{l}, no compute, spec now c: commit"), no_compute().spec("c"), facts(), Next::Commit),
-        case(
-            format!("{l}, no compute, spec b stopped: commit"),
-            no_compute().stopped(),
-            facts(),
-            Next::Commit,
-        ),
+        case(format!("{l}, no compute, spec b stopped: commit"), no_compute().stopped(), facts(), Next::Commit),
         case(
             format!("{l}, no compute, b missing: commit (the provision step holds)"),
             no_compute(),
@@ -1167,8 +1039,8 @@ fn own_roll_forward() -> Vec<Case> {
     for op in [switch(OldStopped), provision(Claimed), provision(OldStopped)] {
         let l = op.label();
         let base = || ws("b").active("b").op(op.clone());
-        let failed = |attempts: i32, secs_ago: i64| ws("b").active("b").op(op.clone().attempts(attempts).renewed(secs_ago));
-        let failed_fn = &failed;
+        let failed =
+            |attempts: i32, secs_ago: i64| ws("b").active("b").op(op.clone().attempts(attempts).renewed(secs_ago));
         let pf = cond::PROVISION_FAILED;
         cases.extend([
             case(format!("{l}, spec b: provision on b under the key"), base(), facts(), provision_on("b")),
@@ -1214,18 +1086,8 @@ fn own_roll_forward() -> Vec<Case> {
                 facts(),
                 finish(Some("b")),
             ),
-            case(
-                format!("{l}, spec back to a: retarget, releasing b's key"),
-                base().spec("a"),
-                facts(),
-                retarget("b"),
-            ),
-            case(
-                format!("{l}, spec now c: retarget, releasing b's key"),
-                base().spec("c"),
-                facts(),
-                retarget("b"),
-            ),
+            case(format!("{l}, spec back to a: retarget, releasing b's key"), base().spec("a"), facts(), retarget("b")),
+            case(format!("{l}, spec now c: retarget, releasing b's key"), base().spec("c"), facts(), retarget("b")),
             case(
                 format!("{l}, spec now c, c missing: retarget first (c is checked after)"),
                 base().spec("c"),
@@ -1251,59 +1113,49 @@ fn own_roll_forward() -> Vec<Case> {
                 hold(misconfigured_stall("b")),
             ),
             // Provision backoff: base 1s doubled per failed attempt, capped at 30s, counted from renewedAt.
-            case(format!("{l}, 1 failed attempt just now: wait 1s"), failed_fn(1, 0), facts(), wait(1, pf)),
-            case(format!("{l}, 1 failed attempt 1s ago: provision"), failed_fn(1, 1), facts(), provision_on("b")),
-            case(format!("{l}, 2 failed attempts 1s ago: wait 1s"), failed_fn(2, 1), facts(), wait(1, pf)),
-            case(format!("{l}, 3 failed attempts 1s ago: wait 3s"), failed_fn(3, 1), facts(), wait(3, pf)),
-            case(format!("{l}, 3 failed attempts 4s ago: provision"), failed_fn(3, 4), facts(), provision_on("b")),
-            case(
-                format!("{l}, 3 failed attempts 10s ago: provision"),
-                failed_fn(3, 10),
-                facts(),
-                provision_on("b"),
-            ),
+            case(format!("{l}, 1 failed attempt just now: wait 1s"), failed(1, 0), facts(), wait(1, pf)),
+            case(format!("{l}, 1 failed attempt 1s ago: provision"), failed(1, 1), facts(), provision_on("b")),
+            case(format!("{l}, 2 failed attempts 1s ago: wait 1s"), failed(2, 1), facts(), wait(1, pf)),
+            case(format!("{l}, 3 failed attempts 1s ago: wait 3s"), failed(3, 1), facts(), wait(3, pf)),
+            case(format!("{l}, 3 failed attempts 4s ago: provision"), failed(3, 4), facts(), provision_on("b")),
+            case(format!("{l}, 3 failed attempts 10s ago: provision"), failed(3, 10), facts(), provision_on("b")),
             case(
                 format!("{l}, 10 failed attempts 20s ago: capped at 30s, wait 10s"),
-                failed_fn(10, 20),
+                failed(10, 20),
                 facts(),
                 wait(10, pf),
             ),
             case(
                 format!("{l}, 10 failed attempts 30s ago: capped, provision"),
-                failed_fn(10, 30),
+                failed(10, 30),
                 facts(),
                 provision_on("b"),
             ),
             case(
                 format!("{l}, 3 failed attempts renewed in the future: wait the whole backoff"),
-                failed_fn(3, -10),
+                failed(3, -10),
                 facts(),
                 wait(4, pf),
             ),
             case(
                 format!("{l}, 3 failed attempts 1s ago, b missing: hold before backoff"),
-                failed_fn(3, 1),
+                failed(3, 1),
                 target(MISSING),
                 hold(missing_stall("b")),
             ),
             case(
                 format!("{l}, 3 failed attempts 1s ago, stopped spec: finish, no backoff"),
-                failed_fn(3, 1).stopped(),
+                failed(3, 1).stopped(),
                 facts(),
                 finish(Some("b")),
             ),
             case(
                 format!("{l}, 3 failed attempts 1s ago, spec now c: retarget, no backoff"),
-                failed_fn(3, 1).spec("c"),
+                failed(3, 1).spec("c"),
                 facts(),
                 retarget("b"),
             ),
-            case(
-                format!("{l}, deleting: convert to Delete"),
-                base().deleting(),
-                facts(),
-                Next::ConvertToDelete,
-            ),
+            case(format!("{l}, deleting: convert to Delete"), base().deleting(), facts(), Next::ConvertToDelete),
             case(
                 format!("{l}, deleting without our finalizer: convert to Delete"),
                 base().deleting().without_finalizer(),
@@ -1312,7 +1164,7 @@ fn own_roll_forward() -> Vec<Case> {
             ),
             case(
                 format!("{l}, deleting, 3 failed attempts just now: convert, no backoff"),
-                failed_fn(3, 0).deleting(),
+                failed(3, 0).deleting(),
                 facts(),
                 Next::ConvertToDelete,
             ),
@@ -1334,15 +1186,8 @@ fn own_roll_forward() -> Vec<Case> {
 }
 
 fn all_cases() -> Vec<Case> {
-    [
-        without_operation(),
-        claims_of_others(),
-        own_delete(),
-        own_stop(),
-        own_switch_claimed(),
-        own_roll_forward(),
-    ]
-    .concat()
+    [without_operation(), claims_of_others(), own_delete(), own_stop(), own_switch_claimed(), own_roll_forward()]
+        .concat()
 }
 
 // ---- table tests -----------------------------------------------------------------------------
@@ -1381,11 +1226,7 @@ fn rolls_our_switch_or_provision_forward() {
 fn case_descriptions_are_unique() {
     let cases = all_cases();
     let mut seen = BTreeSet::new();
-    let duplicates: Vec<&str> = cases
-        .iter()
-        .map(|(d, ..)| d.as_str())
-        .filter(|d| !seen.insert(*d))
-        .collect();
+    let duplicates: Vec<&str> = cases.iter().map(|(d, ..)| d.as_str()).filter(|d| !seen.insert(*d)).collect();
     assert!(duplicates.is_empty(), "duplicate descriptions: {duplicates:?}");
 }
 
@@ -1425,24 +1266,12 @@ fn delete_claim_waits_for_the_stop_backoff() {
 
 #[test]
 fn the_provision_key_is_the_workspace_uid_and_the_operation_id() {
-    let ws = ws("b").active("b").uid("uid-9").op(provision(Claimed).id("op-7")).build();
-    assert_eq!(
-        decide(&ws, &facts()),
-        Next::Provision {
-            provider: "b".into(),
-            key: "uid-9.op-7".into(),
-        }
-    );
+    let first = ws("b").active("b").uid("uid-9").op(provision(Claimed).id("op-7")).build();
+    assert_eq!(decide(&first, &facts()), Next::Provision { provider: "b".into(), key: "uid-9.op-7".into() });
     // A new operation id (a retarget) yields a new key.
-    let ws = ws_with_op_id("op-8");
-    let Next::Retarget { key, .. } = decide(&ws, &facts()) else {
-        panic!("expected a retarget")
-    };
+    let moved_on = ws("c").active("b").op(switch(OldStopped).id("op-8")).build();
+    let Next::Retarget { key, .. } = decide(&moved_on, &facts()) else { panic!("expected a retarget") };
     assert_eq!(key, "uid-1.op-8");
-}
-
-fn ws_with_op_id(id: &'static str) -> Workspace {
-    ws("c").active("b").op(switch(OldStopped).id(id)).build()
 }
 
 #[test]
@@ -1470,11 +1299,7 @@ fn a_foreign_claim_is_waited_out_exactly_to_the_end_of_the_lease() {
         let ws = holding(switch(Claimed).held_by(OTHER).renewed(age)).build();
         let got = decide(&ws, &facts());
         if age < 60 {
-            assert_eq!(
-                got,
-                wait(60 - age as u64, cond::CLAIM_HELD_ELSEWHERE),
-                "renewed {age}s ago"
-            );
+            assert_eq!(got, wait(60 - age as u64, cond::CLAIM_HELD_ELSEWHERE), "renewed {age}s ago");
         } else {
             assert_eq!(got, Next::TakeOver, "renewed {age}s ago");
         }
@@ -1486,16 +1311,13 @@ fn a_foreign_claim_is_waited_out_exactly_to_the_end_of_the_lease() {
 #[test]
 fn provision_waits_exactly_the_rest_of_the_backoff() {
     for attempts in 1..=8 {
-        let full = Duration::from_secs(1 << (attempts - 1)).min(CAP);
+        let full = Duration::from_secs(1u64 << (attempts - 1)).min(CAP);
         for since in 0..=40 {
             let ws = ws("b").active("b").op(provision(OldStopped).attempts(attempts).renewed(since)).build();
             let got = decide(&ws, &facts());
             let since = Duration::from_secs(since as u64);
             let expected = if since < full {
-                Next::Wait {
-                    after: full - since,
-                    why: cond::PROVISION_FAILED,
-                }
+                Next::Wait { after: full - since, why: cond::PROVISION_FAILED }
             } else {
                 provision_on("b")
             };

@@ -3,12 +3,13 @@
 
 pub mod decide;
 pub mod failpoints;
+pub mod leader;
 mod protocol;
 pub mod status;
 pub mod writes;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,10 +23,13 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 pub use failpoints::{FailPoint, FailPoints};
+pub use leader::{Leadership, LeaseSettings};
 pub use protocol::reconcile;
 
+use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, Workspace};
 use crate::provider::Dispatcher;
+use crate::telemetry::{Health, Metrics};
 
 /// What can go wrong in a reconcile. Every variant is retried with per-workspace backoff.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,8 @@ pub struct Settings {
     pub stop_backoff: Duration,
     /// After a stop failed past its budget: first delay before claiming again, and cap.
     pub stop_retry: (Duration, Duration),
+    /// Reconcile only while leading this Lease (None: always).
+    pub leader_election: Option<LeaseSettings>,
 }
 
 impl Settings {
@@ -73,28 +79,8 @@ impl Settings {
             stop_attempts: 3,
             stop_backoff: Duration::from_millis(200),
             stop_retry: (Duration::from_secs(5), Duration::from_secs(300)),
+            leader_election: None,
         }
-    }
-}
-
-/// Counters of what this instance did, for logs, tests and (later) metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub claims_won: AtomicU64,
-    pub claims_lost: AtomicU64,
-    pub takeovers: AtomicU64,
-    pub status_writes: AtomicU64,
-    pub switches_completed: AtomicU64,
-    pub reconciles: AtomicU64,
-    pub reconcile_errors: AtomicU64,
-}
-
-impl Stats {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -106,8 +92,18 @@ pub struct Context {
     pub providers: Store<ComputeProvider>,
     pub recorder: Recorder,
     pub failpoints: FailPoints,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    /// Whether this instance currently leads (always true without leader election).
+    leading: Arc<std::sync::atomic::AtomicBool>,
     memory: Mutex<Memory>,
+}
+
+/// Handles a controller instance reports into and is steered by, shared with its caller.
+#[derive(Clone, Default)]
+pub struct Handles {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub failpoints: FailPoints,
 }
 
 /// Per-workspace facts kept in memory only (lost on restart, which is safe).
@@ -127,8 +123,7 @@ impl Context {
         settings: Settings,
         dispatcher: Dispatcher,
         providers: Store<ComputeProvider>,
-        failpoints: FailPoints,
-        stats: Arc<Stats>,
+        handles: &Handles,
     ) -> Arc<Self> {
         let reporter = Reporter { controller: "switchyard".into(), instance: Some(settings.identity.clone()) };
         Arc::new(Self {
@@ -137,8 +132,9 @@ impl Context {
             settings,
             dispatcher,
             providers,
-            failpoints,
-            stats,
+            failpoints: handles.failpoints.clone(),
+            metrics: handles.metrics.clone(),
+            leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             memory: Mutex::default(),
         })
     }
@@ -153,14 +149,67 @@ impl Context {
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles then finish (or stay
-/// resumable from their recorded step).
+/// resumable from their recorded step). With leader election, reconciles only while leading
+/// and returns when leadership is lost (the process should then exit and restart).
 pub async fn run(
     client: Client,
     settings: Settings,
     dispatcher: Dispatcher,
-    failpoints: FailPoints,
-    stats: Arc<Stats>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    handles: Handles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let Some(lease) = settings.leader_election.clone() else {
+        handles.health.leader.store(true, Ordering::Relaxed);
+        handles.health.leadership_known.store(true, Ordering::Relaxed);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        });
+        return reconcile_until(client, settings, dispatcher, handles, async move {
+            let _ = stop_rx.await;
+        })
+        .await;
+    };
+
+    let (tx, mut rx) = tokio::sync::watch::channel(Leadership::Unknown);
+    let elector = tokio::spawn(leader::elect(client.clone(), lease, settings.identity.clone(), tx));
+    let mut shutdown = Box::pin(shutdown);
+    // Stand by until we lead (or are told to stop).
+    loop {
+        let state = rx.borrow_and_update().clone();
+        handles.health.leadership_known.store(state != Leadership::Unknown, Ordering::Relaxed);
+        if state == Leadership::Leader {
+            break;
+        }
+        tokio::select! {
+            _ = &mut shutdown => { elector.abort(); return; }
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+    handles.health.leader.store(true, Ordering::Relaxed);
+    info!(identity = %settings.identity, "elected leader: reconciling");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = rx.wait_for(|s| *s != Leadership::Leader) => warn!("leadership lost: stopping"),
+        }
+        let _ = stop_tx.send(());
+    });
+    reconcile_until(client, settings, dispatcher, handles.clone(), async move {
+        let _ = stop_rx.await;
+    })
+    .await;
+    handles.health.leader.store(false, Ordering::Relaxed);
+    elector.abort();
+}
+
+async fn reconcile_until(
+    client: Client,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    handles: Handles,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let workspaces: Api<Workspace> = match &settings.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -172,12 +221,13 @@ pub async fn run(
             .default_backoff()
             .touched_objects();
 
-    let controller = Controller::new(workspaces, watcher::Config::default());
+    let controller = Controller::new(workspaces, watcher::Config::default().any_semantic());
     let cached = controller.store();
     // A provider change re-queues every workspace that names it or runs on it.
+    let by_provider = cached.clone();
     let controller = controller.watches_stream(provider_events, move |p: ComputeProvider| {
         let name = p.name_any();
-        cached
+        by_provider
             .state()
             .into_iter()
             .filter(|ws| names_provider(ws, &name))
@@ -186,15 +236,42 @@ pub async fn run(
     });
 
     let concurrency = settings.concurrency;
-    info!(identity = %settings.identity, namespace = ?settings.namespace, "controller starting");
-    let ctx = Context::new(client, settings, dispatcher, providers, failpoints, stats);
+    let identity = settings.identity.clone();
+    info!(%identity, namespace = ?settings.namespace, "controller starting");
+    let leading = settings.leader_election.is_some();
+    let ctx = Context::new(client, settings, dispatcher, providers, &handles);
+    ctx.leading.store(leading, Ordering::Relaxed);
+    let gauges = tokio::spawn(update_gauges(cached, identity, handles.clone()));
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(stop)
         .run(protocol::reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+    gauges.abort();
     info!("controller stopped");
+}
+
+/// Marks the caches synced, then keeps the in-flight and stalled gauges current.
+async fn update_gauges(cached: Store<Workspace>, identity: String, handles: Handles) {
+    if cached.wait_until_ready().await.is_ok() {
+        handles.health.caches_synced.store(true, Ordering::Relaxed);
+    }
+    loop {
+        let (mut in_flight, mut stalled) = (0, 0);
+        for ws in cached.state() {
+            let status = ws.status.as_ref();
+            if status.and_then(|s| s.operation.as_ref()).is_some_and(|o| o.holder == identity) {
+                in_flight += 1;
+            }
+            if status.is_some_and(|s| cond::is_true(&s.conditions, cond::STALLED)) {
+                stalled += 1;
+            }
+        }
+        handles.metrics.operations_in_flight.set(in_flight);
+        handles.metrics.stalled_workspaces.set(stalled);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 fn names_provider(ws: &Workspace, name: &str) -> bool {
@@ -206,7 +283,7 @@ fn names_provider(ws: &Workspace, name: &str) -> bool {
 
 /// Per-workspace exponential backoff on errors: 1s, 2s, 4s … capped at 5 minutes.
 fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
-    Stats::inc(&ctx.stats.reconcile_errors);
+    ctx.metrics.reconcile_errors.inc();
     let key = ObjectRef::from_obj(&*ws);
     let failures = {
         let mut memory = ctx.memory();

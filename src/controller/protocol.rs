@@ -22,7 +22,7 @@ use super::decide::{Facts, Next, ProviderState, backoff, decide};
 use super::failpoints::FailPoint;
 use super::status::{self, Stall};
 use super::writes::{self, Written};
-use super::{Context, Error, Stats};
+use super::{Context, Error};
 use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
@@ -41,7 +41,7 @@ enum Flow {
 }
 
 pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    Stats::inc(&ctx.stats.reconciles);
+    ctx.metrics.reconciles.inc();
     let key = ObjectRef::from_obj(&*ws);
     let span = info_span!("reconcile", namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any());
     async move {
@@ -97,6 +97,9 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         Next::TakeOver => take_over(ctx, &api, ws, &now).await,
         Next::ConvertToDelete => held_write(ctx, &api, ws, |w| status::converted_to_delete(w, &now)).await,
         Next::Abort => {
+            if let Some(op) = ws.status.as_ref().and_then(|s| s.operation.as_ref()) {
+                ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), "aborted");
+            }
             let flow = held_write(ctx, &api, ws, |w| status::aborted(w, &now)).await?;
             event(
                 ctx,
@@ -158,7 +161,7 @@ async fn rest(
     if status::differs(&current, &next) {
         match writes::patch_status(api, ws, &next).await {
             Ok(_) => {
-                Stats::inc(&ctx.stats.status_writes);
+                ctx.metrics.status_writes.inc();
                 if let Some(stall) = &stall {
                     let changed = cond::get(&current.conditions, cond::STALLED)
                         .is_none_or(|c| c.reason != stall.reason || c.status != "True");
@@ -194,13 +197,13 @@ async fn claim(
     let is_ours = |w: &Workspace| w.status.as_ref().and_then(|s| s.operation.as_ref()).is_some_and(|o| o.id == id);
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
-            Stats::inc(&ctx.stats.claims_lost);
+            ctx.metrics.claims_lost.inc();
             info!(?kind, "claim lost to another writer: no further action");
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
-            Stats::inc(&ctx.stats.claims_won);
-            Stats::inc(&ctx.stats.status_writes);
+            ctx.metrics.claims_won.inc();
+            ctx.metrics.status_writes.inc();
             let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
             info!(operation = %id, ?kind, ?from, ?to, epoch, "claimed");
             let note = match (&from, &to) {
@@ -227,12 +230,12 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
     };
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
-            Stats::inc(&ctx.stats.claims_lost);
+            ctx.metrics.claims_lost.inc();
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
-            Stats::inc(&ctx.stats.takeovers);
-            Stats::inc(&ctx.stats.status_writes);
+            ctx.metrics.takeovers.inc();
+            ctx.metrics.status_writes.inc();
             info!(%previous, epoch, "took over a stale claim");
             let note = format!("claim of {previous} was stale; resumed under epoch {epoch}");
             event(ctx, &fresh, EventType::Normal, "TookOver", "TakeOver", &note).await;
@@ -340,6 +343,10 @@ async fn stop_failed(
         memory.stop_failures.insert(key, (failures, at));
         delay
     };
+    if let Some(op) = ws.status.as_ref().and_then(|s| s.operation.as_ref()).filter(|o| o.kind == OperationKind::Switch)
+    {
+        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), "stop_failed");
+    }
     let flow = held_write(ctx, api, ws, |w| status::stop_failed(w, error, now)).await?;
     event(
         ctx,
@@ -388,9 +395,13 @@ async fn provision(
     if let Flow::Continue(_) = &flow {
         info!(instance = %instance.id, provider = provider_name, "provisioned; operation finished");
         if kind == OperationKind::Switch {
-            Stats::inc(&ctx.stats.switches_completed);
-            let from =
-                ws.status.as_ref().and_then(|s| s.operation.as_ref()).and_then(|o| o.from.clone()).unwrap_or_default();
+            let op = ws.status.as_ref().and_then(|s| s.operation.as_ref());
+            let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
+            ctx.metrics.switch(&from, provider_name, "completed");
+            if let Some(op) = op {
+                let took = now.0.duration_since(op.started_at.0).as_secs_f64();
+                ctx.metrics.switch_duration.observe(took.max(0.0));
+            }
             event(
                 ctx,
                 ws,
@@ -485,11 +496,11 @@ async fn held_write(
     };
     match writes::under_claim(api, ws, &op_id, transition).await? {
         Written::Landed(fresh) => {
-            Stats::inc(&ctx.stats.status_writes);
+            ctx.metrics.status_writes.inc();
             Ok(Flow::Continue(fresh))
         }
         Written::Lost => {
-            Stats::inc(&ctx.stats.claims_lost);
+            ctx.metrics.claims_lost.inc();
             info!(operation = %op_id, "operation taken over by another instance: no further action");
             Ok(Flow::Done(Action::await_change()))
         }
@@ -498,7 +509,7 @@ async fn held_write(
 
 /// A provider refused us for a stale epoch: another instance has taken over. Touch nothing more.
 fn fenced_off(ctx: &Context, e: &DispatchError) -> Flow {
-    Stats::inc(&ctx.stats.claims_lost);
+    ctx.metrics.claims_lost.inc();
     warn!(error = %e, "fenced off by the provider: another instance holds the workspace");
     Flow::Done(Action::await_change())
 }

@@ -247,3 +247,7 @@ pub fn differs(a: &WorkspaceStatus, b: &WorkspaceStatus) -> bool {
 pub fn display_name(ws: &Workspace) -> String {
     format!("{}/{}", ws.namespace().unwrap_or_default(), ws.name_any())
 }
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;

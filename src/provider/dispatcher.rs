@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use tracing::debug;
 
+use super::kubernetes::{KubernetesDriver, Targets as KubernetesTargets};
 use super::simulated::{Clouds, SimulatedDriver};
 use super::{CallContext, Driver, DriverError, InstanceInfo};
 use crate::api::{ComputeProvider, Driver as DriverKind, WorkspaceTemplate};
@@ -42,13 +43,15 @@ pub struct Dispatcher {
     /// The cluster the controller runs against: for Secrets named by providers, and for the
     /// `kubernetes` driver's default target. None in unit tests of the simulated driver.
     client: Option<kube::Client>,
+    /// Clients of `kubernetes` providers that target another cluster, cached per provider.
+    kubernetes: KubernetesTargets,
 }
 
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Dispatcher {
     pub fn new(simulated: Clouds) -> Self {
-        Self { simulated, client: None }
+        Self { simulated, client: None, kubernetes: KubernetesTargets::default() }
     }
 
     /// Gives drivers access to the cluster (Secrets, Pods).
@@ -67,6 +70,13 @@ impl Dispatcher {
             DriverKind::Simulated => Ok(Arc::new(SimulatedDriver::new(
                 self.simulated.cloud(&provider.name_any()),
                 provider.spec.simulated.clone().unwrap_or_default(),
+            ))),
+            DriverKind::Kubernetes => Ok(Arc::new(KubernetesDriver::new(
+                &provider.name_any(),
+                provider.spec.kubernetes.clone(),
+                self.client.clone(),
+                self.kubernetes.clone(),
+                provider.spec.call_timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),
             ))),
             driver => Err(DispatchError::Unsupported { provider: provider.name_any(), driver }),
         }

@@ -2,6 +2,7 @@
 //! goes, and the drivers.
 
 mod dispatcher;
+pub mod kubernetes;
 pub mod simulated;
 
 pub use dispatcher::{DispatchError, Dispatcher};

@@ -13,9 +13,10 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, Workspace, WorkspaceStatus};
-use switchyard::controller::{self, FailPoints, Settings, Stats};
+use switchyard::controller::{self, FailPoints, Handles, Settings};
 use switchyard::provider::Dispatcher;
 use switchyard::provider::simulated::{Clouds, LedgerEntry, check_ledger, check_live};
+use switchyard::telemetry::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -62,7 +63,7 @@ pub fn settings(identity: &str, namespace: &str) -> Settings {
 /// A controller instance running in this process.
 pub struct Instance {
     pub identity: String,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
     pub failpoints: FailPoints,
     task: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
@@ -74,20 +75,20 @@ impl Instance {
     }
 
     pub fn start_with(client: &Client, settings: Settings, clouds: &Clouds, failpoints: FailPoints) -> Self {
-        let stats = Arc::new(Stats::default());
+        let handles = Handles { failpoints: failpoints.clone(), ..Handles::default() };
+        let metrics = handles.metrics.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let identity = settings.identity.clone();
         let task = tokio::spawn(controller::run(
             client.clone(),
             settings,
-            Dispatcher::new(clouds.clone()),
-            failpoints.clone(),
-            stats.clone(),
+            Dispatcher::new(clouds.clone()).with_client(client.clone()),
+            handles,
             async move {
                 let _ = rx.await;
             },
         ));
-        Self { identity, stats, failpoints, task: Some(task), stop: Some(tx) }
+        Self { identity, metrics, failpoints, task: Some(task), stop: Some(tx) }
     }
 
     /// Kills the instance where it stands, as a crashed process would stop.

@@ -84,7 +84,7 @@ fn start_control_plane() -> ControlPlane {
 }
 
 fn install_crds(kubeconfig: &Path) {
-    let crds = repo_root().join("crds");
+    let crds = repo_root().join("crds/switchyard.dev.yaml");
     let out = kubectl_with(
         kubeconfig,
         &["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().expect("utf-8 path")],

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{Call, Clouds, LedgerEntry, Outcome};
+use super::{Call, Clouds, LedgerEntry, LiveInstance, Outcome};
 
 /// A breach of a DESIGN.md §3 invariant, with the ledger positions that show it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +60,38 @@ pub enum Violation {
 }
 
 type InstanceRef = (String, String);
+
+/// One ledger out of the ledgers of several processes (each provider-sim numbers its own
+/// calls), so [`check_ledger`] can replay them together. Each input keeps its own seq order;
+/// across inputs, entries are ordered by timestamp, then provider, then their own seq. The
+/// result is renumbered 1, 2, ... in that order.
+pub fn merge_ledgers(ledgers: Vec<Vec<LedgerEntry>>) -> Vec<LedgerEntry> {
+    let mut queues: Vec<std::collections::VecDeque<LedgerEntry>> = ledgers
+        .into_iter()
+        .map(|mut l| {
+            l.sort_by_key(|e| e.seq);
+            l.into()
+        })
+        .collect();
+    let mut merged = Vec::with_capacity(queues.iter().map(|q| q.len()).sum());
+    // A k-way merge of heads rather than one global sort: a clock step backwards inside one
+    // process must not reorder that process's own calls.
+    while let Some(next) = queues
+        .iter_mut()
+        .filter(|q| !q.is_empty())
+        .min_by(|a, b| {
+            let (a, b) = (&a[0], &b[0]);
+            (a.at, &a.provider, a.seq).cmp(&(b.at, &b.provider, b.seq))
+        })
+        .and_then(|q| q.pop_front())
+    {
+        merged.push(next);
+    }
+    for (i, e) in merged.iter_mut().enumerate() {
+        e.seq = i as u64 + 1;
+    }
+    merged
+}
 
 /// Checks invariants 2, 3 and 4 over `ledger`, replayed in seq order. Empty means clean.
 pub fn check_ledger(ledger: &[LedgerEntry]) -> Vec<Violation> {
@@ -182,8 +214,13 @@ pub fn check_ledger(ledger: &[LedgerEntry]) -> Vec<Violation> {
 /// Checks invariant 6: the Running instances of `clouds` are exactly `named`, the
 /// (provider, instance id) pairs that workspace statuses name. Empty means clean.
 pub fn check_live(clouds: &Clouds, named: &[(String, String)]) -> Vec<Violation> {
+    check_live_instances(&clouds.live_instances(), named)
+}
+
+/// [`check_live`] over Running instances gathered elsewhere, e.g. from several provider-sim
+/// processes.
+pub fn check_live_instances(live: &[LiveInstance], named: &[(String, String)]) -> Vec<Violation> {
     let named: BTreeSet<(&str, &str)> = named.iter().map(|(p, i)| (p.as_str(), i.as_str())).collect();
-    let live = clouds.live_instances();
     let live_refs: BTreeSet<(&str, &str)> = live.iter().map(|l| (l.provider.as_str(), l.id.as_str())).collect();
 
     let leaked =

@@ -4,7 +4,7 @@
 
 pub mod invariants;
 
-pub use invariants::{Violation, check_ledger, check_live};
+pub use invariants::{Violation, check_ledger, check_live, check_live_instances, merge_ledgers};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -25,10 +25,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Faults to inject into one simulated cloud. Counters are consumed one per matching call.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Also the JSON body of provider-sim's `PUT /v1/admin/faults`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Faults {
     /// Added to the latency of every call.
+    #[serde(rename = "extraLatencyMs", with = "millis")]
     pub extra_latency: Duration,
     /// The next N provisions fail with `Transient`, without effect.
     pub fail_provision: u32,
@@ -42,6 +44,28 @@ pub struct Faults {
     pub drop_provision_response: u32,
     /// Calls never return and have no effect (the caller's timeout must fire).
     pub hang: bool,
+    /// Every call fails with `Transient`, without effect: the provider is down. provider-sim
+    /// answers 503 to everything but its admin endpoints.
+    pub refuse_all: bool,
+    /// Probability (0.0–1.0) that a provision fails with `Transient`, without effect.
+    pub provision_error_rate: f64,
+    /// Probability (0.0–1.0) that a stop fails with `Transient`, without effect.
+    pub stop_error_rate: f64,
+}
+
+/// `Duration` as whole milliseconds, so fault JSON is easy to write by hand.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 /// The kind of a ledgered call.
@@ -141,19 +165,46 @@ pub struct LedgerEntry {
     pub outcome: Outcome,
 }
 
+/// Where a durable cloud writes every ledger entry before the call answers (provider-sim's
+/// fsync'd journal). The ledger is the cloud's only effect log: replaying it with
+/// [`Clouds::restore`] rebuilds instances, keys and fences.
+pub trait LedgerSink: Send + Sync + fmt::Debug {
+    fn append(&self, entry: &LedgerEntry) -> std::io::Result<()>;
+}
+
 /// The ledger shared by every cloud of one [`Clouds`].
 #[derive(Debug, Default)]
 struct Ledger {
     entries: Mutex<Vec<LedgerEntry>>,
+    sink: Mutex<Option<Arc<dyn LedgerSink>>>,
+    /// Set once the sink fails: from then on the cloud refuses every call, since effects it
+    /// makes could no longer survive a restart.
+    broken: Mutex<Option<String>>,
 }
 
 impl Ledger {
-    /// Appends `entry` under the next sequence number (1, 2, ...).
-    fn push(&self, mut entry: LedgerEntry) {
+    /// Appends `entry` under the next sequence number (1, 2, ...), durably if there is a sink.
+    /// An entry the sink refused is still kept in memory, so the process stays consistent
+    /// with itself; the error says the effect may be lost on restart.
+    fn push(&self, mut entry: LedgerEntry) -> Result<(), String> {
         let mut entries = lock(&self.entries);
         entry.seq = entries.len() as u64 + 1;
         trace!(seq = entry.seq, provider = %entry.provider, call = %entry.call, outcome = ?entry.outcome, "simulated call");
+        let sink = lock(&self.sink).clone();
+        let mut result = Ok(());
+        if let Some(sink) = sink.filter(|_| self.broken().is_none())
+            && let Err(e) = sink.append(&entry)
+        {
+            let msg = format!("ledger journal write failed: {e}");
+            *lock(&self.broken) = Some(msg.clone());
+            result = Err(msg);
+        }
         entries.push(entry);
+        result
+    }
+
+    fn broken(&self) -> Option<String> {
+        lock(&self.broken).clone()
     }
 
     fn snapshot(&self) -> Vec<LedgerEntry> {
@@ -198,6 +249,11 @@ struct CloudState {
 }
 
 impl CloudState {
+    fn insert(&mut self, inst: Instance) {
+        self.by_key.insert(inst.key.clone(), inst.id.clone());
+        self.instances.insert(inst.id.clone(), inst);
+    }
+
     /// Admits `call` if its epoch is not older than the newest seen for its workspace, and makes
     /// it the newest; otherwise returns the newest.
     fn admit(&mut self, call: &CallContext) -> Result<(), i64> {
@@ -212,8 +268,27 @@ impl CloudState {
 }
 
 /// What a call answers once its latency has passed.
-enum Answer<T> {
+#[derive(Debug)]
+pub enum Answer<T> {
     Reply(Result<T, DriverError>),
+    /// The call took effect but its answer is lost (injected): the caller must not learn the
+    /// result. In process this is `Transient("response lost")`; provider-sim drops the connection.
+    Lost,
+    /// No answer, ever (injected).
+    Hang,
+}
+
+/// A successful provision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provisioned {
+    pub instance: InstanceInfo,
+    /// Whether this call created the instance (false: it already existed under the key).
+    pub created: bool,
+}
+
+/// An injected fault that preempts a call.
+enum Injected {
+    Fail(String),
     Hang,
 }
 
@@ -258,8 +333,63 @@ impl Cloud {
         lock(&self.state).fences.get(workspace_uid).copied()
     }
 
+    /// Waits out a call's latency: `base` plus the injected extra. Runs before the effect, so a
+    /// caller that times out may or may not see its call take effect — as with a real cloud.
+    pub async fn latency(&self, base: Duration) {
+        let delay = base + self.faults().extra_latency;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The fault, if any, that preempts `call` before it reaches the fence. Consumes counters.
+    fn injected(&self, st: &mut CloudState, call: Call) -> Option<Injected> {
+        if let Some(broken) = self.ledger.broken() {
+            return Some(Injected::Fail(broken));
+        }
+        let f = &mut st.faults;
+        if f.refuse_all {
+            return Some(Injected::Fail("provider refuses all calls".to_owned()));
+        }
+        if f.hang {
+            return Some(Injected::Hang);
+        }
+        let (always, next_n, rate, msg) = match call {
+            Call::Provision => {
+                (f.fail_provision_always, &mut f.fail_provision, f.provision_error_rate, "injected provision failure")
+            }
+            Call::Stop => (f.fail_stop_always, &mut f.fail_stop, f.stop_error_rate, "injected stop failure"),
+            Call::Lookup => return None,
+        };
+        if always || *next_n > 0 {
+            *next_n = next_n.saturating_sub(u32::from(!always));
+            return Some(Injected::Fail(msg.to_owned()));
+        }
+        (rate > 0.0 && rand::random::<f64>() < rate).then(|| Injected::Fail(format!("{msg} (error rate {rate})")))
+    }
+
+    /// Ledgers a preempted call and answers it.
+    fn preempted<T>(
+        &self,
+        st: &CloudState,
+        injected: Injected,
+        ledger: impl FnOnce(&CloudState, Outcome),
+    ) -> Answer<T> {
+        match injected {
+            Injected::Hang => {
+                ledger(st, Outcome::Hung);
+                Answer::Hang
+            }
+            Injected::Fail(msg) => {
+                ledger(st, Outcome::Failed(msg.clone()));
+                Answer::Reply(Err(DriverError::Transient(msg)))
+            }
+        }
+    }
+
     /// Ledgers a call. Takes the state guard as proof it is held, so the sequence number is
-    /// assigned in the same critical section as the effect.
+    /// assigned in the same critical section as the effect. Fails only if the entry could not
+    /// be made durable.
     fn record(
         &self,
         _held: &CloudState,
@@ -268,7 +398,7 @@ impl Cloud {
         key: Option<&str>,
         instance: Option<&str>,
         outcome: Outcome,
-    ) {
+    ) -> Result<(), String> {
         self.ledger.push(LedgerEntry {
             seq: 0,
             at: SystemTime::now(),
@@ -283,29 +413,24 @@ impl Cloud {
             key: key.map(str::to_owned),
             instance: instance.map(str::to_owned),
             outcome,
-        });
+        })
     }
 
-    fn provision_now(&self, ctx: &CallContext, key: &str) -> Answer<InstanceInfo> {
+    /// Provisions under `key` now (no latency): the engine behind [`SimulatedDriver::provision`]
+    /// and provider-sim's create.
+    pub fn provision_now(&self, ctx: &CallContext, key: &str) -> Answer<Provisioned> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         let rec = |st: &CloudState, instance: Option<&str>, outcome| {
             self.record(st, ctx, Call::Provision, Some(key), instance, outcome)
         };
-        if st.faults.hang {
-            rec(st, None, Outcome::Hung);
-            return Answer::Hang;
-        }
-        if st.faults.fail_provision_always || st.faults.fail_provision > 0 {
-            if !st.faults.fail_provision_always {
-                st.faults.fail_provision -= 1;
-            }
-            let msg = "injected provision failure";
-            rec(st, None, Outcome::Failed(msg.to_owned()));
-            return Answer::Reply(Err(DriverError::Transient(msg.to_owned())));
+        if let Some(injected) = self.injected(st, Call::Provision) {
+            return self.preempted(st, injected, |st, outcome| {
+                let _ = rec(st, None, outcome);
+            });
         }
         if let Err(newest) = st.admit(ctx) {
-            rec(st, None, Outcome::Fenced { newest });
+            let _ = rec(st, None, Outcome::Fenced { newest });
             return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
         }
         let existing = st.by_key.get(key).and_then(|id| st.instances.get(id));
@@ -313,7 +438,7 @@ impl Cloud {
             Some(inst) if inst.workspace_uid != ctx.workspace_uid => {
                 let msg = format!("key {key} belongs to workspace {}", inst.workspace_uid);
                 let id = inst.id.clone();
-                rec(st, Some(&id), Outcome::Rejected(msg.clone()));
+                let _ = rec(st, Some(&id), Outcome::Rejected(msg.clone()));
                 return Answer::Reply(Err(DriverError::Rejected(msg)));
             }
             Some(inst) => (inst.info(), false),
@@ -326,46 +451,43 @@ impl Cloud {
                     state: InstanceState::Running,
                 };
                 let info = inst.info();
-                st.by_key.insert(key.to_owned(), inst.id.clone());
-                st.instances.insert(inst.id.clone(), inst);
+                st.insert(inst);
                 (info, true)
             }
         };
         if st.faults.drop_provision_response > 0 {
             st.faults.drop_provision_response -= 1;
-            rec(st, Some(&info.id), Outcome::CommittedResponseLost { created });
-            return Answer::Reply(Err(DriverError::Transient("response lost".to_owned())));
+            let _ = rec(st, Some(&info.id), Outcome::CommittedResponseLost { created });
+            return Answer::Lost;
         }
-        rec(st, Some(&info.id), if created { Outcome::Created } else { Outcome::Existing });
-        Answer::Reply(Ok(info))
+        let outcome = if created { Outcome::Created } else { Outcome::Existing };
+        match rec(st, Some(&info.id), outcome) {
+            Ok(()) => Answer::Reply(Ok(Provisioned { instance: info, created })),
+            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
+        }
     }
 
-    fn stop_now(&self, ctx: &CallContext, id: &str) -> Answer<()> {
+    /// Stops `id` now (no latency): the engine behind [`SimulatedDriver::stop`] and
+    /// provider-sim's stop.
+    pub fn stop_now(&self, ctx: &CallContext, id: &str) -> Answer<()> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         let key = st.instances.get(id).map(|i| i.key.clone());
         let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Stop, key.as_deref(), Some(id), outcome);
-        if st.faults.hang {
-            rec(st, Outcome::Hung);
-            return Answer::Hang;
-        }
-        if st.faults.fail_stop_always || st.faults.fail_stop > 0 {
-            if !st.faults.fail_stop_always {
-                st.faults.fail_stop -= 1;
-            }
-            let msg = "injected stop failure";
-            rec(st, Outcome::Failed(msg.to_owned()));
-            return Answer::Reply(Err(DriverError::Transient(msg.to_owned())));
+        if let Some(injected) = self.injected(st, Call::Stop) {
+            return self.preempted(st, injected, |st, outcome| {
+                let _ = rec(st, outcome);
+            });
         }
         if let Err(newest) = st.admit(ctx) {
-            rec(st, Outcome::Fenced { newest });
+            let _ = rec(st, Outcome::Fenced { newest });
             return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
         }
         let outcome = match st.instances.get_mut(id) {
             // A stop must never reach another workspace's instance, whatever the caller thinks.
             Some(inst) if inst.workspace_uid != ctx.workspace_uid => {
                 let msg = format!("instance {id} belongs to workspace {}", inst.workspace_uid);
-                rec(st, Outcome::Rejected(msg.clone()));
+                let _ = rec(st, Outcome::Rejected(msg.clone()));
                 return Answer::Reply(Err(DriverError::Rejected(msg)));
             }
             Some(inst) if inst.state == InstanceState::Running => {
@@ -374,24 +496,61 @@ impl Cloud {
             }
             Some(_) | None => Outcome::AlreadyStopped,
         };
-        rec(st, outcome);
-        Answer::Reply(Ok(()))
+        match rec(st, outcome) {
+            Ok(()) => Answer::Reply(Ok(())),
+            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
+        }
     }
 
-    fn lookup_now(&self, ctx: &CallContext, key: &str) -> Answer<Option<InstanceInfo>> {
-        let guard = lock(&self.state);
-        let st = &*guard;
-        if st.faults.hang {
-            self.record(st, ctx, Call::Lookup, Some(key), None, Outcome::Hung);
-            return Answer::Hang;
+    /// Looks up the instance created under `key` now (no latency), ledgered.
+    pub fn lookup_now(&self, ctx: &CallContext, key: &str) -> Answer<Option<InstanceInfo>> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let rec = |st: &CloudState, instance: Option<&str>, outcome| {
+            self.record(st, ctx, Call::Lookup, Some(key), instance, outcome)
+        };
+        if let Some(injected) = self.injected(st, Call::Lookup) {
+            return self.preempted(st, injected, |st, outcome| {
+                let _ = rec(st, None, outcome);
+            });
         }
         let found = st.by_key.get(key).and_then(|id| st.instances.get(id)).map(Instance::info);
         let (instance, outcome) = match &found {
             Some(info) => (Some(info.id.as_str()), Outcome::Found),
             None => (None, Outcome::NotFound),
         };
-        self.record(st, ctx, Call::Lookup, Some(key), instance, outcome);
-        Answer::Reply(Ok(found))
+        match rec(st, instance, outcome) {
+            Ok(()) => Answer::Reply(Ok(found)),
+            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
+        }
+    }
+
+    /// Re-applies the effect of one ledgered call: how [`Clouds::restore`] rebuilds state.
+    /// Mirrors the live paths above: whatever passed the fence advanced it, whatever created
+    /// an instance created it, an effective stop stopped it.
+    fn replay(&self, e: &LedgerEntry) {
+        let mut st = lock(&self.state);
+        if e.call.is_mutating() && e.outcome.passed_fence() {
+            let newest = st.fences.entry(e.workspace_uid.clone()).or_insert(e.epoch);
+            *newest = (*newest).max(e.epoch);
+        }
+        match (e.call, &e.outcome, &e.key, &e.instance) {
+            (Call::Provision, outcome, Some(key), Some(id)) if outcome.created() => {
+                st.next_id += 1;
+                st.insert(Instance {
+                    id: id.clone(),
+                    key: key.clone(),
+                    workspace_uid: e.workspace_uid.clone(),
+                    state: InstanceState::Running,
+                });
+            }
+            (Call::Stop, Outcome::Stopped, _, Some(id)) => {
+                if let Some(inst) = st.instances.get_mut(id) {
+                    inst.state = InstanceState::Stopped;
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -411,6 +570,23 @@ pub struct Clouds {
 impl Clouds {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Clouds rebuilt from a ledger they wrote (in seq order): instances, keys, fences and the
+    /// ledger itself, as they were. Faults are not part of the ledger and start cleared.
+    pub fn restore(entries: Vec<LedgerEntry>) -> Self {
+        let clouds = Self::new();
+        for e in &entries {
+            clouds.cloud(&e.provider).replay(e);
+        }
+        *lock(&clouds.inner.ledger.entries) = entries;
+        clouds
+    }
+
+    /// Makes every call durable: from now on each ledger entry goes to `sink` before the call
+    /// answers. If the sink ever fails, every later call is refused.
+    pub fn set_sink(&self, sink: Arc<dyn LedgerSink>) {
+        *lock(&self.inner.ledger.sink) = Some(sink);
     }
 
     /// The cloud of `provider`, created empty on first use.
@@ -456,18 +632,14 @@ impl SimulatedDriver {
         Self { cloud, settings }
     }
 
-    /// Waits out the call's latency. Runs before the effect, so a caller that times out may or
-    /// may not see its call take effect — as with a real cloud.
     async fn latency(&self, base_ms: u64) {
-        let delay = Duration::from_millis(base_ms) + self.cloud.faults().extra_latency;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        self.cloud.latency(Duration::from_millis(base_ms)).await;
     }
 
     async fn answer<T>(answer: Answer<T>) -> Result<T, DriverError> {
         match answer {
             Answer::Reply(r) => r,
+            Answer::Lost => Err(DriverError::Transient("response lost".to_owned())),
             Answer::Hang => std::future::pending().await,
         }
     }
@@ -482,7 +654,7 @@ impl Driver for SimulatedDriver {
         _template: Option<&WorkspaceTemplate>,
     ) -> Result<InstanceInfo, DriverError> {
         self.latency(self.settings.provision_latency_ms).await;
-        Self::answer(self.cloud.provision_now(call, key)).await
+        Self::answer(self.cloud.provision_now(call, key)).await.map(|p| p.instance)
     }
 
     async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError> {

@@ -1,0 +1,199 @@
+//! The provider protocol, version 1, on the wire: paths, headers, bodies and error codes. The
+//! http driver, provider-sim and the conformance suite all speak it through these types;
+//! `docs/provider-protocol.yaml` is its specification.
+
+use serde::{Deserialize, Serialize};
+
+use crate::provider::{CallContext, InstanceInfo, InstanceState};
+
+/// The protocol version, the first path segment of every endpoint.
+pub const VERSION: &str = "v1";
+
+/// Headers that attribute a read (lookup) to a caller, for the provider's audit log. Mutating
+/// calls carry the same facts in their body.
+pub const CALLER_HEADER: &str = "switchyard-caller";
+pub const OPERATION_HEADER: &str = "switchyard-operation-id";
+pub const EPOCH_HEADER: &str = "switchyard-epoch";
+
+/// Who makes a mutating call and under which claim: the fencing facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallFields {
+    /// metadata.uid of the workspace; fences are kept per workspace.
+    pub workspace_uid: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    /// The claim's fencing epoch: refused with StaleEpoch if older than the newest seen.
+    pub epoch: i64,
+    /// Identity of the controller instance making the call.
+    pub caller: String,
+    /// The claim's operation id.
+    pub operation_id: String,
+}
+
+impl From<&CallContext> for CallFields {
+    fn from(c: &CallContext) -> Self {
+        Self {
+            workspace_uid: c.workspace_uid.clone(),
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            epoch: c.epoch,
+            caller: c.caller.clone(),
+            operation_id: c.operation_id.clone(),
+        }
+    }
+}
+
+impl From<CallFields> for CallContext {
+    fn from(c: CallFields) -> Self {
+        Self {
+            namespace: c.namespace,
+            name: c.name,
+            workspace_uid: c.workspace_uid,
+            epoch: c.epoch,
+            caller: c.caller,
+            operation_id: c.operation_id,
+        }
+    }
+}
+
+/// `POST /v1/instances`: create the instance for `key`, or return the one created under it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateInstance {
+    /// Idempotency key: one key yields at most one instance, ever.
+    pub key: String,
+    #[serde(flatten)]
+    pub call: CallFields,
+    /// What to run; opaque to the protocol (the Workspace's spec.template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
+}
+
+/// `POST /v1/instances/{id}/stop`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopInstance {
+    #[serde(flatten)]
+    pub call: CallFields,
+}
+
+/// `POST /v1/instances/{id}/stop` answer: the instance is stopped, or was never known (which
+/// counts as stopped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    pub id: String,
+    /// Always `Stopped`.
+    pub state: InstanceState,
+}
+
+/// `GET /v1/instances` query: every instance of a workspace, optionally only the one of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    pub workspace_uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// An instance as the protocol describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    pub id: String,
+    pub key: String,
+    pub workspace_uid: String,
+    pub state: InstanceState,
+}
+
+impl Instance {
+    pub fn info(&self) -> InstanceInfo {
+        InstanceInfo { id: self.id.clone(), key: self.key.clone(), state: self.state }
+    }
+}
+
+/// `GET /v1/instances` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceList {
+    pub items: Vec<Instance>,
+}
+
+/// `GET /v1/health` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Always "ok" in a 200 answer.
+    pub status: String,
+    /// The provider's name, as it ledgers calls.
+    pub provider: String,
+    /// Protocol versions served, e.g. ["v1"].
+    pub versions: Vec<String>,
+}
+
+/// Machine-readable error codes. Clients act on `retryable`; the code says why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// 401: missing or wrong bearer token.
+    Unauthorized,
+    /// 400: malformed body, missing field, bad key.
+    InvalidRequest,
+    /// 404: no such instance (get by id) or no such endpoint.
+    NotFound,
+    /// 409: the call's epoch is older than the newest the provider has seen for the workspace.
+    StaleEpoch,
+    /// 409: the key or instance belongs to another workspace.
+    Conflict,
+    /// 503: the provider cannot serve the call now; nothing was done.
+    Unavailable,
+    /// 500: the provider failed; the call may or may not have taken effect.
+    Internal,
+    /// A code this client does not know: judged by `retryable` alone.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::StaleEpoch | ErrorCode::Conflict => 409,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal | ErrorCode::Unknown => 500,
+        }
+    }
+
+    /// Whether the same call can succeed later, as the protocol defines it for the code.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+    }
+}
+
+/// The body of every non-2xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Whether sending the same call again can help.
+    pub retryable: bool,
+    /// StaleEpoch only: the newest epoch the provider has accepted for the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_epoch: Option<i64>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retryable: code.retryable(), newest_epoch: None }
+    }
+}
+
+/// Whether `key` is a valid idempotency key: 1–253 characters of `[A-Za-z0-9._-]`, so it is
+/// safe in paths, query strings, labels and logs without escaping.
+pub fn valid_key(key: &str) -> bool {
+    (1..=253).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}

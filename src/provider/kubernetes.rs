@@ -1,0 +1,791 @@
+//! The `kubernetes` driver: each workspace instance is a Pod in the provider's namespace,
+//! possibly in another cluster reached through a kubeconfig Secret.
+//!
+//! - **Name.** `ws-<workspace name prefix>-<hash>`, where the hash covers the workspace UID and
+//!   the provision key. The same key always names the same Pod, so `create` itself is the
+//!   idempotency check: AlreadyExists means "already provisioned under this key".
+//! - **Instance id.** `<namespace>/<pod name>`. The namespace is part of the id so that a stop
+//!   still finds the Pod after the provider's `spec.kubernetes.namespace` was edited.
+//! - **Provisioned = created.** A Pod that exists and is not being deleted is reported
+//!   `Running`; scheduling and image pulls are the cluster's business. (On the local test
+//!   control plane Pods are never scheduled at all, so creation is all there is to observe.)
+//! - **Stop** deletes with `uid` and `resourceVersion` preconditions, then waits until the Pod is
+//!   gone, so the old Pod has left the cluster before the caller provisions the new one.
+//! - **Fencing.** Every Pod records the newest epoch that touched it (annotation
+//!   `switchyard.dev/epoch`). A call older than that epoch is refused with `StaleEpoch`; a
+//!   provision is also refused when any Pod of the workspace in the namespace records a newer
+//!   epoch. See docs/kubernetes-driver.md for what this does not cover.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::{Client, Config, ResourceExt};
+use serde_json::json;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{CallContext, Driver, DriverError, InstanceInfo, InstanceState};
+use crate::api::{KubernetesSettings, SecretKeyRef, Size, WorkspaceTemplate};
+
+pub const LABEL_WORKSPACE_UID: &str = "switchyard.dev/workspace-uid";
+pub const LABEL_WORKSPACE_NAME: &str = "switchyard.dev/workspace-name";
+pub const LABEL_WORKSPACE_NAMESPACE: &str = "switchyard.dev/workspace-namespace";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The full provision key; the Pod name only carries a hash of it.
+pub const ANNOTATION_KEY: &str = "switchyard.dev/provision-key";
+/// The newest epoch that touched the Pod: calls older than this are refused.
+pub const ANNOTATION_EPOCH: &str = "switchyard.dev/epoch";
+/// Runs when the template names no image: a tiny image that just sleeps.
+pub const DEFAULT_IMAGE: &str = "registry.k8s.io/pause:3.10";
+pub const CONTAINER_NAME: &str = "workspace";
+
+/// Characters of the workspace name kept in the Pod name, for people reading `kubectl get pods`.
+const NAME_PREFIX_MAX: usize = 30;
+/// Re-reads after a conflicting concurrent change before giving up with a transient error.
+const CONFLICT_RETRIES: usize = 5;
+/// How long a stop waits for its Pod to disappear when the provider sets no call timeout; kept
+/// below the dispatcher's default bound so the caller sees why, not just "timed out".
+const DEFAULT_STOP_WAIT: Duration = Duration::from_secs(25);
+
+/// The deterministic Pod name of the instance provisioned under `key` for a workspace: a
+/// readable prefix of the workspace name, then a hash of the workspace UID and the key.
+/// A valid DNS-1123 label of at most 50 characters.
+pub fn pod_name(workspace_name: &str, workspace_uid: &str, key: &str) -> String {
+    let hash = fnv1a64(&[workspace_uid.as_bytes(), b"\0", key.as_bytes()]);
+    let prefix: String = workspace_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(NAME_PREFIX_MAX)
+        .collect();
+    let prefix = prefix.trim_matches('-');
+    if prefix.is_empty() { format!("ws-{hash:016x}") } else { format!("ws-{prefix}-{hash:016x}") }
+}
+
+/// FNV-1a, 64 bit: stable across Rust versions and platforms (unlike `DefaultHasher`), which a
+/// name that must be re-derived after a restart or an upgrade needs.
+fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// `value` cut to a valid label value: at most 63 characters, starting and ending alphanumeric.
+pub fn label_value(value: &str) -> String {
+    let cut: String = value
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .take(63)
+        .collect();
+    cut.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// The instance id of a Pod: `namespace/name`.
+pub fn instance_id(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Splits an instance id into (namespace, name); a bare name is taken to be in `default_ns`.
+pub fn parse_instance_id<'a>(id: &'a str, default_ns: &'a str) -> (&'a str, &'a str) {
+    id.split_once('/').unwrap_or((default_ns, id))
+}
+
+/// CPU and memory of a size class, as (cpu, memory); requests equal limits (Guaranteed QoS) so
+/// a workspace gets what its size promises.
+pub fn size_resources(size: Size) -> (&'static str, &'static str) {
+    match size {
+        Size::Small => ("250m", "512Mi"),
+        Size::Medium => ("1", "2Gi"),
+        Size::Large => ("2", "8Gi"),
+    }
+}
+
+/// The Pod of the instance provisioned under `key`, built from the workspace's template.
+pub fn build_pod(call: &CallContext, namespace: &str, key: &str, template: Option<&WorkspaceTemplate>) -> Pod {
+    let template = template.cloned().unwrap_or_default();
+    let resources = template.size.map(|size| {
+        let (cpu, memory) = size_resources(size);
+        let amounts: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect();
+        ResourceRequirements { requests: Some(amounts.clone()), limits: Some(amounts), ..Default::default() }
+    });
+    // BTreeMap order: the same template always yields the same env list.
+    let env = template.env.map(|env| {
+        env.into_iter().map(|(name, value)| EnvVar { name, value: Some(value), ..Default::default() }).collect()
+    });
+    let labels = BTreeMap::from([
+        (LABEL_WORKSPACE_UID.to_string(), label_value(&call.workspace_uid)),
+        (LABEL_WORKSPACE_NAME.to_string(), label_value(&call.name)),
+        (LABEL_WORKSPACE_NAMESPACE.to_string(), label_value(&call.namespace)),
+        (LABEL_MANAGED_BY.to_string(), "switchyard".to_string()),
+    ]);
+    let annotations = BTreeMap::from([
+        (ANNOTATION_KEY.to_string(), key.to_string()),
+        (ANNOTATION_EPOCH.to_string(), call.epoch.to_string()),
+    ]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&call.name, &call.workspace_uid, key)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: CONTAINER_NAME.to_string(),
+                image: Some(template.image.unwrap_or_else(|| DEFAULT_IMAGE.to_string())),
+                args: template.args,
+                env,
+                resources,
+                ..Default::default()
+            }],
+            restart_policy: Some("Always".to_string()),
+            // A workspace is user code: it gets no token for the cluster it runs in.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The epoch recorded on a Pod; a missing or unreadable annotation records nothing.
+pub fn recorded_epoch(pod: &Pod) -> Option<i64> {
+    pod.annotations().get(ANNOTATION_EPOCH).and_then(|e| e.parse().ok())
+}
+
+/// Refuses `call` if `pod` records a newer epoch.
+fn check_epoch(pod: &Pod, call: &CallContext) -> Result<(), DriverError> {
+    match recorded_epoch(pod) {
+        Some(newest) if call.epoch < newest => Err(DriverError::StaleEpoch { epoch: call.epoch, newest }),
+        _ => Ok(()),
+    }
+}
+
+fn info(pod: &Pod, key: &str) -> InstanceInfo {
+    // A Pod being deleted no longer counts as the workspace's compute.
+    let state = if pod.metadata.deletion_timestamp.is_some() { InstanceState::Stopped } else { InstanceState::Running };
+    InstanceInfo {
+        id: instance_id(pod.namespace().as_deref().unwrap_or_default(), &pod.name_any()),
+        key: key.to_string(),
+        state,
+    }
+}
+
+/// Classifies a Kubernetes API error by whether retrying can help; `what` names the call and
+/// the object (e.g. "create pod ns/name").
+pub fn map_error(what: &str, error: &kube::Error) -> DriverError {
+    match error {
+        kube::Error::Api(status) => {
+            let detail = format!("{what}: {} ({}, HTTP {})", status.message, status.reason, status.code);
+            match status.code {
+                // Timeouts, throttling, conflicts and server-side failures pass.
+                408 | 409 | 429 | 500..=599 => DriverError::Transient(detail),
+                _ => DriverError::Rejected(detail),
+            }
+        }
+        // The connection, not the request: refused, reset, timed out.
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => {
+            DriverError::Transient(format!("{what}: API server unreachable: {error}"))
+        }
+        // A proxy answering HTML instead of the API is usually passing.
+        kube::Error::SerdeError(_) => DriverError::Transient(format!("{what}: unreadable answer: {error}")),
+        _ => DriverError::Rejected(format!("{what}: {error}")),
+    }
+}
+
+fn api_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Why the target cluster of a provider could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("the kubernetes driver needs a Kubernetes client; this dispatcher was built without one")]
+    NoClient,
+    #[error("provider {provider}: spec.kubernetes is missing")]
+    NoSettings { provider: String },
+    #[error("kubeconfig Secret {namespace}/{name} does not exist")]
+    SecretNotFound { namespace: String, name: String },
+    #[error("kubeconfig Secret {namespace}/{name} has no key {key:?}")]
+    KeyMissing { namespace: String, name: String, key: String },
+    #[error("kubeconfig Secret {namespace}/{name} key {key:?} is not UTF-8")]
+    NotUtf8 { namespace: String, name: String, key: String },
+    #[error("kubeconfig Secret {namespace}/{name}: {source}")]
+    Kubeconfig {
+        namespace: String,
+        name: String,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("kubeconfig Secret {namespace}/{name}: {reason}")]
+    Unsafe { namespace: String, name: String, reason: String },
+    #[error("kubeconfig Secret {namespace}/{name}: cannot build a client: {source}")]
+    Client {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading kubeconfig Secret {namespace}/{name}")]
+    ReadSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl From<TargetError> for DriverError {
+    fn from(e: TargetError) -> Self {
+        match &e {
+            TargetError::ReadSecret { source, .. } => map_error(&e.to_string(), source),
+            _ => DriverError::Rejected(e.to_string()),
+        }
+    }
+}
+
+/// Refuses kubeconfigs that would make the controller read its own files or run commands:
+/// whoever can write the Secret must not gain the controller's filesystem or a shell.
+fn check_kubeconfig(config: &Kubeconfig) -> Result<(), String> {
+    for c in config.clusters.iter().filter_map(|c| c.cluster.as_ref()) {
+        if c.certificate_authority.is_some() {
+            return Err("certificate-authority file paths are not allowed; use certificate-authority-data".into());
+        }
+    }
+    for a in config.auth_infos.iter().filter_map(|a| a.auth_info.as_ref()) {
+        if a.exec.is_some() || a.auth_provider.is_some() {
+            return Err(
+                "exec and auth-provider credential plugins are not allowed; use a token or client certificate data"
+                    .into(),
+            );
+        }
+        if a.token_file.is_some() || a.client_certificate.is_some() || a.client_key.is_some() {
+            return Err(
+                "file paths (tokenFile, client-certificate, client-key) are not allowed; inline the data".into()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A client built from a kubeconfig Secret, and the Secret version it was built from.
+struct CachedClient {
+    secret: SecretKeyRef,
+    version: (Option<String>, Option<String>),
+    client: Client,
+}
+
+/// The clients of `kubernetes` providers that target another cluster, by provider name.
+/// Rebuilt when the provider names another Secret or the Secret changes (uid or
+/// resourceVersion), so a rotated kubeconfig takes effect without a restart. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Targets {
+    clients: Arc<Mutex<HashMap<String, CachedClient>>>,
+}
+
+impl Targets {
+    /// The client for `provider`: `local` when it names no kubeconfig Secret.
+    async fn client(
+        &self,
+        local: &Client,
+        provider: &str,
+        settings: &KubernetesSettings,
+    ) -> Result<Client, TargetError> {
+        let Some(r) = &settings.kubeconfig_secret_ref else { return Ok(local.clone()) };
+        let (namespace, name) = (r.namespace.clone(), r.name.clone());
+        let secret = Api::<Secret>::namespaced(local.clone(), &r.namespace)
+            .get_opt(&r.name)
+            .await
+            .map_err(|source| TargetError::ReadSecret { namespace: namespace.clone(), name: name.clone(), source })?
+            .ok_or_else(|| TargetError::SecretNotFound { namespace: namespace.clone(), name: name.clone() })?;
+        let version = (secret.metadata.uid.clone(), secret.metadata.resource_version.clone());
+        if let Some(cached) = self.lock().get(provider).filter(|c| &c.secret == r && c.version == version) {
+            return Ok(cached.client.clone());
+        }
+        let bytes = secret.data.as_ref().and_then(|d| d.get(&r.key)).ok_or_else(|| TargetError::KeyMissing {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            key: r.key.clone(),
+        })?;
+        let yaml = std::str::from_utf8(&bytes.0).map_err(|_| TargetError::NotUtf8 {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            key: r.key.clone(),
+        })?;
+        let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|source| TargetError::Kubeconfig {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?;
+        check_kubeconfig(&kubeconfig).map_err(|reason| TargetError::Unsafe {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            reason,
+        })?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|source| TargetError::Kubeconfig { namespace: namespace.clone(), name: name.clone(), source })?;
+        let client = Client::try_from(config).map_err(|source| TargetError::Client {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?;
+        info!(provider, secret = %format!("{namespace}/{name}"), resource_version = ?version.1, "built client from kubeconfig Secret");
+        self.lock().insert(provider.to_string(), CachedClient { secret: r.clone(), version, client: client.clone() });
+        Ok(client)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedClient>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `kubernetes` driver of one ComputeProvider.
+pub struct KubernetesDriver {
+    provider: String,
+    settings: Option<KubernetesSettings>,
+    /// The controller's own cluster: the default target, and where kubeconfig Secrets live.
+    local: Option<Client>,
+    targets: Targets,
+    /// How long a stop waits for its Pod to disappear before reporting a transient failure.
+    stop_wait: Duration,
+}
+
+impl KubernetesDriver {
+    /// `call_timeout` is the dispatcher's bound on one call; a stop gives up waiting a little
+    /// earlier so its error says what it was waiting for.
+    pub fn new(
+        provider: &str,
+        settings: Option<KubernetesSettings>,
+        local: Option<Client>,
+        targets: Targets,
+        call_timeout: Option<Duration>,
+    ) -> Self {
+        let stop_wait = call_timeout.map(|t| t.mul_f64(0.9)).unwrap_or(DEFAULT_STOP_WAIT);
+        Self { provider: provider.to_string(), settings, local, targets, stop_wait }
+    }
+
+    /// The target client and the provider's namespace.
+    async fn target(&self) -> Result<(Client, &str), DriverError> {
+        let settings =
+            self.settings.as_ref().ok_or_else(|| TargetError::NoSettings { provider: self.provider.clone() })?;
+        let local = self.local.as_ref().ok_or(TargetError::NoClient)?;
+        let client = self.targets.client(local, &self.provider, settings).await?;
+        Ok((client, settings.namespace.as_str()))
+    }
+
+    async fn pods(&self) -> Result<(Api<Pod>, String), DriverError> {
+        let (client, namespace) = self.target().await?;
+        Ok((Api::namespaced(client, namespace), namespace.to_string()))
+    }
+
+    /// Refuses a provision when a Pod of the workspace in the namespace has seen a newer epoch.
+    async fn check_workspace_epoch(
+        &self,
+        pods: &Api<Pod>,
+        namespace: &str,
+        call: &CallContext,
+    ) -> Result<(), DriverError> {
+        let selector = format!("{LABEL_WORKSPACE_UID}={}", label_value(&call.workspace_uid));
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| map_error(&format!("list pods in {namespace} of workspace {}", call.workspace_uid), &e))?;
+        list.items.iter().try_for_each(|pod| check_epoch(pod, call))
+    }
+
+    /// Records `call.epoch` on `pod` if it is newer than what the Pod records. Conditional on
+    /// the resourceVersion read, so two raisers cannot lower each other's epoch.
+    async fn raise_epoch(&self, pods: &Api<Pod>, pod: &Pod, call: &CallContext) -> Result<bool, kube::Error> {
+        if recorded_epoch(pod).is_some_and(|e| e >= call.epoch) {
+            return Ok(true);
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": pod.resource_version(),
+            "annotations": {ANNOTATION_EPOCH: call.epoch.to_string()},
+        }});
+        match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(api_code(&e), Some(409 | 404)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Polls until no Pod `name` with `uid` exists, or the stop's wait budget is spent.
+    async fn wait_gone(
+        &self,
+        pods: &Api<Pod>,
+        pod_ref: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), DriverError> {
+        let deadline = Instant::now() + self.stop_wait;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let current = pods.get_opt(name).await.map_err(|e| map_error(&format!("get pod {pod_ref}"), &e))?;
+            // A Pod with another UID under the same name is not ours: ours is gone.
+            if current.as_ref().is_none_or(|p| p.metadata.uid.as_deref() != uid) {
+                return Ok(());
+            }
+            if Instant::now() + delay > deadline {
+                return Err(DriverError::Transient(format!(
+                    "pod {pod_ref} is still terminating after {}s",
+                    self.stop_wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for KubernetesDriver {
+    /// Creates the Pod for `key`, or returns the one already created under `key`. The Pod counts
+    /// as provisioned once it exists: whether and when it is scheduled is up to the cluster
+    /// (on the local test control plane, never).
+    async fn provision(
+        &self,
+        call: &CallContext,
+        key: &str,
+        template: Option<&WorkspaceTemplate>,
+    ) -> Result<InstanceInfo, DriverError> {
+        let (pods, namespace) = self.pods().await?;
+        let pod = build_pod(call, &namespace, key, template);
+        let name = pod.name_any();
+        let pod_ref = format!("{namespace}/{name}");
+        self.check_workspace_epoch(&pods, &namespace, call).await?;
+        for _ in 0..CONFLICT_RETRIES {
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(created) => {
+                    info!(provider = %self.provider, pod = %pod_ref, key, epoch = call.epoch, "pod created");
+                    return Ok(info(&created, key));
+                }
+                Err(e) if api_code(&e) == Some(409) => {}
+                Err(e) => return Err(map_error(&format!("create pod {pod_ref}"), &e)),
+            }
+            // AlreadyExists: the key was provisioned before (a retry, a resumed operation).
+            let existing = pods.get_opt(&name).await.map_err(|e| map_error(&format!("get pod {pod_ref}"), &e))?;
+            let Some(existing) = existing else { continue };
+            let existing_key = existing.annotations().get(ANNOTATION_KEY).map(String::as_str);
+            if existing_key != Some(key) {
+                return Err(DriverError::Rejected(format!(
+                    "pod {pod_ref} exists but was not created under key {key} (it records {existing_key:?})"
+                )));
+            }
+            check_epoch(&existing, call)?;
+            if existing.metadata.deletion_timestamp.is_some() {
+                return Err(DriverError::Transient(format!("pod {pod_ref} of key {key} is being deleted")));
+            }
+            if self
+                .raise_epoch(&pods, &existing, call)
+                .await
+                .map_err(|e| map_error(&format!("annotate pod {pod_ref}"), &e))?
+            {
+                debug!(provider = %self.provider, pod = %pod_ref, key, epoch = call.epoch, "pod already provisioned under key");
+                return Ok(info(&existing, key));
+            }
+        }
+        Err(DriverError::Transient(format!("pod {pod_ref} kept changing during provision")))
+    }
+
+    /// Deletes the Pod (only the one whose UID and resourceVersion were checked), then waits
+    /// until it is gone. A Pod that does not exist counts as stopped.
+    async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError> {
+        let (client, default_ns) = self.target().await?;
+        let (namespace, name) = parse_instance_id(instance_id, default_ns);
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pod_ref = format!("{namespace}/{name}");
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(pod) = pods.get_opt(name).await.map_err(|e| map_error(&format!("get pod {pod_ref}"), &e))? else {
+                debug!(provider = %self.provider, pod = %pod_ref, "pod already gone");
+                return Ok(());
+            };
+            // A stop must never reach another workspace's Pod, whatever the caller thinks.
+            let owner = pod.labels().get(LABEL_WORKSPACE_UID);
+            if owner.map(String::as_str) != Some(label_value(&call.workspace_uid).as_str()) {
+                return Err(DriverError::Rejected(format!(
+                    "pod {pod_ref} does not belong to workspace {} (labelled {owner:?}); refusing to delete it",
+                    call.workspace_uid
+                )));
+            }
+            check_epoch(&pod, call)?;
+            let uid = pod.metadata.uid.clone();
+            if pod.metadata.deletion_timestamp.is_none() {
+                // The resourceVersion precondition makes the epoch check and the delete one step:
+                // a newer caller raising the epoch in between makes this delete fail.
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions { uid: uid.clone(), resource_version: pod.resource_version() }),
+                    ..Default::default()
+                };
+                match pods.delete(name, &params).await {
+                    Ok(_) => info!(provider = %self.provider, pod = %pod_ref, epoch = call.epoch, "pod deleted"),
+                    Err(e) if api_code(&e) == Some(404) => return Ok(()),
+                    Err(e) if api_code(&e) == Some(409) => continue,
+                    Err(e) => return Err(map_error(&format!("delete pod {pod_ref}"), &e)),
+                }
+            }
+            return self.wait_gone(&pods, &pod_ref, name, uid.as_deref()).await;
+        }
+        Err(DriverError::Transient(format!("pod {pod_ref} kept changing during stop")))
+    }
+
+    async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError> {
+        let (pods, namespace) = self.pods().await?;
+        let name = pod_name(&call.name, &call.workspace_uid, key);
+        let pod = pods.get_opt(&name).await.map_err(|e| map_error(&format!("get pod {namespace}/{name}"), &e))?;
+        Ok(pod.and_then(|pod| {
+            let recorded = pod.annotations().get(ANNOTATION_KEY);
+            if recorded.map(String::as_str) == Some(key) {
+                Some(info(&pod, key))
+            } else {
+                warn!(provider = %self.provider, pod = %format!("{namespace}/{name}"), ?recorded, key, "pod under the key's name records another key");
+                None
+            }
+        }))
+    }
+
+    /// The target namespace exists and answers. Credentials scoped to one namespace may not read
+    /// Namespaces: then listing one Pod there is the proof.
+    async fn health(&self) -> Result<(), DriverError> {
+        let (client, namespace) = self.target().await?;
+        match Api::<Namespace>::all(client.clone()).get_opt(namespace).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(DriverError::Rejected(format!("namespace {namespace} does not exist"))),
+            Err(e) if api_code(&e) == Some(403) => Api::<Pod>::namespaced(client, namespace)
+                .list(&ListParams::default().limit(1))
+                .await
+                .map(|_| ())
+                .map_err(|e| map_error(&format!("list pods in {namespace}"), &e)),
+            Err(e) => Err(map_error(&format!("get namespace {namespace}"), &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn call(epoch: i64) -> CallContext {
+        CallContext {
+            namespace: "team-a".into(),
+            name: "alice".into(),
+            workspace_uid: "0f6c3f5e-5d0b-4a8e-9a57-3c1f0d2b9e11".into(),
+            epoch,
+            caller: "test".into(),
+            operation_id: "op-1".into(),
+        }
+    }
+
+    fn is_dns1123_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure("boom", reason).with_code(code)))
+    }
+
+    #[test]
+    fn the_pod_name_is_stable_per_uid_and_key() {
+        let a = pod_name("alice", "uid-1", "uid-1.op-1");
+        assert_eq!(a, pod_name("alice", "uid-1", "uid-1.op-1"));
+        assert_ne!(a, pod_name("alice", "uid-1", "uid-1.op-2"));
+        assert_ne!(a, pod_name("alice", "uid-2", "uid-1.op-1"));
+        assert!(a.starts_with("ws-alice-"), "{a}");
+        // Pinned: a name that changed across versions would orphan every Pod after an upgrade.
+        assert_eq!(
+            pod_name("alice", "uid-1", "uid-1.op-1"),
+            format!("ws-alice-{:016x}", fnv1a64(&[b"uid-1\0uid-1.op-1"]))
+        );
+        assert_eq!(fnv1a64(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn the_pod_name_is_a_dns_label_whatever_the_workspace_name() {
+        let long = "a".repeat(253);
+        for ws in ["alice", "my.dotted.name", "-x-", "...", "", long.as_str(), "UPPER_case"] {
+            let name = pod_name(ws, "0f6c3f5e-5d0b-4a8e-9a57-3c1f0d2b9e11", "k");
+            assert!(is_dns1123_label(&name), "{ws:?} gave {name:?}");
+        }
+        assert_eq!(pod_name("...", "u", "k"), format!("ws-{:016x}", fnv1a64(&[b"u\0k"])));
+        assert!(pod_name("my.dotted.name", "u", "k").starts_with("ws-my-dotted-name-"));
+    }
+
+    #[test]
+    fn label_values_are_cut_to_63_and_end_alphanumeric() {
+        assert_eq!(label_value("alice"), "alice");
+        let v = label_value(&format!("{}-{}", "a".repeat(62), "b"));
+        assert_eq!(v.len(), 62, "a trailing '-' at the cut is dropped: {v}");
+        assert!(label_value(&"x".repeat(300)).len() <= 63);
+        assert_eq!(label_value("a b/c"), "a_b_c");
+    }
+
+    #[test]
+    fn instance_ids_carry_the_namespace() {
+        assert_eq!(instance_id("ns", "ws-x"), "ns/ws-x");
+        assert_eq!(parse_instance_id("ns/ws-x", "other"), ("ns", "ws-x"));
+        assert_eq!(parse_instance_id("ws-x", "other"), ("other", "ws-x"));
+    }
+
+    #[test]
+    fn the_pod_is_built_from_the_template() {
+        let template = WorkspaceTemplate {
+            image: Some("ghcr.io/acme/devbox:1".into()),
+            size: Some(Size::Medium),
+            args: Some(vec!["--listen".into(), ":8080".into()]),
+            env: Some(BTreeMap::from([("B".into(), "2".into()), ("A".into(), "1".into())])),
+        };
+        let pod = build_pod(&call(7), "compute", "uid.op-1", Some(&template));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("compute"));
+        assert_eq!(pod.metadata.name, Some(pod_name("alice", &call(7).workspace_uid, "uid.op-1")));
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels[LABEL_WORKSPACE_UID], call(7).workspace_uid);
+        assert_eq!(labels[LABEL_WORKSPACE_NAME], "alice");
+        assert_eq!(labels[LABEL_WORKSPACE_NAMESPACE], "team-a");
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations[ANNOTATION_KEY], "uid.op-1");
+        assert_eq!(annotations[ANNOTATION_EPOCH], "7");
+        assert_eq!(recorded_epoch(&pod), Some(7));
+
+        let spec = pod.spec.unwrap_or_default();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let [c] = spec.containers.as_slice() else { panic!("one container expected: {:?}", spec.containers) };
+        assert_eq!(c.name, CONTAINER_NAME);
+        assert_eq!(c.image.as_deref(), Some("ghcr.io/acme/devbox:1"));
+        assert_eq!(c.args, template.args);
+        let env: Vec<(String, Option<String>)> =
+            c.env.clone().unwrap_or_default().into_iter().map(|e| (e.name, e.value)).collect();
+        assert_eq!(env, vec![("A".into(), Some("1".into())), ("B".into(), Some("2".into()))]);
+        let resources = c.resources.clone().unwrap_or_default();
+        let expect =
+            BTreeMap::from([("cpu".to_string(), Quantity("1".into())), ("memory".to_string(), Quantity("2Gi".into()))]);
+        assert_eq!(resources.requests, Some(expect.clone()));
+        assert_eq!(resources.limits, Some(expect));
+    }
+
+    #[test]
+    fn an_empty_template_runs_the_placeholder_image_without_resources() {
+        for template in [None, Some(WorkspaceTemplate::default())] {
+            let pod = build_pod(&call(1), "compute", "k", template.as_ref());
+            let c = &pod.spec.unwrap_or_default().containers[0];
+            assert_eq!(c.image.as_deref(), Some(DEFAULT_IMAGE));
+            assert_eq!((c.args.clone(), c.env.clone(), c.resources.clone()), (None, None, None));
+        }
+    }
+
+    #[test]
+    fn every_size_has_resources() {
+        assert_eq!(size_resources(Size::Small), ("250m", "512Mi"));
+        assert_eq!(size_resources(Size::Medium), ("1", "2Gi"));
+        assert_eq!(size_resources(Size::Large), ("2", "8Gi"));
+    }
+
+    #[test]
+    fn an_older_epoch_than_the_pod_records_is_refused() {
+        let pod = build_pod(&call(5), "compute", "k", None);
+        assert_eq!(check_epoch(&pod, &call(4)), Err(DriverError::StaleEpoch { epoch: 4, newest: 5 }));
+        assert_eq!(check_epoch(&pod, &call(5)), Ok(()));
+        assert_eq!(check_epoch(&pod, &call(6)), Ok(()));
+        let mut unrecorded = pod.clone();
+        unrecorded.metadata.annotations = None;
+        assert_eq!(check_epoch(&unrecorded, &call(0)), Ok(()));
+    }
+
+    #[test]
+    fn a_pod_being_deleted_is_not_running() {
+        let mut pod = build_pod(&call(1), "compute", "k", None);
+        assert_eq!(info(&pod, "k").state, InstanceState::Running);
+        assert_eq!(info(&pod, "k").id, format!("compute/{}", pod.name_any()));
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        assert_eq!(info(&pod, "k").state, InstanceState::Stopped);
+    }
+
+    #[test]
+    fn server_side_trouble_is_transient_and_refusals_are_rejected() {
+        for (code, reason) in [
+            (500, "InternalError"),
+            (503, "ServiceUnavailable"),
+            (504, "Timeout"),
+            (429, "TooManyRequests"),
+            (408, "Timeout"),
+            (409, "Conflict"),
+        ] {
+            let e = map_error("create pod ns/p", &api_error(code, reason));
+            assert!(
+                matches!(&e, DriverError::Transient(m) if m.contains("ns/p") && m.contains(&code.to_string())),
+                "{code}: {e:?}"
+            );
+        }
+        for (code, reason) in
+            [(400, "BadRequest"), (403, "Forbidden"), (422, "Invalid"), (401, "Unauthorized"), (404, "NotFound")]
+        {
+            let e = map_error("create pod ns/p", &api_error(code, reason));
+            assert!(
+                matches!(&e, DriverError::Rejected(m) if m.contains("ns/p") && m.contains(reason)),
+                "{code}: {e:?}"
+            );
+        }
+        let unreachable = kube::Error::Service("connection refused".into());
+        assert!(map_error("get pod ns/p", &unreachable).is_retryable());
+        let garbage = kube::Error::SerdeError(serde_json::from_str::<i32>("<html>").unwrap_err());
+        assert!(map_error("get pod ns/p", &garbage).is_retryable());
+    }
+
+    #[test]
+    fn target_errors_name_the_secret() {
+        let e: DriverError = TargetError::SecretNotFound { namespace: "ops".into(), name: "remote".into() }.into();
+        assert_eq!(e, DriverError::Rejected("kubeconfig Secret ops/remote does not exist".into()));
+        let e: DriverError = TargetError::ReadSecret {
+            namespace: "ops".into(),
+            name: "remote".into(),
+            source: api_error(503, "ServiceUnavailable"),
+        }
+        .into();
+        assert!(matches!(&e, DriverError::Transient(m) if m.contains("ops/remote")), "{e:?}");
+    }
+
+    #[test]
+    fn kubeconfigs_that_reach_into_the_controller_are_refused() {
+        let inline = r#"
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", certificate-authority-data: "AAAA"}}]
+users: [{name: u, user: {token: "t"}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"#;
+        let config = Kubeconfig::from_yaml(inline).unwrap_or_default();
+        assert_eq!(check_kubeconfig(&config), Ok(()));
+        for (from, to) in [
+            (r#"token: "t""#, r#"exec: {command: "/bin/sh", apiVersion: "client.authentication.k8s.io/v1"}"#),
+            (r#"token: "t""#, r#"tokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token""#),
+            (r#"certificate-authority-data: "AAAA""#, r#"certificate-authority: "/etc/ssl/ca.pem""#),
+        ] {
+            let yaml = inline.replace(from, to);
+            let config = Kubeconfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            assert!(check_kubeconfig(&config).is_err(), "{to} accepted");
+        }
+    }
+}
