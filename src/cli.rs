@@ -124,6 +124,10 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Benchmark the controller against the API server's own limit (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
+    /// Serve the simulated cloud over the http provider protocol (docs/provider-guide.md).
+    ProviderSim(crate::provider::http::SimArgs),
+    /// Check a provider against the http provider protocol; exits non-zero on any failure.
+    ProviderConformance(crate::provider::http::ConformanceArgs),
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
@@ -147,6 +151,21 @@ pub async fn main(cli: Cli) -> ExitCode {
             }
         },
         Command::Bench(args) => crate::bench::main(args).await,
+        Command::ProviderSim(args) => match crate::provider::http::server::run(args, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard provider-sim: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::ProviderConformance(args) => match crate::provider::http::conformance::run(&args).await {
+            Ok(report) if report.failed() == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("switchyard provider-conformance: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Dev(args) => match crate::dev::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -173,8 +192,13 @@ async fn run_controller(args: ControllerArgs) -> Result<(), String> {
     if !args.metrics_addr.is_empty() {
         let addr: std::net::SocketAddr =
             args.metrics_addr.parse().map_err(|e| format!("--metrics-addr {:?}: {e}", args.metrics_addr))?;
-        let server =
-            crate::telemetry::serve(addr, handles.metrics.clone(), handles.health.clone(), stopped(stop_rx.clone()));
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        let server = crate::telemetry::serve(
+            listener,
+            handles.metrics.clone(),
+            handles.health.clone(),
+            stopped(stop_rx.clone()),
+        );
         tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "metrics server failed");

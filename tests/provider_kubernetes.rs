@@ -16,11 +16,9 @@ use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::{ComputeProvider, Workspace};
-use switchyard::provider::kubernetes::{
-    ANNOTATION_EPOCH, ANNOTATION_KEY, KubernetesDriver, LABEL_WORKSPACE_NAME, LABEL_WORKSPACE_UID, Targets,
-};
+use switchyard::provider::kubernetes::{ANNOTATION_EPOCH, ANNOTATION_KEY, LABEL_WORKSPACE_NAME, LABEL_WORKSPACE_UID};
 use switchyard::provider::simulated::Clouds;
-use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState, provision_key};
+use switchyard::provider::{CallContext, DispatchError, Dispatcher, DriverError, InstanceState, provision_key};
 
 use support::fixtures::{self, Instance};
 
@@ -182,9 +180,7 @@ async fn a_provider_reaches_its_cluster_through_a_kubeconfig_secret() {
 
     let instance = d.provision(&p, &call(&uid, 1), &key, None).await.expect("provision through the Secret");
     assert_eq!(pods_of(&client, &ns, &uid).await.len(), 1);
-    let driver =
-        KubernetesDriver::new("kube-remote", p.spec.kubernetes.clone(), Some(client.clone()), Targets::default(), None);
-    driver.health().await.expect("healthy through the Secret");
+    d.health(&p).await.expect("healthy through the Secret");
     d.stop(&p, &call(&uid, 1), &instance.id).await.expect("stop through the Secret");
     assert!(pods_of(&client, &ns, &uid).await.is_empty());
 
@@ -202,14 +198,13 @@ async fn health_proves_the_namespace_is_reachable() {
     let ns = support::namespace(&client, "khealth").await;
     let healthy = provider("kube-health", &ns, None);
     let missing = provider("kube-missing", "no-such-namespace-here", None);
-    let driver = |p: &ComputeProvider| {
-        KubernetesDriver::new(&p.name_any(), p.spec.kubernetes.clone(), Some(client.clone()), Targets::default(), None)
-    };
-    driver(&healthy).health().await.expect("healthy");
-    let err = driver(&missing).health().await.expect_err("missing namespace");
+    let d = dispatcher(&client);
+    d.health(&healthy).await.expect("healthy");
+    let err = driver_error(d.health(&missing).await.expect_err("missing namespace"));
     assert!(matches!(&err, DriverError::Rejected(m) if m.contains("no-such-namespace-here")), "{err:?}");
-    let no_client = KubernetesDriver::new("x", healthy.spec.kubernetes.clone(), None, Targets::default(), None);
-    assert!(matches!(no_client.health().await, Err(DriverError::Rejected(_))));
+    // Without a client of its own cluster the driver cannot work, and says so.
+    let err = driver_error(Dispatcher::new(Clouds::new()).health(&healthy).await.expect_err("no client"));
+    assert!(matches!(&err, DriverError::Rejected(m) if m.contains("without")), "{err:?}");
 }
 
 /// Issue 4: a workspace switched between two `kubernetes` providers (two namespaces) — the old

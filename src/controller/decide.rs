@@ -33,6 +33,9 @@ pub struct Facts {
     pub retry_at: Option<Timestamp>,
     /// Backoff between provision attempts: base doubled per attempt, capped.
     pub provision_backoff: (Duration, Duration),
+    /// Whether this instance holds the leader Lease. Of two holders of a claim, the one that
+    /// is not the leader is presumed gone (a leader that died), so the leader need not wait.
+    pub leader: bool,
 }
 
 /// The next step. Variants after `TakeOver` are taken only under our own claim.
@@ -97,7 +100,7 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     if let Some(op) = status.and_then(|s| s.operation.as_ref()) {
         if op.holder != facts.me {
             let age = elapsed(op.renewed_at.0, facts.now);
-            return if age < facts.claim_lease {
+            return if age < facts.claim_lease && !facts.leader {
                 Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE }
             } else {
                 Next::TakeOver

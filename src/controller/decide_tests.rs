@@ -224,6 +224,7 @@ fn facts() -> Facts {
         source: ProviderState::Usable,
         retry_at: None,
         provision_backoff: (BASE, CAP),
+        leader: false,
     }
 }
 

@@ -93,8 +93,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub failpoints: FailPoints,
     pub metrics: Arc<Metrics>,
-    /// Whether this instance currently leads (always true without leader election).
-    leading: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this instance won leader election (false when there is none: without an
+    /// election, no instance may skip the claim lease).
+    leading: bool,
     memory: Mutex<Memory>,
 }
 
@@ -126,6 +127,8 @@ impl Context {
         handles: &Handles,
     ) -> Arc<Self> {
         let reporter = Reporter { controller: "switchyard".into(), instance: Some(settings.identity.clone()) };
+        // Reconciles run only while leading, so this holds for the Context's whole life.
+        let leading = settings.leader_election.is_some();
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -134,7 +137,7 @@ impl Context {
             providers,
             failpoints: handles.failpoints.clone(),
             metrics: handles.metrics.clone(),
-            leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            leading,
             memory: Mutex::default(),
         })
     }
@@ -173,7 +176,7 @@ pub async fn run(
     };
 
     let (tx, mut rx) = tokio::sync::watch::channel(Leadership::Unknown);
-    let elector = tokio::spawn(leader::elect(client.clone(), lease, settings.identity.clone(), tx));
+    let elector = AbortOnDrop(tokio::spawn(leader::elect(client.clone(), lease, settings.identity.clone(), tx)));
     let mut shutdown = Box::pin(shutdown);
     // Stand by until we lead (or are told to stop).
     loop {
@@ -183,7 +186,7 @@ pub async fn run(
             break;
         }
         tokio::select! {
-            _ = &mut shutdown => { elector.abort(); return; }
+            _ = &mut shutdown => return,
             changed = rx.changed() => if changed.is_err() { return },
         }
     }
@@ -201,7 +204,17 @@ pub async fn run(
     })
     .await;
     handles.health.leader.store(false, Ordering::Relaxed);
-    elector.abort();
+    drop(elector);
+}
+
+/// Ends a background task when its owner ends, even when the owner is aborted mid-way (as a
+/// test kills an instance): nothing of a dead instance may keep running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn reconcile_until(
@@ -238,17 +251,14 @@ async fn reconcile_until(
     let concurrency = settings.concurrency;
     let identity = settings.identity.clone();
     info!(%identity, namespace = ?settings.namespace, "controller starting");
-    let leading = settings.leader_election.is_some();
     let ctx = Context::new(client, settings, dispatcher, providers, &handles);
-    ctx.leading.store(leading, Ordering::Relaxed);
-    let gauges = tokio::spawn(update_gauges(cached, identity, handles.clone()));
+    let _gauges = AbortOnDrop(tokio::spawn(update_gauges(cached, identity, handles.clone())));
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)
         .run(protocol::reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
-    gauges.abort();
     info!("controller stopped");
 }
 

@@ -584,6 +584,7 @@ async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
         source,
         retry_at,
         provision_backoff: ctx.settings.provision_backoff,
+        leader: ctx.leading,
     })
 }
 

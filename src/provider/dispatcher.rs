@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use tracing::debug;
 
+use super::http::HttpDrivers;
 use super::kubernetes::{KubernetesDriver, Targets as KubernetesTargets};
 use super::simulated::{Clouds, SimulatedDriver};
 use super::{CallContext, Driver, DriverError, InstanceInfo};
@@ -45,13 +46,15 @@ pub struct Dispatcher {
     client: Option<kube::Client>,
     /// Clients of `kubernetes` providers that target another cluster, cached per provider.
     kubernetes: KubernetesTargets,
+    /// `http` drivers (connection pools) and the bearer tokens they read from Secrets.
+    http: HttpDrivers,
 }
 
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Dispatcher {
     pub fn new(simulated: Clouds) -> Self {
-        Self { simulated, client: None, kubernetes: KubernetesTargets::default() }
+        Self { simulated, client: None, kubernetes: KubernetesTargets::default(), http: HttpDrivers::default() }
     }
 
     /// Gives drivers access to the cluster (Secrets, Pods).
@@ -76,10 +79,29 @@ impl Dispatcher {
                 provider.spec.kubernetes.clone(),
                 self.client.clone(),
                 self.kubernetes.clone(),
-                provider.spec.call_timeout_seconds.map(|s| Duration::from_secs(u64::from(s))),
+                call_timeout(provider),
             ))),
-            driver => Err(DispatchError::Unsupported { provider: provider.name_any(), driver }),
+            DriverKind::Http => {
+                let driver = self.http.driver(provider, self.client.as_ref(), call_timeout(provider));
+                let driver =
+                    driver.map_err(|source| DispatchError::Driver { provider: provider.name_any(), source })?;
+                Ok(driver)
+            }
         }
+    }
+
+    /// Probes the provider: it answers and accepts our credentials. Backs ComputeProvider Ready.
+    pub async fn health(&self, provider: &ComputeProvider) -> Result<(), DispatchError> {
+        let driver = self.driver(provider)?;
+        let call = CallContext {
+            namespace: String::new(),
+            name: String::new(),
+            workspace_uid: String::new(),
+            epoch: 0,
+            caller: String::new(),
+            operation_id: String::new(),
+        };
+        self.bounded(provider, "health", &call, driver.health()).await
     }
 
     pub async fn provision(
@@ -121,11 +143,7 @@ impl Dispatcher {
         fut: impl Future<Output = Result<T, DriverError>>,
     ) -> Result<T, DispatchError> {
         let name = provider.name_any();
-        let after = provider
-            .spec
-            .call_timeout_seconds
-            .map(|s| Duration::from_secs(u64::from(s)))
-            .unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let after = call_timeout(provider);
         let started = Instant::now();
         let result = match tokio::time::timeout(after, fut).await {
             Ok(Ok(v)) => Ok(v),
@@ -144,4 +162,9 @@ impl Dispatcher {
         );
         result
     }
+}
+
+/// The bound of one call to `provider`: its `callTimeoutSeconds`, or the default.
+fn call_timeout(provider: &ComputeProvider) -> Duration {
+    provider.spec.call_timeout_seconds.map(|s| Duration::from_secs(u64::from(s))).unwrap_or(DEFAULT_CALL_TIMEOUT)
 }

@@ -50,9 +50,8 @@ pub const CONTAINER_NAME: &str = "workspace";
 const NAME_PREFIX_MAX: usize = 30;
 /// Re-reads after a conflicting concurrent change before giving up with a transient error.
 const CONFLICT_RETRIES: usize = 5;
-/// How long a stop waits for its Pod to disappear when the provider sets no call timeout; kept
-/// below the dispatcher's default bound so the caller sees why, not just "timed out".
-const DEFAULT_STOP_WAIT: Duration = Duration::from_secs(25);
+/// Grace period of workspace Pods: how long a stopping workspace may take to shut down.
+pub const TERMINATION_GRACE_SECONDS: i64 = 20;
 
 /// The deterministic Pod name of the instance provisioned under `key` for a workspace: a
 /// readable prefix of the workspace name, then a hash of the workspace UID and the key.
@@ -150,6 +149,9 @@ pub fn build_pod(call: &CallContext, namespace: &str, key: &str, template: Optio
                 ..Default::default()
             }],
             restart_policy: Some("Always".to_string()),
+            // Shorter than a stop's wait under the default call timeout (27s of 30s), so one stop
+            // call sees the Pod gone even where a kubelet honours the grace period.
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             // A workspace is user code: it gets no token for the cluster it runs in.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
@@ -204,6 +206,10 @@ pub fn map_error(what: &str, error: &kube::Error) -> DriverError {
     }
 }
 
+async fn get_pod(pods: &Api<Pod>, name: &str, pod_ref: &str) -> Result<Option<Pod>, DriverError> {
+    pods.get_opt(name).await.map_err(|e| map_error(&format!("get pod {pod_ref}"), &e))
+}
+
 fn api_code(error: &kube::Error) -> Option<u16> {
     match error {
         kube::Error::Api(status) => Some(status.code),
@@ -218,35 +224,38 @@ pub enum TargetError {
     NoClient,
     #[error("provider {provider}: spec.kubernetes is missing")]
     NoSettings { provider: String },
-    #[error("kubeconfig Secret {namespace}/{name} does not exist")]
-    SecretNotFound { namespace: String, name: String },
-    #[error("kubeconfig Secret {namespace}/{name} has no key {key:?}")]
-    KeyMissing { namespace: String, name: String, key: String },
-    #[error("kubeconfig Secret {namespace}/{name} key {key:?} is not UTF-8")]
-    NotUtf8 { namespace: String, name: String, key: String },
-    #[error("kubeconfig Secret {namespace}/{name}: {source}")]
-    Kubeconfig {
-        namespace: String,
-        name: String,
-        #[source]
-        source: KubeconfigError,
-    },
-    #[error("kubeconfig Secret {namespace}/{name}: {reason}")]
-    Unsafe { namespace: String, name: String, reason: String },
-    #[error("kubeconfig Secret {namespace}/{name}: cannot build a client: {source}")]
-    Client {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("reading kubeconfig Secret {namespace}/{name}")]
+    #[error("reading kubeconfig Secret {secret}")]
     ReadSecret {
-        namespace: String,
-        name: String,
+        secret: String,
         #[source]
         source: kube::Error,
     },
+    #[error("kubeconfig Secret {secret}: {problem}")]
+    Kubeconfig {
+        secret: String,
+        #[source]
+        problem: KubeconfigProblem,
+    },
+}
+
+/// What is wrong with a kubeconfig Secret.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigProblem {
+    #[error("not found")]
+    SecretNotFound,
+    #[error("no key {0:?}")]
+    KeyMissing(String),
+    #[error("key {0:?} is not UTF-8")]
+    NotUtf8(String),
+    /// The parser's message quotes the offending lines, which may hold credentials: dropped.
+    #[error("not valid kubeconfig YAML")]
+    Syntax,
+    #[error("{0}")]
+    Invalid(#[source] KubeconfigError),
+    #[error("{0}")]
+    Unsafe(String),
+    #[error("cannot build a client: {0}")]
+    Client(#[source] kube::Error),
 }
 
 impl From<TargetError> for DriverError {
@@ -256,6 +265,19 @@ impl From<TargetError> for DriverError {
             _ => DriverError::Rejected(e.to_string()),
         }
     }
+}
+
+/// The kubeconfig under `key` of a Secret, parsed and checked.
+fn load_kubeconfig(secret: &Secret, key: &str) -> Result<Kubeconfig, KubeconfigProblem> {
+    let bytes =
+        secret.data.as_ref().and_then(|d| d.get(key)).ok_or_else(|| KubeconfigProblem::KeyMissing(key.to_string()))?;
+    let yaml = std::str::from_utf8(&bytes.0).map_err(|_| KubeconfigProblem::NotUtf8(key.to_string()))?;
+    let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|e| match e {
+        KubeconfigError::Parse(_) => KubeconfigProblem::Syntax,
+        e => KubeconfigProblem::Invalid(e),
+    })?;
+    check_kubeconfig(&kubeconfig).map_err(KubeconfigProblem::Unsafe)?;
+    Ok(kubeconfig)
 }
 
 /// Refuses kubeconfigs that would make the controller read its own files or run commands:
@@ -306,45 +328,23 @@ impl Targets {
         settings: &KubernetesSettings,
     ) -> Result<Client, TargetError> {
         let Some(r) = &settings.kubeconfig_secret_ref else { return Ok(local.clone()) };
-        let (namespace, name) = (r.namespace.clone(), r.name.clone());
+        let secret_name = format!("{}/{}", r.namespace, r.name);
+        let fail = |problem| TargetError::Kubeconfig { secret: secret_name.clone(), problem };
         let secret = Api::<Secret>::namespaced(local.clone(), &r.namespace)
             .get_opt(&r.name)
             .await
-            .map_err(|source| TargetError::ReadSecret { namespace: namespace.clone(), name: name.clone(), source })?
-            .ok_or_else(|| TargetError::SecretNotFound { namespace: namespace.clone(), name: name.clone() })?;
+            .map_err(|source| TargetError::ReadSecret { secret: secret_name.clone(), source })?
+            .ok_or_else(|| fail(KubeconfigProblem::SecretNotFound))?;
         let version = (secret.metadata.uid.clone(), secret.metadata.resource_version.clone());
         if let Some(cached) = self.lock().get(provider).filter(|c| &c.secret == r && c.version == version) {
             return Ok(cached.client.clone());
         }
-        let bytes = secret.data.as_ref().and_then(|d| d.get(&r.key)).ok_or_else(|| TargetError::KeyMissing {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            key: r.key.clone(),
-        })?;
-        let yaml = std::str::from_utf8(&bytes.0).map_err(|_| TargetError::NotUtf8 {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            key: r.key.clone(),
-        })?;
-        let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|source| TargetError::Kubeconfig {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?;
-        check_kubeconfig(&kubeconfig).map_err(|reason| TargetError::Unsafe {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            reason,
-        })?;
+        let kubeconfig = load_kubeconfig(&secret, &r.key).map_err(fail)?;
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
-            .map_err(|source| TargetError::Kubeconfig { namespace: namespace.clone(), name: name.clone(), source })?;
-        let client = Client::try_from(config).map_err(|source| TargetError::Client {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?;
-        info!(provider, secret = %format!("{namespace}/{name}"), resource_version = ?version.1, "built client from kubeconfig Secret");
+            .map_err(|e| fail(KubeconfigProblem::Invalid(e)))?;
+        let client = Client::try_from(config).map_err(|e| fail(KubeconfigProblem::Client(e)))?;
+        info!(provider, secret = %secret_name, resource_version = ?version.1, "built client from kubeconfig Secret");
         self.lock().insert(provider.to_string(), CachedClient { secret: r.clone(), version, client: client.clone() });
         Ok(client)
     }
@@ -373,9 +373,9 @@ impl KubernetesDriver {
         settings: Option<KubernetesSettings>,
         local: Option<Client>,
         targets: Targets,
-        call_timeout: Option<Duration>,
+        call_timeout: Duration,
     ) -> Self {
-        let stop_wait = call_timeout.map(|t| t.mul_f64(0.9)).unwrap_or(DEFAULT_STOP_WAIT);
+        let stop_wait = call_timeout.mul_f64(0.9);
         Self { provider: provider.to_string(), settings, local, targets, stop_wait }
     }
 
@@ -436,7 +436,7 @@ impl KubernetesDriver {
         let deadline = Instant::now() + self.stop_wait;
         let mut delay = Duration::from_millis(50);
         loop {
-            let current = pods.get_opt(name).await.map_err(|e| map_error(&format!("get pod {pod_ref}"), &e))?;
+            let current = get_pod(pods, name, pod_ref).await?;
             // A Pod with another UID under the same name is not ours: ours is gone.
             if current.as_ref().is_none_or(|p| p.metadata.uid.as_deref() != uid) {
                 return Ok(());
@@ -479,8 +479,7 @@ impl Driver for KubernetesDriver {
                 Err(e) => return Err(map_error(&format!("create pod {pod_ref}"), &e)),
             }
             // AlreadyExists: the key was provisioned before (a retry, a resumed operation).
-            let existing = pods.get_opt(&name).await.map_err(|e| map_error(&format!("get pod {pod_ref}"), &e))?;
-            let Some(existing) = existing else { continue };
+            let Some(existing) = get_pod(&pods, &name, &pod_ref).await? else { continue };
             let existing_key = existing.annotations().get(ANNOTATION_KEY).map(String::as_str);
             if existing_key != Some(key) {
                 return Err(DriverError::Rejected(format!(
@@ -511,7 +510,7 @@ impl Driver for KubernetesDriver {
         let pods: Api<Pod> = Api::namespaced(client, namespace);
         let pod_ref = format!("{namespace}/{name}");
         for _ in 0..CONFLICT_RETRIES {
-            let Some(pod) = pods.get_opt(name).await.map_err(|e| map_error(&format!("get pod {pod_ref}"), &e))? else {
+            let Some(pod) = get_pod(&pods, name, &pod_ref).await? else {
                 debug!(provider = %self.provider, pod = %pod_ref, "pod already gone");
                 return Ok(());
             };
@@ -547,13 +546,13 @@ impl Driver for KubernetesDriver {
     async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError> {
         let (pods, namespace) = self.pods().await?;
         let name = pod_name(&call.name, &call.workspace_uid, key);
-        let pod = pods.get_opt(&name).await.map_err(|e| map_error(&format!("get pod {namespace}/{name}"), &e))?;
-        Ok(pod.and_then(|pod| {
+        let pod_ref = format!("{namespace}/{name}");
+        Ok(get_pod(&pods, &name, &pod_ref).await?.and_then(|pod| {
             let recorded = pod.annotations().get(ANNOTATION_KEY);
             if recorded.map(String::as_str) == Some(key) {
                 Some(info(&pod, key))
             } else {
-                warn!(provider = %self.provider, pod = %format!("{namespace}/{name}"), ?recorded, key, "pod under the key's name records another key");
+                warn!(provider = %self.provider, pod = %pod_ref, ?recorded, key, "pod under the key's name records another key");
                 None
             }
         }))
@@ -755,15 +754,38 @@ mod tests {
 
     #[test]
     fn target_errors_name_the_secret() {
-        let e: DriverError = TargetError::SecretNotFound { namespace: "ops".into(), name: "remote".into() }.into();
-        assert_eq!(e, DriverError::Rejected("kubeconfig Secret ops/remote does not exist".into()));
-        let e: DriverError = TargetError::ReadSecret {
-            namespace: "ops".into(),
-            name: "remote".into(),
-            source: api_error(503, "ServiceUnavailable"),
-        }
-        .into();
+        let problem = KubeconfigProblem::SecretNotFound;
+        let e: DriverError = TargetError::Kubeconfig { secret: "ops/remote".into(), problem }.into();
+        assert_eq!(e, DriverError::Rejected("kubeconfig Secret ops/remote: not found".into()));
+        let e: DriverError =
+            TargetError::ReadSecret { secret: "ops/remote".into(), source: api_error(503, "ServiceUnavailable") }
+                .into();
         assert!(matches!(&e, DriverError::Transient(m) if m.contains("ops/remote")), "{e:?}");
+    }
+
+    fn secret(key: &str, value: &[u8]) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([(key.to_string(), k8s_openapi::ByteString(value.to_vec()))])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_kubeconfig_that_does_not_parse_is_not_echoed() {
+        let yaml = "users: [{name: u, user: {token: s3cr3t-t0ken}}]\nclusters: [\n  - {name: s3cr3t-t0ken2";
+        let Err(problem) = load_kubeconfig(&secret("kubeconfig", yaml.as_bytes()), "kubeconfig") else {
+            panic!("parsed")
+        };
+        let message = DriverError::from(TargetError::Kubeconfig { secret: "ops/remote".into(), problem }).to_string();
+        assert!(message.contains("ops/remote") && message.contains("YAML"), "{message}");
+        assert!(!message.contains("s3cr3t"), "Secret content in the error: {message}");
+    }
+
+    #[test]
+    fn a_kubeconfig_secret_needs_the_key_and_utf8() {
+        let s = secret("kubeconfig", b"\xff");
+        assert!(matches!(load_kubeconfig(&s, "token"), Err(KubeconfigProblem::KeyMissing(k)) if k == "token"));
+        assert!(matches!(load_kubeconfig(&s, "kubeconfig"), Err(KubeconfigProblem::NotUtf8(_))));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! goes, and the drivers.
 
 mod dispatcher;
+pub mod http;
 pub mod kubernetes;
 pub mod simulated;
 

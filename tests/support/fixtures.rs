@@ -75,7 +75,11 @@ impl Instance {
     }
 
     pub fn start_with(client: &Client, settings: Settings, clouds: &Clouds, failpoints: FailPoints) -> Self {
-        let handles = Handles { failpoints: failpoints.clone(), ..Handles::default() };
+        Self::start_with_handles(client, settings, clouds, Handles { failpoints, ..Handles::default() })
+    }
+
+    pub fn start_with_handles(client: &Client, settings: Settings, clouds: &Clouds, handles: Handles) -> Self {
+        let failpoints = handles.failpoints.clone();
         let metrics = handles.metrics.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let identity = settings.identity.clone();

@@ -166,7 +166,10 @@ mod tests {
     fn urls_keep_the_base_path_and_escape_segments() {
         let e = Endpoint::new("https://compute.example.com/switchyard", None, Duration::from_secs(1)).unwrap();
         assert_eq!(e.url(&["health"]).as_str(), "https://compute.example.com/switchyard/v1/health");
-        assert_eq!(e.url(&["instances", "a/b c"]).as_str(), "https://compute.example.com/switchyard/v1/instances/a%2Fb%20c");
+        assert_eq!(
+            e.url(&["instances", "a/b c"]).as_str(),
+            "https://compute.example.com/switchyard/v1/instances/a%2Fb%20c"
+        );
         let e = Endpoint::new("http://127.0.0.1:8080/", None, Duration::from_secs(1)).unwrap();
         assert_eq!(e.url(&["instances"]).as_str(), "http://127.0.0.1:8080/v1/instances");
     }

@@ -45,7 +45,7 @@ impl Default for Retry {
 }
 
 /// Where the bearer token comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum TokenSource {
     /// No `Authorization` header (a provider without auth).
     None,
@@ -55,11 +55,20 @@ pub enum TokenSource {
     Secret { client: kube::Client, secret: SecretKeyRef, cache: TokenCache },
 }
 
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 /// Tokens read from Secrets, shared by every http driver of a dispatcher.
 #[derive(Clone, Debug, Default)]
-pub struct TokenCache(Arc<Mutex<HashMap<(String, String, String), (BearerToken, Instant)>>>);
+pub struct TokenCache(Arc<Mutex<HashMap<SecretId, (BearerToken, Instant)>>>);
 
-fn cache_key(s: &SecretKeyRef) -> (String, String, String) {
+/// Namespace, name and key of a Secret entry.
+type SecretId = (String, String, String);
+
+fn cache_key(s: &SecretKeyRef) -> SecretId {
     (s.namespace.clone(), s.name.clone(), s.key.clone())
 }
 
@@ -173,7 +182,12 @@ enum Exchange {
 impl HttpDriver {
     /// A driver for `settings`; `budget` bounds each call (retries included). Fails only on
     /// configuration the user must fix (bad URL, bad CA bundle).
-    pub fn new(provider: &str, settings: &HttpSettings, token: TokenSource, budget: Duration) -> Result<Self, DriverError> {
+    pub fn new(
+        provider: &str,
+        settings: &HttpSettings,
+        token: TokenSource,
+        budget: Duration,
+    ) -> Result<Self, DriverError> {
         let endpoint = Endpoint::new(&settings.endpoint, settings.ca_bundle.as_deref(), budget)
             .map_err(|e| DriverError::Rejected(format!("spec.http: {e}")))?;
         Ok(Self { provider: provider.to_owned(), endpoint, token, budget, retry: Retry::default() })
@@ -210,7 +224,9 @@ impl HttpDriver {
                     debug!(provider = %self.provider, op, "provider refused the cached token; re-reading the Secret");
                     continue;
                 }
-                Exchange::Answer { status, body } => Err(error_from_answer(status, &body, epoch, &self.token.describe())),
+                Exchange::Answer { status, body } => {
+                    Err(error_from_answer(status, &body, epoch, &self.token.describe()))
+                }
                 Exchange::Transport(e) => Err(e),
             };
             let result = result.map_err(|e| redact(e, token.as_ref()));
@@ -226,8 +242,13 @@ impl HttpDriver {
     }
 
     async fn get_health(&self) -> Result<Health, DriverError> {
-        self.call("health", None, |e, t| e.request(Method::GET, &["health"], t), |_, body| decode(body, "health answer"))
-            .await
+        self.call(
+            "health",
+            None,
+            |e, t| e.request(Method::GET, &["health"], t),
+            |_, body| decode(body, "health answer"),
+        )
+        .await
     }
 }
 
@@ -284,9 +305,7 @@ fn error_from_answer(status: u16, body: &[u8], epoch: Option<i64>, token_source:
             // A refusal proves the provider has seen a newer epoch, at least epoch + 1.
             DriverError::StaleEpoch { epoch, newest: newest_epoch.unwrap_or(epoch + 1) }
         }
-        _ if status == 401 => {
-            DriverError::Rejected(format!("401 Unauthorized: the provider refused {token_source}"))
-        }
+        _ if status == 401 => DriverError::Rejected(format!("401 Unauthorized: the provider refused {token_source}")),
         Some(err) => {
             let text = format!("{status} {:?}: {}", err.code, clip(&err.message));
             if err.retryable { DriverError::Transient(text) } else { DriverError::Rejected(text) }
@@ -320,10 +339,14 @@ fn clip(text: &str) -> String {
     }
 }
 
+/// Tokens shorter than this are not scrubbed from text: they would match ordinary words (and
+/// are no secret worth the name anyway).
+const MIN_REDACTED_TOKEN: usize = 8;
+
 /// Removes the token from provider-supplied text: a provider that echoes it back must not
 /// make it reach logs, Events or status.
 fn redact(e: DriverError, token: Option<&BearerToken>) -> DriverError {
-    let Some(token) = token.filter(|t| !t.is_empty()) else { return e };
+    let Some(token) = token.filter(|t| t.expose().len() >= MIN_REDACTED_TOKEN) else { return e };
     let scrub = |s: String| s.replace(token.expose(), "<redacted>");
     match e {
         DriverError::Transient(s) => DriverError::Transient(scrub(s)),
@@ -402,11 +425,14 @@ impl Driver for HttpDriver {
     }
 }
 
+/// A driver and what it was built from.
+type Built = (HttpSettings, Duration, Arc<HttpDriver>);
+
 /// http drivers by ComputeProvider name, kept while the provider's settings stay the same (a
 /// driver holds a connection pool), plus the token cache they share.
 #[derive(Clone, Debug, Default)]
 pub struct HttpDrivers {
-    drivers: Arc<Mutex<HashMap<String, (HttpSettings, Duration, Arc<HttpDriver>)>>>,
+    drivers: Arc<Mutex<HashMap<String, Built>>>,
     tokens: TokenCache,
 }
 

@@ -197,3 +197,65 @@ impl ErrorBody {
 pub fn valid_key(key: &str) -> bool {
     (1..=253).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The specification and these types must not drift apart.
+    #[test]
+    fn the_openapi_document_matches_the_wire_types() {
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../../docs/provider-protocol.yaml")).expect("valid YAML");
+        let codes: Vec<ErrorCode> =
+            serde_yaml::from_value(doc["components"]["schemas"]["ErrorCode"]["enum"].clone()).expect("codes");
+        for code in &codes {
+            assert_ne!(*code, ErrorCode::Unknown, "the document names a code the wire types lack");
+            let response = code.status().to_string();
+            let documented = doc["paths"]
+                .as_mapping()
+                .expect("paths")
+                .values()
+                .any(|p| p.as_mapping().expect("ops").values().any(|op| op["responses"].get(&response).is_some()));
+            assert!(documented, "{code:?} answers {response}, which no operation documents");
+        }
+        assert_eq!(codes.len(), 7);
+        for path in ["/v1/health", "/v1/instances", "/v1/instances/{id}", "/v1/instances/{id}/stop"] {
+            assert!(doc["paths"].get(path).is_some(), "{path} is undocumented");
+        }
+        let instance: Vec<String> =
+            serde_yaml::from_value(doc["components"]["schemas"]["Instance"]["required"].clone()).expect("fields");
+        let wire = serde_json::to_value(Instance {
+            id: "i".into(),
+            key: "k".into(),
+            workspace_uid: "u".into(),
+            state: InstanceState::Running,
+        })
+        .expect("json");
+        let mut fields: Vec<String> = wire.as_object().expect("object").keys().cloned().collect();
+        fields.sort();
+        let mut documented = instance.clone();
+        documented.sort();
+        assert_eq!(fields, documented);
+    }
+
+    #[test]
+    fn keys_are_url_safe() {
+        assert!(valid_key("6a1f0c3e-2b7d.0d9c8b7a_x"));
+        for bad in ["", "a/b", "a b", "ä", &"k".repeat(254)] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn error_codes_carry_their_retryability() {
+        let body = ErrorBody::new(ErrorCode::Unavailable, "busy");
+        assert_eq!(
+            serde_json::to_value(&body).expect("json"),
+            serde_json::json!({"code": "Unavailable", "message": "busy", "retryable": true})
+        );
+        let unknown: ErrorBody =
+            serde_json::from_str(r#"{"code":"QuotaExceeded","message":"m","retryable":false}"#).expect("json");
+        assert_eq!(unknown.code, ErrorCode::Unknown);
+    }
+}

@@ -278,6 +278,17 @@ pub enum Answer<T> {
     Hang,
 }
 
+impl<T> Answer<T> {
+    /// Maps a successful reply.
+    pub fn map_reply<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        match self {
+            Answer::Reply(r) => Answer::Reply(r.map(f)),
+            Answer::Lost => Answer::Lost,
+            Answer::Hang => Answer::Hang,
+        }
+    }
+}
+
 /// A successful provision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Provisioned {

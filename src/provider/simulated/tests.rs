@@ -752,3 +752,144 @@ async fn check_live_flags_leaks_and_missing_instances() {
     assert_eq!(v.len(), 2, "{v:?}");
     assert!(v.contains(&Violation::NotLive { provider: "east".into(), instance: b.id.clone() }));
 }
+
+// ---- durability, new faults, merged ledgers --------------------------------------------------
+
+#[tokio::test]
+async fn restore_from_the_ledger_rebuilds_instances_keys_and_fences() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let b = d.provision(&ctx(3), "k2", None).await.unwrap();
+    d.stop(&ctx(3), &a.id).await.unwrap();
+    let _ = d.provision(&ctx(2), "k3", None).await.unwrap_err();
+    clouds.cloud("east").set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
+    let _ = d.provision(&ctx_for("u2", 7), "k4", None).await.unwrap_err();
+    d.lookup(&ctx(3), "k2").await.unwrap();
+
+    let restored = Clouds::restore(clouds.ledger());
+    let (before, after) = (clouds.cloud("east"), restored.cloud("east"));
+    assert_eq!(after.instances(), before.instances());
+    assert_eq!(after.newest_epoch(WS), Some(3));
+    assert_eq!(after.newest_epoch("u2"), Some(7));
+    assert_eq!(after.faults(), Faults::default(), "faults are not part of the ledger");
+    assert_eq!(restored.ledger(), clouds.ledger());
+
+    // It carries on where it stopped: same key same instance, fresh ids, seq continues.
+    let d = driver(&restored, "east");
+    assert_eq!(d.provision(&ctx(3), "k2", None).await.unwrap(), b);
+    let c = d.provision(&ctx(3), "k5", None).await.unwrap();
+    assert!(before.instance(&c.id).is_none(), "a new id, not a reused one: {}", c.id);
+    assert!(matches!(d.stop(&ctx(2), &b.id).await, Err(DriverError::StaleEpoch { newest: 3, .. })));
+    let seqs: Vec<u64> = restored.ledger().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let v = check_ledger(&restored.ledger());
+    assert!(
+        !v.iter().any(|v| matches!(v, Violation::KeyReused { .. } | Violation::StaleEpochAccepted { .. })),
+        "{v:?}"
+    );
+}
+
+#[derive(Debug, Default)]
+struct FlakySink {
+    written: Mutex<Vec<u64>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl LedgerSink for FlakySink {
+    fn append(&self, entry: &LedgerEntry) -> std::io::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.written.lock().unwrap().push(entry.seq);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_sink_refuses_every_later_call() {
+    let clouds = Clouds::new();
+    let sink = Arc::new(FlakySink::default());
+    clouds.set_sink(sink.clone());
+    let d = driver(&clouds, "east");
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    assert_eq!(*sink.written.lock().unwrap(), vec![1]);
+    sink.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = d.provision(&ctx(1), "k2", None).await.unwrap_err();
+    assert!(matches!(&err, DriverError::Transient(m) if m.contains("disk full")), "{err:?}");
+    sink.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Effects that might not survive a restart must not pile up: the cloud stays down.
+    assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::Transient(_))));
+    assert!(matches!(d.lookup(&ctx(1), "k1").await, Err(DriverError::Transient(_))));
+    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(*sink.written.lock().unwrap(), vec![1]);
+}
+
+#[tokio::test]
+async fn refuse_all_and_error_rates() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    cloud.set_faults(Faults { refuse_all: true, ..Faults::default() });
+    assert!(matches!(d.provision(&ctx(2), "k2", None).await, Err(DriverError::Transient(_))));
+    assert!(matches!(d.lookup(&ctx(2), "k1").await, Err(DriverError::Transient(_))));
+    assert_eq!(cloud.newest_epoch(WS), Some(1), "a refused call does not reach the fence");
+
+    cloud.set_faults(Faults { provision_error_rate: 1.0, stop_error_rate: 1.0, ..Faults::default() });
+    assert!(matches!(d.provision(&ctx(2), "k2", None).await, Err(DriverError::Transient(m)) if m.contains("rate")));
+    assert!(matches!(d.stop(&ctx(2), &a.id).await, Err(DriverError::Transient(_))));
+    assert_eq!(cloud.instances().len(), 1);
+    cloud.set_faults(Faults { provision_error_rate: 0.0, stop_error_rate: 0.0, ..Faults::default() });
+    d.stop(&ctx(2), &a.id).await.unwrap();
+}
+
+#[test]
+fn faults_json_is_hand_writable() {
+    let f: Faults = serde_json::from_str(r#"{"extraLatencyMs": 250, "provisionErrorRate": 0.5}"#).unwrap();
+    assert_eq!(f.extra_latency, Duration::from_millis(250));
+    assert_eq!(f.provision_error_rate, 0.5);
+    assert_eq!(serde_json::to_value(&f).unwrap()["extraLatencyMs"], 250);
+}
+
+fn entry_at(provider: &str, seq: u64, secs: u64) -> LedgerEntry {
+    let mut b = Book::new();
+    b.push(provider, "u1", 1, Call::Lookup, Some("k"), None, Outcome::NotFound);
+    let mut e = b.0.remove(0);
+    e.seq = seq;
+    e.at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    e
+}
+
+#[test]
+fn merge_ledgers_orders_by_time_keeps_each_process_in_order_and_renumbers() {
+    let a = vec![entry_at("a", 2, 30), entry_at("a", 1, 10), entry_at("a", 3, 20)];
+    let b = vec![entry_at("b", 1, 15), entry_at("b", 2, 30)];
+    let merged = merge_ledgers(vec![a, b]);
+    let order: Vec<(String, u64)> = merged.iter().map(|e| (e.provider.clone(), e.at_secs())).collect();
+    // a's clock stepped back (30 then 20): a's own order still holds.
+    assert_eq!(order, vec![("a".into(), 10), ("b".into(), 15), ("a".into(), 30), ("a".into(), 20), ("b".into(), 30)]);
+    assert_eq!(merged.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+}
+
+trait AtSecs {
+    fn at_secs(&self) -> u64;
+}
+
+impl AtSecs for LedgerEntry {
+    fn at_secs(&self) -> u64 {
+        self.at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+    }
+}
+
+#[tokio::test]
+async fn merged_ledgers_of_two_clouds_are_checked_together() {
+    let (east, west) = (Clouds::new(), Clouds::new());
+    let a = driver(&east, "east").provision(&ctx(1), "k1", None).await.unwrap();
+    // Unsafe: west starts before east's instance is stopped.
+    driver(&west, "west").provision(&ctx(2), "k2", None).await.unwrap();
+    driver(&east, "east").stop(&ctx(2), &a.id).await.unwrap();
+    let v = check_ledger(&merge_ledgers(vec![east.ledger(), west.ledger()]));
+    assert!(matches!(v.as_slice(), [Violation::MultipleLive { .. }]), "{v:?}");
+    assert!(check_ledger(&east.ledger()).is_empty() && check_ledger(&west.ledger()).is_empty());
+}

@@ -1,0 +1,420 @@
+//! The http provider protocol end to end: `switchyard provider-sim` as a real process on real
+//! TCP, the conformance suite against it, durability across kill -9, fencing, faults set while
+//! it runs, and the http driver against providers that misbehave. Only the Secret test needs
+//! the control plane.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use switchyard::api::{ComputeProvider, HttpSettings};
+use switchyard::provider::http::{BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, TokenSource};
+use switchyard::provider::simulated::{Clouds, Faults, Outcome, Violation, check_ledger, merge_ledgers};
+use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BUDGET: Duration = Duration::from_secs(5);
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+async fn sim(name: &str) -> (ProviderSimProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = ProviderSimProcess::start(ProviderSimOptions::new(bin(), name, dir.path().join(name)))
+        .await
+        .expect("start provider-sim");
+    (p, dir)
+}
+
+fn call(uid: &str, epoch: i64) -> CallContext {
+    CallContext {
+        namespace: "default".into(),
+        name: format!("ws-{uid}"),
+        workspace_uid: uid.into(),
+        epoch,
+        caller: "provider-http-test".into(),
+        operation_id: format!("op-{epoch}"),
+    }
+}
+
+fn driver_for(endpoint: &str, token: TokenSource, budget: Duration) -> HttpDriver {
+    let settings = HttpSettings { endpoint: endpoint.to_owned(), secret_ref: None, ca_bundle: None };
+    HttpDriver::new("test-provider", &settings, token, budget).expect("driver")
+}
+
+fn one_attempt() -> Retry {
+    Retry { attempts: 1, first_backoff: Duration::from_millis(10) }
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_against_provider_sim() {
+    let (p, _dir) = sim("conf").await;
+    let out = tokio::process::Command::new(bin())
+        .args(["provider-conformance", "--endpoint", &p.endpoint(), "--token-file"])
+        .arg(p.token_file())
+        .output()
+        .await
+        .expect("run provider-conformance");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "conformance failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with(" passed, 0 failed"), "closing line: {last:?}");
+    assert!(stdout.lines().count() > 15 && !stdout.contains("FAIL"), "{stdout}");
+    // The suite's calls are in the ledger, and they break no invariant.
+    let ledger = p.ledger().await.expect("ledger");
+    assert!(ledger.iter().any(|e| e.outcome == Outcome::Fenced { newest: 5 }));
+    let v = check_ledger(&ledger);
+    assert!(
+        !v.iter().any(|v| matches!(v, Violation::KeyReused { .. } | Violation::StaleEpochAccepted { .. })),
+        "{v:?}"
+    );
+}
+
+#[tokio::test]
+async fn conformance_suite_fails_against_a_broken_provider() {
+    let endpoint = fake_provider(|_| Fake::Reply(200, "{}")).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").expect("token");
+    let out = tokio::process::Command::new(bin())
+        .args(["provider-conformance", "--endpoint", &endpoint, "--timeout", "2s", "--token-file"])
+        .arg(&token)
+        .output()
+        .await
+        .expect("run provider-conformance");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL missing-token-is-401"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("0 passed, ") && !last.ends_with(" 0 failed"), "closing line: {last:?}");
+}
+
+#[tokio::test]
+async fn state_survives_kill_9_and_restart() {
+    let (mut p, _dir) = sim("east").await;
+    let d = p.driver(BUDGET).expect("driver");
+    let a = d.provision(&call("u1", 2), "u1.op2", None).await.expect("provision a");
+    let b = d.provision(&call("u2", 1), "u2.op1", None).await.expect("provision b");
+    d.stop(&call("u2", 3), &b.id).await.expect("stop b");
+    let before = p.ledger().await.expect("ledger");
+    let endpoint = p.endpoint();
+
+    p.kill().await.expect("kill -9");
+    let down = d.health().await.expect_err("nothing listens");
+    assert!(matches!(&down, DriverError::Transient(m) if m.contains("cannot connect")), "{down:?}");
+
+    p.restart().await.expect("restart");
+    assert_eq!(p.endpoint(), endpoint, "same address after a restart");
+    let found = d.lookup(&call("u1", 2), "u1.op2").await.expect("lookup");
+    assert_eq!(found, Some(a.clone()), "the instance created before the kill is still there");
+    let again = d.provision(&call("u1", 2), "u1.op2", None).await.expect("provision again");
+    assert_eq!(again.id, a.id, "create by the same key returns the same instance");
+    let instances = p.instances().await.expect("instances");
+    assert_eq!(instances.iter().find(|i| i.id == b.id).map(|i| i.state), Some(InstanceState::Stopped));
+    // Fences survived too.
+    let fenced = d.stop(&call("u2", 2), &b.id).await.expect_err("stale epoch");
+    assert_eq!(fenced, DriverError::StaleEpoch { epoch: 2, newest: 3 });
+    let c = d.provision(&call("u3", 1), "u3.op1", None).await.expect("provision c");
+    assert!(c.id != a.id && c.id != b.id, "ids are not reused after a restart: {}", c.id);
+
+    let after = p.ledger().await.expect("ledger");
+    assert_eq!(&after[..before.len()], &before[..], "the ledger before the kill is kept as it was");
+    assert!(after.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1), "seq continues");
+}
+
+#[tokio::test]
+async fn stale_epochs_are_refused_over_http() {
+    let (p, _dir) = sim("fence").await;
+    let d = p.driver(BUDGET).expect("driver");
+    let a = d.provision(&call("u1", 4), "u1.op4", None).await.expect("provision");
+    assert_eq!(d.provision(&call("u1", 3), "u1.op3", None).await, Err(DriverError::StaleEpoch { epoch: 3, newest: 4 }));
+    assert_eq!(d.stop(&call("u1", 1), &a.id).await, Err(DriverError::StaleEpoch { epoch: 1, newest: 4 }));
+    // A paused ex-holder is not helped by retries: StaleEpoch is final.
+    let ledger = p.ledger().await.expect("ledger");
+    assert_eq!(ledger.iter().filter(|e| matches!(e.outcome, Outcome::Fenced { .. })).count(), 2);
+    d.stop(&call("u1", 5), &a.id).await.expect("a newer epoch passes");
+}
+
+#[tokio::test]
+async fn faults_set_over_the_admin_endpoint_take_effect() {
+    let (p, _dir) = sim("faulty").await;
+    let d = p.driver(BUDGET).expect("driver");
+    let once = p.driver(BUDGET).expect("driver").with_retry(one_attempt());
+
+    // An injected failure is retryable: one attempt sees it, the default driver retries past it.
+    p.set_faults(&Faults { fail_provision: 1, ..Faults::default() }).await.expect("set faults");
+    assert_eq!(p.faults().await.expect("faults").fail_provision, 1);
+    let e = once.provision(&call("u1", 1), "k1", None).await.expect_err("injected");
+    assert!(matches!(&e, DriverError::Transient(m) if m.contains("503")), "{e:?}");
+    p.set_faults(&Faults { fail_provision: 2, ..Faults::default() }).await.expect("set faults");
+    d.provision(&call("u1", 1), "k1", None).await.expect("retried past two failures");
+
+    // Commit, then drop the connection: the caller sees a lost answer; the retry under the
+    // same key gets the committed instance.
+    p.set_faults(&Faults { drop_provision_response: 1, ..Faults::default() }).await.expect("set faults");
+    let e = once.provision(&call("u1", 1), "k2", None).await.expect_err("lost answer");
+    assert!(matches!(&e, DriverError::Transient(m) if m.contains("connection lost")), "{e:?}");
+    let k2 = once.lookup(&call("u1", 1), "k2").await.expect("lookup").expect("committed");
+    p.set_faults(&Faults { drop_provision_response: 1, ..Faults::default() }).await.expect("set faults");
+    let k3 = d.provision(&call("u1", 1), "k3", None).await.expect("the retry finds the committed instance");
+    let outcomes: Vec<Outcome> = p.ledger().await.expect("ledger").into_iter().map(|e| e.outcome).collect();
+    assert!(outcomes.ends_with(&[Outcome::CommittedResponseLost { created: true }, Outcome::Existing]), "{outcomes:?}");
+    assert_ne!(k2.id, k3.id);
+
+    // Refuse all: 503 to everything, health included, until cleared.
+    p.set_faults(&Faults { refuse_all: true, ..Faults::default() }).await.expect("set faults");
+    assert!(matches!(once.health().await, Err(DriverError::Transient(m)) if m.contains("refuses all")));
+    assert!(once.stop(&call("u1", 1), &k2.id).await.is_err());
+    // Error rate 1.0 fails every stop, without effect.
+    p.set_faults(&Faults { stop_error_rate: 1.0, ..Faults::default() }).await.expect("set faults");
+    d.health().await.expect("healthy again");
+    assert!(d.stop(&call("u1", 1), &k2.id).await.is_err());
+
+    // Extra latency, and a hang the driver's budget cuts short.
+    p.set_faults(&Faults { extra_latency: Duration::from_millis(300), ..Faults::default() }).await.expect("set");
+    let started = Instant::now();
+    d.stop(&call("u1", 1), &k2.id).await.expect("slow stop");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    p.set_faults(&Faults { hang: true, ..Faults::default() }).await.expect("set faults");
+    let short = p.driver(Duration::from_millis(700)).expect("driver");
+    let started = Instant::now();
+    let e = short.stop(&call("u1", 1), &k3.id).await.expect_err("hangs");
+    assert!(matches!(&e, DriverError::Transient(m) if m.contains("no answer within")), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded by the budget: {:?}", started.elapsed());
+    p.set_faults(&Faults::default()).await.expect("clear");
+    let running = p.instances().await.expect("instances").into_iter().filter(|i| i.state == InstanceState::Running);
+    assert_eq!(running.map(|i| i.key).collect::<Vec<_>>(), vec!["k1", "k3"]);
+}
+
+#[tokio::test]
+async fn missing_or_wrong_tokens_are_clear_rejections() {
+    let (p, _dir) = sim("auth").await;
+    let none = driver_for(&p.endpoint(), TokenSource::None, BUDGET);
+    let e = none.provision(&call("u1", 1), "k1", None).await.expect_err("no token");
+    assert_eq!(e, DriverError::Rejected("401 Unauthorized: the provider refused no token configured".into()));
+    let wrong = driver_for(&p.endpoint(), TokenSource::Static(BearerToken::new("not-the-token")), BUDGET);
+    let e = wrong.health().await.expect_err("wrong token");
+    assert!(!e.is_retryable() && e.to_string().contains("401"), "{e}");
+    assert!(!e.to_string().contains("not-the-token") && !format!("{wrong:?}").contains("not-the-token"));
+    assert!(p.instances().await.expect("instances").is_empty());
+}
+
+/// What the fake provider does with a request.
+#[derive(Clone, Copy)]
+enum Fake {
+    Reply(u16, &'static str),
+    Hang,
+    Close,
+}
+
+/// A provider that answers every request per `respond` (given the request line).
+async fn fake_provider(respond: fn(&str) -> Fake) -> String {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Some(request_line) = read_request(&mut stream).await else { return };
+                match respond(&request_line) {
+                    Fake::Reply(status, body) => {
+                        let head = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(head.as_bytes()).await;
+                        let _ = stream.write_all(body.as_bytes()).await;
+                    }
+                    Fake::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+                    Fake::Close => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Reads one request (headers and a content-length body); returns its request line.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text.lines().next().map(str::to_owned);
+            }
+        }
+    }
+}
+
+fn token() -> TokenSource {
+    TokenSource::Static(BearerToken::new("fake-provider-token"))
+}
+
+#[tokio::test]
+async fn bad_providers_give_clear_driver_errors() {
+    type Check = fn(&DriverError) -> bool;
+    let cases: [(&str, fn(&str) -> Fake, Check); 8] = [
+        (
+            "garbage JSON in a 200",
+            |_| Fake::Reply(200, "{\"id\": 12, oops"),
+            |e| matches!(e, DriverError::Rejected(m) if m.contains("protocol violation") && m.contains("oops")),
+        ),
+        (
+            "a 200 for another key",
+            |_| Fake::Reply(200, r#"{"id":"i-1","key":"other","workspaceUid":"u1","state":"Running"}"#),
+            |e| matches!(e, DriverError::Rejected(m) if m.contains("key other")),
+        ),
+        (
+            "HTML 500",
+            |_| Fake::Reply(500, "<html>boom</html>"),
+            |e| matches!(e, DriverError::Transient(m) if m.contains("500") && m.contains("boom")),
+        ),
+        (
+            "404 without an error body",
+            |_| Fake::Reply(404, "not here"),
+            |e| matches!(e, DriverError::Rejected(m) if m.contains("404") && m.contains("protocol violation")),
+        ),
+        ("a redirect", |_| Fake::Reply(302, ""), |e| matches!(e, DriverError::Rejected(m) if m.contains("302"))),
+        (
+            "an unknown error code that says retryable",
+            |_| Fake::Reply(429, r#"{"code":"SlowDown","message":"later","retryable":true}"#),
+            |e| matches!(e, DriverError::Transient(m) if m.contains("later")),
+        ),
+        (
+            "a closed connection",
+            |_| Fake::Close,
+            |e| matches!(e, DriverError::Transient(m) if m.contains("connection lost")),
+        ),
+        ("a hang", |_| Fake::Hang, |e| matches!(e, DriverError::Transient(m) if m.contains("no answer within"))),
+    ];
+    for (what, respond, expected) in cases {
+        let endpoint = fake_provider(respond).await;
+        let d = driver_for(&endpoint, token(), Duration::from_millis(800)).with_retry(one_attempt());
+        let started = Instant::now();
+        let e = d.provision(&call("u1", 1), "k1", None).await.expect_err(what);
+        assert!(expected(&e), "{what}: {e:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{what}: bounded: {:?}", started.elapsed());
+        // Stops and lookups map the same way, and nothing panics.
+        let _ = d.stop(&call("u1", 1), "i-1").await;
+        let _ = d.lookup(&call("u1", 1), "k1").await;
+    }
+
+    // Nothing listening at all.
+    let closed = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind");
+    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let e = driver_for(&endpoint, token(), BUDGET).with_retry(one_attempt()).health().await.expect_err("refused");
+    assert!(matches!(&e, DriverError::Transient(m) if m.contains("cannot connect")), "{e:?}");
+
+    // A provider that keeps failing retryably is retried, within the attempts, then reported.
+    let endpoint =
+        fake_provider(|_| Fake::Reply(503, r#"{"code":"Unavailable","message":"busy","retryable":true}"#)).await;
+    let d = driver_for(&endpoint, token(), BUDGET)
+        .with_retry(Retry { attempts: 3, first_backoff: Duration::from_millis(50) });
+    let started = Instant::now();
+    let e = d.stop(&call("u1", 1), "i-1").await.expect_err("busy");
+    assert!(matches!(&e, DriverError::Transient(m) if m.contains("busy")), "{e:?}");
+    assert!(started.elapsed() >= Duration::from_millis(150), "two backoffs: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn ledgers_of_two_provider_sims_merge_into_one_checked_history() {
+    let (a, _da) = sim("merge-a").await;
+    let (b, _db) = sim("merge-b").await;
+    let (da, db) = (a.driver(BUDGET).expect("driver"), b.driver(BUDGET).expect("driver"));
+    // A safe switch of u1 from a to b: stop first, then provision.
+    let old = da.provision(&call("u1", 1), "u1.op1", None).await.expect("provision on a");
+    da.stop(&call("u1", 2), &old.id).await.expect("stop on a");
+    db.provision(&call("u1", 2), "u1.op2", None).await.expect("provision on b");
+    let merged = merge_ledgers(vec![a.ledger().await.expect("ledger a"), b.ledger().await.expect("ledger b")]);
+    assert_eq!(merged.len(), 3);
+    assert!(check_ledger(&merged).is_empty(), "{:?}", check_ledger(&merged));
+    // An unsafe one for u2: b starts before a stops. Only the merged ledger shows it.
+    da.provision(&call("u2", 1), "u2.op1", None).await.expect("provision on a");
+    db.provision(&call("u2", 2), "u2.op2", None).await.expect("provision on b");
+    let (la, lb) = (a.ledger().await.expect("ledger a"), b.ledger().await.expect("ledger b"));
+    assert!(check_ledger(&la).is_empty() && check_ledger(&lb).is_empty());
+    let v = check_ledger(&merge_ledgers(vec![la, lb]));
+    assert!(matches!(v.as_slice(), [Violation::MultipleLive { workspace_uid, .. }] if workspace_uid == "u2"), "{v:?}");
+}
+
+// ---- the token Secret, through a real API server ---------------------------------------------
+
+fn http_provider(name: &str, endpoint: &str, namespace: &str, secret: &str) -> ComputeProvider {
+    serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
+        "metadata": {"name": name},
+        "spec": {"driver": "http", "callTimeoutSeconds": 5,
+                 "http": {"endpoint": endpoint, "secretRef": {"name": secret, "namespace": namespace}}}
+    }))
+    .expect("provider")
+}
+
+async fn put_secret(secrets: &Api<Secret>, name: &str, data: serde_json::Value) {
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).expect("secret");
+    let params = PatchParams::apply("provider-http-test").force();
+    secrets.patch(name, &params, &Patch::Apply(&secret)).await.expect("apply secret");
+}
+
+#[tokio::test]
+async fn the_token_comes_from_the_secret_and_rotation_needs_no_restart() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "http-token").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let (mut p, _dir) = sim("secret-sim").await;
+    put_secret(&secrets, "sim-token", json!({"token": p.token()})).await;
+    let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
+    let provider = http_provider("secret-sim", &p.endpoint(), &ns, "sim-token");
+
+    dispatcher.health(&provider).await.expect("healthy with the Secret's token");
+    let i = dispatcher.provision(&provider, &call("u1", 1), "u1.op1", None).await.expect("provision");
+
+    // Rotate: the provider and the Secret change together; the cached token is refused once,
+    // the Secret is read again, and the call goes through — no restart, no waiting out the cache.
+    p.rotate_token("rotated-token-value").expect("rotate");
+    put_secret(&secrets, "sim-token", json!({"token": "rotated-token-value"})).await;
+    let found = dispatcher.lookup(&provider, &call("u1", 1), "u1.op1").await.expect("lookup after rotation");
+    assert_eq!(found, Some(i));
+
+    // A wrong token: non-retryable, names the Secret, never shows the token.
+    put_secret(&secrets, "wrong-token", json!({"token": "wrong-token-value"})).await;
+    let wrong = http_provider("secret-sim-wrong", &p.endpoint(), &ns, "wrong-token");
+    let e = dispatcher.health(&wrong).await.expect_err("wrong token");
+    let text = e.to_string();
+    assert!(!e.is_retryable() && text.contains(&format!("Secret {ns}/wrong-token")), "{text}");
+    assert!(!text.contains("wrong-token-value") && !format!("{e:?}").contains("wrong-token-value"), "{text}");
+
+    // A missing Secret, and a Secret without the key: clear, non-retryable, no call made.
+    let missing = http_provider("secret-sim-missing", &p.endpoint(), &ns, "absent");
+    let e = dispatcher.provision(&missing, &call("u2", 1), "u2.op1", None).await.expect_err("missing Secret");
+    assert!(
+        matches!(&e, DispatchError::Driver { source: DriverError::Rejected(m), .. }
+            if m.contains(&format!("Secret {ns}/absent")) && m.contains("does not exist")),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+    put_secret(&secrets, "no-key", json!({"other": "x"})).await;
+    let no_key = http_provider("secret-sim-nokey", &p.endpoint(), &ns, "no-key");
+    let e = dispatcher.health(&no_key).await.expect_err("no key");
+    assert!(e.to_string().contains("has no key \"token\""), "{e}");
+    let ledger = p.ledger().await.expect("ledger");
+    assert!(ledger.iter().all(|e| e.workspace_uid != "u2"), "no call without a token");
+}
