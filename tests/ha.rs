@@ -94,13 +94,10 @@ async fn metrics_and_health_endpoints_report_a_switch() {
         handles.health.clone(),
         std::future::pending(),
     ));
-    let health = handles.health.clone();
     let _x = Instance::start_with_handles(&client, replica("metrics-x", &ns), &clouds, handles);
 
     eventually("/readyz ok", Duration::from_secs(30), || async {
-        let r = get(addr, "/readyz").await;
-        eprintln!("{health:?}");
-        r.starts_with("HTTP/1.1 200").then_some(())
+        get(addr, "/readyz").await.starts_with("HTTP/1.1 200").then_some(())
     })
     .await;
     assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));

@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use switchyard::api::{ComputeProvider, HttpSettings};
-use switchyard::provider::http::{BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, TokenSource};
+use switchyard::provider::http::{
+    BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, SimTls, TokenSource,
+};
 use switchyard::provider::simulated::{Clouds, Faults, Outcome, Violation, check_ledger, merge_ledgers};
 use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,16 +54,23 @@ fn one_attempt() -> Retry {
     Retry { attempts: 1, first_backoff: Duration::from_millis(10) }
 }
 
-#[tokio::test]
-async fn conformance_suite_passes_against_provider_sim() {
-    let (p, _dir) = sim("conf").await;
+/// Runs `switchyard provider-conformance` as a process; its output and stdout.
+async fn conformance(endpoint: &str, token_file: &std::path::Path, extra: &[&str]) -> (std::process::Output, String) {
     let out = tokio::process::Command::new(bin())
-        .args(["provider-conformance", "--endpoint", &p.endpoint(), "--token-file"])
-        .arg(p.token_file())
+        .args(["provider-conformance", "--endpoint", endpoint, "--token-file"])
+        .arg(token_file)
+        .args(extra)
         .output()
         .await
         .expect("run provider-conformance");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, stdout)
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_against_provider_sim() {
+    let (p, _dir) = sim("conf").await;
+    let (out, stdout) = conformance(&p.endpoint(), &p.token_file(), &[]).await;
     assert!(out.status.success(), "conformance failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.ends_with(" passed, 0 failed"), "closing line: {last:?}");
@@ -82,13 +91,7 @@ async fn conformance_suite_fails_against_a_broken_provider() {
     let dir = tempfile::tempdir().expect("temp dir");
     let token = dir.path().join("token");
     std::fs::write(&token, "t").expect("token");
-    let out = tokio::process::Command::new(bin())
-        .args(["provider-conformance", "--endpoint", &endpoint, "--timeout", "2s", "--token-file"])
-        .arg(&token)
-        .output()
-        .await
-        .expect("run provider-conformance");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, stdout) = conformance(&endpoint, &token, &["--timeout", "2s"]).await;
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL missing-token-is-401"), "{stdout}");
     let last = stdout.lines().last().unwrap_or_default();
@@ -126,6 +129,11 @@ async fn state_survives_kill_9_and_restart() {
     let after = p.ledger().await.expect("ledger");
     assert_eq!(&after[..before.len()], &before[..], "the ledger before the kill is kept as it was");
     assert!(after.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1), "seq continues");
+
+    // A graceful stop and start keeps everything too.
+    p.terminate().await.expect("SIGTERM");
+    p.restart().await.expect("restart");
+    assert_eq!(p.ledger().await.expect("ledger"), after);
 }
 
 #[tokio::test]
@@ -205,6 +213,34 @@ async fn missing_or_wrong_tokens_are_clear_rejections() {
     assert!(p.instances().await.expect("instances").is_empty());
 }
 
+#[tokio::test]
+async fn https_with_a_ca_bundle() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("cert");
+    let tls = SimTls { cert_pem: cert.cert.pem(), key_pem: cert.signing_key.serialize_pem() };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options =
+        ProviderSimOptions { tls: Some(tls), ..ProviderSimOptions::new(bin(), "tls", dir.path().join("tls")) };
+    let p = ProviderSimProcess::start(options).await.expect("start provider-sim with TLS");
+    assert!(p.endpoint().starts_with("https://127.0.0.1:"), "{}", p.endpoint());
+
+    // The driver trusts the provider through spec.http.caBundle.
+    let d = p.driver(BUDGET).expect("driver");
+    d.health().await.expect("healthy over TLS");
+    let i = d.provision(&call("u1", 1), "u1.op1", None).await.expect("provision over TLS");
+    assert_eq!(d.lookup(&call("u1", 1), "u1.op1").await.expect("lookup"), Some(i));
+
+    // Without the bundle the certificate is not trusted: a clear error, no call made.
+    let token = TokenSource::Static(BearerToken::new(p.token()));
+    let e = driver_for(&p.endpoint(), token, BUDGET).with_retry(one_attempt()).health().await.expect_err("untrusted");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+
+    // The conformance suite speaks TLS too.
+    let ca = p.state_dir().join("tls.crt");
+    let (out, stdout) =
+        conformance(&p.endpoint(), &p.token_file(), &["--ca-bundle-file", ca.to_str().expect("utf-8")]).await;
+    assert!(out.status.success() && stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
+}
+
 /// What the fake provider does with a request.
 #[derive(Clone, Copy)]
 enum Fake {
@@ -270,7 +306,8 @@ fn token() -> TokenSource {
 #[tokio::test]
 async fn bad_providers_give_clear_driver_errors() {
     type Check = fn(&DriverError) -> bool;
-    let cases: [(&str, fn(&str) -> Fake, Check); 8] = [
+    type Respond = fn(&str) -> Fake;
+    let cases: [(&str, Respond, Check); 8] = [
         (
             "garbage JSON in a 200",
             |_| Fake::Reply(200, "{\"id\": 12, oops"),

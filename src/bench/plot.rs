@@ -70,9 +70,9 @@ fn draw(
         (lo, hi) if lo <= hi => (lo, hi),
         _ => (1.0, 1000.0), // nothing to draw but the axes
     };
-    // Log axis: clamp to ≥ 1 ms and pad a little either side.
-    let lo = (lo.max(1.0) / 1.2).max(1.0);
-    let hi = (hi * 1.2).max(lo * 10.0);
+    // Log axis: clamp to ≥ 1 ms, pad a little either side, span at least a factor of 2.
+    let lo = (lo.max(1.0) / 1.15).max(1.0);
+    let hi = (hi * 1.15).max(lo * 2.0);
     let bin_edges: Vec<f64> = (0..=BINS).map(|i| lo * (hi / lo).powf(i as f64 / BINS as f64)).collect();
     let histograms: Vec<Vec<f64>> = series
         .iter()
@@ -97,6 +97,7 @@ fn draw(
     let mut mesh = cdf.configure_mesh();
     if text {
         mesh.x_desc("latency (ms, log scale)").y_desc("fraction of workspaces").label_style((FONT, 15));
+        mesh.x_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -132,6 +133,7 @@ fn draw(
     let mut mesh = hist.configure_mesh();
     if text {
         mesh.x_desc("latency (ms, log scale)").y_desc("fraction per bin").label_style((FONT, 15));
+        mesh.x_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }

@@ -214,6 +214,8 @@ pub struct Machine {
     pub cpu_model: String,
     pub memory_gib: f64,
     pub kernel: String,
+    /// /proc/loadavg when the report was written: other work on the machine skews every number.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -236,6 +238,7 @@ impl Machine {
             cpu_model,
             memory_gib: mem_kib / (1024.0 * 1024.0),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            load_average: read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         }
     }
 }
@@ -408,14 +411,20 @@ pub fn markdown(r: &Report) -> String {
     let m = &r.machine;
     let mut out = format!("## Switchyard benchmark: {} workspaces\n\n", r.settings.workspaces);
     out.push_str(&format!(
-        "Run {} · switchyard {} · {} CPUs ({}), {} GiB, Linux {} · {} · client concurrency {}, controller concurrency {}\n\n",
+        "Run {} · switchyard {} · {} CPUs ({}), {} GiB, Linux {}, load average {} at the end · {} · \
+         client concurrency {}, controller concurrency {}\n\n",
         r.started_at,
         r.switchyard_version,
         m.cpus,
         m.cpu_model,
         num(m.memory_gib),
         m.kernel,
-        if r.settings.local_control_plane { "local control plane (kube-apiserver + etcd in one process)" } else { "cluster from --kubeconfig" },
+        m.load_average,
+        if r.settings.local_control_plane {
+            "local control plane (kube-apiserver + etcd in one process)"
+        } else {
+            "cluster from --kubeconfig"
+        },
         r.settings.client_concurrency,
         r.settings.controller_concurrency,
     ));
@@ -540,24 +549,39 @@ pub fn markdown(r: &Report) -> String {
         });
     }
 
-    out.push_str("\n### The controller's own metrics in the switch phase (per switch; histograms as mean ms)\n\n");
-    out.push_str(&format!("| series | {} |\n|---|{}\n", header.join(" | "), "---:|".repeat(ps.len())));
-    let mut series: Vec<&String> =
-        ps.iter().filter_map(|p| p.switch.as_ref()).flat_map(|s| s.controller_metrics.keys()).collect();
-    series.sort();
-    series.dedup();
-    for name in series.into_iter().filter(|n| !n.contains("_count")) {
-        let label = name.replace("_sum", "");
-        row(&mut out, &format!("`{label}`"), ps, |p| {
-            let m = &p.switch.as_ref()?.controller_metrics;
-            let value = *m.get(name)?;
-            if name.contains("_sum") {
-                let count = *m.get(&name.replacen("_sum", "_count", 1))?;
-                (count > 0.0).then(|| format!("{} ms ({} calls)", num(value * 1000.0 / count), count))
-            } else {
-                Some(num(value / p.create.workspaces.max(1) as f64))
-            }
-        });
+    out.push_str("\n### The controller's own metrics in the switch phase (per switch; histograms: mean)\n\n");
+    out.push_str(&format!("| metric | {} |\n|---|{}\n", header.join(" | "), "---:|".repeat(ps.len())));
+    // Summed over label sets (they name each profile's providers); the JSON keeps every series.
+    let by_name = |p: &ProfileReport| -> BTreeMap<String, f64> {
+        let mut sums = BTreeMap::new();
+        for (series, v) in p.switch.iter().flat_map(|s| s.controller_metrics.iter()) {
+            *sums.entry(series.split('{').next().unwrap_or(series).to_string()).or_insert(0.0) += v;
+        }
+        sums
+    };
+    let sums: Vec<BTreeMap<String, f64>> = ps.iter().map(by_name).collect();
+    let mut names: Vec<&String> = sums.iter().flat_map(|m| m.keys()).filter(|n| !n.ends_with("_count")).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let cells: Vec<String> = ps
+            .iter()
+            .zip(&sums)
+            .map(|(p, m)| {
+                let value = m.get(name).copied();
+                let cell = match name.strip_suffix("_sum") {
+                    Some(base) => value.zip(m.get(&format!("{base}_count")).copied()).map(|(sum, count)| {
+                        let mean = sum / count.max(1.0);
+                        let shown =
+                            if base.ends_with("_seconds") { format!("{} ms", num(mean * 1000.0)) } else { num(mean) };
+                        format!("{shown} (n={count})")
+                    }),
+                    None => value.map(|v| num(v / p.create.workspaces.max(1) as f64)),
+                };
+                cell.unwrap_or_else(|| "–".to_string())
+            })
+            .collect();
+        out.push_str(&format!("| `{}` | {} |\n", name.trim_end_matches("_sum"), cells.join(" | ")));
     }
     out
 }

@@ -99,6 +99,7 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
 
     if let Some(op) = status.and_then(|s| s.operation.as_ref()) {
         if op.holder != facts.me {
+            // Stale once the lease has passed; the leader need not wait (see `Facts::leader`).
             let age = elapsed(op.renewed_at.0, facts.now);
             return if age < facts.claim_lease && !facts.leader {
                 Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE }
@@ -108,7 +109,24 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
         }
         return continue_operation(ws, op, instance, facts, deleting);
     }
+    if !deleting && !has_finalizer {
+        return Next::AddFinalizer;
+    }
+    let next = without_operation(ws, facts, deleting, has_finalizer);
+    // A stop that failed past its budget is tried again only after its backoff.
+    match (&next, facts.retry_at) {
+        (Next::Claim { kind, .. }, Some(at)) if *kind != OperationKind::Provision && at > facts.now => {
+            Next::Wait { after: until(facts.now, at), why: cond::STOP_FAILED }
+        }
+        _ => next,
+    }
+}
 
+/// No operation in flight: what, if anything, to claim.
+fn without_operation(ws: &Workspace, facts: &Facts, deleting: bool, has_finalizer: bool) -> Next {
+    let spec = &ws.spec;
+    let status = ws.status.as_ref();
+    let instance = status.and_then(|s| s.instance.as_ref());
     if deleting {
         return match (has_finalizer, instance) {
             (false, _) => Next::Nothing,
@@ -116,16 +134,6 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
             (true, None) => Next::RemoveFinalizer,
         };
     }
-    if !has_finalizer {
-        return Next::AddFinalizer;
-    }
-    if let Some(at) = facts.retry_at
-        && at > facts.now
-    {
-        return Next::Wait { after: until(facts.now, at), why: cond::STOP_FAILED };
-    }
-
-    let spec = &ws.spec;
     match instance {
         Some(i) if !spec.running => match blocked(&facts.source, &i.provider) {
             Some(stall) => Next::Rest { stall: Some(stall) },
@@ -149,6 +157,8 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
                 to: Some(spec.provider.clone()),
             },
         },
+        // Stopped: nothing to call, but a name that points nowhere is worth saying now.
+        None if facts.target == ProviderState::Missing => Next::Rest { stall: blocked(&facts.target, &spec.provider) },
         _ => Next::Rest { stall: None },
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -234,8 +234,17 @@ async fn reconcile_until(
             .default_backoff()
             .touched_objects();
 
-    let controller = Controller::new(workspaces, watcher::Config::default().any_semantic());
-    let cached = controller.store();
+    // Our own reflector, so that the first complete list marks the caches synced without a
+    // second waiter on the store's readiness (its one-shot wakes only one).
+    let (cached, writer) = reflector::store();
+    let health = handles.health.clone();
+    let workspace_events = watcher(workspaces, watcher::Config::default().any_semantic()).inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            health.caches_synced.store(true, Ordering::Relaxed);
+        }
+    });
+    let workspace_events = reflector::reflector(writer, workspace_events).default_backoff().applied_objects();
+    let controller = Controller::for_stream(workspace_events, cached.clone());
     // A provider change re-queues every workspace that names it or runs on it.
     let by_provider = cached.clone();
     let controller = controller.watches_stream(provider_events, move |p: ComputeProvider| {
@@ -251,6 +260,7 @@ async fn reconcile_until(
     let concurrency = settings.concurrency;
     let identity = settings.identity.clone();
     info!(%identity, namespace = ?settings.namespace, "controller starting");
+    let dispatcher = dispatcher.with_metrics(handles.metrics.clone());
     let ctx = Context::new(client, settings, dispatcher, providers, &handles);
     let _gauges = AbortOnDrop(tokio::spawn(update_gauges(cached, identity, handles.clone())));
     controller
@@ -262,11 +272,8 @@ async fn reconcile_until(
     info!("controller stopped");
 }
 
-/// Marks the caches synced, then keeps the in-flight and stalled gauges current.
+/// Keeps the in-flight and stalled gauges current.
 async fn update_gauges(cached: Store<Workspace>, identity: String, handles: Handles) {
-    if cached.wait_until_ready().await.is_ok() {
-        handles.health.caches_synced.store(true, Ordering::Relaxed);
-    }
     loop {
         let (mut in_flight, mut stalled) = (0, 0);
         for ws in cached.state() {

@@ -9,6 +9,7 @@ use super::kubernetes::{KubernetesDriver, Targets as KubernetesTargets};
 use super::simulated::{Clouds, SimulatedDriver};
 use super::{CallContext, Driver, DriverError, InstanceInfo};
 use crate::api::{ComputeProvider, Driver as DriverKind, WorkspaceTemplate};
+use crate::telemetry::{CallLabels, Metrics};
 
 /// Why a compute call could not be made or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,13 +49,27 @@ pub struct Dispatcher {
     kubernetes: KubernetesTargets,
     /// `http` drivers (connection pools) and the bearer tokens they read from Secrets.
     http: HttpDrivers,
+    /// Where call latencies by provider, operation and result are recorded.
+    metrics: Option<Arc<Metrics>>,
 }
 
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Dispatcher {
     pub fn new(simulated: Clouds) -> Self {
-        Self { simulated, client: None, kubernetes: KubernetesTargets::default(), http: HttpDrivers::default() }
+        Self {
+            simulated,
+            client: None,
+            kubernetes: KubernetesTargets::default(),
+            http: HttpDrivers::default(),
+            metrics: None,
+        }
+    }
+
+    /// Records every call's latency and result in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Gives drivers access to the cluster (Secrets, Pods).
@@ -150,6 +165,15 @@ impl Dispatcher {
             Ok(Err(source)) => Err(DispatchError::Driver { provider: name.clone(), source }),
             Err(_) => Err(DispatchError::Timeout { provider: name.clone(), after }),
         };
+        let elapsed = started.elapsed();
+        if let Some(metrics) = &self.metrics {
+            let labels = CallLabels {
+                provider: name.clone(),
+                operation: operation.into(),
+                result: result_class(&result).into(),
+            };
+            metrics.provider_calls.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        }
         debug!(
             provider = %name,
             operation,
@@ -157,10 +181,22 @@ impl Dispatcher {
             workspace = %call.name,
             epoch = call.epoch,
             ok = result.is_ok(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
             "provider call"
         );
         result
+    }
+}
+
+/// The `result` label of a call: ok, or the class of its error.
+fn result_class<T>(result: &Result<T, DispatchError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(DispatchError::Timeout { .. }) => "timeout",
+        Err(DispatchError::Driver { source: DriverError::StaleEpoch { .. }, .. }) => "stale_epoch",
+        Err(DispatchError::Driver { source: DriverError::Transient(_), .. }) => "transient",
+        Err(DispatchError::Driver { source: DriverError::Rejected(_), .. }) => "rejected",
+        Err(_) => "unsupported",
     }
 }
 

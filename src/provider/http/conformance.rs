@@ -143,7 +143,7 @@ impl Reply {
             .map_err(|e| format!("{} answer is not a valid {what} ({e}): {}", self.status, self.body))
     }
 
-    fn expect(&self, statuses: &[u16], what: &str) -> Result<&Self, String> {
+    fn status_in(&self, statuses: &[u16], what: &str) -> Result<&Self, String> {
         if statuses.contains(&self.status) {
             Ok(self)
         } else {
@@ -152,12 +152,12 @@ impl Reply {
     }
 
     fn instance(&self, statuses: &[u16], what: &str) -> Result<Instance, String> {
-        self.expect(statuses, what)?.json("instance")
+        self.status_in(statuses, what)?.json("instance")
     }
 
     /// Checks a protocol error: its status, its code, and that it says whether to retry.
     fn error(&self, status: u16, code: ErrorCode, what: &str) -> Result<ErrorBody, String> {
-        self.expect(&[status], what)?;
+        self.status_in(&[status], what)?;
         let body: ErrorBody = self.json("error body {code, message, retryable}")?;
         if body.code != code {
             return Err(format!("{what}: expected code {code:?}, got {:?}", body.code));
@@ -238,7 +238,7 @@ impl Probe {
     }
 
     async fn stopped(&self, ws: &Ws, id: &str, epoch: i64, what: &str) -> Result<(), String> {
-        let stopped: Stopped = self.stop(ws, id, epoch).await?.expect(&[200], what)?.json("stop answer")?;
+        let stopped: Stopped = self.stop(ws, id, epoch).await?.status_in(&[200], what)?.json("stop answer")?;
         if stopped.state != InstanceState::Stopped || stopped.id != id {
             return Err(format!("{what}: expected {{id: {id}, state: Stopped}}, got {stopped:?}"));
         }
@@ -257,11 +257,13 @@ impl Probe {
         let mut query = vec![("workspaceUid", uid)];
         query.extend(key.map(|k| ("key", k)));
         let reply = self.send(Method::GET, &["instances"], Some(&self.token), None, &query).await?;
-        Ok(reply.expect(&[200], "list")?.json::<InstanceList>("instance list")?.items)
+        Ok(reply.status_in(&[200], "list")?.json::<InstanceList>("instance list")?.items)
     }
 
     async fn clean_up(&self) {
-        let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        created.sort();
+        created.dedup();
         for (uid, id) in created {
             // Far above any epoch a case used, so the fence never refuses the clean-up.
             let _ = self.stop(&Ws { uid }, &id, 1_000_000).await;
@@ -275,7 +277,7 @@ fn check(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
 
 async fn health_answers_ok(p: &Probe) -> Result<(), String> {
     let reply = p.send(Method::GET, &["health"], Some(&p.token), None, &[]).await?;
-    let health: Health = reply.expect(&[200], "health")?.json("health answer")?;
+    let health: Health = reply.status_in(&[200], "health")?.json("health answer")?;
     check(health.status == "ok" && health.versions.iter().any(|v| v == "v1"), || {
         format!("health must say status ok and list v1, got {health:?}")
     })

@@ -299,12 +299,17 @@ fn should_retry(e: &DriverError, attempt: u32, attempts: u32, next_at: Instant, 
 /// decides, `StaleEpoch` fences. Without a valid error body, the HTTP status class decides.
 fn error_from_answer(status: u16, body: &[u8], epoch: Option<i64>, token_source: &str) -> DriverError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    match parsed {
-        Some(ErrorBody { code: ErrorCode::StaleEpoch, newest_epoch, .. }) if epoch.is_some() => {
-            let epoch = epoch.unwrap_or_default();
+    match (parsed, epoch) {
+        (Some(ErrorBody { code: ErrorCode::StaleEpoch, newest_epoch, .. }), Some(epoch)) => {
             // A refusal proves the provider has seen a newer epoch, at least epoch + 1.
             DriverError::StaleEpoch { epoch, newest: newest_epoch.unwrap_or(epoch + 1) }
         }
+        (parsed, _) => from_error_body(status, body, parsed, token_source),
+    }
+}
+
+fn from_error_body(status: u16, body: &[u8], parsed: Option<ErrorBody>, token_source: &str) -> DriverError {
+    match parsed {
         _ if status == 401 => DriverError::Rejected(format!("401 Unauthorized: the provider refused {token_source}")),
         Some(err) => {
             let text = format!("{status} {:?}: {}", err.code, clip(&err.message));

@@ -166,7 +166,8 @@ impl ProviderSim {
             .route("/v1/instances", post(create).get(list))
             .route("/v1/instances/{id}", get(get_instance))
             .route("/v1/instances/{id}/stop", post(stop))
-            // Runs before auth: a provider that is down answers nobody.
+            // A provider that is down answers every protocol call 503; the admin routes stay
+            // up so the fault can be cleared.
             .route_layer(middleware::from_fn_with_state(self.clone(), refuse_all));
         let admin = axum::Router::new()
             .route("/v1/admin/ledger", get(ledger))
