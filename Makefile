@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
-.PHONY: run test testenv build crds lint unit integration clean
+.PHONY: run test testenv build crds lint unit integration clean bench
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
@@ -23,6 +23,14 @@ build:
 ## crds: regenerate crds/ from the Rust types
 crds:
 	$(CARGO) run --quiet -- crd > crds/switchyard.dev.yaml
+
+## bench: create and switch N workspaces on a local control plane; measure latency, API writes,
+##        controller memory/CPU and the API server's ceiling (results: target/bench, docs/benchmarks.md).
+##        e.g. make bench BENCH_ARGS="--workspaces 10000 --profiles zero"
+BENCH_ARGS ?=
+bench: testenv
+	$(CARGO) build --release
+	"$${CARGO_TARGET_DIR:-target}/release/switchyard" bench --testenv-bin $(TESTENV_BIN) --out target/bench $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --check

@@ -5,6 +5,7 @@ pub mod decide;
 pub mod failpoints;
 pub mod leader;
 mod protocol;
+pub mod providers;
 pub mod status;
 pub mod writes;
 
@@ -261,6 +262,8 @@ async fn reconcile_until(
     let identity = settings.identity.clone();
     info!(%identity, namespace = ?settings.namespace, "controller starting");
     let dispatcher = dispatcher.with_metrics(handles.metrics.clone());
+    let _probes =
+        AbortOnDrop(tokio::spawn(providers::probe_forever(client.clone(), providers.clone(), dispatcher.clone())));
     let ctx = Context::new(client, settings, dispatcher, providers, &handles);
     let _gauges = AbortOnDrop(tokio::spawn(update_gauges(cached, identity, handles.clone())));
     controller

@@ -1,0 +1,79 @@
+//! ComputeProvider health: probe each provider through its driver and keep `Ready` on its
+//! status current, so workspaces that name an unhealthy provider stall instead of calling it.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::conditions as cond;
+use crate::api::{ComputeProvider, ComputeProviderStatus};
+use crate::provider::{DispatchError, Dispatcher, DriverError};
+
+/// How often every provider is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(15);
+
+/// Probes every cached provider forever, writing status only when it changes.
+pub async fn probe_forever(client: Client, providers: Store<ComputeProvider>, dispatcher: Dispatcher) {
+    let api: Api<ComputeProvider> = Api::all(client);
+    if providers.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        for provider in providers.state() {
+            let result = dispatcher.health(&provider).await;
+            if let Err(e) = write_health(&api, &provider, &result).await {
+                warn!(provider = %provider.name_any(), error = %e, "could not record provider health");
+            }
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// The Ready condition a probe result means: (ready, reason, message).
+pub fn readiness(result: &Result<(), DispatchError>) -> (bool, &'static str, String) {
+    match result {
+        Ok(()) => (true, cond::HEALTHY, "health probe succeeded".to_string()),
+        // A misconfiguration (missing Secret, unsupported driver, refused credentials) will
+        // not heal by retrying; everything else might.
+        Err(
+            e @ (DispatchError::Unsupported { .. } | DispatchError::Driver { source: DriverError::Rejected(_), .. }),
+        ) => (false, cond::PROVIDER_MISCONFIGURED, e.to_string()),
+        Err(e) => (false, cond::UNHEALTHY, e.to_string()),
+    }
+}
+
+async fn write_health(
+    api: &Api<ComputeProvider>,
+    provider: &ComputeProvider,
+    result: &Result<(), DispatchError>,
+) -> kube::Result<()> {
+    let (ready, reason, message) = readiness(result);
+    let mut status = provider.status.clone().unwrap_or_default();
+    let before = status.clone();
+    let now = Time(Timestamp::now());
+    let generation = provider.metadata.generation;
+    cond::set(&mut status.conditions, cond::READY, ready, reason, message.clone(), generation, &now);
+    status.observed_generation = generation;
+    if same(&before, &status) {
+        return Ok(());
+    }
+    info!(provider = %provider.name_any(), ready, reason, %message, "provider health changed");
+    let patch = json!({"status": status});
+    api.patch_status(&provider.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+fn same(a: &ComputeProviderStatus, b: &ComputeProviderStatus) -> bool {
+    a.observed_generation == b.observed_generation
+        && a.conditions.len() == b.conditions.len()
+        && a.conditions.iter().zip(&b.conditions).all(|(x, y)| {
+            (x.type_.as_str(), x.status.as_str(), x.reason.as_str(), x.message.as_str())
+                == (y.type_.as_str(), y.status.as_str(), y.reason.as_str(), y.message.as_str())
+        })
+}
