@@ -285,7 +285,7 @@ impl Scenario {
             let reached = match point {
                 FailPoint::AfterClaim => step == Some(Step::Claimed),
                 FailPoint::AfterStop => self.ledger_has(&self.a, Call::Stop, |o| *o == Outcome::Stopped),
-                FailPoint::AfterCommit => step == Some(Step::OldStopped),
+                FailPoint::AfterCommit | FailPoint::BeforeProvision => step == Some(Step::OldStopped),
                 FailPoint::AfterProvision => self.ledger_has(&self.b, Call::Provision, |o| o.created()),
             };
             reached.then_some(())

@@ -379,6 +379,7 @@ async fn provision(
         let stall = Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider {provider_name:?} does not exist"));
         return hold(ctx, api, ws, stall, now).await;
     };
+    ctx.failpoints.hit(FailPoint::BeforeProvision).await;
     let result = ctx.dispatcher.provision(&provider, &call, key, ws.spec.template.as_ref()).await;
     let instance = match result {
         Ok(info) if info.state == InstanceState::Running => info,

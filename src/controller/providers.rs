@@ -1,7 +1,8 @@
 //! ComputeProvider health: probe each provider through its driver and keep `Ready` on its
 //! status current, so workspaces that name an unhealthy provider stall instead of calling it.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -17,21 +18,32 @@ use crate::provider::{DispatchError, Dispatcher, DriverError};
 
 /// How often every provider is probed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(15);
+/// How soon a new or changed provider gets its first verdict.
+const NOTICE_WITHIN: Duration = Duration::from_secs(1);
 
-/// Probes every cached provider forever, writing status only when it changes.
+/// Probes every cached provider forever — new or changed ones within a second, all of them
+/// every `PROBE_EVERY` — writing status only when it changes.
 pub async fn probe_forever(client: Client, providers: Store<ComputeProvider>, dispatcher: Dispatcher) {
     let api: Api<ComputeProvider> = Api::all(client);
-    if providers.wait_until_ready().await.is_err() {
-        return;
-    }
+    // (name, generation) → when last probed.
+    let mut probed: HashMap<(String, Option<i64>), Instant> = HashMap::new();
     loop {
-        for provider in providers.state() {
+        let current = providers.state();
+        probed.retain(|(name, generation), _| {
+            current.iter().any(|p| p.name_any() == *name && p.metadata.generation == *generation)
+        });
+        for provider in current {
+            let key = (provider.name_any(), provider.metadata.generation);
+            if probed.get(&key).is_some_and(|at| at.elapsed() < PROBE_EVERY) {
+                continue;
+            }
             let result = dispatcher.health(&provider).await;
             if let Err(e) = write_health(&api, &provider, &result).await {
                 warn!(provider = %provider.name_any(), error = %e, "could not record provider health");
             }
+            probed.insert(key, Instant::now());
         }
-        tokio::time::sleep(PROBE_EVERY).await;
+        tokio::time::sleep(NOTICE_WITHIN).await;
     }
 }
 
@@ -76,4 +88,32 @@ fn same(a: &ComputeProviderStatus, b: &ComputeProviderStatus) -> bool {
             (x.type_.as_str(), x.status.as_str(), x.reason.as_str(), x.message.as_str())
                 == (y.type_.as_str(), y.status.as_str(), y.reason.as_str(), y.message.as_str())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Driver;
+
+    #[test]
+    fn readiness_separates_misconfiguration_from_outages() {
+        let rejected = Err(DispatchError::Driver {
+            provider: "p".into(),
+            source: DriverError::Rejected("secret default/token not found".into()),
+        });
+        let (ready, reason, message) = readiness(&rejected);
+        assert!(!ready);
+        assert_eq!(reason, cond::PROVIDER_MISCONFIGURED);
+        assert!(message.contains("secret default/token not found"));
+
+        let unsupported = Err(DispatchError::Unsupported { provider: "p".into(), driver: Driver::Http });
+        assert_eq!(readiness(&unsupported).1, cond::PROVIDER_MISCONFIGURED);
+
+        let down = Err(DispatchError::Driver { provider: "p".into(), source: DriverError::Transient("refused".into()) });
+        assert_eq!(readiness(&down).1, cond::UNHEALTHY);
+        let slow = Err(DispatchError::Timeout { provider: "p".into(), after: Duration::from_secs(3) });
+        assert_eq!(readiness(&slow).1, cond::UNHEALTHY);
+
+        assert_eq!(readiness(&Ok(())), (true, cond::HEALTHY, "health probe succeeded".to_string()));
+    }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds switchyard-testenv and kubectl into OUT (default target/testenv/bin), skipping the
+# Builds switchyard-testenv, kubectl and kstatus into OUT (default target/testenv/bin), skipping the
 # build when a hash of go.mod, go.sum and the Go sources matches the last successful build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -8,7 +8,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 k8s_version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$here/go.mod")
 hash=$(cd "$here" && { echo "$k8s_version"; cat go.mod go.sum; find . -name '*.go' | LC_ALL=C sort | xargs cat; } | sha256sum | cut -d' ' -f1)
-if [ -f "$out/.hash" ] && [ "$(cat "$out/.hash")" = "$hash" ] && [ -x "$out/switchyard-testenv" ] && [ -x "$out/kubectl" ]; then
+if [ -f "$out/.hash" ] && [ "$(cat "$out/.hash")" = "$hash" ] && [ -x "$out/switchyard-testenv" ] && [ -x "$out/kubectl" ] && [ -x "$out/kstatus" ]; then
   echo "testenv: up to date ($k8s_version, ${hash:0:12})"
   exit 0
 fi
@@ -19,5 +19,7 @@ cd "$here"
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly
 go build -trimpath -ldflags "$ldflags" -o "$out/switchyard-testenv" ./cmd/switchyard-testenv
 go build -trimpath -ldflags "$ldflags" -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl
+# kstatus: Flux's status rules (sigs.k8s.io/cli-utils), for the GitOps tests.
+go build -trimpath -o "$out/kstatus" ./cmd/kstatus
 echo "$hash" > "$out/.hash"
 echo "testenv: built into $out"
