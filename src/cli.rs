@@ -1,10 +1,18 @@
-//! The `switchyard` command line: one binary, one subcommand per entry point.
+//! The `switchyard` command line: one binary, one subcommand per entry point. The user-facing
+//! commands (`switch`, `status`) live in `cli/`; the same binary is a kubectl plugin when
+//! invoked as `kubectl-switchyard`.
+
+mod connect;
+mod exit;
+mod progress;
+mod status;
+mod switch;
 
 use std::process::ExitCode;
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::controller::{self, Handles, LeaseSettings, Settings};
 use crate::provider::Dispatcher;
@@ -128,6 +136,33 @@ pub enum Command {
     ProviderSim(crate::provider::http::SimArgs),
     /// Check a provider against the http provider protocol; exits non-zero on any failure.
     ProviderConformance(crate::provider::http::ConformanceArgs),
+    /// Switch a workspace to another provider; with --wait, follow it step by step until Ready.
+    Switch(switch::SwitchArgs),
+    /// Show workspaces as a table, or one in detail (conditions, operation, last switch).
+    Status(status::StatusArgs),
+}
+
+/// The file name under which kubectl finds the plugin (`kubectl switchyard …`).
+pub const KUBECTL_PLUGIN: &str = "kubectl-switchyard";
+
+/// How the user called us, for usage lines and hints: `kubectl switchyard` or `switchyard`.
+pub fn program() -> &'static str {
+    static PROGRAM: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| program_for(std::env::args_os().next().as_deref().map(std::path::Path::new)))
+}
+
+fn program_for(argv0: Option<&std::path::Path>) -> &'static str {
+    match argv0.and_then(|p| p.file_name()).and_then(|n| n.to_str()) {
+        Some(KUBECTL_PLUGIN) => "kubectl switchyard",
+        _ => "switchyard",
+    }
+}
+
+/// Parses the command line (exiting with 2 on a usage error); as a kubectl plugin, usage and
+/// help name the command `kubectl switchyard`.
+pub fn parse() -> Cli {
+    let matches = Cli::command().bin_name(program()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
@@ -166,6 +201,8 @@ pub async fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Switch(args) => exit::exit(switch::run(args).await),
+        Command::Status(args) => exit::exit(status::run(args).await),
         Command::Dev(args) => match crate::dev::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -208,4 +245,24 @@ async fn run_controller(args: ControllerArgs) -> Result<(), String> {
     let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
     controller::run(client, args.settings(), dispatcher, handles, stopped(stop_rx)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn invoked_as_kubectl_switchyard_it_is_the_kubectl_plugin() {
+        assert_eq!(program_for(Some(Path::new("/home/u/bin/kubectl-switchyard"))), "kubectl switchyard");
+        assert_eq!(program_for(Some(Path::new("kubectl-switchyard"))), "kubectl switchyard");
+        assert_eq!(program_for(Some(Path::new("target/debug/switchyard"))), "switchyard");
+        assert_eq!(program_for(None), "switchyard");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

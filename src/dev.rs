@@ -12,6 +12,11 @@ use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
 use serde::Deserialize;
+
+use crate::api::{ComputeProvider, SecretKeyRef};
+use crate::provider::Dispatcher;
+use crate::provider::http::{ProviderSimOptions, ProviderSimProcess};
+use crate::provider::simulated::Clouds;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -44,7 +49,7 @@ pub struct DevArgs {
     /// Folder for the control plane's data, certificates and kubeconfig.
     #[arg(long, default_value = "target/dev")]
     pub dir: PathBuf,
-    /// Manifests applied after the CRDs.
+    /// Manifests applied after the CRDs and providers (every .yaml directly in the folder).
     #[arg(long, default_value = "deploy/samples")]
     pub samples: PathBuf,
 }
@@ -168,40 +173,99 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let cp = LocalControlPlane::start(&args.testenv_bin, &args.dir).await?;
     let client = cp.client().await?;
     install_crds(&client).await?;
+
+    // Two stand-in clouds, served over the provider protocol like real ones.
+    let exe = std::env::current_exe()?;
+    let mut clouds = Vec::new();
+    for name in ["aws", "gcp"] {
+        let dir = std::fs::canonicalize(&args.dir)?.join("providers").join(name);
+        let mut options = ProviderSimOptions::new(&exe, name, &dir);
+        options.provision_latency = Duration::from_millis(300);
+        options.stop_latency = Duration::from_millis(150);
+        let sim = ProviderSimProcess::start(options).await.map_err(|e| DevError::Other(e.to_string()))?;
+        register_provider(&client, &sim).await?;
+        clouds.push(sim);
+    }
     let applied = apply_dir(&client, &args.samples).await?;
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let settings = crate::controller::Settings::new(crate::cli::default_identity());
-    let controller = tokio::spawn(crate::controller::run(
-        client.clone(),
-        settings,
-        crate::provider::Dispatcher::new(crate::provider::simulated::Clouds::new()),
-        crate::controller::Handles::default(),
-        async move {
-            let _ = stopped.await;
-        },
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let handles = crate::controller::Handles::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let metrics_addr = listener.local_addr()?;
+    tokio::spawn(crate::telemetry::serve(
+        listener,
+        handles.metrics.clone(),
+        handles.health.clone(),
+        stopped(stop_rx.clone()),
     ));
+    let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
+    let settings = crate::controller::Settings::new(crate::cli::default_identity());
+    let controller =
+        tokio::spawn(crate::controller::run(client.clone(), settings, dispatcher, handles, stopped(stop_rx.clone())));
 
-    let kubectl = args.testenv_bin.join("kubectl");
+    let bin = args.testenv_bin.display();
     let kc = cp.kubeconfig.display();
+    let ledger = |sim: &ProviderSimProcess| {
+        format!(
+            "curl -s -H \"Authorization: Bearer $(cat {})\" {}/v1/admin/ledger",
+            sim.token_file().display(),
+            sim.endpoint()
+        )
+    };
     println!(
-        "\nSwitchyard is up: CRDs installed, {applied} sample objects applied from {samples}, controller running.\n\n\
+        "\nSwitchyard is up: local control plane, provider-sims aws ({aws}) and gcp ({gcp}), the controller,\n\
+         and {applied} sample workspaces from {samples}.\n\n\
          Try, in another terminal:\n\
-         \x20 export KUBECONFIG={kc}\n\
-         \x20 export PATH=$PWD/{bin}:$PATH\n\
-         \x20 kubectl get computeproviders\n\
-         \x20 kubectl get workspaces\n\
+         \x20 export KUBECONFIG={kc} PATH=$PWD/{bin}:$PATH\n\
+         \x20 kubectl get computeproviders,workspaces\n\
          \x20 kubectl patch workspace ws-1 --type merge -p '{{\"spec\":{{\"provider\":\"gcp\"}}}}'\n\
          \x20 kubectl wait --for=condition=Ready workspace/ws-1 --timeout=60s\n\
          \x20 kubectl get workspace ws-1 -o yaml\n\
-         \x20 kubectl events --for workspace/ws-1\n\n\
+         \x20 kubectl events --for workspace/ws-1\n\
+         \x20 curl -s http://{metrics_addr}/metrics | grep switchyard_switches\n\
+         \x20 {aws_ledger}\n\n\
          Ctrl-C stops everything.",
+        aws = clouds[0].endpoint(),
+        gcp = clouds[1].endpoint(),
         samples = args.samples.display(),
-        bin = kubectl.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        aws_ledger = ledger(&clouds[0]),
     );
     crate::cli::shutdown_signal().await;
-    eprintln!("stopping the controller and the control plane");
-    let _ = stop.send(());
+    eprintln!("stopping the controller, the provider-sims and the control plane");
+    stop_tx.send_replace(true);
     let _ = controller.await;
+    for mut sim in clouds {
+        let _ = sim.terminate().await;
+    }
     cp.stop().await
 }
+
+/// Creates (or updates) the token Secret and the `http` ComputeProvider of a provider-sim.
+async fn register_provider(client: &Client, sim: &ProviderSimProcess) -> Result<(), DevError> {
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    let params = PatchParams::apply("switchyard-dev").force();
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEV_NAMESPACE}});
+    Api::<Namespace>::all(client.clone()).patch(DEV_NAMESPACE, &params, &Patch::Apply(&ns)).await?;
+    let secret_name = format!("{}-token", sim.name());
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": secret_name, "namespace": DEV_NAMESPACE},
+        "stringData": {"token": sim.token()},
+    });
+    Api::<Secret>::namespaced(client.clone(), DEV_NAMESPACE)
+        .patch(&secret_name, &params, &Patch::Apply(&secret))
+        .await?;
+    let secret_ref = SecretKeyRef { name: secret_name, namespace: DEV_NAMESPACE.into(), key: "token".into() };
+    let provider = serde_json::json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
+        "metadata": {"name": sim.name()},
+        "spec": {"driver": "http", "http": sim.http_settings(Some(secret_ref)), "callTimeoutSeconds": 10},
+    });
+    Api::<ComputeProvider>::all(client.clone()).patch(sim.name(), &params, &Patch::Apply(&provider)).await?;
+    Ok(())
+}
+
+const DEV_NAMESPACE: &str = "switchyard-system";

@@ -118,7 +118,7 @@ async fn two_instances_race_on_fifty_workspaces() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut switches = 0;
     for round in 0..4 {
-        wait_all_converged(&api, &names).await;
+        wait_all_converged(&api, &names, CONVERGE).await;
         for name in &names {
             let roll: u32 = rng.random_range(0..10);
             if roll < 6 {
@@ -135,7 +135,7 @@ async fn two_instances_race_on_fifty_workspaces() {
         }
         eprintln!("race round {round}: patched");
     }
-    wait_all_converged(&api, &names).await;
+    wait_all_converged(&api, &names, CONVERGE).await;
     let seen = watch.finish().await;
     let (xm, ym) = (x.metrics.clone(), y.metrics.clone());
     x.stop().await;
@@ -145,10 +145,7 @@ async fn two_instances_race_on_fifty_workspaces() {
     assert!(seen.breaches.is_empty(), "statuses broke the kstatus rules:\n{}", seen.breaches.join("\n"));
     // Invariant 1: every provider call was made under a claim its caller actually held.
     let ledger = clouds.ledger();
-    for e in &ledger {
-        let held = seen.claims.get(&e.workspace_uid).is_some_and(|c| c.contains(&(e.caller.clone(), e.epoch)));
-        assert!(held, "call {e:?} was made under a claim the API server never recorded for its caller");
-    }
+    assert_calls_under_held_claims(&ledger, &seen);
     let sum = |f: &dyn Fn(&Metrics) -> u64| f(&xm) + f(&ym);
     let (won, lost) = (sum(&|m| m.claims_won.get()), sum(&|m| m.claims_lost.get()));
     let writes = sum(&|m| m.status_writes.get());
@@ -168,24 +165,6 @@ async fn two_instances_race_on_fifty_workspaces() {
         seen.versions
     );
     assert!(won > 0 && completed > 0);
-}
-
-async fn wait_all_converged(api: &Api<Workspace>, names: &[String]) {
-    use switchyard::api::conditions as cond;
-    eventually("all workspaces converged", CONVERGE, || async {
-        let list = api.list(&Default::default()).await.ok()?;
-        let converged =
-            list.items.iter().filter(|ws| names.contains(&ws.metadata.name.clone().unwrap_or_default())).all(|ws| {
-                let s = status(ws);
-                s.operation.is_none()
-                    && s.active_provider.as_deref() == Some(ws.spec.provider.as_str())
-                    && s.instance.is_some() == ws.spec.running
-                    && cond::is_true(&s.conditions, cond::READY)
-                    && s.observed_generation == ws.metadata.generation
-            });
-        (converged && list.items.len() >= names.len()).then_some(())
-    })
-    .await
 }
 
 /// A controller handed a stale copy (an old resourceVersion) gets 409 on its claim and stops:

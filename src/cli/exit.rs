@@ -105,7 +105,8 @@ mod tests {
     #[test]
     fn every_exit_code_is_documented_once() {
         for code in [DONE, FAILED, USAGE_OR_NOT_FOUND, TIMED_OUT, CLUSTER, INTERRUPTED] {
-            let documented = EXIT_CODES_HELP.lines().filter(|l| l.trim_start().starts_with(&format!("{code} "))).count();
+            let documented =
+                EXIT_CODES_HELP.lines().filter(|l| l.trim_start().starts_with(&format!("{code} "))).count();
             assert_eq!(documented, 1, "exit code {code} in:\n{EXIT_CODES_HELP}");
         }
     }

@@ -19,14 +19,7 @@ pub enum Stage {
     /// No controller has written a status for the target generation yet.
     NotObserved,
     /// A claim is held: `status.operation`.
-    Operation {
-        kind: OperationKind,
-        step: Step,
-        from: Option<String>,
-        to: Option<String>,
-        holder: String,
-        epoch: i64,
-    },
+    Operation { kind: OperationKind, step: Step, from: Option<String>, to: Option<String>, holder: String, epoch: i64 },
     /// Observed, no claim, not Ready yet (e.g. waiting to be provisioned).
     Waiting { reason: String, message: String },
     /// Done: Ready with the compute (if it runs) on the target provider.
@@ -49,7 +42,9 @@ impl Stage {
                 let from = from.as_deref().unwrap_or("the old provider");
                 let to = to.as_deref().unwrap_or("the new provider");
                 match (kind, step) {
-                    (OperationKind::Switch, Step::Claimed) => vec![format!("{claimed}: stopping the compute on {from}")],
+                    (OperationKind::Switch, Step::Claimed) => {
+                        vec![format!("{claimed}: stopping the compute on {from}")]
+                    }
                     (OperationKind::Switch, Step::OldStopped) => vec![
                         format!("old compute stopped on {from}; active provider is now {to}"),
                         format!("provisioning on {to}"),
@@ -177,8 +172,10 @@ mod tests {
     fn a_switch_goes_claimed_then_old_stopped_then_ready() {
         let t = target("b", 2);
         let w = patched_to_b();
-        let claimed =
-            on(w.clone(), status::claimed(&w, "op-1", OperationKind::Switch, Some("a".into()), Some("b".into()), "ctl", &now()));
+        let claimed = on(
+            w.clone(),
+            status::claimed(&w, "op-1", OperationKind::Switch, Some("a".into()), Some("b".into()), "ctl", &now()),
+        );
         let s = stage(&claimed, &t);
         assert_eq!(s.lines(), vec!["claimed by ctl (epoch 1): stopping the compute on a"]);
         let stopped = on(claimed.clone(), status::committed(&claimed, &now()));

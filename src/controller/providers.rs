@@ -109,7 +109,8 @@ mod tests {
         let unsupported = Err(DispatchError::Unsupported { provider: "p".into(), driver: Driver::Http });
         assert_eq!(readiness(&unsupported).1, cond::PROVIDER_MISCONFIGURED);
 
-        let down = Err(DispatchError::Driver { provider: "p".into(), source: DriverError::Transient("refused".into()) });
+        let down =
+            Err(DispatchError::Driver { provider: "p".into(), source: DriverError::Transient("refused".into()) });
         assert_eq!(readiness(&down).1, cond::UNHEALTHY);
         let slow = Err(DispatchError::Timeout { provider: "p".into(), after: Duration::from_secs(3) });
         assert_eq!(readiness(&slow).1, cond::UNHEALTHY);

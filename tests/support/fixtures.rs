@@ -95,6 +95,11 @@ impl Instance {
         Self { identity, metrics, failpoints, task: Some(task), stop: Some(tx) }
     }
 
+    /// Whether the controller is still running: it has neither stopped nor panicked.
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Kills the instance where it stands, as a crashed process would stop.
     pub fn kill(mut self) {
         if let Some(task) = self.task.take() {
@@ -151,6 +156,34 @@ pub async fn wait_for(
     check: impl Fn(&Workspace) -> bool,
 ) -> Workspace {
     eventually(what, timeout, || async { api.get(name).await.ok().filter(|ws| check(ws)) }).await
+}
+
+/// Waits until every workspace in `names` has converged (DESIGN.md §3.5): on its provider,
+/// running as its spec says, no operation, Ready, status of the current generation.
+pub async fn wait_all_converged(api: &Api<Workspace>, names: &[String], timeout: Duration) {
+    eventually("all workspaces converged", timeout, || async {
+        let list = api.list(&Default::default()).await.ok()?;
+        let converged =
+            list.items.iter().filter(|ws| names.contains(&ws.metadata.name.clone().unwrap_or_default())).all(|ws| {
+                let s = status(ws);
+                s.operation.is_none()
+                    && s.active_provider.as_deref() == Some(ws.spec.provider.as_str())
+                    && s.instance.is_some() == ws.spec.running
+                    && cond::is_true(&s.conditions, cond::READY)
+                    && s.observed_generation == ws.metadata.generation
+            });
+        (converged && list.items.len() >= names.len()).then_some(())
+    })
+    .await
+}
+
+/// DESIGN.md §3.1 from the providers' side: every call in `ledger` was made under a claim
+/// (holder, epoch) that the API server recorded for its caller, as `seen` watched it.
+pub fn assert_calls_under_held_claims(ledger: &[LedgerEntry], seen: &Seen) {
+    for e in ledger {
+        let held = seen.claims.get(&e.workspace_uid).is_some_and(|c| c.contains(&(e.caller.clone(), e.epoch)));
+        assert!(held, "call {e:?} was made under a claim the API server never recorded for its caller");
+    }
 }
 
 /// Every (provider, instance id) that workspace statuses in `namespace` name.

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod fixtures;
+pub mod sims;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};

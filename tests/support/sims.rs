@@ -1,0 +1,115 @@
+//! `switchyard provider-sim` processes as ComputeProviders (driver `http`, the bearer token in
+//! a Secret the provider names), and DESIGN.md §3 checked from their ledgers.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use switchyard::api::{ComputeProvider, SecretKeyRef, Workspace};
+use switchyard::provider::http::{ProviderSimOptions, ProviderSimProcess};
+use switchyard::provider::simulated::{LedgerEntry, LiveInstance, check_ledger, check_live_instances, merge_ledgers};
+
+use super::fixtures::named_instances;
+
+/// Bound of one call to a sim provider (`spec.callTimeoutSeconds`): short, so that a hung
+/// call fails in a test's time.
+pub const SIM_CALL_TIMEOUT_SECONDS: u32 = 5;
+
+/// A provider-sim process, its state directory, and the ComputeProvider that names it.
+pub struct Sim {
+    pub process: ProviderSimProcess,
+    /// The ComputeProvider's name, which is also the provider name in the sim's ledger.
+    pub name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    /// Starts a provider-sim called `name` with options `tune` adjusts.
+    pub async fn start(name: &str, tune: impl FnOnce(ProviderSimOptions) -> ProviderSimOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = tune(ProviderSimOptions::new(env!("CARGO_BIN_EXE_switchyard"), name, dir.path().join(name)));
+        let process = ProviderSimProcess::start(options).await.expect("start provider-sim");
+        Self { process, name: name.to_owned(), _dir: dir }
+    }
+
+    /// Starts a provider-sim and registers it as ComputeProvider `name`, its token in Secret
+    /// `<name>-token` of `namespace`.
+    pub async fn provider(client: &Client, namespace: &str, name: &str) -> Self {
+        let sim = Self::start(name, |o| o).await;
+        let secret = format!("{name}-token");
+        put_secret(client, namespace, &secret, json!({"token": sim.process.token()})).await;
+        http_provider(client, name, &sim, Some(secret_ref(namespace, &secret))).await;
+        sim
+    }
+
+    pub async fn ledger(&self) -> Vec<LedgerEntry> {
+        self.process.ledger().await.expect("provider-sim ledger")
+    }
+
+    pub async fn live(&self) -> Vec<LiveInstance> {
+        self.process.live_instances().await.expect("provider-sim instances")
+    }
+}
+
+pub fn secret_ref(namespace: &str, name: &str) -> SecretKeyRef {
+    SecretKeyRef { name: name.to_owned(), namespace: namespace.to_owned(), key: "token".to_owned() }
+}
+
+/// Creates or replaces Secret `name` with `string_data`.
+pub async fn put_secret(client: &Client, namespace: &str, name: &str, string_data: serde_json::Value) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": string_data})).expect("secret");
+    let params = PatchParams::apply("switchyard-tests").force();
+    secrets.patch(name, &params, &Patch::Apply(&secret)).await.expect("apply secret");
+}
+
+/// Creates ComputeProvider `name` with driver `http`, pointing at `sim`, its token in `secret`.
+pub async fn http_provider(client: &Client, name: &str, sim: &Sim, secret: Option<SecretKeyRef>) {
+    let provider: ComputeProvider = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
+        "metadata": {"name": name},
+        "spec": {"driver": "http", "callTimeoutSeconds": SIM_CALL_TIMEOUT_SECONDS,
+                 "http": sim.process.http_settings(secret)}
+    }))
+    .expect("provider");
+    Api::<ComputeProvider>::all(client.clone())
+        .create(&PostParams::default(), &provider)
+        .await
+        .expect("create provider");
+}
+
+/// The ledgers of `sims` as one history (`merge_ledgers`).
+pub async fn merged_ledger(sims: &[&Sim]) -> Vec<LedgerEntry> {
+    let mut ledgers = Vec::new();
+    for sim in sims {
+        ledgers.push(sim.ledger().await);
+    }
+    merge_ledgers(ledgers)
+}
+
+/// The Running instances of all `sims`.
+pub async fn live_instances(sims: &[&Sim]) -> Vec<LiveInstance> {
+    let mut live = Vec::new();
+    for sim in sims {
+        live.extend(sim.live().await);
+    }
+    live
+}
+
+/// DESIGN.md §3 invariants 2, 3, 4 (the merged ledger) and 6 (live instances against what the
+/// workspace statuses of `api`'s namespace name); returns the merged ledger.
+pub async fn assert_sim_invariants(api: &Api<Workspace>, sims: &[&Sim]) -> Vec<LedgerEntry> {
+    let ledger = merged_ledger(sims).await;
+    let mut violations: Vec<String> = check_ledger(&ledger).iter().map(|v| v.to_string()).collect();
+    let named = named_instances(api).await;
+    violations.extend(check_live_instances(&live_instances(sims).await, &named).iter().map(|v| v.to_string()));
+    assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
+    ledger
+}
+
+/// A generous bound for anything that waits on a provider-sim being probed healthy again
+/// (the health reconciler probes every 15 s).
+pub const AFTER_PROBE: Duration = Duration::from_secs(120);
