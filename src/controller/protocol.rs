@@ -403,25 +403,11 @@ async fn provision(
                 let took = now.0.duration_since(op.started_at.0).as_secs_f64();
                 ctx.metrics.switch_duration.observe(took.max(0.0));
             }
-            event(
-                ctx,
-                ws,
-                EventType::Normal,
-                "SwitchCompleted",
-                "Provision",
-                &format!("switched from {from} to {provider_name}: {}", instance.id),
-            )
-            .await;
+            let note = format!("switched from {from} to {provider_name}: {}", instance.id);
+            event(ctx, ws, EventType::Normal, "SwitchCompleted", "Provision", &note).await;
         } else {
-            event(
-                ctx,
-                ws,
-                EventType::Normal,
-                "Provisioned",
-                "Provision",
-                &format!("running on {provider_name}: {}", instance.id),
-            )
-            .await;
+            let note = format!("running on {provider_name}: {}", instance.id);
+            event(ctx, ws, EventType::Normal, "Provisioned", "Provision", &note).await;
         }
     }
     Ok(flow)
