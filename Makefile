@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
-.PHONY: run test testenv build crds lint unit integration clean bench
+.PHONY: run test testenv build crds lint unit integration clean bench plugin
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
@@ -19,6 +19,13 @@ testenv:
 
 build:
 	$(CARGO) build
+
+## plugin: target/plugin/kubectl-switchyard, a symlink to the built binary; with target/plugin on
+##         PATH, `kubectl switchyard switch ws-1 --to gcp --wait` works (the binary acts on its name)
+plugin: build
+	mkdir -p target/plugin
+	ln -sfn "$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/switchyard" target/plugin/kubectl-switchyard
+	@echo 'export PATH="$(abspath target/plugin):$$PATH"   # then: kubectl switchyard status'
 
 ## crds: regenerate crds/ from the Rust types
 crds:

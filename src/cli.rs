@@ -166,7 +166,11 @@ pub fn parse() -> Cli {
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
-    crate::telemetry::init(cli.log_format);
+    // `switch` and `status` talk to people on stdout/stderr: logs only when RUST_LOG asks.
+    let user_facing = matches!(cli.command, Command::Switch(_) | Command::Status(_));
+    if !user_facing || std::env::var_os("RUST_LOG").is_some() {
+        crate::telemetry::init(cli.log_format);
+    }
     match cli.command {
         Command::Controller(args) => match run_controller(args).await {
             Ok(()) => ExitCode::SUCCESS,

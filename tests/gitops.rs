@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
+use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
 use mlua::serde::SerializeOptions;
 use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib, Table};
@@ -210,10 +211,10 @@ impl Versions {
                 tokio::select! {
                     _ = &mut stopped => break,
                     ev = stream.next() => match ev {
-                        Some(Ok(watcher::Event::InitDone)) => {
+                        Some(Ok(Event::InitDone)) => {
                             if let Some(tx) = synced.take() { let _ = tx.send(()); }
                         }
-                        Some(Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws) | watcher::Event::Delete(ws))) => {
+                        Some(Ok(Event::Apply(ws) | Event::InitApply(ws) | Event::Delete(ws))) => {
                             seen.push(ws);
                         }
                         Some(_) => {}
@@ -400,9 +401,15 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
     switch_with_kubectl(&ns, "ws", &b);
     // kubectl wait honours the Ready condition's observedGeneration: it does not return on the
     // stale Ready=True of the old generation, only once the switch has finished.
-    let out = kubectl(&["wait", "--for=condition=Ready", "workspace/ws", "-n", &ns, "--timeout=60s"]);
-    assert!(out.status.success(), "kubectl wait failed: {}", stderr(&out));
+    // (On a blocking thread: the in-process controller shares this test's runtime.)
+    let wait_ns = ns.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        kubectl(&["wait", "--for=condition=Ready", "workspace/ws", "-n", &wait_ns, "--timeout=60s"])
+    })
+    .await
+    .expect("kubectl wait");
     let ws = api.get("ws").await.expect("get");
+    assert!(out.status.success(), "kubectl wait failed: {}; status: {:?}", stderr(&out), ws.status);
     assert!(is_ready_on(&ws, &b), "kubectl wait returned before the switch finished: {:?}", ws.status);
 
     let out = kubectl(&["delete", "workspace", "ws", "-n", &ns, "--wait=false"]);

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use support::fixtures::*;
@@ -120,6 +120,7 @@ fn is_provision_of(e: &LedgerEntry, provider: &str) -> bool {
 
 #[tokio::test]
 async fn switch_over_http_stops_a_before_creating_on_b() {
+    let started = Instant::now();
     let mut s = Scenario::new("e2e-switch").await;
     let x = s.start("switch-x");
     s.api.create(&PostParams::default(), &workspace("ws", &s.a.name)).await.expect("create");
@@ -148,7 +149,7 @@ async fn switch_over_http_stops_a_before_creating_on_b() {
     // Each provider-sim's own view agrees: A's instance stopped, B's running.
     assert_eq!(s.live().await, vec![(s.b.name.clone(), second.id.clone())]);
     s.assert_invariants().await;
-    eprintln!("e2e switch: {}, {} claims", calls(&ledger), claims(&[&x]));
+    eprintln!("e2e switch ({:.1?}): {}, {} claims", started.elapsed(), calls(&ledger), claims(&[&x]));
 }
 
 /// Two controller instances on 20 workspaces through rounds of random switches and power
@@ -156,6 +157,7 @@ async fn switch_over_http_stops_a_before_creating_on_b() {
 /// under a claim its caller held.
 #[tokio::test]
 async fn two_instances_race_on_twenty_workspaces_over_http() {
+    let started = Instant::now();
     use rand::{Rng, SeedableRng};
     let s = Scenario::new("e2e-race").await;
     let providers = [s.a.name.clone(), s.b.name.clone()];
@@ -201,8 +203,9 @@ async fn two_instances_race_on_twenty_workspaces_over_http() {
     assert!(ledger.iter().all(|e| e.caller == "race-x" || e.caller == "race-y"), "a call from nowhere");
     assert!(switches > 0 && won as usize > names.len(), "the race must have switched something");
     eprintln!(
-        "e2e race (seed {seed}): {switches} switches and {flips} power flips requested, {won} claims won, {lost} lost, \
+        "e2e race ({:.1?}, seed {seed}): {switches} switches and {flips} power flips requested, {won} claims won, {lost} lost, \
          {}, {} versions watched",
+        started.elapsed(),
         calls(&ledger),
         seen.versions
     );
@@ -212,6 +215,7 @@ async fn two_instances_race_on_twenty_workspaces_over_http() {
 /// converges with exactly one live instance, nothing leaked at either provider-sim.
 #[tokio::test]
 async fn crash_at_every_step_converges_with_one_instance_over_http() {
+    let started = Instant::now();
     for point in [FailPoint::AfterClaim, FailPoint::AfterStop, FailPoint::AfterCommit, FailPoint::AfterProvision] {
         let s = Scenario::running_on_a("e2e-crash").await;
         let x = s.start_frozen_at("crash-x", point);
@@ -244,7 +248,12 @@ async fn crash_at_every_step_converges_with_one_instance_over_http() {
                 "{provisions:#?}"
             );
         }
-        eprintln!("e2e crash at {point:?}: {}, {} claims by the survivor", calls(&ledger), claims(&[&y]));
+        eprintln!(
+            "e2e crash at {point:?} ({:.1?}): {}, {} claims by the survivor",
+            started.elapsed(),
+            calls(&ledger),
+            claims(&[&y])
+        );
     }
 }
 
@@ -253,6 +262,7 @@ async fn crash_at_every_step_converges_with_one_instance_over_http() {
 /// journal) the switch completes with exactly one instance.
 #[tokio::test]
 async fn killing_provider_b_mid_provision_resumes_when_it_is_back() {
+    let started = Instant::now();
     let mut s = Scenario::running_on_a("e2e-killsim").await;
     // B takes the provision in (and ledgers it) but never answers: the call is in flight.
     s.b.process.set_faults(&Faults { hang: true, ..Faults::default() }).await.expect("set faults");
@@ -296,8 +306,9 @@ async fn killing_provider_b_mid_provision_resumes_when_it_is_back() {
     );
     assert!(x.is_running(), "the controller survived its provider's death");
     eprintln!(
-        "e2e kill provider: in-flight provision ledgered as Hung at b seq {}; while b was down: {error_while_down:?}; \
+        "e2e kill provider ({:.1?}): in-flight provision ledgered as Hung at b seq {}; while b was down: {error_while_down:?}; \
          after restart ({} entries replayed): {} provisions at b, {} created; {}, {} claims",
+        started.elapsed(),
         hung.seq,
         before_kill.len(),
         provisions.len(),
@@ -311,6 +322,7 @@ async fn killing_provider_b_mid_provision_resumes_when_it_is_back() {
 /// lost answer within the call, under the same key: B returns the same instance.
 #[tokio::test]
 async fn lost_create_answer_yields_one_instance_on_b() {
+    let started = Instant::now();
     let s = Scenario::running_on_a("e2e-lost").await;
     s.b.process.set_faults(&Faults { drop_provision_response: 1, ..Faults::default() }).await.expect("set faults");
     let x = s.start("lost-x");
@@ -329,7 +341,7 @@ async fn lost_create_answer_yields_one_instance_on_b() {
     // The retry was the driver's, inside one call: the controller never saw a failure.
     let events = events_of(&s.client, &s.ns, "ws").await;
     assert!(!events.iter().any(|(reason, _)| reason == cond::PROVISION_FAILED), "{events:?}");
-    eprintln!("e2e lost answer: {}, {} claims", calls(&ledger), claims(&[&x]));
+    eprintln!("e2e lost answer ({:.1?}): {}, {} claims", started.elapsed(), calls(&ledger), claims(&[&x]));
 }
 
 /// A controller paused right before its provision call wakes up after another instance took
@@ -337,6 +349,7 @@ async fn lost_create_answer_yields_one_instance_on_b() {
 /// (StaleEpoch, ledgered as Fenced) and the ex-holder makes no further call and no write.
 #[tokio::test]
 async fn paused_ex_holder_is_fenced_by_the_provider() {
+    let started = Instant::now();
     let s = Scenario::running_on_a("e2e-fence").await;
     let x = s.start_frozen_at("fence-x", FailPoint::BeforeProvision);
     switch_with_kubectl(&s.ns, "ws", &s.b.name);
@@ -370,7 +383,8 @@ async fn paused_ex_holder_is_fenced_by_the_provider() {
     assert_eq!(s.live().await, vec![(s.b.name.clone(), instance.id)]);
     let ledger = s.assert_invariants().await;
     eprintln!(
-        "e2e fencing: {}, {} claims (x {}, y {})",
+        "e2e fencing ({:.1?}): {}, {} claims (x {}, y {})",
+        started.elapsed(),
         calls(&ledger),
         claims(&[&x, &y]),
         claims(&[&x]),
@@ -383,6 +397,7 @@ async fn paused_ex_holder_is_fenced_by_the_provider() {
 /// is no longer its own — no write, no call — although the operation id is unchanged.
 #[tokio::test]
 async fn paused_ex_holder_makes_no_write_after_a_takeover() {
+    let started = Instant::now();
     let s = Scenario::running_on_a("e2e-fence-write").await;
     let x = s.start_frozen_at("fencew-x", FailPoint::AfterStop);
     switch_with_kubectl(&s.ns, "ws", &s.b.name);
@@ -409,6 +424,7 @@ async fn paused_ex_holder_makes_no_write_after_a_takeover() {
     })
     .await;
     let wrote = x.metrics.status_writes.get() - writes;
+    let x_claims = claims(&[&x]);
     x.kill();
     assert_eq!(wrote, 0, "the paused ex-holder wrote {wrote} status(es) under a claim taken over from it");
     let still = status(&s.api.get("ws").await.expect("get")).operation.expect("operation");
@@ -421,7 +437,7 @@ async fn paused_ex_holder_makes_no_write_after_a_takeover() {
     let instance = status(&ws).instance.expect("instance");
     assert_eq!(s.live().await, vec![(s.b.name.clone(), instance.id)]);
     let ledger = s.assert_invariants().await;
-    eprintln!("e2e paused writer: {}, {} claims", calls(&ledger), claims(&[&x, &y]));
+    eprintln!("e2e paused writer ({:.1?}): {}, {} claims", started.elapsed(), calls(&ledger), x_claims + claims(&[&y]));
 }
 
 /// Waits until ComputeProvider `name` reports Ready `status` with `reason`; its message.
@@ -442,10 +458,11 @@ async fn provider_ready(client: &kube::Client, name: &str, status: &str, reason:
 /// leaked; a token that goes wrong mid-life fails the stop clearly; fixing the Secret recovers.
 #[tokio::test]
 async fn bad_credentials_stall_clearly_and_recover() {
+    let started = Instant::now();
     let s = Scenario::running_on_a("e2e-badcreds").await;
     let on_a = status(&s.api.get("ws").await.expect("get")).instance.expect("instance on a");
     // w: a healthy provider-sim, but its Secret holds the wrong token.
-    let mut w = Sim::start(&unique("w"), |o| o).await;
+    let mut w = Sim::start(&unique("w")).await;
     put_secret(&s.client, &s.ns, "w-token", serde_json::json!({"token": "not-the-right-token"})).await;
     http_provider(&s.client, &w.name, &w, Some(secret_ref(&s.ns, "w-token"))).await;
     // m: its Secret does not exist (it points at w's process, which must never be called).
@@ -463,7 +480,7 @@ async fn bad_credentials_stall_clearly_and_recover() {
     for (target, says) in [(&m, "does not exist"), (&w.name, "401")] {
         switch_with_kubectl(&s.ns, "ws", target);
         let stalled = wait_for(&s.api, "ws", &format!("ws stalled on {target}"), CONVERGE, |ws| {
-            ws.spec.provider == *target
+            status(ws).observed_generation == ws.metadata.generation
                 && condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_MISCONFIGURED.into()))
         })
         .await;
@@ -493,7 +510,7 @@ async fn bad_credentials_stall_clearly_and_recover() {
     w.process.rotate_token("rotated-token-value").expect("rotate");
     switch_with_kubectl(&s.ns, "ws", &s.a.name);
     let refused = wait_for(&s.api, "ws", "ws stalled on the refused stop", CONVERGE, |ws| {
-        let stalled = condition(ws, cond::STALLED);
+        let stalled = condition(ws, cond::STALLED).filter(|_| status(ws).observed_generation == ws.metadata.generation);
         stalled == Some(("True".into(), cond::STOP_FAILED.into()))
             || stalled == Some(("True".into(), cond::PROVIDER_MISCONFIGURED.into()))
     })
@@ -513,7 +530,8 @@ async fn bad_credentials_stall_clearly_and_recover() {
     assert!(x.is_running(), "the controller survived its bad providers");
     let ledger = assert_sim_invariants(&s.api, &[&s.a, &s.b, &w]).await;
     eprintln!(
-        "e2e bad credentials: stalls {m_msg:?} / {w_msg:?}; stop refused: {} {:?}; {}, {} claims",
+        "e2e bad credentials ({:.1?}): stalls {m_msg:?} / {w_msg:?}; stop refused: {} {:?}; {}, {} claims",
+        started.elapsed(),
         stall.reason,
         stall.message,
         calls(&ledger),

@@ -97,7 +97,7 @@ fn draw(
     let mut mesh = cdf.configure_mesh();
     if text {
         mesh.x_desc("latency (ms, log scale)").y_desc("fraction of workspaces").label_style((FONT, 15));
-        mesh.x_label_formatter(&|v| format!("{v:.0}"));
+        mesh.x_labels(12).x_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -133,7 +133,7 @@ fn draw(
     let mut mesh = hist.configure_mesh();
     if text {
         mesh.x_desc("latency (ms, log scale)").y_desc("fraction per bin").label_style((FONT, 15));
-        mesh.x_label_formatter(&|v| format!("{v:.0}"));
+        mesh.x_labels(12).x_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }

@@ -17,8 +17,8 @@ pub const CLUSTER: u8 = 4;
 /// Ctrl-C (128 + SIGINT, as shells report it).
 pub const INTERRUPTED: u8 = 130;
 
-/// The exit codes as `--help` lists them.
-pub const EXIT_CODES_HELP: &str = "\
+/// The exit codes of `switch`, as its `--help` lists them.
+pub const SWITCH_EXIT_CODES: &str = "\
 Exit codes:
   0    done, or nothing to do (the workspace is already on PROVIDER)
   1    failed: the workspace is Stalled (reason and message are printed), was deleted,
@@ -27,6 +27,13 @@ Exit codes:
   3    timed out (--timeout) before the switch finished; it goes on in the cluster
   4    no usable kubeconfig, or the API server refused or failed a request
   130  interrupted (Ctrl-C); the switch goes on in the cluster";
+
+/// The exit codes of `status`, as its `--help` lists them.
+pub const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0    shown (whatever state the workspaces are in)
+  2    usage error, or the workspace does not exist
+  4    no usable kubeconfig, or the API server refused or failed a request";
 
 /// Why a user-facing command did not succeed. Each variant maps to one exit code.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,12 @@ pub enum CliError {
         doing: String,
         #[source]
         source: kube::Error,
+    },
+    #[error("{doing}: {source}")]
+    Watch {
+        doing: String,
+        #[source]
+        source: kube::runtime::watcher::Error,
     },
     #[error("{doing}: {source}")]
     Io {
@@ -70,7 +83,7 @@ impl CliError {
             Self::Stalled { .. } | Self::Failed(_) | Self::Io { .. } => FAILED,
             Self::NotFound { .. } => USAGE_OR_NOT_FOUND,
             Self::TimedOut { .. } => TIMED_OUT,
-            Self::Infer(_) | Self::Kubeconfig(_) | Self::Api { .. } => CLUSTER,
+            Self::Infer(_) | Self::Kubeconfig(_) | Self::Api { .. } | Self::Watch { .. } => CLUSTER,
             Self::Interrupted(_) => INTERRUPTED,
         }
     }
@@ -104,10 +117,13 @@ mod tests {
 
     #[test]
     fn every_exit_code_is_documented_once() {
+        let documented =
+            |help: &str, code: u8| help.lines().filter(|l| l.trim_start().starts_with(&format!("{code} "))).count();
         for code in [DONE, FAILED, USAGE_OR_NOT_FOUND, TIMED_OUT, CLUSTER, INTERRUPTED] {
-            let documented =
-                EXIT_CODES_HELP.lines().filter(|l| l.trim_start().starts_with(&format!("{code} "))).count();
-            assert_eq!(documented, 1, "exit code {code} in:\n{EXIT_CODES_HELP}");
+            assert_eq!(documented(SWITCH_EXIT_CODES, code), 1, "exit code {code} in:\n{SWITCH_EXIT_CODES}");
+        }
+        for code in [DONE, USAGE_OR_NOT_FOUND, CLUSTER] {
+            assert_eq!(documented(STATUS_EXIT_CODES, code), 1, "exit code {code} in:\n{STATUS_EXIT_CODES}");
         }
     }
 

@@ -76,6 +76,9 @@ impl Stage {
 
 /// The stage `ws` is in, with respect to `target`.
 pub fn stage(ws: &Workspace, target: &Target) -> Stage {
+    if ws.metadata.generation < target.generation {
+        return Stage::NotObserved; // a version from before our patch
+    }
     if ws.metadata.deletion_timestamp.is_some() {
         return Stage::Deleting;
     }
@@ -223,9 +226,18 @@ mod tests {
     }
 
     #[test]
+    fn a_version_from_before_the_patch_is_not_progress() {
+        let before = ws("a", 1);
+        let stalled = on(before.clone(), status::at_rest(&before, Some(&Stall::new(cond::STOP_FAILED, "x")), &now()));
+        assert_eq!(stage(&stalled, &target("b", 2)), Stage::NotObserved);
+    }
+
+    #[test]
     fn another_patch_or_a_deletion_ends_the_wait() {
-        let w = patched_to_b();
-        assert_eq!(stage(&w, &target("c", 3)), Stage::Retargeted { provider: "b".into() });
+        // We set c at generation 2; someone set b after us (generation 3).
+        let mut w = patched_to_b();
+        w.metadata.generation = Some(3);
+        assert_eq!(stage(&w, &target("c", 2)), Stage::Retargeted { provider: "b".into() });
         let mut deleting = w;
         deleting.metadata.deletion_timestamp = Some(now());
         assert_eq!(stage(&deleting, &target("b", 2)), Stage::Deleting);

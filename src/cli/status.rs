@@ -7,16 +7,16 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use super::connect::{Cluster, ClusterArgs};
-use super::exit::{CliError, EXIT_CODES_HELP, is_not_found};
+use super::exit::{CliError, STATUS_EXIT_CODES, is_not_found};
 use crate::api::conditions as cond;
 use crate::api::{Workspace, WorkspaceStatus};
 
 /// The LAST ERROR / REASON column is cut to this many characters (the detail view has it all).
-const NOTE_WIDTH: usize = 60;
+const NOTE_WIDTH: usize = 80;
 
 /// Options of `switchyard status`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = EXIT_CODES_HELP)]
+#[command(after_help = STATUS_EXIT_CODES)]
 pub struct StatusArgs {
     /// Show this workspace in detail (default: a table of all workspaces in the namespace).
     pub name: Option<String>,
@@ -79,15 +79,24 @@ pub fn table(workspaces: &[Workspace], with_namespace: bool) -> String {
             cut(&note(&s), NOTE_WIDTH),
         ]);
     }
-    let skip = usize::from(!with_namespace);
-    let widths: Vec<usize> =
-        (0..rows[0].len()).map(|col| rows.iter().map(|r| r[col].chars().count()).max().unwrap_or(0)).collect();
+    if !with_namespace {
+        for row in &mut rows {
+            row[0].clear(); // an empty first column: align drops it
+        }
+    }
+    align(&rows, "", "   ")
+}
+
+/// Rows as lines of left-aligned columns, each line prefixed with `indent`; a column empty in
+/// every row is left out.
+fn align<const N: usize>(rows: &[[String; N]], indent: &str, gap: &str) -> String {
+    let widths = (0..N).map(|col| rows.iter().map(|r| r[col].chars().count()).max().unwrap_or(0));
+    let widths: Vec<usize> = widths.collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let cells: Vec<String> =
-            row.iter().zip(&widths).skip(skip).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        out.push_str(cells.join("   ").trim_end());
-        out.push('\n');
+            row.iter().zip(&widths).filter(|(_, w)| **w > 0).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(&format!("{indent}{}\n", cells.join(gap).trim_end()));
     }
     out
 }
@@ -162,11 +171,7 @@ pub fn detail(ws: &Workspace, now: Timestamp) -> String {
         let since = span(now.duration_since(c.last_transition_time.0));
         rows.push([c.type_.clone(), c.status.clone(), c.reason.clone(), since, c.message.clone()]);
     }
-    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    for row in &rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        out.0.push_str(&format!("  {}\n", cells.join("  ").trim_end()));
-    }
+    out.0.push_str(&align(&rows, "  ", "  "));
     out.0
 }
 
@@ -176,12 +181,12 @@ struct Lines(String);
 
 impl Lines {
     fn field(&mut self, label: &str, value: String) {
-        self.0.push_str(format!("{:<13}{value}", format!("{label}:")).trim_end());
+        self.0.push_str(format!("{:<14}{value}", format!("{label}:")).trim_end());
         self.0.push('\n');
     }
 
     fn sub(&mut self, label: &str, value: String) {
-        self.0.push_str(&format!("  {:<11}{value}\n", format!("{label}:")));
+        self.0.push_str(&format!("  {:<12}{value}\n", format!("{label}:")));
     }
 }
 
@@ -270,9 +275,14 @@ mod tests {
             lines[3].contains("Failed") && lines[3].contains("ProviderNotFound: ComputeProvider \"nope\""),
             "{text}"
         );
-        // Columns line up: PROVIDER starts at the same offset in every line.
-        let column = lines[0].find("PROVIDER");
-        assert!(lines.iter().skip(1).all(|l| l.find(" aws").or(l.find(" gcp")).map(|i| i + 1) == column), "{text}");
+        // Columns line up: every cell starts where its header does.
+        for header in ["PROVIDER", "ACTIVE", "PHASE", "READY", "STEP", "LAST"] {
+            let at = lines[0].find(header).unwrap_or_default();
+            for line in &lines[1..] {
+                let starts = line.as_bytes().get(at - 1) == Some(&b' ') && line.as_bytes().get(at) != Some(&b' ');
+                assert!(starts, "{header} misaligned in:\n{text}");
+            }
+        }
     }
 
     #[test]
@@ -292,18 +302,18 @@ mod tests {
     fn the_detail_shows_operation_conditions_and_instance() {
         let text = detail(&switching_with_error("ws-2"), at(20).0);
         for expected in [
-            "Name:        ws-2",
-            "Provider:    gcp (spec)",
-            "Active:      gcp",
-            "Phase:       Switching",
-            "Instance:    none",
-            "Operation:   Switch from aws to gcp",
-            "  Step:      OldStopped",
-            "  Holder:    ctl-1 (epoch 1)",
-            "  Started:   2027-01-15T08:00:05Z (15s ago)",
-            "  Attempts:  1",
+            "Name:         ws-2",
+            "Provider:     gcp (spec)",
+            "Active:       gcp",
+            "Phase:        Switching",
+            "Instance:     none",
+            "Operation:    Switch from aws to gcp",
+            "  Step:       OldStopped",
+            "  Holder:     ctl-1 (epoch 1)",
+            "  Started:    2027-01-15T08:00:05Z (15s ago)",
+            "  Attempts:   1",
             "  Last error: quota exceeded",
-            "Last switch: none",
+            "Last switch:  none",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
@@ -317,9 +327,9 @@ mod tests {
         let instance = Instance { id: "i-9".into(), provider: "gcp".into(), key: "k2".into() };
         w.status = Some(status::provisioned(&w, instance, &at(12)));
         let text = detail(&w, at(20).0);
-        assert!(text.contains("Instance:    i-9 on gcp (key k2)"), "{text}");
-        assert!(text.contains("Last switch: aws to gcp, took 7s"), "{text}");
-        assert!(text.contains("Operation:   none"), "{text}");
+        assert!(text.contains("Instance:     i-9 on gcp (key k2)"), "{text}");
+        assert!(text.contains("Last switch:  aws to gcp, took 7s"), "{text}");
+        assert!(text.contains("Operation:    none"), "{text}");
     }
 
     #[test]

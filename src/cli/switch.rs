@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::connect::{Cluster, ClusterArgs};
-use super::exit::{CliError, EXIT_CODES_HELP, is_not_found, seconds};
+use super::exit::{CliError, SWITCH_EXIT_CODES, is_not_found, seconds};
 use super::progress::{self, Stage, Target};
 use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, Workspace};
@@ -23,7 +23,7 @@ const NO_CONTROLLER_HINT_AFTER: Duration = Duration::from_secs(10);
 
 /// Options of `switchyard switch`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = EXIT_CODES_HELP)]
+#[command(after_help = SWITCH_EXIT_CODES)]
 pub struct SwitchArgs {
     /// The workspace to switch.
     pub name: String,
@@ -106,21 +106,33 @@ async fn switch(args: &SwitchArgs, seen: &mut Seen) -> Result<(), CliError> {
     let name = &args.name;
     let not_found = || CliError::NotFound { namespace: namespace.clone(), name: name.clone() };
     let reading = format!("reading workspace {namespace}/{name}");
-    let ws = api.get_opt(name).await.map_err(|e| CliError::api(reading, e))?.ok_or_else(not_found)?;
+    // With --wait, the watch opens before the patch, so no step the controller records after
+    // it can be missed; its first item is the workspace as it is now.
+    let (ws, versions) = if args.wait {
+        let mut versions = watcher::watch_object(api.clone(), name).default_backoff().boxed();
+        match versions.next().await {
+            Some(Ok(Some(ws))) => (ws, Some(versions)),
+            Some(Ok(None)) => return Err(not_found()),
+            Some(Err(source)) => return Err(CliError::Watch { doing: reading, source }),
+            None => return Err(CliError::Failed(format!("{reading}: the watch ended"))),
+        }
+    } else {
+        (api.get_opt(name).await.map_err(|e| CliError::api(reading, e))?.ok_or_else(not_found)?, None)
+    };
 
-    let target = if ws.spec.provider == args.to {
+    let (target, versions) = if ws.spec.provider == args.to {
         let target = Target { name: name.clone(), provider: args.to.clone(), generation: ws.metadata.generation };
         if let Stage::Ready { .. } = progress::stage(&ws, &target) {
             println!("workspace {name} is already on {}; nothing to switch", args.to);
             return Ok(());
         }
-        if !args.wait {
+        let Some(versions) = versions else {
             println!("workspace {name} already targets {}; nothing to patch (add --wait to follow it)", args.to);
             return Ok(());
-        }
+        };
         seen.target = Some(target.clone());
         seen.say(&format!("workspace {name} already targets {}; waiting for it to be Ready", args.to));
-        target
+        (target, versions)
     } else {
         warn_about_provider(&client, &args.to).await;
         let patch = Patch::Merge(json!({"spec": {"provider": args.to}}));
@@ -131,21 +143,23 @@ async fn switch(args: &SwitchArgs, seen: &mut Seen) -> Result<(), CliError> {
         let target = Target { name: name.clone(), provider: args.to.clone(), generation: patched.metadata.generation };
         seen.target = Some(target.clone());
         let from = ws.status.as_ref().and_then(|s| s.active_provider.clone()).unwrap_or(ws.spec.provider);
-        if !args.wait {
+        let Some(versions) = versions else {
             println!("workspace {name}: spec.provider set to {} (was {from}); the controller switches it", args.to);
             println!("follow it with: {} status {name} -n {namespace}", super::program());
             return Ok(());
-        }
+        };
         let generation = target.generation.map(|g| format!(" (generation {g})")).unwrap_or_default();
         seen.say(&format!("switching {namespace}/{name} from {from} to {}{generation}", args.to));
-        target
+        (target, versions)
     };
-    follow(api, &target, seen).await
+    follow(versions, &target, seen).await
 }
 
-/// Watches the workspace and reports each new stage, until a terminal one.
-async fn follow(api: Api<Workspace>, target: &Target, seen: &mut Seen) -> Result<(), CliError> {
-    let mut versions = watcher::watch_object(api, &target.name).default_backoff().boxed();
+/// Versions of one workspace as a watch delivers them (None: it is gone).
+type Versions = futures::stream::BoxStream<'static, Result<Option<Workspace>, watcher::Error>>;
+
+/// Reports each new stage the workspace's versions show, until a terminal one.
+async fn follow(mut versions: Versions, target: &Target, seen: &mut Seen) -> Result<(), CliError> {
     let mut last_error = None;
     let no_controller_hint = tokio::time::sleep(NO_CONTROLLER_HINT_AFTER);
     tokio::pin!(no_controller_hint);

@@ -195,6 +195,8 @@ pub fn summarize(ws: &Workspace, mut s: WorkspaceStatus, stall: Option<&Stall>, 
             OperationKind::Delete => (Phase::Terminating, cond::DELETING),
         };
         (phase, false, true, reason, describe(op))
+    } else if deleting && s.instance.is_none() {
+        (Phase::Terminating, false, true, cond::DELETING, "compute released; removing the finalizer".to_string())
     } else if let Some(instance) = &s.instance {
         (Phase::Running, true, false, cond::RUNNING, format!("running on {} as {}", instance.provider, instance.id))
     } else if !ws.spec.running {

@@ -69,22 +69,28 @@ pub async fn claim(
     }
 }
 
-/// A write under a claim we hold (operation id `op_id`). On a conflict, re-read: while the
-/// operation is still ours, apply the same transition to the fresh copy and write again.
+/// A write under a claim we hold (operation id `op_id`, at the epoch `ws` shows). On a
+/// conflict, re-read: while the operation is still ours, apply the same transition to the
+/// fresh copy and write again. A takeover keeps the operation id but bumps its epoch, so the
+/// epoch must match too: otherwise a paused ex-holder would write over the new holder.
 pub async fn under_claim(
     api: &Api<Workspace>,
     ws: &Workspace,
     op_id: &str,
     transition: impl Fn(&Workspace) -> WorkspaceStatus,
 ) -> Result<Written, Error> {
+    let epoch = ws.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.epoch);
     let mut current = ws.clone();
     for _ in 0..MAX_HELD_RETRIES {
         match patch_status(api, &current, &transition(&current)).await {
             Ok(w) => return Ok(Written::Landed(Box::new(w))),
             Err(e) if must_reread(&e) => {
                 let fresh = api.get(&ws.name_any()).await?;
-                let still_ours =
-                    fresh.status.as_ref().and_then(|s| s.operation.as_ref()).is_some_and(|o| o.id == op_id);
+                let still_ours = fresh
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.operation.as_ref())
+                    .is_some_and(|o| o.id == op_id && Some(o.epoch) == epoch);
                 if !still_ours {
                     return Ok(Written::Lost);
                 }

@@ -1,8 +1,6 @@
 //! `switchyard provider-sim` processes as ComputeProviders (driver `http`, the bearer token in
 //! a Secret the provider names), and DESIGN.md §3 checked from their ledgers.
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -26,10 +24,10 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Starts a provider-sim called `name` with options `tune` adjusts.
-    pub async fn start(name: &str, tune: impl FnOnce(ProviderSimOptions) -> ProviderSimOptions) -> Self {
+    /// Starts a provider-sim called `name` (no latency; faults can be set while it runs).
+    pub async fn start(name: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let options = tune(ProviderSimOptions::new(env!("CARGO_BIN_EXE_switchyard"), name, dir.path().join(name)));
+        let options = ProviderSimOptions::new(env!("CARGO_BIN_EXE_switchyard"), name, dir.path().join(name));
         let process = ProviderSimProcess::start(options).await.expect("start provider-sim");
         Self { process, name: name.to_owned(), _dir: dir }
     }
@@ -37,7 +35,7 @@ impl Sim {
     /// Starts a provider-sim and registers it as ComputeProvider `name`, its token in Secret
     /// `<name>-token` of `namespace`.
     pub async fn provider(client: &Client, namespace: &str, name: &str) -> Self {
-        let sim = Self::start(name, |o| o).await;
+        let sim = Self::start(name).await;
         let secret = format!("{name}-token");
         put_secret(client, namespace, &secret, json!({"token": sim.process.token()})).await;
         http_provider(client, name, &sim, Some(secret_ref(namespace, &secret))).await;
@@ -109,7 +107,3 @@ pub async fn assert_sim_invariants(api: &Api<Workspace>, sims: &[&Sim]) -> Vec<L
     assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
     ledger
 }
-
-/// A generous bound for anything that waits on a provider-sim being probed healthy again
-/// (the health reconciler probes every 15 s).
-pub const AFTER_PROBE: Duration = Duration::from_secs(120);
