@@ -3,13 +3,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
-.PHONY: run test testenv build crds lint unit integration clean bench plugin
+.PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
 	./target/debug/switchyard dev --testenv-bin $(TESTENV_BIN)
 
-## test: lint-free build, unit tests and integration tests against a real kube-apiserver
+## test: unit tests and integration tests against a real kube-apiserver (lint: make lint)
 test: testenv
 	$(CARGO) test --all-targets -- --color never --test-threads 4
 
@@ -38,6 +38,17 @@ BENCH_ARGS ?=
 bench: testenv
 	$(CARGO) build --release
 	"$${CARGO_TARGET_DIR:-target}/release/switchyard" bench --testenv-bin $(TESTENV_BIN) --out target/bench $(BENCH_ARGS)
+
+## e2e-kind: the end-to-end suites on a kind cluster, for machines with Docker (CI here uses the
+##           local control plane). Needs kind on PATH; kubectl comes from `make testenv`.
+KIND ?= kind
+KIND_CLUSTER ?= switchyard-e2e
+e2e-kind: testenv
+	$(KIND) create cluster --name $(KIND_CLUSTER) --wait 120s
+	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > target/kind.kubeconfig
+	SWITCHYARD_TEST_KUBECONFIG=$(abspath target/kind.kubeconfig) $(CARGO) test --test api --test controller \
+	  --test provider_e2e --test ha --test gitops --test cli -- --test-threads 4; \
+	  status=$$?; $(KIND) delete cluster --name $(KIND_CLUSTER); exit $$status
 
 lint:
 	$(CARGO) fmt --check

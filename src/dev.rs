@@ -223,6 +223,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
          \x20 kubectl get computeproviders,workspaces\n\
          \x20 kubectl patch workspace ws-1 --type merge -p '{{\"spec\":{{\"provider\":\"gcp\"}}}}'\n\
          \x20 kubectl wait --for=condition=Ready workspace/ws-1 --timeout=60s\n\
+         \x20 {exe} switch ws-2 --to gcp --wait          # the same, with live progress\n\
+         \x20 {exe} status\n\
          \x20 kubectl get workspace ws-1 -o yaml\n\
          \x20 kubectl events --for workspace/ws-1\n\
          \x20 curl -s http://{metrics_addr}/metrics | grep switchyard_switches\n\
@@ -232,6 +234,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         gcp = clouds[1].endpoint(),
         samples = args.samples.display(),
         aws_ledger = ledger(&clouds[0]),
+        exe = exe.display(),
     );
     crate::cli::shutdown_signal().await;
     eprintln!("stopping the controller, the provider-sims and the control plane");
