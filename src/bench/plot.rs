@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use plotters::coord::Shift;
+use plotters::coord::combinators::WithKeyPoints;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -93,15 +95,8 @@ fn draw(
         let caption = format!("Switch latency, spec patch → Ready ({workspaces} workspaces): cumulative");
         cdf.caption(caption, (FONT, 22));
     }
-    let mut cdf = cdf.build_cartesian_2d((lo..hi).log_scale(), 0f64..1f64)?;
-    let mut mesh = cdf.configure_mesh();
-    if text {
-        mesh.x_desc("latency (ms, log scale)").y_desc("fraction of workspaces").label_style((FONT, 15));
-        mesh.x_labels(12).x_label_formatter(&|v| format!("{v:.0}"));
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw()?;
+    let mut cdf = cdf.build_cartesian_2d(log_axis(lo, hi), 0f64..1f64)?;
+    axes(&mut cdf, "fraction of workspaces", text)?;
     for (i, (name, samples)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut sorted = samples.to_vec();
@@ -129,15 +124,8 @@ fn draw(
     if text {
         hist.caption("histogram (log-spaced bins)", (FONT, 20));
     }
-    let mut hist = hist.build_cartesian_2d((lo..hi).log_scale(), 0f64..top)?;
-    let mut mesh = hist.configure_mesh();
-    if text {
-        mesh.x_desc("latency (ms, log scale)").y_desc("fraction per bin").label_style((FONT, 15));
-        mesh.x_labels(12).x_label_formatter(&|v| format!("{v:.0}"));
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw()?;
+    let mut hist = hist.build_cartesian_2d(log_axis(lo, hi), 0f64..top)?;
+    axes(&mut hist, "fraction per bin", text)?;
     for (i, counts) in histograms.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let bars = counts
@@ -148,4 +136,54 @@ fn draw(
         hist.draw_series(bars)?;
     }
     Ok(())
+}
+
+type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<WithKeyPoints<LogCoord<f64>>, RangedCoordf64>>;
+
+/// A log time axis labelled at 1, 2 and 5 × powers of ten (plotters' own log axis labels only
+/// powers of ten, so a range within one decade would have no label at all).
+fn log_axis(lo: f64, hi: f64) -> WithKeyPoints<LogCoord<f64>> {
+    let mut labels = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        labels.extend([1.0, 2.0, 5.0].map(|m| m * decade).into_iter().filter(|v| (lo..=hi).contains(v)));
+        decade *= 10.0;
+    }
+    (lo..hi).log_scale().with_key_points(labels)
+}
+
+/// Labelled axes and grid; without a font just a frame (the mesh needs a font even with no labels).
+fn axes(chart: &mut Chart<'_, '_>, y_desc: &str, text: bool) -> DrawResult {
+    if !text {
+        let (x, y) = (chart.x_range(), chart.y_range());
+        let frame = Rectangle::new([(x.start, y.start), (x.end, y.end)], BLACK.stroke_width(1));
+        return chart.plotting_area().draw(&frame);
+    }
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms, log scale)")
+        .y_desc(y_desc)
+        .label_style((FONT, 15))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_without_text_and_without_samples() {
+        // Machines without a TrueType font get a plot without text; it must still draw.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("plot.png");
+        let samples = [3.0, 40.0, 41.0, 900.0];
+        for series in [vec![("zero".to_string(), &samples[..])], vec![]] {
+            let root = BitMapBackend::new(&path, (400, 300)).into_drawing_area();
+            let (upper, lower) = root.split_vertically(150);
+            draw(&upper, &lower, &series, samples.len(), false).expect("drawn");
+            root.present().expect("written");
+        }
+        assert!(std::fs::read(&path).expect("png").starts_with(b"\x89PNG"));
+    }
 }

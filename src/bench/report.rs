@@ -537,16 +537,18 @@ pub fn markdown(r: &Report) -> String {
 
     out.push_str("\n### API requests per switch (from the API server's `apiserver_request_total`)\n\n");
     out.push_str(&format!("| request | {} |\n|---|{}\n", header.join(" | "), "---:|".repeat(ps.len())));
-    let mut kinds: Vec<&String> =
-        ps.iter().filter_map(|p| p.switch.as_ref()).flat_map(|s| s.api.requests.keys()).collect();
+    // Leave out the API server's own background requests (a watch re-established, a lease renewed).
+    let per_switch =
+        |s: &PhaseReport, kind: &String| s.api.requests.get(kind).map(|&c| c as f64 / s.workspaces.max(1) as f64);
+    let mut kinds: Vec<&String> = ps
+        .iter()
+        .filter_map(|p| p.switch.as_ref())
+        .flat_map(|s| s.api.requests.keys().filter(|k| per_switch(s, k).is_some_and(|v| v >= 0.05)))
+        .collect();
     kinds.sort();
     kinds.dedup();
     for kind in kinds {
-        row(&mut out, &format!("`{kind}`"), ps, |p| {
-            let s = p.switch.as_ref()?;
-            let count = *s.api.requests.get(kind)?;
-            Some(num(count as f64 / s.workspaces.max(1) as f64))
-        });
+        row(&mut out, &format!("`{kind}`"), ps, |p| per_switch(p.switch.as_ref()?, kind).map(num));
     }
 
     out.push_str("\n### The controller's own metrics in the switch phase (per switch; histograms: mean)\n\n");
