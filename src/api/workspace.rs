@@ -45,6 +45,13 @@ pub struct WorkspaceSpec {
     pub template: Option<WorkspaceTemplate>,
 }
 
+impl Workspace {
+    /// The claim in flight, if any.
+    pub fn operation(&self) -> Option<&Operation> {
+        self.status.as_ref().and_then(|s| s.operation.as_ref())
+    }
+}
+
 fn default_running() -> bool {
     true
 }

@@ -124,7 +124,7 @@ fn observe(st: &mut State, ws: &Workspace) {
         return;
     }
     let now = Instant::now();
-    let op = ws.status.as_ref().and_then(|s| s.operation.as_ref());
+    let op = ws.operation();
     if let Some(op) = op.filter(|o| o.kind == kind && o.to.as_deref() == Some(target.as_str())) {
         m.claimed.get_or_insert(now);
         if op.step == Step::OldStopped {

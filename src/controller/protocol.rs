@@ -97,7 +97,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         Next::TakeOver => take_over(ctx, &api, ws, &now).await,
         Next::ConvertToDelete => held_write(ctx, &api, ws, |w| status::converted_to_delete(w, &now)).await,
         Next::Abort => {
-            if let Some(op) = ws.status.as_ref().and_then(|s| s.operation.as_ref()) {
+            if let Some(op) = ws.operation() {
                 ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), "aborted");
             }
             let flow = held_write(ctx, &api, ws, |w| status::aborted(w, &now)).await?;
@@ -194,7 +194,7 @@ async fn claim(
 ) -> Result<Flow, Error> {
     let id = uuid::Uuid::new_v4().to_string();
     let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, now);
-    let is_ours = |w: &Workspace| w.status.as_ref().and_then(|s| s.operation.as_ref()).is_some_and(|o| o.id == id);
+    let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
             ctx.metrics.claims_lost.inc();
@@ -222,7 +222,7 @@ async fn claim(
 /// Takeover of a stale claim: same operation, our identity, a new epoch.
 async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
     let me = ctx.settings.identity.clone();
-    let previous = ws.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.holder.clone()).unwrap_or_default();
+    let previous = ws.operation().map(|o| o.holder.clone()).unwrap_or_default();
     let next = status::taken_over(ws, &me, now);
     let epoch = next.epoch;
     let is_ours = |w: &Workspace| {
@@ -305,7 +305,7 @@ async fn stop_old(
         OperationKind::Switch => commit(ctx, api, ws, now).await,
         OperationKind::Delete => {
             // Anything the operation's key may have created is released too.
-            let op = ws.status.as_ref().and_then(|s| s.operation.as_ref());
+            let op = ws.operation();
             if let Some(to) = op.and_then(|o| o.to.clone()) {
                 let key = crate::provider::provision_key(&call.workspace_uid, &call.operation_id);
                 if let Some(stop) = release(ctx, ws, &to, &key).await {
@@ -343,8 +343,7 @@ async fn stop_failed(
         memory.stop_failures.insert(key, (failures, at));
         delay
     };
-    if let Some(op) = ws.status.as_ref().and_then(|s| s.operation.as_ref()).filter(|o| o.kind == OperationKind::Switch)
-    {
+    if let Some(op) = ws.operation().filter(|o| o.kind == OperationKind::Switch) {
         ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), "stop_failed");
     }
     let flow = held_write(ctx, api, ws, |w| status::stop_failed(w, error, now)).await?;
@@ -396,7 +395,7 @@ async fn provision(
     if let Flow::Continue(_) = &flow {
         info!(instance = %instance.id, provider = provider_name, "provisioned; operation finished");
         if kind == OperationKind::Switch {
-            let op = ws.status.as_ref().and_then(|s| s.operation.as_ref());
+            let op = ws.operation();
             let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
             ctx.metrics.switch(&from, provider_name, "completed");
             if let Some(op) = op {
@@ -426,7 +425,7 @@ async fn provision_failed(
     let flow =
         held_write(ctx, api, ws, |w| status::step_failed(w, cond::PROVISION_FAILED, error, stall_after, now)).await?;
     let Flow::Continue(fresh) = flow else { return Ok(flow) };
-    let attempts = fresh.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.attempts).unwrap_or(1);
+    let attempts = fresh.operation().map(|o| o.attempts).unwrap_or(1);
     if attempts == 1 || attempts == stall_after {
         event(
             ctx,
@@ -478,7 +477,7 @@ async fn held_write(
     ws: &Workspace,
     transition: impl Fn(&Workspace) -> crate::api::WorkspaceStatus,
 ) -> Result<Flow, Error> {
-    let Some(op_id) = ws.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.id.clone()) else {
+    let Some(op_id) = ws.operation().map(|o| o.id.clone()) else {
         return Ok(Flow::Done(Action::await_change()));
     };
     match writes::under_claim(api, ws, &op_id, transition).await? {

@@ -79,7 +79,7 @@ pub async fn under_claim(
     op_id: &str,
     transition: impl Fn(&Workspace) -> WorkspaceStatus,
 ) -> Result<Written, Error> {
-    let epoch = ws.status.as_ref().and_then(|s| s.operation.as_ref()).map(|o| o.epoch);
+    let epoch = ws.operation().map(|o| o.epoch);
     let mut current = ws.clone();
     for _ in 0..MAX_HELD_RETRIES {
         match patch_status(api, &current, &transition(&current)).await {
