@@ -9,9 +9,11 @@ TESTENV_BIN := target/testenv/bin
 run: testenv build
 	./target/debug/switchyard dev --testenv-bin $(TESTENV_BIN)
 
-## test: unit tests and integration tests against a real kube-apiserver (lint: make lint)
+## test: unit tests and integration tests against a real kube-apiserver, then the OpenTelemetry
+##       trace test on the `otel` build (lint: make lint)
 test: testenv
 	$(CARGO) test --all-targets -- --color never --test-threads 4
+	$(CARGO) test --features otel --test otel -- --color never
 
 ## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
 testenv:
@@ -53,6 +55,7 @@ e2e-kind: testenv
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features otel -- -D warnings
 
 clean:
 	$(CARGO) clean

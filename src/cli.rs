@@ -168,10 +168,17 @@ pub fn parse() -> Cli {
 pub async fn main(cli: Cli) -> ExitCode {
     // `switch` and `status` talk to people on stdout/stderr: logs only when RUST_LOG asks.
     let user_facing = matches!(cli.command, Command::Switch(_) | Command::Status(_));
-    if !user_facing || std::env::var_os("RUST_LOG").is_some() {
-        crate::telemetry::init(cli.log_format);
+    let telemetry =
+        (!user_facing || std::env::var_os("RUST_LOG").is_some()).then(|| crate::telemetry::init(cli.log_format));
+    let code = run(cli.command).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
     }
-    match cli.command {
+    code
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
         Command::Controller(args) => match run_controller(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

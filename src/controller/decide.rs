@@ -90,6 +90,29 @@ pub enum Next {
     },
 }
 
+impl Next {
+    /// The step's name, for spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Next::Nothing => "nothing",
+            Next::AddFinalizer => "add_finalizer",
+            Next::RemoveFinalizer => "remove_finalizer",
+            Next::Rest { .. } => "rest",
+            Next::Wait { .. } => "wait",
+            Next::Claim { .. } => "claim",
+            Next::TakeOver => "take_over",
+            Next::ConvertToDelete => "convert_to_delete",
+            Next::Abort => "abort",
+            Next::StopOld { .. } => "stop_old",
+            Next::Commit => "commit",
+            Next::Provision { .. } => "provision",
+            Next::Retarget { .. } => "retarget",
+            Next::FinishWithoutCompute { .. } => "finish_without_compute",
+            Next::Hold { .. } => "hold",
+        }
+    }
+}
+
 /// The next step for `ws`.
 pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     let deleting = ws.metadata.deletion_timestamp.is_some();

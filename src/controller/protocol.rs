@@ -54,7 +54,8 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
             let facts = facts(&ctx, &ws).await?;
             let next = decide(&ws, &facts);
             debug!(?next, "decided");
-            match step(&ctx, &ws, next).await? {
+            let span = info_span!("step", otel.name = next.name(), step = next.name());
+            match step(&ctx, &ws, next).instrument(span).await? {
                 Flow::Continue(fresh) => {
                     remember_write(&ctx, &key, &fresh);
                     ws = *fresh;

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
-use tracing::debug;
+use tracing::{Instrument, debug, info_span};
 
 use super::http::HttpDrivers;
 use super::kubernetes::{KubernetesDriver, Targets as KubernetesTargets};
@@ -159,19 +159,28 @@ impl Dispatcher {
     ) -> Result<T, DispatchError> {
         let name = provider.name_any();
         let after = call_timeout(provider);
+        let span = info_span!(
+            "provider_call",
+            otel.name = %format_args!("{operation} {name}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            provider = %name,
+            operation,
+            epoch = call.epoch,
+            result = tracing::field::Empty,
+        );
         let started = Instant::now();
-        let result = match tokio::time::timeout(after, fut).await {
+        let result = match tokio::time::timeout(after, fut).instrument(span.clone()).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(DispatchError::Driver { provider: name.clone(), source }),
             Err(_) => Err(DispatchError::Timeout { provider: name.clone(), after }),
         };
         let elapsed = started.elapsed();
+        let class = result_class(&result);
+        span.record("result", class);
+        span.record("otel.status_code", if result.is_ok() { "OK" } else { "ERROR" });
         if let Some(metrics) = &self.metrics {
-            let labels = CallLabels {
-                provider: name.clone(),
-                operation: operation.into(),
-                result: result_class(&result).into(),
-            };
+            let labels = CallLabels { provider: name.clone(), operation: operation.into(), result: class.into() };
             metrics.provider_calls.get_or_create(&labels).observe(elapsed.as_secs_f64());
         }
         debug!(

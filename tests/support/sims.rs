@@ -26,8 +26,14 @@ pub struct Sim {
 impl Sim {
     /// Starts a provider-sim called `name` (no latency; faults can be set while it runs).
     pub async fn start(name: &str) -> Self {
+        Self::start_with_env(name, Vec::new()).await
+    }
+
+    /// Starts a provider-sim with extra environment variables.
+    pub async fn start_with_env(name: &str, env: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let options = ProviderSimOptions::new(env!("CARGO_BIN_EXE_switchyard"), name, dir.path().join(name));
+        let mut options = ProviderSimOptions::new(env!("CARGO_BIN_EXE_switchyard"), name, dir.path().join(name));
+        options.env = env;
         let process = ProviderSimProcess::start(options).await.expect("start provider-sim");
         Self { process, name: name.to_owned(), _dir: dir }
     }

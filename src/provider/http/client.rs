@@ -116,6 +116,8 @@ impl Endpoint {
     /// A request to `/v1/<segments>`, authenticated with `token` if given.
     pub fn request(&self, method: Method, segments: &[&str], token: Option<&BearerToken>) -> RequestBuilder {
         let request = self.http.request(method, self.url(segments));
+        #[cfg(feature = "otel")]
+        let request = request.headers(crate::telemetry::context_headers());
         match token.and_then(BearerToken::header) {
             Some(header) => request.header(AUTHORIZATION, header),
             None => request,

@@ -49,6 +49,8 @@ pub struct ProviderSimOptions {
     pub stop_latency: Duration,
     /// Serve https with this certificate; `None` serves plain http.
     pub tls: Option<SimTls>,
+    /// Extra environment of the process (e.g. OTEL_* to export its traces).
+    pub env: Vec<(String, String)>,
 }
 
 /// A certificate for provider-sim, PEM. A self-signed certificate is also its own CA bundle.
@@ -70,6 +72,7 @@ impl ProviderSimOptions {
             provision_latency: Duration::ZERO,
             stop_latency: Duration::ZERO,
             tls: None,
+            env: Vec::new(),
         }
     }
 }
@@ -325,6 +328,7 @@ async fn spawn(options: &ProviderSimOptions) -> Result<(Child, SocketAddr), SimP
     }
     let mut child = command
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{MatchedPath, Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::client::BearerToken;
 use super::journal::{Journal, JournalError};
@@ -175,6 +175,7 @@ impl ProviderSim {
             .route("/v1/admin/instances", get(all_instances));
         api.merge(admin)
             .route_layer(middleware::from_fn_with_state(self.clone(), authenticate))
+            .route_layer(middleware::from_fn(traced))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self)
@@ -261,6 +262,24 @@ async fn authenticate(State(sim): Sim, request: Request, next: Next) -> Response
         Some(_) => ApiError::new(ErrorCode::Unauthorized, "wrong bearer token").into_response(),
         None => ApiError::new(ErrorCode::Unauthorized, "missing bearer token").into_response(),
     }
+}
+
+/// Each request in a span; with the `otel` feature, a child of the caller's trace.
+async fn traced(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let span = info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    #[cfg(feature = "otel")]
+    crate::telemetry::continue_trace(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 async fn refuse_all(State(sim): Sim, request: Request, next: Next) -> Response {
