@@ -2,6 +2,7 @@
 //! in `protocol`; the decision it follows in `decide`; the status it writes in `status`.
 
 pub mod decide;
+mod events;
 pub mod failpoints;
 pub mod leader;
 mod protocol;
@@ -17,7 +18,6 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -91,7 +91,7 @@ pub struct Context {
     pub settings: Settings,
     pub dispatcher: Dispatcher,
     pub providers: Store<ComputeProvider>,
-    pub recorder: Recorder,
+    pub events: events::Events,
     pub failpoints: FailPoints,
     pub metrics: Arc<Metrics>,
     /// Whether this instance won leader election (false when there is none: without an
@@ -127,11 +127,14 @@ impl Context {
         providers: Store<ComputeProvider>,
         handles: &Handles,
     ) -> Arc<Self> {
-        let reporter = Reporter { controller: "switchyard".into(), instance: Some(settings.identity.clone()) };
         // Reconciles run only while leading, so this holds for the Context's whole life.
         let leading = settings.leader_election.is_some();
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Events::start(
+                client.clone(),
+                settings.identity.clone(),
+                handles.metrics.events_dropped.clone(),
+            ),
             client,
             settings,
             dispatcher,

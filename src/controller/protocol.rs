@@ -13,12 +13,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::decide::{Facts, Next, ProviderState, backoff, decide};
+use super::events::Note;
 use super::failpoints::FailPoint;
 use super::status::{self, Stall};
 use super::writes::{self, Written};
@@ -109,8 +110,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
                 "SwitchAborted",
                 "Abort",
                 "spec returned to the current provider before anything was stopped",
-            )
-            .await;
+            );
             Ok(flow)
         }
         Next::StopOld { instance } => stop_old(ctx, &api, ws, instance, &now).await,
@@ -124,7 +124,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
             let flow = held_write(ctx, &api, ws, |w| status::retargeted(w, &id, &now)).await?;
             let note =
                 format!("target changed to {} after the old compute stopped; released {provider}", ws.spec.provider);
-            event(ctx, ws, EventType::Normal, "Retargeted", "Retarget", &note).await;
+            event(ctx, ws, EventType::Normal, "Retargeted", "Retarget", &note);
             Ok(flow)
         }
         Next::FinishWithoutCompute { release: in_flight } => {
@@ -142,7 +142,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
 /// Our operation cannot progress for now: record why (Stalled), keep the claim, retry later.
 async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall, now: &Time) -> Result<Flow, Error> {
     let flow = held_write(ctx, api, ws, |w| status::step_failed(w, stall.reason, &stall.message, 0, now)).await?;
-    event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message).await;
+    event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message);
     Ok(match flow {
         Flow::Continue(_) => Flow::Done(Action::requeue(ctx.settings.provision_backoff.1)),
         done => done,
@@ -167,7 +167,7 @@ async fn rest(
                     let changed = cond::get(&current.conditions, cond::STALLED)
                         .is_none_or(|c| c.reason != stall.reason || c.status != "True");
                     if changed {
-                        event(ctx, ws, EventType::Warning, stall.reason, "Validate", &stall.message).await;
+                        event(ctx, ws, EventType::Warning, stall.reason, "Validate", &stall.message);
                     }
                 }
             }
@@ -213,7 +213,7 @@ async fn claim(
                 }
                 _ => format!("{kind:?} claimed (epoch {epoch})"),
             };
-            event(ctx, &fresh, EventType::Normal, "Claimed", "Claim", &note).await;
+            event(ctx, &fresh, EventType::Normal, "Claimed", "Claim", &note);
             ctx.failpoints.hit(FailPoint::AfterClaim).await;
             Ok(Flow::Continue(fresh))
         }
@@ -239,7 +239,7 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
             ctx.metrics.status_writes.inc();
             info!(%previous, epoch, "took over a stale claim");
             let note = format!("claim of {previous} was stale; resumed under epoch {epoch}");
-            event(ctx, &fresh, EventType::Normal, "TookOver", "TakeOver", &note).await;
+            event(ctx, &fresh, EventType::Normal, "TookOver", "TakeOver", &note);
             Ok(Flow::Continue(fresh))
         }
     }
@@ -299,8 +299,7 @@ async fn stop_old(
         "OldComputeStopped",
         "Stop",
         &format!("stopped {} on {}", instance.id, instance.provider),
-    )
-    .await;
+    );
     ctx.failpoints.hit(FailPoint::AfterStop).await;
     match kind {
         OperationKind::Switch => commit(ctx, api, ws, now).await,
@@ -355,8 +354,7 @@ async fn stop_failed(
         cond::STOP_FAILED,
         "Stop",
         &format!("{error}; claim released, retrying in {}s", delay.as_secs()),
-    )
-    .await;
+    );
     Ok(match flow {
         Flow::Continue(_) => Flow::Done(Action::requeue(delay)),
         done => done,
@@ -404,10 +402,10 @@ async fn provision(
                 ctx.metrics.switch_duration.observe(took.max(0.0));
             }
             let note = format!("switched from {from} to {provider_name}: {}", instance.id);
-            event(ctx, ws, EventType::Normal, "SwitchCompleted", "Provision", &note).await;
+            event(ctx, ws, EventType::Normal, "SwitchCompleted", "Provision", &note);
         } else {
             let note = format!("running on {provider_name}: {}", instance.id);
-            event(ctx, ws, EventType::Normal, "Provisioned", "Provision", &note).await;
+            event(ctx, ws, EventType::Normal, "Provisioned", "Provision", &note);
         }
     }
     Ok(flow)
@@ -435,8 +433,7 @@ async fn provision_failed(
             cond::PROVISION_FAILED,
             "Provision",
             &format!("{error} (attempt {attempts})"),
-        )
-        .await;
+        );
     }
     Ok(Flow::Done(Action::requeue(backoff(attempts, ctx.settings.provision_backoff))))
 }
@@ -575,11 +572,16 @@ async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
     })
 }
 
-async fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, action: &str, note: &str) {
-    let ev = Event { type_, reason: reason.into(), note: Some(note.into()), action: action.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, &writes::reference(ws)).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
+/// Queues an Event about `ws` (published in the background; see `events`).
+fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, action: &str, note: &str) {
+    ctx.events.publish(Note {
+        type_,
+        reason: reason.into(),
+        action: action.into(),
+        note: note.into(),
+        regarding: writes::reference(ws),
+        at: Timestamp::now(),
+    });
 }
 
 fn now() -> Time {

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub operations_in_flight: Gauge,
     pub stalled_workspaces: Gauge,
     pub provider_calls: Family<CallLabels, Histogram>,
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -58,6 +59,7 @@ impl Default for Metrics {
             operations_in_flight: Gauge::default(),
             stalled_workspaces: Gauge::default(),
             provider_calls: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
+            events_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -90,6 +92,11 @@ impl Default for Metrics {
             "provider_call_duration_seconds",
             "Provider calls by provider, operation and result",
             m.provider_calls.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Kubernetes Events dropped because the publish queue was full",
+            m.events_dropped.clone(),
         );
         Self { registry, ..m }
     }

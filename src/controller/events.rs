@@ -1,0 +1,254 @@
+//! Kubernetes Events (events.k8s.io/v1), published off the reconcile path.
+//!
+//! A step hands its Event to a queue and goes on; a background task publishes it. Events are
+//! a record for people, never an input to the protocol, so a switch must not wait for them.
+//! Repeats of an Event (same workspace, type, reason, action) within `SERIES_WINDOW` update the
+//! first one's `series.count` instead of creating another, as kube's recorder does; unlike it,
+//! the repeat table is pruned once a minute, not scanned on every publish, which at 10k
+//! workspaces was the controller's largest cost. When the queue is full (the API server is far
+//! behind), an Event is dropped and counted, like client-go's broadcaster does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Events waiting to be published before new ones are dropped.
+const QUEUE: usize = 8192;
+/// Events in flight to the API server at once.
+const CONCURRENCY: usize = 8;
+/// A repeat within this window becomes a series on the first Event.
+const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
+/// How often the repeat table is pruned.
+const PRUNE_EVERY: SignedDuration = SignedDuration::from_mins(1);
+
+const CONTROLLER: &str = "switchyard.dev/controller";
+
+/// One Event, as a step reports it.
+#[derive(Clone, Debug)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: String,
+    pub action: String,
+    pub note: String,
+    pub regarding: ObjectReference,
+    /// When it happened (not when it is published).
+    pub at: Timestamp,
+}
+
+/// Where steps send Events. Cheap to clone; the publisher stops when every sender is gone.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Note>,
+    dropped: Counter,
+}
+
+impl Events {
+    /// Starts the publisher; `instance` is this controller's identity (`reportingInstance`).
+    pub fn start(client: kube::Client, instance: String, dropped: Counter) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(publish_all(client, instance, rx));
+        Self { tx, dropped }
+    }
+
+    /// Queues an Event; never waits.
+    pub fn publish(&self, note: Note) {
+        if let Err(e) = self.tx.try_send(note) {
+            self.dropped.inc();
+            let note = match &e {
+                mpsc::error::TrySendError::Full(n) | mpsc::error::TrySendError::Closed(n) => n,
+            };
+            debug!(reason = %note.reason, "event queue full: event dropped");
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    uid: String,
+    namespace: String,
+    name: String,
+    type_: &'static str,
+    reason: String,
+    action: String,
+}
+
+/// The Event a repeat would update: its name, count and when it was last seen.
+struct Seen {
+    name: String,
+    count: i32,
+    last: Timestamp,
+}
+
+#[derive(Default)]
+struct Repeats {
+    seen: HashMap<Key, Seen>,
+    pruned: Option<Timestamp>,
+}
+
+impl Repeats {
+    /// The Event to write for `note`: a new one, or a series update of one seen recently.
+    fn record(&mut self, key: Key, note: &Note, instance: &str) -> (Event, bool) {
+        let now = note.at;
+        if self.pruned.is_none_or(|t| now.duration_since(t) > PRUNE_EVERY) {
+            self.seen.retain(|_, s| now.duration_since(s.last) < SERIES_WINDOW);
+            self.pruned = Some(now);
+        }
+        let mut event = new_event(note, instance);
+        match self.seen.get_mut(&key) {
+            Some(seen) if now.duration_since(seen.last) < SERIES_WINDOW => {
+                seen.count += 1;
+                seen.last = now;
+                event.metadata.name = Some(seen.name.clone());
+                event.series = Some(EventSeries { count: seen.count, last_observed_time: MicroTime(now) });
+                (event, true)
+            }
+            _ => {
+                let name = event.metadata.name.clone().unwrap_or_default();
+                self.seen.insert(key, Seen { name, count: 1, last: now });
+                (event, false)
+            }
+        }
+    }
+}
+
+async fn publish_all(client: kube::Client, instance: String, rx: mpsc::Receiver<Note>) {
+    let repeats = Arc::new(Mutex::new(Repeats::default()));
+    let notes = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|n| (n, rx)) });
+    notes
+        .for_each_concurrent(CONCURRENCY, |note| {
+            let (client, instance, repeats) = (client.clone(), instance.clone(), repeats.clone());
+            async move {
+                let key = key_of(&note);
+                let (event, repeat) = match repeats.lock() {
+                    Ok(mut r) => r.record(key, &note, &instance),
+                    Err(poisoned) => poisoned.into_inner().record(key, &note, &instance),
+                };
+                let api: Api<Event> = Api::namespaced(client, note.regarding.namespace.as_deref().unwrap_or("default"));
+                let name = event.metadata.name.clone().unwrap_or_default();
+                let written = if repeat {
+                    let patch = serde_json::json!({"series": event.series});
+                    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                        // The first one expired or was deleted: write it anew.
+                        Err(kube::Error::Api(s)) if s.code == 404 => api.create(&PostParams::default(), &event).await,
+                        other => other,
+                    }
+                } else {
+                    api.create(&PostParams::default(), &event).await
+                };
+                if let Err(error) = written {
+                    warn!(%error, reason = %note.reason, "could not publish event");
+                }
+            }
+        })
+        .await;
+}
+
+fn key_of(note: &Note) -> Key {
+    let r = &note.regarding;
+    Key {
+        uid: r.uid.clone().unwrap_or_default(),
+        namespace: r.namespace.clone().unwrap_or_default(),
+        name: r.name.clone().unwrap_or_default(),
+        type_: type_name(note.type_),
+        reason: note.reason.clone(),
+        action: note.action.clone(),
+    }
+}
+
+fn type_name(t: EventType) -> &'static str {
+    match t {
+        EventType::Normal => "Normal",
+        EventType::Warning => "Warning",
+    }
+}
+
+/// A new Event for `note`, named like kubectl and kube name theirs: `<object>.<hex time>`.
+fn new_event(note: &Note, instance: &str) -> Event {
+    let object = note.regarding.name.as_deref().unwrap_or("switchyard");
+    Event {
+        action: Some(note.action.clone()),
+        reason: Some(note.reason.clone()),
+        note: Some(note.note.chars().take(1024).collect()),
+        event_time: Some(MicroTime(note.at)),
+        regarding: Some(note.regarding.clone()),
+        reporting_controller: Some(CONTROLLER.to_owned()),
+        reporting_instance: Some(instance.chars().take(128).collect()),
+        type_: Some(type_name(note.type_).to_owned()),
+        metadata: ObjectMeta {
+            namespace: note.regarding.namespace.clone(),
+            name: Some(format!("{object}.{:x}{:04x}", note.at.as_nanosecond(), rand::random::<u16>())),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(reason: &str, at: Timestamp) -> Note {
+        Note {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            action: "Switch".into(),
+            note: "n".into(),
+            regarding: ObjectReference {
+                namespace: Some("ns".into()),
+                name: Some("ws".into()),
+                uid: Some("u1".into()),
+                ..Default::default()
+            },
+            at,
+        }
+    }
+
+    #[test]
+    fn a_repeat_within_the_window_updates_the_first_event() {
+        let mut r = Repeats::default();
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
+        let (first, repeat) = r.record(key_of(&note("Claimed", t0)), &note("Claimed", t0), "me");
+        assert!(!repeat);
+        assert!(first.series.is_none());
+        let t1 = t0 + SignedDuration::from_mins(5);
+        let (second, repeat) = r.record(key_of(&note("Claimed", t1)), &note("Claimed", t1), "me");
+        assert!(repeat);
+        assert_eq!(second.metadata.name, first.metadata.name);
+        assert_eq!(second.series.as_ref().map(|s| s.count), Some(2));
+        // Another reason is another Event.
+        let (other, repeat) = r.record(key_of(&note("TookOver", t1)), &note("TookOver", t1), "me");
+        assert!(!repeat);
+        assert_ne!(other.metadata.name, first.metadata.name);
+    }
+
+    #[test]
+    fn a_repeat_after_the_window_is_a_new_event_and_old_entries_are_pruned() {
+        let mut r = Repeats::default();
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
+        let (first, _) = r.record(key_of(&note("Claimed", t0)), &note("Claimed", t0), "me");
+        let late = t0 + SERIES_WINDOW + SignedDuration::from_secs(1);
+        let (again, repeat) = r.record(key_of(&note("Claimed", late)), &note("Claimed", late), "me");
+        assert!(!repeat);
+        assert_ne!(again.metadata.name, first.metadata.name);
+        let much_later = late + SERIES_WINDOW + PRUNE_EVERY + SignedDuration::from_secs(1);
+        r.record(key_of(&note("Other", much_later)), &note("Other", much_later), "me");
+        assert_eq!(r.seen.len(), 1, "entries older than the window are pruned");
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_the_api_limit() {
+        let mut n = note("Claimed", Timestamp::UNIX_EPOCH);
+        n.note = "x".repeat(5000);
+        assert_eq!(new_event(&n, "me").note.map(|s| s.len()), Some(1024));
+    }
+}
