@@ -113,8 +113,8 @@ fn kstatus(objects: &[Value]) -> Vec<Verdict> {
 fn kstatus_for(file: &str, argo: &Verdict) -> &'static str {
     match (file, argo.status.as_str()) {
         ("testdata/deleting.yaml", _) => "Terminating",
-        // kstatus reads an object without status or conditions as Current: see
-        // `a_workspace_without_status_reads_as_current_to_kstatus_only`.
+        // kstatus reads an object without status or conditions as Current; the API server never
+        // serves one (see `a_new_workspace_is_in_progress_until_the_controller_reports`).
         ("testdata/progressing-no-status.yaml", _) => "Current",
         (_, "Healthy") => "Current",
         (_, "Degraded") => "Failed",
@@ -240,8 +240,9 @@ impl Versions {
 enum Meaning {
     /// metadata.deletionTimestamp is set: the finalizer is stopping the compute.
     Deleting,
-    /// Created, and the controller has not written any status yet.
-    Unwritten,
+    /// Created, and the controller has not written any status yet (the API server shows the
+    /// CRD's default status, `observedGeneration: 0`).
+    Unwritten { generation: i64 },
     /// The spec changed and the controller has not yet described the new generation.
     Lagging { generation: i64, observed: i64 },
     /// Stalled=True: needs a fix from outside.
@@ -262,7 +263,7 @@ fn meaning(ws: &Workspace) -> Meaning {
     if ws.metadata.deletion_timestamp.is_some() {
         Meaning::Deleting
     } else if ws.status.is_none() || (s.conditions.is_empty() && s.phase.is_none()) {
-        Meaning::Unwritten
+        Meaning::Unwritten { generation }
     } else if s.observed_generation != Some(generation) {
         Meaning::Lagging { generation, observed: s.observed_generation.unwrap_or_default() }
     } else if cond::is_true(&s.conditions, cond::STALLED) {
@@ -284,9 +285,9 @@ fn expected(m: &Meaning) -> (Verdict, Verdict) {
         Meaning::Deleting => {
             (v("Terminating", "Resource scheduled for deletion".into()), v("Progressing", "Pending deletion".into()))
         }
-        // kstatus has no rule for an object without status: it falls through to Current.
-        Meaning::Unwritten => (
-            v("Current", "Resource is current".into()),
+        // The defaulted status says generation 0 was observed: kstatus waits.
+        Meaning::Unwritten { generation } => (
+            v("InProgress", format!("Workspace generation is {generation}, but latest observed generation is 0")),
             v("Progressing", "Waiting for the controller to report status".into()),
         ),
         Meaning::Lagging { generation, observed } => (
@@ -436,10 +437,10 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
     assert_eq!(settled_after_switch.flux.status, "Current");
     assert_eq!(settled_after_switch.argo.status, "Healthy");
     assert!(settled_after_switch.argo.message.contains(&format!("running on {b}")), "{:?}", settled_after_switch.argo);
-    // Current only ever means settled (or the unwritten gap, which precedes any status).
+    // Current only ever means settled, from the first version on.
     for r in &readings {
         if r.flux.status == "Current" {
-            assert!(matches!(r.meaning, Meaning::Settled { .. } | Meaning::Unwritten), "Current while {:?}", r.meaning);
+            assert!(matches!(r.meaning, Meaning::Settled { .. }), "Current while {:?}", r.meaning);
         }
     }
 }
@@ -482,22 +483,31 @@ async fn flux_fails_and_argo_degrades_a_stalled_workspace() {
     );
 }
 
-/// kstatus has no rule for an object without status: between its creation and the
-/// controller's first status write, a Workspace reads as Current to Flux, while Argo CD's
-/// health check (and `kubectl wait`) keep waiting. Documented in docs/gitops.md.
+/// kstatus reads an object without status as Current. The CRD defaults a Workspace's status
+/// to `observedGeneration: 0`, so from its creation until the controller's first status write
+/// (or while no controller runs) kstatus says InProgress, like Argo CD's health check, and
+/// `kubectl wait` keeps waiting.
 #[tokio::test]
-async fn a_workspace_without_status_reads_as_current_to_kstatus_only() {
+async fn a_new_workspace_is_in_progress_until_the_controller_reports() {
     let client = client().await;
     let ns = namespace(&client, "gitops-unwritten").await;
     let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
     // No controller runs in this namespace: the workspace stays as created.
     let ws = api.create(&PostParams::default(), &workspace("new", "aws")).await.expect("create");
-    assert!(ws.status.is_none(), "a created workspace has no status: {:?}", ws.status);
-    let obj = serde_json::to_value(&ws).expect("JSON");
+    assert_eq!(ws.status.as_ref().and_then(|s| s.observed_generation), Some(0), "defaulted status: {:?}", ws.status);
+    let read = api.get("new").await.expect("get");
+    assert_eq!(read.status, ws.status, "the default is there on every read");
+    let obj = serde_json::to_value(&read).expect("JSON");
     let flux = kstatus(std::slice::from_ref(&obj)).remove(0);
     let argo = argo_health(&health_lua(), &obj);
-    assert_eq!(flux.status, "Current", "kstatus: {flux:?}");
+    assert_eq!(flux.status, "InProgress", "kstatus: {flux:?}");
+    assert_eq!(flux.message, "Workspace generation is 1, but latest observed generation is 0");
     assert_eq!(argo.status, "Progressing", "health.lua: {argo:?}");
     let out = kubectl(&["wait", "--for=condition=Ready", "workspace/new", "-n", &ns, "--timeout=1s"]);
     assert!(!out.status.success(), "kubectl wait must not accept a workspace without status");
+    // Without the default (an object from elsewhere, e.g. a dry run), kstatus has no rule and
+    // says Current: the gap the default closes.
+    let mut bare = obj.clone();
+    bare.as_object_mut().map(|o| o.remove("status"));
+    assert_eq!(kstatus(std::slice::from_ref(&bare)).remove(0).status, "Current");
 }
