@@ -89,6 +89,20 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
     assert!(stop_a.seq < create_b.seq, "provision on b (seq {}) before stop on a (seq {})", create_b.seq, stop_a.seq);
     assert_eq!(stop_a.epoch, create_b.epoch, "stop and provision belong to one claim");
     assert_invariants(&api, &clouds).await;
+
+    // Events record outcomes: one Provisioned for the create, one SwitchCompleted naming both
+    // providers and the new instance; progress (claims, the stop) is in status only.
+    let events = eventually("the SwitchCompleted event", CONVERGE, || async {
+        let events = events_of(&client, &ns, "ws-1").await;
+        events.iter().any(|(reason, _)| reason == "SwitchCompleted").then_some(events)
+    })
+    .await;
+    let reasons: Vec<&str> = events.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(reasons.iter().filter(|r| **r == "Provisioned").count(), 1, "{events:?}");
+    assert_eq!(reasons.iter().filter(|r| **r == "SwitchCompleted").count(), 1, "{events:?}");
+    assert_eq!(reasons.len(), 2, "only outcomes are Events: {events:?}");
+    let (_, note) = events.iter().find(|(r, _)| r == "SwitchCompleted").expect("SwitchCompleted");
+    assert!(note.contains(&format!("switched from {a} to {b}")) && note.contains(&second.id), "{note}");
     eprintln!("switch: {status_writes} status writes, {} provider calls", ledger.len());
 }
 

@@ -206,14 +206,8 @@ async fn claim(
             ctx.metrics.claims_won.inc();
             ctx.metrics.status_writes.inc();
             let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
+            // No Event: status (Reconciling, operation) shows a claim; Events record outcomes.
             info!(operation = %id, ?kind, ?from, ?to, epoch, "claimed");
-            let note = match (&from, &to) {
-                (Some(f), Some(t)) if kind == OperationKind::Switch => {
-                    format!("switching from {f} to {t} (epoch {epoch})")
-                }
-                _ => format!("{kind:?} claimed (epoch {epoch})"),
-            };
-            event(ctx, &fresh, EventType::Normal, "Claimed", "Claim", &note);
             ctx.failpoints.hit(FailPoint::AfterClaim).await;
             Ok(Flow::Continue(fresh))
         }
@@ -292,14 +286,11 @@ async fn stop_old(
     }
     ctx.memory().stop_failures.remove(&ObjectRef::from_obj(ws));
     info!(instance = %instance.id, provider = %instance.provider, "old compute stopped");
-    event(
-        ctx,
-        ws,
-        EventType::Normal,
-        "OldComputeStopped",
-        "Stop",
-        &format!("stopped {} on {}", instance.id, instance.provider),
-    );
+    // A switch's stop is part of its outcome (SwitchCompleted); a stop or delete's is the outcome.
+    if kind != OperationKind::Switch {
+        let note = format!("stopped {} on {}", instance.id, instance.provider);
+        event(ctx, ws, EventType::Normal, "ComputeStopped", "Stop", &note);
+    }
     ctx.failpoints.hit(FailPoint::AfterStop).await;
     match kind {
         OperationKind::Switch => commit(ctx, api, ws, now).await,
@@ -397,11 +388,15 @@ async fn provision(
             let op = ws.operation();
             let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
             ctx.metrics.switch(&from, provider_name, "completed");
-            if let Some(op) = op {
-                let took = now.0.duration_since(op.started_at.0).as_secs_f64();
-                ctx.metrics.switch_duration.observe(took.max(0.0));
+            let took = op.map(|o| now.0.duration_since(o.started_at.0).as_secs_f64().max(0.0));
+            if let Some(took) = took {
+                ctx.metrics.switch_duration.observe(took);
             }
-            let note = format!("switched from {from} to {provider_name}: {}", instance.id);
+            let took = took.unwrap_or_default();
+            let note = format!(
+                "switched from {from} to {provider_name} in {took:.1}s: compute on {from} stopped, then {} started",
+                instance.id
+            );
             event(ctx, ws, EventType::Normal, "SwitchCompleted", "Provision", &note);
         } else {
             let note = format!("running on {provider_name}: {}", instance.id);
