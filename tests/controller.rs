@@ -12,6 +12,7 @@ use support::fixtures::*;
 use support::*;
 use switchyard::api::Step;
 use switchyard::api::Workspace;
+use switchyard::api::conditions as cond;
 use switchyard::controller::FailPoint;
 use switchyard::controller::FailPoints;
 use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
@@ -94,14 +95,14 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
     // providers and the new instance; progress (claims, the stop) is in status only.
     let events = eventually("the SwitchCompleted event", CONVERGE, || async {
         let events = events_of(&client, &ns, "ws-1").await;
-        events.iter().any(|(reason, _)| reason == "SwitchCompleted").then_some(events)
+        events.iter().any(|(reason, _)| reason == cond::SWITCH_COMPLETED).then_some(events)
     })
     .await;
     let reasons: Vec<&str> = events.iter().map(|(r, _)| r.as_str()).collect();
-    assert_eq!(reasons.iter().filter(|r| **r == "Provisioned").count(), 1, "{events:?}");
-    assert_eq!(reasons.iter().filter(|r| **r == "SwitchCompleted").count(), 1, "{events:?}");
+    assert_eq!(reasons.iter().filter(|r| **r == cond::PROVISIONED).count(), 1, "{events:?}");
+    assert_eq!(reasons.iter().filter(|r| **r == cond::SWITCH_COMPLETED).count(), 1, "{events:?}");
     assert_eq!(reasons.len(), 2, "only outcomes are Events: {events:?}");
-    let (_, note) = events.iter().find(|(r, _)| r == "SwitchCompleted").expect("SwitchCompleted");
+    let (_, note) = events.iter().find(|(r, _)| r == cond::SWITCH_COMPLETED).expect("SwitchCompleted");
     assert!(note.contains(&format!("switched from {a} to {b}")) && note.contains(&second.id), "{note}");
     eprintln!("switch: {status_writes} status writes, {} provider calls", ledger.len());
 }
@@ -327,7 +328,6 @@ async fn lost_provision_answer_yields_the_same_instance() {
 /// once a recovers the switch completes.
 #[tokio::test]
 async fn stop_failure_releases_the_claim_and_recovers() {
-    use switchyard::api::conditions as cond;
     let s = Scenario::running_on_a("ctl-stopfail").await;
     s.clouds.cloud(&s.a).set_faults(Faults { fail_stop_always: true, ..Faults::default() });
     let _x = s.start("stopfail-x");
@@ -431,7 +431,6 @@ async fn delete_at_every_step_leaves_nothing() {
 /// fixing the name recovers. A spec edit in the middle of a switch does not break it.
 #[tokio::test]
 async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
-    use switchyard::api::conditions as cond;
     let client = client().await;
     let ns = namespace(&client, "ctl-unknown").await;
     let (a, b) = (unique("a"), unique("b"));

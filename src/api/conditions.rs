@@ -1,5 +1,5 @@
-//! Condition types and reasons. Every reason the controller writes is a constant here, so
-//! users, alerts and tests can match on them.
+//! Condition types and reasons, and Event reasons. Every reason the controller writes is a
+//! constant here, so users, alerts and tests can match on them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -26,6 +26,13 @@ pub const PROVISION_FAILED: &str = "ProvisionFailed";
 // ComputeProvider Ready.
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
+// Normal Events: the outcome of an operation (Warnings use the Stalled reasons above).
+pub const SWITCH_COMPLETED: &str = "SwitchCompleted";
+pub const PROVISIONED: &str = "Provisioned";
+pub const COMPUTE_STOPPED: &str = "ComputeStopped";
+pub const SWITCH_ABORTED: &str = "SwitchAborted";
+pub const RETARGETED: &str = "Retargeted";
+pub const TOOK_OVER: &str = "TookOver";
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not change.
 pub fn set(

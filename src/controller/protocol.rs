@@ -107,7 +107,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
                 ctx,
                 ws,
                 EventType::Normal,
-                "SwitchAborted",
+                cond::SWITCH_ABORTED,
                 "Abort",
                 "spec returned to the current provider before anything was stopped",
             );
@@ -124,7 +124,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
             let flow = held_write(ctx, &api, ws, |w| status::retargeted(w, &id, &now)).await?;
             let note =
                 format!("target changed to {} after the old compute stopped; released {provider}", ws.spec.provider);
-            event(ctx, ws, EventType::Normal, "Retargeted", "Retarget", &note);
+            event(ctx, ws, EventType::Normal, cond::RETARGETED, "Retarget", &note);
             Ok(flow)
         }
         Next::FinishWithoutCompute { release: in_flight } => {
@@ -233,7 +233,7 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
             ctx.metrics.status_writes.inc();
             info!(%previous, epoch, "took over a stale claim");
             let note = format!("claim of {previous} was stale; resumed under epoch {epoch}");
-            event(ctx, &fresh, EventType::Normal, "TookOver", "TakeOver", &note);
+            event(ctx, &fresh, EventType::Normal, cond::TOOK_OVER, "TakeOver", &note);
             Ok(Flow::Continue(fresh))
         }
     }
@@ -289,7 +289,7 @@ async fn stop_old(
     // A switch's stop is part of its outcome (SwitchCompleted); a stop or delete's is the outcome.
     if kind != OperationKind::Switch {
         let note = format!("stopped {} on {}", instance.id, instance.provider);
-        event(ctx, ws, EventType::Normal, "ComputeStopped", "Stop", &note);
+        event(ctx, ws, EventType::Normal, cond::COMPUTE_STOPPED, "Stop", &note);
     }
     ctx.failpoints.hit(FailPoint::AfterStop).await;
     match kind {
@@ -397,10 +397,10 @@ async fn provision(
                 "switched from {from} to {provider_name} in {took:.1}s: compute on {from} stopped, then {} started",
                 instance.id
             );
-            event(ctx, ws, EventType::Normal, "SwitchCompleted", "Provision", &note);
+            event(ctx, ws, EventType::Normal, cond::SWITCH_COMPLETED, "Provision", &note);
         } else {
             let note = format!("running on {provider_name}: {}", instance.id);
-            event(ctx, ws, EventType::Normal, "Provisioned", "Provision", &note);
+            event(ctx, ws, EventType::Normal, cond::PROVISIONED, "Provision", &note);
         }
     }
     Ok(flow)
