@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
-.PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind
+.PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind image-check
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
@@ -51,6 +51,13 @@ e2e-kind: testenv
 	SWITCHYARD_TEST_KUBECONFIG=$(abspath target/kind.kubeconfig) $(CARGO) test --test api --test controller \
 	  --test provider_e2e --test ha --test gitops --test cli -- --test-threads 4; \
 	  status=$$?; $(KIND) delete cluster --name $(KIND_CLUSTER); exit $$status
+
+## image-check: the image's runtime contract without Docker (needs root): a static build, alone in
+##              an empty read-only root filesystem, run as uid 65532, carries a workspace through
+##              a switch (deploy/image-check.sh). With Docker, build deploy/Dockerfile instead.
+image-check: testenv
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
+	deploy/image-check.sh "$${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/switchyard" $(TESTENV_BIN)
 
 lint:
 	$(CARGO) fmt --check
