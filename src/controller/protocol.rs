@@ -55,7 +55,8 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
             let facts = facts(&ctx, &ws).await?;
             let next = decide(&ws, &facts);
             debug!(?next, "decided");
-            let span = info_span!("step", otel.name = next.name(), step = next.name());
+            let span = info_span!("step", step = next.name(), otel.name = tracing::field::Empty);
+            crate::telemetry::otel_span(&span, next.name(), "");
             match step(&ctx, &ws, next).instrument(span).await? {
                 Flow::Continue(fresh) => {
                     remember_write(&ctx, &key, &fresh);

@@ -161,14 +161,15 @@ impl Dispatcher {
         let after = call_timeout(provider);
         let span = info_span!(
             "provider_call",
-            otel.name = %format_args!("{operation} {name}"),
-            otel.kind = "client",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             provider = %name,
             operation,
             epoch = call.epoch,
             result = tracing::field::Empty,
         );
+        crate::telemetry::otel_span(&span, format_args!("{operation} {name}"), "client");
         let started = Instant::now();
         let result = match tokio::time::timeout(after, fut).instrument(span.clone()).await {
             Ok(Ok(v)) => Ok(v),
@@ -178,7 +179,7 @@ impl Dispatcher {
         let elapsed = started.elapsed();
         let class = result_class(&result);
         span.record("result", class);
-        span.record("otel.status_code", if result.is_ok() { "OK" } else { "ERROR" });
+        crate::telemetry::otel_status(&span, result.is_ok());
         if let Some(metrics) = &self.metrics {
             let labels = CallLabels { provider: name.clone(), operation: operation.into(), result: class.into() };
             metrics.provider_calls.get_or_create(&labels).observe(elapsed.as_secs_f64());

@@ -269,12 +269,13 @@ async fn traced(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let span = info_span!(
         "request",
-        otel.name = %format_args!("{} {route}", request.method()),
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         http.request.method = %request.method(),
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
+    crate::telemetry::otel_span(&span, format_args!("{} {route}", request.method()), "server");
     #[cfg(feature = "otel")]
     crate::telemetry::continue_trace(&span, request.headers());
     let response = next.run(request).instrument(span.clone()).await;
