@@ -246,6 +246,18 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let events = Events { tx, dropped: Counter::default() };
+        for reason in ["A", "B", "C", "D"] {
+            events.publish(note(reason, Timestamp::UNIX_EPOCH));
+        }
+        assert_eq!(events.dropped.get(), 2);
+        let queued: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).map(|n| n.reason).collect();
+        assert_eq!(queued, ["A", "B"], "the first ones stay, in order");
+    }
+
+    #[test]
     fn long_notes_are_cut_to_the_api_limit() {
         let mut n = note("Claimed", Timestamp::UNIX_EPOCH);
         n.note = "x".repeat(5000);
