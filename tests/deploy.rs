@@ -84,3 +84,16 @@ fn deploy_applies_and_rbac_is_least_privilege() {
         assert!(!can_i(verb, resource, ns), "the controller must not {verb} {resource} in {ns:?}");
     }
 }
+
+/// The optional monitoring overlay renders (the Prometheus Operator's CRDs are not on the local
+/// control plane, so it is not applied; the alert expressions are checked against the exported
+/// metrics by a unit test in src/telemetry/metrics.rs).
+#[test]
+fn monitoring_overlay_renders() {
+    let out = kubectl(&["kustomize", &repo_root().join("deploy/monitoring").to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = stdout(&out);
+    for kind in ["kind: ServiceMonitor", "kind: PrometheusRule", "alert: SwitchyardNoLeader"] {
+        assert!(yaml.contains(kind), "{kind} missing from:\n{yaml}");
+    }
+}

@@ -116,6 +116,7 @@ async fn metrics_and_health_endpoints_report_a_switch() {
         "switchyard_claims_lost_total",
         "switchyard_operations_in_flight",
         "switchyard_stalled_workspaces",
+        "switchyard_leader 1",
         "switchyard_reconcile_errors_total",
         "switchyard_provider_call_duration_seconds_count{provider=",
     ] {

@@ -168,6 +168,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let Some(lease) = settings.leader_election.clone() else {
         handles.health.leader.store(true, Ordering::Relaxed);
+        handles.metrics.leader.set(1);
         handles.health.leadership_known.store(true, Ordering::Relaxed);
         tokio::spawn(async move {
             shutdown.await;
@@ -195,6 +196,7 @@ pub async fn run(
         }
     }
     handles.health.leader.store(true, Ordering::Relaxed);
+    handles.metrics.leader.set(1);
     info!(identity = %settings.identity, "elected leader: reconciling");
     tokio::spawn(async move {
         tokio::select! {
@@ -208,6 +210,7 @@ pub async fn run(
     })
     .await;
     handles.health.leader.store(false, Ordering::Relaxed);
+    handles.metrics.leader.set(0);
     drop(elector);
 }
 

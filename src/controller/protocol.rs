@@ -27,6 +27,7 @@ use super::{Context, Error};
 use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
+use crate::telemetry::SwitchResult;
 
 /// Steps one reconcile may take before yielding (a full switch takes five).
 const MAX_STEPS: usize = 12;
@@ -101,7 +102,11 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         Next::ConvertToDelete => held_write(ctx, &api, ws, |w| status::converted_to_delete(w, &now)).await,
         Next::Abort => {
             if let Some(op) = ws.operation() {
-                ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), "aborted");
+                ctx.metrics.switch(
+                    op.from.as_deref().unwrap_or(""),
+                    op.to.as_deref().unwrap_or(""),
+                    SwitchResult::Aborted,
+                );
             }
             let flow = held_write(ctx, &api, ws, |w| status::aborted(w, &now)).await?;
             event(
@@ -336,7 +341,7 @@ async fn stop_failed(
         delay
     };
     if let Some(op) = ws.operation().filter(|o| o.kind == OperationKind::Switch) {
-        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), "stop_failed");
+        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), SwitchResult::StopFailed);
     }
     let flow = held_write(ctx, api, ws, |w| status::stop_failed(w, error, now)).await?;
     event(
@@ -388,7 +393,7 @@ async fn provision(
         if kind == OperationKind::Switch {
             let op = ws.operation();
             let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
-            ctx.metrics.switch(&from, provider_name, "completed");
+            ctx.metrics.switch(&from, provider_name, SwitchResult::Completed);
             let took = op.map(|o| now.0.duration_since(o.started_at.0).as_secs_f64().max(0.0));
             if let Some(took) = took {
                 ctx.metrics.switch_duration.observe(took);

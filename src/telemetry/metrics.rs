@@ -11,8 +11,30 @@ use prometheus_client::registry::Registry;
 pub struct SwitchLabels {
     pub from: String,
     pub to: String,
-    /// completed, stop_failed, aborted
+    /// A `SwitchResult`, as its label value.
     pub result: String,
+}
+
+/// How a switch ended, the `result` label of `switchyard_switches_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchResult {
+    Completed,
+    /// The old compute could not be stopped: the claim was released, the workspace stays put.
+    StopFailed,
+    /// The spec went back before anything was stopped.
+    Aborted,
+}
+
+impl SwitchResult {
+    pub const ALL: [SwitchResult; 3] = [SwitchResult::Completed, SwitchResult::StopFailed, SwitchResult::Aborted];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SwitchResult::Completed => "completed",
+            SwitchResult::StopFailed => "stop_failed",
+            SwitchResult::Aborted => "aborted",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,6 +64,8 @@ pub struct Metrics {
     pub stalled_workspaces: Gauge,
     pub provider_calls: Family<CallLabels, Histogram>,
     pub events_dropped: Counter,
+    /// 1 while this instance reconciles (the leader, or the only instance), else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +84,7 @@ impl Default for Metrics {
             stalled_workspaces: Gauge::default(),
             provider_calls: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
             events_dropped: Counter::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -98,6 +123,11 @@ impl Default for Metrics {
             "Kubernetes Events dropped because the publish queue was full",
             m.events_dropped.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this instance reconciles (holds the leader Lease, or runs without election)",
+            m.leader.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -111,8 +141,56 @@ impl Metrics {
         out
     }
 
-    pub fn switch(&self, from: &str, to: &str, result: &str) {
-        let labels = SwitchLabels { from: from.into(), to: to.into(), result: result.into() };
+    pub fn switch(&self, from: &str, to: &str, result: SwitchResult) {
+        let labels = SwitchLabels { from: from.into(), to: to.into(), result: result.label().into() };
         self.switches.get_or_create(&labels).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = include_str!("../../deploy/monitoring/prometheusrule.yaml");
+
+    /// Every `expr` of the shipped PrometheusRule.
+    fn exprs() -> Vec<String> {
+        let doc: serde_yaml::Value = serde_yaml::from_str(RULES).expect("prometheusrule.yaml is YAML");
+        let groups = doc["spec"]["groups"].as_sequence().cloned().unwrap_or_default();
+        let rules = groups.iter().flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default());
+        rules.map(|r| r["expr"].as_str().expect("every rule has an expr").to_owned()).collect()
+    }
+
+    /// Identifiers starting with `switchyard_` in a PromQL expression.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        expr.split(|c: char| !is_ident(c)).filter(|w| w.starts_with("switchyard_")).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn alert_rules_name_only_exported_metrics_and_results() {
+        let m = Metrics::default();
+        for result in SwitchResult::ALL {
+            m.switch("a", "b", result);
+        }
+        let call = CallLabels { provider: "a".into(), operation: "stop".into(), result: "ok".into() };
+        m.provider_calls.get_or_create(&call).observe(0.1);
+        let exposition = m.encode();
+        let exported: Vec<&str> =
+            exposition.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+
+        let exprs = exprs();
+        assert!(exprs.len() >= 5, "rules: {exprs:?}");
+        for expr in &exprs {
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "a rule that reads no Switchyard metric: {expr}");
+            for name in names {
+                assert!(exported.contains(&name.as_str()), "{name} (in `{expr}`) is not exported:\n{exposition}");
+            }
+            for (_, rest) in expr.match_indices("switchyard_switches_total{result=\"").map(|(i, _)| expr.split_at(i)) {
+                let value = rest.split('"').nth(1).unwrap_or_default();
+                assert!(SwitchResult::ALL.iter().any(|r| r.label() == value), "no switch result {value:?} in `{expr}`");
+            }
+        }
     }
 }

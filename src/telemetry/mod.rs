@@ -8,7 +8,7 @@ mod server;
 mod traces;
 
 pub use logs::{LogFormat, Telemetry, init};
-pub use metrics::{CallLabels, Metrics, SwitchLabels};
+pub use metrics::{CallLabels, Metrics, SwitchLabels, SwitchResult};
 pub use server::{Health, serve};
 #[cfg(feature = "otel")]
 pub use traces::{context_headers, continue_trace};
