@@ -352,6 +352,31 @@ async fn stop_failure_releases_the_claim_and_recovers() {
     assert_invariants(&s.api, &s.clouds).await;
 }
 
+/// Slow, failing stops retried past the claim lease: the holder renews its claim before each
+/// retry, so a second instance (no leader election) never takes it over, and every stop call
+/// carries one epoch.
+#[tokio::test]
+async fn retries_longer_than_the_claim_lease_keep_the_claim() {
+    let s = Scenario::running_on_a("ctl-renew").await;
+    // 4 stop calls of ~0.9 s (3 failing) and their backoffs: ~3.9 s, twice the 2 s claim lease.
+    let slow = Faults { extra_latency: Duration::from_millis(900), fail_stop: 3, ..Faults::default() };
+    s.clouds.cloud(&s.a).set_faults(slow);
+    let patient = |identity: &str| {
+        let mut st = settings(identity, &s.ns);
+        st.stop_attempts = 4;
+        Instance::start(&s.client, st, &s.clouds)
+    };
+    let (x, y) = (patient("renew-x"), patient("renew-y"));
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+
+    let stops: Vec<_> = ledger_of(&s.clouds, &s.uid).into_iter().filter(|e| e.call == Call::Stop).collect();
+    assert_eq!(stops.len(), 4, "3 failed stops and 1 that worked: {stops:?}");
+    assert!(stops.iter().all(|e| e.epoch == stops[0].epoch && e.caller == stops[0].caller), "one claim: {stops:?}");
+    assert_eq!(x.metrics.takeovers.get() + y.metrics.takeovers.get(), 0, "the claim was renewed, never stale");
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
 /// Provision fails on b: retried with backoff, lastError visible; converges when b recovers.
 #[tokio::test]
 async fn provision_failure_is_retried_and_visible() {

@@ -268,6 +268,7 @@ async fn stop_old(
     };
     let (attempts, mut delay) = stop_policy(ctx, &provider);
     let mut last = None;
+    let mut current = ws.clone();
     for attempt in 1..=attempts {
         match ctx.dispatcher.stop(&provider, &call, &instance.id).await {
             Ok(()) => {
@@ -278,15 +279,25 @@ async fn stop_old(
             Err(e) => {
                 warn!(attempt, attempts, error = %e, "stop failed");
                 let retry = e.is_retryable();
+                let error = e.to_string();
                 last = Some(e);
                 if !retry || attempt == attempts {
                     break;
                 }
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2);
+                // Slow failing calls could outlast the claim lease: renew it before retrying.
+                match held_write(ctx, api, &current, |w| status::retrying(w, &error, &self::now())).await? {
+                    Flow::Continue(fresh) => current = *fresh,
+                    done @ Flow::Done(_) => return Ok(done),
+                }
             }
         }
     }
+    // The writes below describe the workspace and the time after the stop.
+    let ws = &current;
+    let after = self::now();
+    let now = &after;
     if let Some(e) = last {
         return stop_failed(ctx, api, ws, &e.to_string(), now).await;
     }

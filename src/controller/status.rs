@@ -169,6 +169,19 @@ pub fn step_failed(ws: &Workspace, reason: &'static str, error: &str, stall_afte
     summarize(ws, s, stall.as_ref(), now)
 }
 
+/// A call of our operation failed and is about to be retried within the same step: the attempt
+/// and error are shown and the claim renewed, so that the retries cannot outlast the claim
+/// lease. Never stalls: the step's own budget decides when to give up.
+pub fn retrying(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    if let Some(op) = s.operation.as_mut() {
+        op.attempts += 1;
+        op.last_error = Some(error.to_string());
+        op.renewed_at = now.clone();
+    }
+    summarize(ws, s, None, now)
+}
+
 /// No operation is needed, or none can start: the status as it should read at rest.
 pub fn at_rest(ws: &Workspace, stall: Option<&Stall>, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);

@@ -216,6 +216,7 @@ fn transitions(ws: &Workspace) -> Vec<(String, bool, WorkspaceStatus)> {
     out.push(("finished_without_compute".into(), false, finished_without_compute(ws, &n)));
     out.push(("aborted".into(), false, aborted(ws, &n)));
     out.push(("stop_failed".into(), false, stop_failed(ws, "timeout", &n)));
+    out.push(("retrying".into(), false, retrying(ws, "timeout", &n)));
     for stall_after in [0, 1, 3, 100] {
         out.push((
             format!("step_failed (stall after {stall_after})"),
@@ -716,6 +717,29 @@ fn step_failed_counts_attempts_and_stalls_past_the_threshold() {
         }
         ws = with_status(&ws, s);
     }
+}
+
+#[test]
+fn retrying_renews_the_claim_and_shows_the_attempt() {
+    let ws = workspace(
+        "b",
+        true,
+        Some(status(Some("a"), Some("a"), Some(operation(Switch, Step::Claimed, Some("a"), Some("b"))), Vec::new())),
+    );
+    let s = retrying(&ws, "stop timed out", &at(42));
+    let o = op(&s);
+    assert_eq!(o.renewed_at, at(42), "renewed");
+    assert_eq!(o.last_error.as_deref(), Some("stop timed out"));
+    assert_eq!(o.attempts, 1);
+    assert_eq!((o.id.as_str(), o.step, o.epoch), ("op-1", Step::Claimed, 4), "same operation");
+    assert_eq!(s.instance, Some(instance("a")), "nothing else changes");
+    assert_eq!(summary(&s), (false, true, false, Some(Phase::Switching)), "never stalls");
+    assert_eq!(
+        cond_of(&s, cond::RECONCILING).message,
+        "switching from a to b: claimed; last error (attempt 1): stop timed out"
+    );
+    let committed = committed(&with_status(&ws, s), &at(43));
+    assert_eq!((op(&committed).attempts, op(&committed).last_error.as_deref()), (0, None), "the commit starts afresh");
 }
 
 #[test]
