@@ -545,3 +545,65 @@ async fn bad_credentials_stall_clearly_and_recover() {
         claims(&[&x])
     );
 }
+
+/// Two `switchyard controller` processes with leader election; the leader is SIGKILLed (no
+/// graceful shutdown, its Lease not released) while the switch's provision hangs at b. The
+/// standby takes the Lease once it expires, takes over the dead leader's claim at once, and
+/// finishes the switch: one instance, on b, every call under a claim the API server recorded.
+#[tokio::test]
+async fn leader_process_killed_mid_switch_is_replaced_by_the_standby() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    const LEASE: Duration = Duration::from_secs(3);
+    let s = Scenario::running_on_a("e2e-leaderkill").await;
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let holder = || async { leases.get_opt("switchyard").await.ok().flatten()?.spec?.holder_identity };
+    let replica = |identity: &str| {
+        let lease = format!("{}s", LEASE.as_secs());
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["controller", "--identity", identity, "--namespace", &s.ns, "--metrics-addr", ""])
+            .args(["--leader-election", "--lease-name", "switchyard", "--lease-namespace", &s.ns])
+            .args(["--lease-duration", &lease])
+            .env("KUBECONFIG", &control_plane().kubeconfig)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a controller process")
+    };
+
+    let mut p1 = replica("leaderkill-1");
+    eventually("leaderkill-1 leads", CONVERGE, || async {
+        (holder().await.as_deref() == Some("leaderkill-1")).then_some(())
+    })
+    .await;
+    let _p2 = replica("leaderkill-2");
+    // b takes the provision in but never answers: the leader is mid-switch, after the commit.
+    s.b.process.set_faults(&Faults { hang: true, ..Faults::default() }).await.expect("set faults");
+    switch_with_kubectl(&s.ns, "ws", &s.b.name);
+    s.call_seen(&s.b, "provision in flight at b", |e| e.call == Call::Provision && e.outcome == Outcome::Hung).await;
+    let mid = status(&s.api.get("ws").await.expect("get"));
+    let op = mid.operation.expect("operation in flight");
+    assert_eq!((op.step, op.holder.as_str()), (Step::OldStopped, "leaderkill-1"), "the leader holds the switch");
+
+    p1.start_kill().expect("SIGKILL the leader");
+    let _ = p1.wait().await;
+    let killed = Instant::now();
+    s.b.process.set_faults(&Faults::default()).await.expect("clear faults");
+    eventually("leaderkill-2 leads", CONVERGE, || async {
+        (holder().await.as_deref() == Some("leaderkill-2")).then_some(())
+    })
+    .await;
+    let elected = killed.elapsed();
+    let ws = wait_ready_on(&s.api, "ws", &s.b.name, CONVERGE).await;
+    let resumed = killed.elapsed();
+
+    let instance = status(&ws).instance.expect("instance");
+    assert_eq!(s.live().await, vec![(s.b.name.clone(), instance.id)], "exactly one instance, on b");
+    let ledger = s.assert_invariants().await;
+    let by_standby: Vec<_> = ledger.iter().filter(|e| e.caller == "leaderkill-2").collect();
+    assert!(
+        !by_standby.is_empty() && by_standby.iter().all(|e| e.operation_id == op.id && e.epoch > op.epoch),
+        "the standby finished the same operation under a newer epoch: {by_standby:?}"
+    );
+    assert!(elected <= LEASE * 2 + Duration::from_secs(5), "failover took {elected:?} for a {LEASE:?} lease");
+    eprintln!("process failover: new leader {elected:.1?} after SIGKILL, switch finished after {resumed:.1?}");
+}
