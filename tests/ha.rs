@@ -23,10 +23,6 @@ fn replica(identity: &str, ns: &str) -> Settings {
     s
 }
 
-async fn holder(leases: &Api<Lease>) -> Option<String> {
-    leases.get_opt("switchyard").await.ok().flatten()?.spec?.holder_identity
-}
-
 #[tokio::test]
 async fn leader_killed_mid_switch_is_replaced_and_the_switch_resumes() {
     let client = client().await;
@@ -42,7 +38,7 @@ async fn leader_killed_mid_switch_is_replaced_and_the_switch_resumes() {
     failpoints.arm(FailPoint::AfterCommit);
     let x = Instance::start_with(&client, replica("ha-x", &ns), &clouds, failpoints);
     eventually("ha-x leads", Duration::from_secs(30), || async {
-        (holder(&leases).await.as_deref() == Some("ha-x")).then_some(())
+        (lease_holder(&leases, "switchyard").await.as_deref() == Some("ha-x")).then_some(())
     })
     .await;
     let y = Instance::start(&client, replica("ha-y", &ns), &clouds);
@@ -60,7 +56,7 @@ async fn leader_killed_mid_switch_is_replaced_and_the_switch_resumes() {
     x.kill();
     let killed = Instant::now();
     eventually("ha-y leads", Duration::from_secs(30), || async {
-        (holder(&leases).await.as_deref() == Some("ha-y")).then_some(())
+        (lease_holder(&leases, "switchyard").await.as_deref() == Some("ha-y")).then_some(())
     })
     .await;
     let elected = killed.elapsed();

@@ -128,21 +128,9 @@ async fn a_switch_is_one_trace_from_reconcile_to_the_providers() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
     let (a, b) = (unique("a"), unique("b"));
-    let sim_a = Sim::start_with_env(&a, otel_env(&endpoint, "provider-a")).await;
-    let sim_b = Sim::start_with_env(&b, otel_env(&endpoint, "provider-b")).await;
-    for sim in [&sim_a, &sim_b] {
-        let secret = format!("{}-token", sim.name);
-        support::sims::put_secret(&client, &ns, &secret, serde_json::json!({"token": sim.process.token()})).await;
-        support::sims::http_provider(&client, &sim.name, sim, Some(support::sims::secret_ref(&ns, &secret))).await;
-    }
-
-    let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["controller", "--identity", "otel-x", "--namespace", &ns, "--metrics-addr", ""])
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .envs(otel_env(&endpoint, "switchyard-controller"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the controller");
+    let _sim_a = Sim::provider_with_env(&client, &ns, &a, otel_env(&endpoint, "provider-a")).await;
+    let _sim_b = Sim::provider_with_env(&client, &ns, &b, otel_env(&endpoint, "provider-b")).await;
+    let mut controller = controller_process("otel-x", &ns, &[], &otel_env(&endpoint, "switchyard-controller"));
 
     let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
     api.create(&PostParams::default(), &workspace("ws", &a)).await.expect("create");

@@ -556,19 +556,11 @@ async fn leader_process_killed_mid_switch_is_replaced_by_the_standby() {
     const LEASE: Duration = Duration::from_secs(3);
     let s = Scenario::running_on_a("e2e-leaderkill").await;
     let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    let holder = || async { leases.get_opt("switchyard").await.ok().flatten()?.spec?.holder_identity };
-    let replica = |identity: &str| {
-        let lease = format!("{}s", LEASE.as_secs());
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["controller", "--identity", identity, "--namespace", &s.ns, "--metrics-addr", ""])
-            .args(["--leader-election", "--lease-name", "switchyard", "--lease-namespace", &s.ns])
-            .args(["--lease-duration", &lease])
-            .env("KUBECONFIG", &control_plane().kubeconfig)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a controller process")
-    };
+    let holder = || lease_holder(&leases, "switchyard");
+    let lease = format!("{}s", LEASE.as_secs());
+    let election =
+        ["--leader-election", "--lease-name", "switchyard", "--lease-namespace", &s.ns, "--lease-duration", &lease];
+    let replica = |identity: &str| controller_process(identity, &s.ns, &election, &[]);
 
     let mut p1 = replica("leaderkill-1");
     eventually("leaderkill-1 leads", CONVERGE, || async {

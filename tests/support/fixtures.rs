@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -313,4 +314,9 @@ pub async fn events_of(client: &Client, namespace: &str, name: &str) -> Vec<(Str
 /// The condition `type_` of a workspace as (status, reason).
 pub fn condition(ws: &Workspace, type_: &str) -> Option<(String, String)> {
     cond::get(&status(ws).conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Who holds Lease `name` now, if anyone.
+pub async fn lease_holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get_opt(name).await.ok().flatten()?.spec?.holder_identity
 }

@@ -123,6 +123,25 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> Output {
     child.wait_with_output().expect("kubectl output")
 }
 
+/// A `switchyard controller` process for `namespace` against the test control plane (no metrics
+/// endpoint), with `args` and `env` added; killed when dropped.
+pub fn controller_process(
+    identity: &str,
+    namespace: &str,
+    args: &[&str],
+    env: &[(String, String)],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["controller", "--identity", identity, "--namespace", namespace, "--metrics-addr", ""])
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start a controller process")
+}
+
 /// A kube client for the test control plane, bound to the calling test's runtime.
 pub async fn client() -> Client {
     let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");

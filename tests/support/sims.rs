@@ -30,7 +30,7 @@ impl Sim {
     }
 
     /// Starts a provider-sim with extra environment variables.
-    pub async fn start_with_env(name: &str, env: Vec<(String, String)>) -> Self {
+    async fn start_with_env(name: &str, env: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut options = ProviderSimOptions::new(env!("CARGO_BIN_EXE_switchyard"), name, dir.path().join(name));
         options.env = env;
@@ -41,7 +41,12 @@ impl Sim {
     /// Starts a provider-sim and registers it as ComputeProvider `name`, its token in Secret
     /// `<name>-token` of `namespace`.
     pub async fn provider(client: &Client, namespace: &str, name: &str) -> Self {
-        let sim = Self::start(name).await;
+        Self::provider_with_env(client, namespace, name, Vec::new()).await
+    }
+
+    /// `provider`, the process started with extra environment variables.
+    pub async fn provider_with_env(client: &Client, namespace: &str, name: &str, env: Vec<(String, String)>) -> Self {
+        let sim = Self::start_with_env(name, env).await;
         let secret = format!("{name}-token");
         put_secret(client, namespace, &secret, json!({"token": sim.process.token()})).await;
         http_provider(client, name, &sim, Some(secret_ref(namespace, &secret))).await;
