@@ -9,7 +9,7 @@
 //! behind), an Event is dropped and counted, like client-go's broadcaster does.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
@@ -72,14 +72,24 @@ impl Events {
     }
 }
 
+/// What makes two Events repeats of each other: the object (its uid), type, reason and action.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     uid: String,
-    namespace: String,
-    name: String,
     type_: &'static str,
     reason: String,
     action: String,
+}
+
+impl Key {
+    fn of(note: &Note) -> Self {
+        Key {
+            uid: note.regarding.uid.clone().unwrap_or_default(),
+            type_: type_name(note.type_),
+            reason: note.reason.clone(),
+            action: note.action.clone(),
+        }
+    }
 }
 
 /// The Event a repeat would update: its name, count and when it was last seen.
@@ -97,8 +107,9 @@ struct Repeats {
 
 impl Repeats {
     /// The Event to write for `note`: a new one, or a series update of one seen recently.
-    fn record(&mut self, key: Key, note: &Note, instance: &str) -> (Event, bool) {
+    fn record(&mut self, note: &Note, instance: &str) -> (Event, bool) {
         let now = note.at;
+        let key = Key::of(note);
         if self.pruned.is_none_or(|t| now.duration_since(t) > PRUNE_EVERY) {
             self.seen.retain(|_, s| now.duration_since(s.last) < SERIES_WINDOW);
             self.pruned = Some(now);
@@ -128,11 +139,7 @@ async fn publish_all(client: kube::Client, instance: String, rx: mpsc::Receiver<
         .for_each_concurrent(CONCURRENCY, |note| {
             let (client, instance, repeats) = (client.clone(), instance.clone(), repeats.clone());
             async move {
-                let key = key_of(&note);
-                let (event, repeat) = match repeats.lock() {
-                    Ok(mut r) => r.record(key, &note, &instance),
-                    Err(poisoned) => poisoned.into_inner().record(key, &note, &instance),
-                };
+                let (event, repeat) = repeats.lock().unwrap_or_else(PoisonError::into_inner).record(&note, &instance);
                 let api: Api<Event> = Api::namespaced(client, note.regarding.namespace.as_deref().unwrap_or("default"));
                 let name = event.metadata.name.clone().unwrap_or_default();
                 let written = if repeat {
@@ -151,18 +158,6 @@ async fn publish_all(client: kube::Client, instance: String, rx: mpsc::Receiver<
             }
         })
         .await;
-}
-
-fn key_of(note: &Note) -> Key {
-    let r = &note.regarding;
-    Key {
-        uid: r.uid.clone().unwrap_or_default(),
-        namespace: r.namespace.clone().unwrap_or_default(),
-        name: r.name.clone().unwrap_or_default(),
-        type_: type_name(note.type_),
-        reason: note.reason.clone(),
-        action: note.action.clone(),
-    }
 }
 
 fn type_name(t: EventType) -> &'static str {
@@ -217,16 +212,16 @@ mod tests {
     fn a_repeat_within_the_window_updates_the_first_event() {
         let mut r = Repeats::default();
         let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
-        let (first, repeat) = r.record(key_of(&note("Claimed", t0)), &note("Claimed", t0), "me");
+        let (first, repeat) = r.record(&note("Claimed", t0), "me");
         assert!(!repeat);
         assert!(first.series.is_none());
         let t1 = t0 + SignedDuration::from_mins(5);
-        let (second, repeat) = r.record(key_of(&note("Claimed", t1)), &note("Claimed", t1), "me");
+        let (second, repeat) = r.record(&note("Claimed", t1), "me");
         assert!(repeat);
         assert_eq!(second.metadata.name, first.metadata.name);
         assert_eq!(second.series.as_ref().map(|s| s.count), Some(2));
         // Another reason is another Event.
-        let (other, repeat) = r.record(key_of(&note("TookOver", t1)), &note("TookOver", t1), "me");
+        let (other, repeat) = r.record(&note("TookOver", t1), "me");
         assert!(!repeat);
         assert_ne!(other.metadata.name, first.metadata.name);
     }
@@ -235,13 +230,13 @@ mod tests {
     fn a_repeat_after_the_window_is_a_new_event_and_old_entries_are_pruned() {
         let mut r = Repeats::default();
         let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
-        let (first, _) = r.record(key_of(&note("Claimed", t0)), &note("Claimed", t0), "me");
+        let (first, _) = r.record(&note("Claimed", t0), "me");
         let late = t0 + SERIES_WINDOW + SignedDuration::from_secs(1);
-        let (again, repeat) = r.record(key_of(&note("Claimed", late)), &note("Claimed", late), "me");
+        let (again, repeat) = r.record(&note("Claimed", late), "me");
         assert!(!repeat);
         assert_ne!(again.metadata.name, first.metadata.name);
         let much_later = late + SERIES_WINDOW + PRUNE_EVERY + SignedDuration::from_secs(1);
-        r.record(key_of(&note("Other", much_later)), &note("Other", much_later), "me");
+        r.record(&note("Other", much_later), "me");
         assert_eq!(r.seen.len(), 1, "entries older than the window are pruned");
     }
 
