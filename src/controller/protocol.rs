@@ -278,16 +278,14 @@ async fn stop_old(
             Err(e) if fenced(&e) => return Ok(fenced_off(ctx, &e)),
             Err(e) => {
                 warn!(attempt, attempts, error = %e, "stop failed");
-                let retry = e.is_retryable();
-                let error = e.to_string();
-                last = Some(e);
-                if !retry || attempt == attempts {
+                let error = last.insert(e.to_string());
+                if !e.is_retryable() || attempt == attempts {
                     break;
                 }
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2);
                 // Slow failing calls could outlast the claim lease: renew it before retrying.
-                match held_write(ctx, api, &current, |w| status::retrying(w, &error, &self::now())).await? {
+                match held_write(ctx, api, &current, |w| status::retrying(w, error, &self::now())).await? {
                     Flow::Continue(fresh) => current = *fresh,
                     done @ Flow::Done(_) => return Ok(done),
                 }
@@ -298,8 +296,8 @@ async fn stop_old(
     let ws = &current;
     let after = self::now();
     let now = &after;
-    if let Some(e) = last {
-        return stop_failed(ctx, api, ws, &e.to_string(), now).await;
+    if let Some(error) = last {
+        return stop_failed(ctx, api, ws, &error, now).await;
     }
     ctx.memory().stop_failures.remove(&ObjectRef::from_obj(ws));
     info!(instance = %instance.id, provider = %instance.provider, "old compute stopped");
@@ -409,9 +407,9 @@ async fn provision(
             if let Some(took) = took {
                 ctx.metrics.switch_duration.observe(took);
             }
-            let took = took.unwrap_or_default();
             let note = format!(
-                "switched from {from} to {provider_name} in {took:.1}s: compute on {from} stopped, then {} started",
+                "switched from {from} to {provider_name} in {:.1}s: compute on {from} stopped, then {} started",
+                took.unwrap_or_default(),
                 instance.id
             );
             event(ctx, ws, EventType::Normal, cond::SWITCH_COMPLETED, "Provision", &note);

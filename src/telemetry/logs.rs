@@ -33,45 +33,42 @@ impl Telemetry {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level of the logs.
 pub fn init(format: LogFormat) -> Telemetry {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let logs = match format {
         LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed(),
     }
-    .with_filter(filter());
+    .with_filter(filter);
     let registry = tracing_subscriber::registry().with(logs);
 
     #[cfg(feature = "otel")]
     {
-        let mut telemetry = Telemetry::default();
-        let mut problem = None;
-        let traces = if super::traces::requested() {
-            match super::traces::layer() {
-                Ok((layer, exporter)) => {
-                    telemetry.traces = Some(exporter);
-                    Some(layer.with_filter(super::traces::filter()))
-                }
-                Err(e) => {
-                    problem = Some(e);
-                    None
-                }
-            }
-        } else {
-            None
+        let (traces, exporter, problem) = match traces_requested().then(super::traces::layer) {
+            Some(Ok((layer, exporter))) => (Some(layer.with_filter(super::traces::filter())), Some(exporter), None),
+            Some(Err(problem)) => (None, None, Some(problem)),
+            None => (None, None, None),
         };
         // A second init (e.g. in tests) keeps the first subscriber.
         let _ = registry.with(traces).try_init();
         if let Some(error) = problem {
             tracing::warn!(%error, "traces are not exported");
         }
-        telemetry
+        Telemetry { traces: exporter }
     }
     #[cfg(not(feature = "otel"))]
     {
         let _ = registry.try_init();
-        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-            tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build has no `otel` feature: no traces");
+        if traces_requested() {
+            tracing::warn!("an OTLP endpoint is set, but this build has no `otel` feature: no traces");
         }
         Telemetry::default()
     }
+}
+
+/// Whether the environment asks for traces: an OTLP endpoint is set and the SDK not disabled.
+fn traces_requested() -> bool {
+    let set = |name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }

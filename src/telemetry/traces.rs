@@ -28,14 +28,6 @@ impl Exporter {
     }
 }
 
-/// Whether the environment asks for traces at all.
-pub fn requested() -> bool {
-    let set = |name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
-    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-}
-
 /// The span filter of the trace layer.
 pub fn filter() -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_TRACE_FILTER")
