@@ -508,6 +508,8 @@ async fn a_new_workspace_is_in_progress_until_the_controller_reports() {
     // Without the default (an object from elsewhere, e.g. a dry run), kstatus has no rule and
     // says Current: the gap the default closes.
     let mut bare = obj.clone();
-    bare.as_object_mut().map(|o| o.remove("status"));
+    if let Some(o) = bare.as_object_mut() {
+        o.remove("status");
+    }
     assert_eq!(kstatus(std::slice::from_ref(&bare)).remove(0).status, "Current");
 }
