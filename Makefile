@@ -3,17 +3,26 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
-.PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind image-check
+.PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind image-check chaos
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
 	./target/debug/switchyard dev --testenv-bin $(TESTENV_BIN)
 
-## test: unit tests and integration tests against a real kube-apiserver, then the OpenTelemetry
+## test: unit tests and integration tests against a real kube-apiserver (with the chaos scenarios
+##       and one short seeded campaign of tests/chaos.rs), then the OpenTelemetry
 ##       trace test on the `otel` build (lint: make lint)
 test: testenv
 	$(CARGO) test --all-targets -- --color never --test-threads 4
 	$(CARGO) test --features otel --test otel -- --color never
+
+## chaos: the long seeded fault campaign over real controller and provider-sim processes, once per
+##        seed (tests/chaos.rs; `make test` runs its targeted scenarios and one short campaign).
+##        A failing seed replays with e.g. make chaos SEEDS="3"
+SEEDS ?= 1 2 3 4 5
+chaos: testenv
+	$(CARGO) build --release --test chaos
+	SWITCHYARD_CHAOS_SEEDS="$(SEEDS)" $(CARGO) test --release --test chaos -- --ignored --nocapture --color never campaign
 
 ## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
 testenv:
