@@ -61,6 +61,16 @@ pub struct ControllerArgs {
     /// Address of /metrics, /healthz and /readyz ("" disables).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: String,
+    /// Owner identity of the instances this controller creates, and the only ones its
+    /// inventory lists (default: the uid of the kube-system namespace, unique per cluster).
+    #[arg(long, env = "SWITCHYARD_CLUSTER")]
+    pub cluster: Option<String>,
+    /// How often the inventory lists every provider for compute no status names ("0" disables).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub inventory_interval: Duration,
+    /// How long an instance must stay unnamed before the inventory stops it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub inventory_grace: Duration,
 }
 
 impl ControllerArgs {
@@ -70,6 +80,11 @@ impl ControllerArgs {
         s.namespace = self.namespace.clone();
         s.concurrency = self.concurrency;
         s.stall_after = self.stall_after;
+        s.inventory_interval = Some(self.inventory_interval).filter(|d| !d.is_zero());
+        s.inventory_grace = self.inventory_grace;
+        if let Some(cluster) = &self.cluster {
+            s.cluster = cluster.clone();
+        }
         s.leader_election = self.leader_election.then(|| LeaseSettings {
             namespace: self.lease_namespace.clone(),
             name: self.lease_name.clone(),
@@ -254,8 +269,26 @@ async fn run_controller(args: ControllerArgs) -> Result<(), String> {
         });
     }
     let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
-    controller::run(client, args.settings(), dispatcher, handles, stopped(stop_rx)).await;
+    let mut settings = args.settings();
+    if args.cluster.is_none() {
+        match cluster_uid(&client).await {
+            Ok(uid) => settings.cluster = uid,
+            Err(e) => {
+                // Without an identity of our own we could collect another cluster's compute.
+                tracing::warn!(error = %e, "cannot read the kube-system namespace's uid: set --cluster; inventory disabled");
+                settings.inventory_interval = None;
+            }
+        }
+    }
+    controller::run(client, settings, dispatcher, handles, stopped(stop_rx)).await;
     Ok(())
+}
+
+/// The uid of the kube-system namespace: the conventional identity of a cluster.
+async fn cluster_uid(client: &kube::Client) -> Result<String, kube::Error> {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let ns = namespaces.get("kube-system").await?;
+    Ok(ns.metadata.uid.unwrap_or_else(|| "default".to_string()))
 }
 
 #[cfg(test)]

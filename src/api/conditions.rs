@@ -16,6 +16,8 @@ pub const SWITCHING: &str = "Switching";
 pub const STOPPING: &str = "Stopping";
 pub const DELETING: &str = "Deleting";
 pub const CLAIM_HELD_ELSEWHERE: &str = "ClaimHeldElsewhere";
+/// Why a holder waits: the backoff after a failed step.
+pub const BACKOFF: &str = "Backoff";
 pub const PENDING: &str = "Pending";
 // Stalled=True: needs a fix or a recovery outside the controller.
 pub const PROVIDER_NOT_FOUND: &str = "ProviderNotFound";
@@ -23,6 +25,8 @@ pub const PROVIDER_NOT_READY: &str = "ProviderNotReady";
 pub const PROVIDER_MISCONFIGURED: &str = "ProviderMisconfigured";
 pub const STOP_FAILED: &str = "StopFailed";
 pub const PROVISION_FAILED: &str = "ProvisionFailed";
+/// A provider a superseded operation could still call cannot be fenced: the operation waits.
+pub const FENCE_FAILED: &str = "FenceFailed";
 // ComputeProvider Ready.
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
@@ -33,6 +37,10 @@ pub const COMPUTE_STOPPED: &str = "ComputeStopped";
 pub const SWITCH_ABORTED: &str = "SwitchAborted";
 pub const RETARGETED: &str = "Retargeted";
 pub const TOOK_OVER: &str = "TookOver";
+/// Warning: a provider was left unfenced on the user's say-so (annotation `switchyard.dev/skip-fence`).
+pub const FENCE_SKIPPED: &str = "FenceSkipped";
+/// Warning: the inventory found compute no workspace status names, and stopped it.
+pub const LEAK_COLLECTED: &str = "LeakCollected";
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not change.
 pub fn set(

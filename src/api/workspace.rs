@@ -123,6 +123,12 @@ pub struct WorkspaceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_switch: Option<LastSwitch>,
 
+    /// Providers a released operation could still call under an older epoch (its holder let
+    /// go of the claim before finishing). The next claim raises their fence first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub unfenced: Vec<String>,
+
     /// Ready, Reconciling and Stalled, with kstatus polarity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -181,6 +187,20 @@ pub struct Operation {
     /// Last error seen by the current step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The current step is not retried before this time (backoff after a failure). Kept by a
+    /// takeover, so a new holder waits out the same backoff instead of starting it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Time>,
+    /// Providers this operation may call: its `from`, its `to`, and every target a retarget
+    /// named. A takeover raises the fence at each of them before any other provider call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub reach: Vec<String>,
+    /// Providers that must see this operation's epoch (an explicit fence call) before it makes
+    /// any other provider call: those a superseded operation could still call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub unfenced: Vec<String>,
 }
 
 /// What a claim does to the compute.

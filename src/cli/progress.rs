@@ -186,7 +186,8 @@ mod tests {
             stage(&stopped, &t).lines(),
             vec!["old compute stopped on a; active provider is now b", "provisioning on b"]
         );
-        let failed = on(stopped.clone(), status::step_failed(&stopped, cond::PROVISION_FAILED, "quota", 3, &now()));
+        let failed =
+            on(stopped.clone(), status::step_failed(&stopped, cond::PROVISION_FAILED, "quota", 3, &now(), &now()));
         assert_eq!(stage(&failed, &t), stage(&stopped, &t), "a failed attempt is not a new stage");
         assert_eq!(last_error(&failed), Some((1, "quota".to_string())));
         let ready = on(stopped.clone(), status::provisioned(&stopped, instance("b"), &now()));

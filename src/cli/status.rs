@@ -251,7 +251,7 @@ mod tests {
         let from = Some("aws".to_string());
         w.status = Some(status::claimed(&w, "op-1", OperationKind::Switch, from, Some("gcp".into()), "ctl-1", &at(5)));
         w.status = Some(status::committed(&w, &at(6)));
-        w.status = Some(status::step_failed(&w, cond::PROVISION_FAILED, "quota exceeded", 5, &at(7)));
+        w.status = Some(status::step_failed(&w, cond::PROVISION_FAILED, "quota exceeded", 5, &at(7), &at(7)));
         w
     }
 

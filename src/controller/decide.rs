@@ -31,7 +31,8 @@ pub struct Facts {
     pub source: ProviderState,
     /// A failed stop is not retried before this time (growing backoff, kept in memory).
     pub retry_at: Option<Timestamp>,
-    /// Backoff between provision attempts: base doubled per attempt, capped.
+    /// Backoff between attempts of a step (provision, fence): base doubled per attempt, capped.
+    /// A `retryAt` further ahead than the cap is not trusted.
     pub provision_backoff: (Duration, Duration),
     /// Whether this instance holds the leader Lease. Of two holders of a claim, the one that
     /// is not the leader is presumed gone (a leader that died), so the leader need not wait.
@@ -60,6 +61,13 @@ pub enum Next {
         to: Option<String>,
     },
     TakeOver,
+    /// Raise the fence to our epoch at each of `providers` (those a superseded operation could
+    /// still call) before any other provider call.
+    Fence {
+        providers: Vec<String>,
+    },
+    /// We are waiting (a backoff) and the claim would soon look stale: renew it, nothing else.
+    Renew,
     /// The workspace is being deleted: turn our in-flight operation into a Delete.
     ConvertToDelete,
     /// The spec went back to where the compute is before anything was stopped: release the claim.
@@ -101,6 +109,8 @@ impl Next {
             Next::Wait { .. } => "wait",
             Next::Claim { .. } => "claim",
             Next::TakeOver => "take_over",
+            Next::Fence { .. } => "fence",
+            Next::Renew => "renew",
             Next::ConvertToDelete => "convert_to_delete",
             Next::Abort => "abort",
             Next::StopOld { .. } => "stop_old",
@@ -123,8 +133,10 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     if let Some(op) = status.and_then(|s| s.operation.as_ref()) {
         if op.holder != facts.me {
             // Stale once the lease has passed; the leader need not wait (see `Facts::leader`).
+            // A renewal further in the future than a lease is no renewal at all.
             let age = elapsed(op.renewed_at.0, facts.now);
-            return if age < facts.claim_lease && !facts.leader {
+            let forged = until(facts.now, op.renewed_at.0) > facts.claim_lease;
+            return if age < facts.claim_lease && !facts.leader && !forged {
                 Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE }
             } else {
                 Next::TakeOver
@@ -195,13 +207,36 @@ fn continue_operation(
     deleting: bool,
 ) -> Next {
     let spec = &ws.spec;
-    let key = crate::provider::provision_key(ws.metadata.uid.as_deref().unwrap_or_default(), &op.id);
     // Whatever this operation's key may have created on its target.
-    let in_flight = || op.to.clone().map(|to| (to, key.clone()));
+    let key = crate::provider::provision_key(ws.metadata.uid.as_deref().unwrap_or_default(), &op.id);
 
     if deleting && op.kind != OperationKind::Delete {
         return Next::ConvertToDelete;
     }
+    // A superseded operation may still call these providers: fence them before anything else.
+    let next = if op.unfenced.is_empty() {
+        next_step(spec, op, instance, facts, key)
+    } else {
+        Next::Fence { providers: op.unfenced.clone() }
+    };
+    // A step that failed is tried again (or held again) only once its backoff has passed.
+    let retries =
+        matches!(next, Next::Fence { .. } | Next::StopOld { .. } | Next::Provision { .. } | Next::Hold { .. });
+    match waiting(op, facts) {
+        Some(wait) if retries => wait,
+        _ => next,
+    }
+}
+
+/// The step that carries our operation on from where it is.
+fn next_step(
+    spec: &crate::api::WorkspaceSpec,
+    op: &Operation,
+    instance: Option<&Instance>,
+    facts: &Facts,
+    key: String,
+) -> Next {
+    let in_flight = || op.to.clone().map(|to| (to, key.clone()));
     match (op.kind, op.step) {
         (OperationKind::Delete, _) => match instance {
             Some(i) => Next::StopOld { instance: i.clone() },
@@ -230,16 +265,26 @@ fn continue_operation(
             if let Some(stall) = blocked(&facts.target, &to) {
                 return Next::Hold { stall };
             }
-            if op.attempts > 0 {
-                let wait = backoff(op.attempts, facts.provision_backoff);
-                let since = elapsed(op.renewed_at.0, facts.now);
-                if since < wait {
-                    return Next::Wait { after: wait - since, why: cond::PROVISION_FAILED };
-                }
-            }
             Next::Provision { provider: to, key }
         }
     }
+}
+
+/// While our operation's backoff runs (`retryAt`): wait, renewing the claim every third of the
+/// lease so that nobody takes a live holder over for waiting. One write per wait at most, and
+/// one per third of a lease.
+fn waiting(op: &Operation, facts: &Facts) -> Option<Next> {
+    let retry_in = op.retry_at.as_ref().map(|t| until(facts.now, t.0)).filter(|d| !d.is_zero())?;
+    if retry_in > facts.provision_backoff.1 {
+        return None;
+    }
+    let renew_every = facts.claim_lease / 3;
+    let age = elapsed(op.renewed_at.0, facts.now);
+    if age >= renew_every {
+        return Some(Next::Renew);
+    }
+    let why = if op.unfenced.is_empty() { cond::BACKOFF } else { cond::FENCE_FAILED };
+    Some(Next::Wait { after: retry_in.min(renew_every - age), why })
 }
 
 /// Why a provider cannot be used, as a stall; None when it can.

@@ -49,10 +49,13 @@ struct Op {
     holder: &'static str,
     renewed_ago: i64,
     attempts: i32,
+    /// `retryAt`, in seconds from now (negative: passed).
+    retry_in: Option<i64>,
+    unfenced: &'static [&'static str],
 }
 
 fn op(kind: OperationKind, step: Step, from: Option<&'static str>, to: Option<&'static str>) -> Op {
-    Op { id: OP_ID, kind, step, from, to, holder: ME, renewed_ago: 5, attempts: 0 }
+    Op { id: OP_ID, kind, step, from, to, holder: ME, renewed_ago: 5, attempts: 0, retry_in: None, unfenced: &[] }
 }
 
 /// A switch from a to b.
@@ -90,6 +93,14 @@ impl Op {
     }
     fn id(mut self, id: &'static str) -> Self {
         self.id = id;
+        self
+    }
+    fn retry_in(mut self, secs: i64) -> Self {
+        self.retry_in = Some(secs);
+        self
+    }
+    fn unfenced(mut self, providers: &'static [&'static str]) -> Self {
+        self.unfenced = providers;
         self
     }
     fn label(&self) -> String {
@@ -193,6 +204,12 @@ impl Ws {
             }
             if op.attempts > 0 {
                 o["lastError"] = json!("boom");
+            }
+            if let Some(secs) = op.retry_in {
+                o["retryAt"] = json!((now() + SignedDuration::from_secs(secs)).to_string());
+            }
+            if !op.unfenced.is_empty() {
+                o["unfenced"] = json!(op.unfenced);
             }
             status["operation"] = o;
         }
@@ -1042,8 +1059,8 @@ fn own_roll_forward() -> Vec<Case> {
         let l = op.label();
         let base = || ws("b").active("b").op(op.clone());
         let failed =
-            |attempts: i32, secs_ago: i64| ws("b").active("b").op(op.clone().attempts(attempts).renewed(secs_ago));
-        let pf = cond::PROVISION_FAILED;
+            |attempts: i32, retry_in: i64| ws("b").active("b").op(op.clone().attempts(attempts).retry_in(retry_in));
+        let bo = cond::BACKOFF;
         cases.extend([
             case(format!("{l}, spec b: provision on b under the key"), base(), facts(), provision_on("b")),
             case(
@@ -1114,48 +1131,75 @@ fn own_roll_forward() -> Vec<Case> {
                 target(misconfigured()),
                 hold(misconfigured_stall("b")),
             ),
-            // Provision backoff: base 1s doubled per failed attempt, capped at 30s, counted from renewedAt.
-            case(format!("{l}, 1 failed attempt just now: wait 1s"), failed(1, 0), facts(), wait(1, pf)),
-            case(format!("{l}, 1 failed attempt 1s ago: provision"), failed(1, 1), facts(), provision_on("b")),
-            case(format!("{l}, 2 failed attempts 1s ago: wait 1s"), failed(2, 1), facts(), wait(1, pf)),
-            case(format!("{l}, 3 failed attempts 1s ago: wait 3s"), failed(3, 1), facts(), wait(3, pf)),
-            case(format!("{l}, 3 failed attempts 4s ago: provision"), failed(3, 4), facts(), provision_on("b")),
-            case(format!("{l}, 3 failed attempts 10s ago: provision"), failed(3, 10), facts(), provision_on("b")),
+            // Backoff: wait until retryAt, renewing the claim every third of the lease (20s).
+            case(format!("{l}, retry in 1s: wait 1s"), failed(1, 1), facts(), wait(1, bo)),
+            case(format!("{l}, retry 1s ago: provision"), failed(1, -1), facts(), provision_on("b")),
+            case(format!("{l}, retry due now: provision"), failed(2, 0), facts(), provision_on("b")),
             case(
-                format!("{l}, 10 failed attempts 20s ago: capped at 30s, wait 10s"),
-                failed(10, 20),
+                format!("{l}, retry in 25s, renewed 5s ago: wait 15s, to renew"),
+                failed(5, 25),
                 facts(),
-                wait(10, pf),
+                wait(15, bo),
             ),
             case(
-                format!("{l}, 10 failed attempts 30s ago: capped, provision"),
-                failed(10, 30),
+                format!("{l}, retry in 10s, renewed 20s ago: renew"),
+                ws("b").active("b").op(op.clone().attempts(3).retry_in(10).renewed(20)),
+                facts(),
+                Next::Renew,
+            ),
+            case(
+                format!("{l}, retry in 10s, renewed in the future: wait 10s"),
+                ws("b").active("b").op(op.clone().attempts(3).retry_in(10).renewed(-100)),
+                facts(),
+                wait(10, bo),
+            ),
+            case(
+                format!("{l}, retry in 31s, beyond the cap: not trusted, provision"),
+                failed(3, 31),
                 facts(),
                 provision_on("b"),
             ),
             case(
-                format!("{l}, 3 failed attempts renewed in the future: wait the whole backoff"),
-                failed(3, -10),
-                facts(),
-                wait(4, pf),
+                format!("{l}, retry in 3s, b missing: wait before holding again"),
+                failed(3, 3),
+                target(MISSING),
+                wait(3, bo),
             ),
             case(
-                format!("{l}, 3 failed attempts 1s ago, b missing: hold before backoff"),
-                failed(3, 1),
+                format!("{l}, retry 1s ago, b missing: hold again"),
+                failed(3, -1),
                 target(MISSING),
                 hold(missing_stall("b")),
             ),
             case(
-                format!("{l}, 3 failed attempts 1s ago, stopped spec: finish, no backoff"),
-                failed(3, 1).stopped(),
+                format!("{l}, retry in 3s, stopped spec: finish, no backoff"),
+                failed(3, 3).stopped(),
                 facts(),
                 finish(Some("b")),
             ),
             case(
-                format!("{l}, 3 failed attempts 1s ago, spec now c: retarget, no backoff"),
-                failed(3, 1).spec("c"),
+                format!("{l}, retry in 3s, spec now c: retarget, no backoff"),
+                failed(3, 3).spec("c"),
                 facts(),
                 retarget("b"),
+            ),
+            case(
+                format!("{l}, unfenced a and b: fence them first"),
+                ws("b").active("b").op(op.clone().unfenced(&["a", "b"])),
+                facts(),
+                Next::Fence { providers: vec!["a".into(), "b".into()] },
+            ),
+            case(
+                format!("{l}, unfenced, fence retry in 4s: wait"),
+                ws("b").active("b").op(op.clone().unfenced(&["b"]).attempts(1).retry_in(4)),
+                facts(),
+                wait(4, cond::FENCE_FAILED),
+            ),
+            case(
+                format!("{l}, unfenced, stopped spec: fence before releasing anything"),
+                ws("b").active("b").stopped().op(op.clone().unfenced(&["b"])),
+                facts(),
+                Next::Fence { providers: vec!["b".into()] },
             ),
             case(format!("{l}, deleting: convert to Delete"), base().deleting(), facts(), Next::ConvertToDelete),
             case(
@@ -1165,8 +1209,8 @@ fn own_roll_forward() -> Vec<Case> {
                 Next::ConvertToDelete,
             ),
             case(
-                format!("{l}, deleting, 3 failed attempts just now: convert, no backoff"),
-                failed(3, 0).deleting(),
+                format!("{l}, deleting, retry in 3s: convert, no backoff"),
+                failed(3, 3).deleting(),
                 facts(),
                 Next::ConvertToDelete,
             ),
@@ -1307,23 +1351,47 @@ fn a_foreign_claim_is_waited_out_exactly_to_the_end_of_the_lease() {
     }
 }
 
-/// For every attempt count and time since the last failure: provision once the backoff is over,
-/// otherwise wait exactly the rest of it.
+/// For every time to `retryAt` and age of the claim: provision once retryAt has passed (or lies
+/// beyond the cap), otherwise renew when a third of the lease has passed, else wait until the
+/// earlier of retryAt and the renewal.
 #[test]
-fn provision_waits_exactly_the_rest_of_the_backoff() {
-    for attempts in 1..=8 {
-        let full = Duration::from_secs(1u64 << (attempts - 1)).min(CAP);
-        for since in 0..=40 {
-            let ws = ws("b").active("b").op(provision(OldStopped).attempts(attempts).renewed(since)).build();
-            let got = decide(&ws, &facts());
-            let since = Duration::from_secs(since as u64);
-            let expected = if since < full {
-                Next::Wait { after: full - since, why: cond::PROVISION_FAILED }
-            } else {
+fn provision_waits_exactly_until_retry_at_renewing_on_the_way() {
+    for retry_in in -5..=40_i64 {
+        for renewed_ago in 0..=30_i64 {
+            let op = provision(OldStopped).attempts(2).retry_in(retry_in).renewed(renewed_ago);
+            let got = decide(&ws("b").active("b").op(op).build(), &facts());
+            let renew_every = LEASE.as_secs() as i64 / 3;
+            let expected = if retry_in <= 0 || retry_in > CAP.as_secs() as i64 {
                 provision_on("b")
+            } else if renewed_ago >= renew_every {
+                Next::Renew
+            } else {
+                wait(retry_in.min(renew_every - renewed_ago) as u64, cond::BACKOFF)
             };
-            assert_eq!(got, expected, "{attempts} attempts, last {since:?} ago");
+            assert_eq!(got, expected, "retry in {retry_in}s, renewed {renewed_ago}s ago");
         }
+    }
+}
+
+/// A takeover supersedes an operation: whatever it may still call is fenced before any other
+/// call, for every kind and step.
+#[test]
+fn a_taken_over_operation_fences_before_any_other_call() {
+    for op in all_operations() {
+        let ws = holding(op.clone().unfenced(&["a", "b"])).build();
+        let got = decide(&ws, &facts());
+        assert_eq!(got, Next::Fence { providers: vec!["a".into(), "b".into()] }, "{}", op.label());
+    }
+}
+
+/// A claim "renewed" further ahead than a lease is forged or from a broken clock: stale.
+#[test]
+fn a_claim_renewed_in_the_future_is_taken_over() {
+    for op in all_operations() {
+        let slightly = holding(op.clone().held_by(OTHER).renewed(-30)).build();
+        assert_eq!(decide(&slightly, &facts()), wait(60, cond::CLAIM_HELD_ELSEWHERE), "{}: clock skew", op.label());
+        let forged = holding(op.clone().held_by(OTHER).renewed(-3600)).build();
+        assert_eq!(decide(&forged, &facts()), Next::TakeOver, "{}: an hour ahead", op.label());
     }
 }
 

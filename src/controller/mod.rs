@@ -4,6 +4,7 @@
 pub mod decide;
 mod events;
 pub mod failpoints;
+mod inventory;
 pub mod leader;
 mod protocol;
 pub mod providers;
@@ -66,6 +67,14 @@ pub struct Settings {
     pub stop_retry: (Duration, Duration),
     /// Reconcile only while leading this Lease (None: always).
     pub leader_election: Option<LeaseSettings>,
+    /// Who owns the instances this controller creates: providers list and record instances by
+    /// it, so controllers of two clusters sharing a provider never touch each other's.
+    pub cluster: String,
+    /// How often the inventory lists every provider for instances no status names (None: never).
+    pub inventory_interval: Option<Duration>,
+    /// How long an instance must stay unnamed, across passes, before the inventory stops it:
+    /// room for a create whose status write is still on its way.
+    pub inventory_grace: Duration,
 }
 
 impl Settings {
@@ -81,6 +90,9 @@ impl Settings {
             stop_backoff: Duration::from_millis(200),
             stop_retry: (Duration::from_secs(5), Duration::from_secs(300)),
             leader_election: None,
+            cluster: "default".to_string(),
+            inventory_interval: Some(Duration::from_secs(30)),
+            inventory_grace: Duration::from_secs(60),
         }
     }
 }
@@ -117,6 +129,22 @@ struct Memory {
     stop_failures: HashMap<ObjectRef<Workspace>, (u32, jiff::Timestamp)>,
     /// Consecutive reconcile errors, for the error backoff.
     errors: HashMap<ObjectRef<Workspace>, u32>,
+}
+
+impl Memory {
+    /// Drops what is kept about a workspace that is gone, so memory is bounded by live objects.
+    fn forget(&mut self, key: &ObjectRef<Workspace>) {
+        self.written.remove(key);
+        self.stop_failures.remove(key);
+        self.errors.remove(key);
+    }
+
+    /// Keeps only what is kept about `live` workspaces.
+    fn retain(&mut self, live: &std::collections::HashSet<ObjectRef<Workspace>>) {
+        self.written.retain(|k, _| live.contains(k));
+        self.stop_failures.retain(|k, _| live.contains(k));
+        self.errors.retain(|k, _| live.contains(k));
+    }
 }
 
 impl Context {
@@ -271,6 +299,7 @@ async fn reconcile_until(
     let _probes =
         AbortOnDrop(tokio::spawn(providers::probe_forever(client.clone(), providers.clone(), dispatcher.clone())));
     let ctx = Context::new(client, settings, dispatcher, providers, &handles);
+    let _inventory = AbortOnDrop(tokio::spawn(inventory::run(ctx.clone(), cached.clone(), handles.health.clone())));
     let _gauges = AbortOnDrop(tokio::spawn(update_gauges(cached, identity, handles.clone())));
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))

@@ -47,11 +47,17 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
     let key = ObjectRef::from_obj(&*ws);
     let span = info_span!("reconcile", namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any());
     async move {
-        if cache_is_behind_our_write(&ctx, &key, &ws) {
-            // Our own last write has not reached the cache yet; its watch event will bring us back.
-            return Ok(Action::requeue(Duration::from_secs(5)));
-        }
-        let mut ws = (*ws).clone();
+        // Acting on a copy older than our own last write could repeat a step we already took
+        // (a stop under a claim we released, say): read the object afresh instead.
+        let mut ws = if cache_is_behind_our_write(&ctx, &key, &ws) {
+            match ctx.workspaces(&ws.namespace().unwrap_or_default()).get_opt(&ws.name_any()).await? {
+                Some(fresh) if !cache_is_behind_our_write(&ctx, &key, &fresh) => fresh,
+                // Gone, or the read is behind too: the watch event of our write brings us back.
+                _ => return Ok(Action::requeue(Duration::from_secs(1))),
+            }
+        } else {
+            (*ws).clone()
+        };
         for _ in 0..MAX_STEPS {
             let facts = facts(&ctx, &ws).await?;
             let next = decide(&ws, &facts);
@@ -59,10 +65,7 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
             let span = info_span!("step", step = next.name(), otel.name = tracing::field::Empty);
             crate::telemetry::otel_span(&span, next.name(), "");
             match step(&ctx, &ws, next).instrument(span).await? {
-                Flow::Continue(fresh) => {
-                    remember_write(&ctx, &key, &fresh);
-                    ws = *fresh;
-                }
+                Flow::Continue(fresh) => ws = *fresh,
                 Flow::Done(action) => {
                     ctx.memory().errors.remove(&key);
                     return Ok(action);
@@ -80,15 +83,22 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
     let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
     let now = now();
     match next {
-        Next::Nothing => Ok(Flow::Done(Action::await_change())),
+        Next::Nothing => {
+            ctx.memory().forget(&ObjectRef::from_obj(ws));
+            Ok(Flow::Done(Action::await_change()))
+        }
         Next::AddFinalizer => {
             let mut finalizers = ws.finalizers().to_vec();
             finalizers.push(FINALIZER.to_string());
-            Ok(Flow::Continue(Box::new(writes::set_finalizers(&api, ws, finalizers).await?)))
+            let fresh = writes::set_finalizers(&api, ws, finalizers).await?;
+            remember_write(ctx, &fresh);
+            Ok(Flow::Continue(Box::new(fresh)))
         }
         Next::RemoveFinalizer => {
             let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
             writes::set_finalizers(&api, ws, finalizers).await?;
+            // The object goes away with its finalizer: forget it.
+            ctx.memory().forget(&ObjectRef::from_obj(ws));
             info!("compute released; finalizer removed");
             Ok(Flow::Done(Action::await_change()))
         }
@@ -99,6 +109,8 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         }
         Next::Claim { kind, from, to } => claim(ctx, &api, ws, kind, from, to, &now).await,
         Next::TakeOver => take_over(ctx, &api, ws, &now).await,
+        Next::Fence { providers } => fence(ctx, &api, ws, &providers, &now).await,
+        Next::Renew => held_write(ctx, &api, ws, |w| status::renewed(w, &now)).await,
         Next::ConvertToDelete => held_write(ctx, &api, ws, |w| status::converted_to_delete(w, &now)).await,
         Next::Abort => {
             if let Some(op) = ws.operation() {
@@ -145,14 +157,88 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
     }
 }
 
-/// Our operation cannot progress for now: record why (Stalled), keep the claim, retry later.
+/// Our operation cannot progress for now: record why (Stalled), keep the claim, try again
+/// after a backoff (`retryAt`; `decide` waits it out, renewing the claim).
 async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall, now: &Time) -> Result<Flow, Error> {
-    let flow = held_write(ctx, api, ws, |w| status::step_failed(w, stall.reason, &stall.message, 0, now)).await?;
-    event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message);
-    Ok(match flow {
-        Flow::Continue(_) => Flow::Done(Action::requeue(ctx.settings.provision_backoff.1)),
-        done => done,
-    })
+    let changed = cond::get(&ws.status.clone().unwrap_or_default().conditions, cond::STALLED)
+        .is_none_or(|c| c.status != "True" || c.reason != stall.reason);
+    let flow = step_failed(ctx, api, ws, stall.reason, &stall.message, 0, now).await?;
+    if changed && matches!(flow, Flow::Continue(_)) {
+        event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message);
+    }
+    Ok(flow)
+}
+
+/// A step of our operation failed: count the attempt and set the time of the next one.
+async fn step_failed(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    reason: &'static str,
+    error: &str,
+    stall_after: i32,
+    now: &Time,
+) -> Result<Flow, Error> {
+    let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
+    let delay = backoff(attempts, ctx.settings.provision_backoff);
+    let retry_at = Time(now.0 + jiff::SignedDuration::try_from(delay).unwrap_or_default());
+    held_write(ctx, api, ws, |w| status::step_failed(w, reason, error, stall_after, &retry_at, now)).await
+}
+
+/// Raise the fence at every provider the superseded operation could still call. One that
+/// cannot be fenced holds the operation (safe by default), unless the workspace is annotated
+/// `switchyard.dev/skip-fence` with its name: then it is skipped, with an Event and a metric.
+async fn fence(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    providers: &[String],
+    now: &Time,
+) -> Result<Flow, Error> {
+    let Some((call, _)) = call_context(ctx, ws) else {
+        return Ok(Flow::Done(Action::await_change()));
+    };
+    let skip = skipped_fences(ws);
+    for name in providers {
+        if skip.contains(&name.as_str()) {
+            crate::telemetry::Metrics::count(&ctx.metrics.fences_skipped, name);
+            let note =
+                format!("provider {name} left unfenced (annotation {SKIP_FENCE}); the inventory is the backstop");
+            warn!(provider = %name, "fence skipped on request");
+            event(ctx, ws, EventType::Warning, cond::FENCE_SKIPPED, "Fence", &note);
+            continue;
+        }
+        let error = match lookup_provider(ctx, name).await? {
+            None => format!("ComputeProvider {name:?} does not exist, so it cannot be fenced"),
+            Some(provider) => match ctx.dispatcher.fence(&provider, &call).await {
+                Ok(()) => continue,
+                Err(e) if fenced(&e) => return Ok(fenced_off(ctx, &e)),
+                Err(e) => e.to_string(),
+            },
+        };
+        crate::telemetry::Metrics::count(&ctx.metrics.fence_failures, name);
+        let message = format!(
+            "cannot fence {name}, which a superseded operation could still call: {error}; \
+             retrying (annotate the workspace {SKIP_FENCE}={name} to go on without it)"
+        );
+        warn!(provider = %name, %error, "fence failed: the operation waits");
+        let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
+        let stall_after = ctx.settings.stall_after;
+        let flow = step_failed(ctx, api, ws, cond::FENCE_FAILED, &message, stall_after, now).await?;
+        if attempts == 1 || attempts == stall_after {
+            event(ctx, ws, EventType::Warning, cond::FENCE_FAILED, "Fence", &message);
+        }
+        return Ok(flow);
+    }
+    info!(providers = ?providers, "fenced the providers of the superseded operation");
+    held_write(ctx, api, ws, |w| status::fenced(w, now)).await
+}
+
+/// The annotation that lets an operation go on without fencing the providers it lists.
+pub const SKIP_FENCE: &str = "switchyard.dev/skip-fence";
+
+fn skipped_fences(ws: &Workspace) -> Vec<&str> {
+    ws.annotations().get(SKIP_FENCE).map(|v| v.split(',').map(str::trim).collect()).unwrap_or_default()
 }
 
 /// At rest: write the status only if what it says would change.
@@ -167,7 +253,8 @@ async fn rest(
     let current = ws.status.clone().unwrap_or_default();
     if status::differs(&current, &next) {
         match writes::patch_status(api, ws, &next).await {
-            Ok(_) => {
+            Ok(fresh) => {
+                remember_write(ctx, &fresh);
                 ctx.metrics.status_writes.inc();
                 if let Some(stall) = &stall {
                     let changed = cond::get(&current.conditions, cond::STALLED)
@@ -209,6 +296,7 @@ async fn claim(
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
+            remember_write(ctx, &fresh);
             ctx.metrics.claims_won.inc();
             ctx.metrics.status_writes.inc();
             let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
@@ -235,6 +323,7 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
+            remember_write(ctx, &fresh);
             ctx.metrics.takeovers.inc();
             ctx.metrics.status_writes.inc();
             info!(%previous, epoch, "took over a stale claim");
@@ -431,21 +520,15 @@ async fn provision_failed(
 ) -> Result<Flow, Error> {
     warn!(%error, "provision failed");
     let stall_after = ctx.settings.stall_after;
-    let flow =
-        held_write(ctx, api, ws, |w| status::step_failed(w, cond::PROVISION_FAILED, error, stall_after, now)).await?;
-    let Flow::Continue(fresh) = flow else { return Ok(flow) };
-    let attempts = fresh.operation().map(|o| o.attempts).unwrap_or(1);
-    if attempts == 1 || attempts == stall_after {
-        event(
-            ctx,
-            ws,
-            EventType::Warning,
-            cond::PROVISION_FAILED,
-            "Provision",
-            &format!("{error} (attempt {attempts})"),
-        );
+    let flow = step_failed(ctx, api, ws, cond::PROVISION_FAILED, error, stall_after, now).await?;
+    if let Flow::Continue(fresh) = &flow {
+        let attempts = fresh.operation().map(|o| o.attempts).unwrap_or(1);
+        if attempts == 1 || attempts == stall_after {
+            let note = format!("{error} (attempt {attempts})");
+            event(ctx, ws, EventType::Warning, cond::PROVISION_FAILED, "Provision", &note);
+        }
     }
-    Ok(Flow::Done(Action::requeue(backoff(attempts, ctx.settings.provision_backoff))))
+    Ok(flow)
 }
 
 /// Stops whatever `key` created on `provider`. Returns a flow only when the reconcile must end.
@@ -490,6 +573,7 @@ async fn held_write(
     };
     match writes::under_claim(api, ws, &op_id, transition).await? {
         Written::Landed(fresh) => {
+            remember_write(ctx, &fresh);
             ctx.metrics.status_writes.inc();
             Ok(Flow::Continue(fresh))
         }
@@ -523,6 +607,7 @@ fn call_context(ctx: &Context, ws: &Workspace) -> Option<(CallContext, Operation
             epoch: op.epoch,
             caller: ctx.settings.identity.clone(),
             operation_id: op.id.clone(),
+            cluster: ctx.settings.cluster.clone(),
         },
         op.kind,
     ))
@@ -583,7 +668,7 @@ async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
 }
 
 /// Queues an Event about `ws` (published in the background; see `events`).
-fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, action: &str, note: &str) {
+pub(super) fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, action: &str, note: &str) {
     ctx.events.publish(Note {
         type_,
         reason: reason.into(),
@@ -604,8 +689,10 @@ fn cache_is_behind_our_write(ctx: &Context, key: &ObjectRef<Workspace>, ws: &Wor
     matches!((cached, written), (Some(c), Some(w)) if c < w)
 }
 
-fn remember_write(ctx: &Context, key: &ObjectRef<Workspace>, ws: &Workspace) {
+/// Records the resourceVersion a write of ours returned, so that no later reconcile acts on a
+/// cached copy older than it. Every write calls this, including those that end a reconcile.
+fn remember_write(ctx: &Context, ws: &Workspace) {
     if let Some(rv) = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok()) {
-        ctx.memory().written.insert(key.clone(), rv);
+        ctx.memory().written.insert(ObjectRef::from_obj(ws), rv);
     }
 }

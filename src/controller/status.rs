@@ -3,7 +3,6 @@
 //! (DESIGN.md §3.7) hold in every status the controller writes.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 
 use crate::api::conditions::{self as cond};
 use crate::api::{Instance, LastSwitch, Operation, OperationKind, Phase, Step, Workspace, WorkspaceStatus};
@@ -25,7 +24,8 @@ fn current(ws: &Workspace) -> WorkspaceStatus {
     ws.status.clone().unwrap_or_default()
 }
 
-/// The claim: a fresh operation under a new epoch.
+/// The claim: a fresh operation under a new epoch. Providers a released operation could still
+/// call (`status.unfenced`) become this operation's to fence before its first other call.
 pub fn claimed(
     ws: &Workspace,
     id: &str,
@@ -36,7 +36,8 @@ pub fn claimed(
     now: &Time,
 ) -> WorkspaceStatus {
     let mut s = current(ws);
-    s.epoch += 1;
+    s.epoch = s.epoch.saturating_add(1);
+    let reach = providers(from.iter().chain(to.iter()));
     s.operation = Some(Operation {
         id: id.to_string(),
         kind,
@@ -49,22 +50,63 @@ pub fn claimed(
         renewed_at: now.clone(),
         attempts: 0,
         last_error: None,
+        retry_at: None,
+        reach,
+        unfenced: std::mem::take(&mut s.unfenced),
     });
     summarize(ws, s, None, now)
 }
 
-/// Takeover of a stale claim: same operation and step, new holder, new epoch (which fences
-/// the former holder at the providers).
+/// Takeover of a stale claim: same operation and step, new holder, new epoch. Every provider
+/// the superseded holder could still call must see the new epoch before anything else
+/// (`unfenced`); the backoff (`retryAt`, `attempts`) carries over.
 pub fn taken_over(ws: &Workspace, holder: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
-    s.epoch += 1;
+    s.epoch = s.epoch.saturating_add(1);
     if let Some(op) = s.operation.as_mut() {
         op.holder = holder.to_string();
         op.epoch = s.epoch;
         op.renewed_at = now.clone();
+        op.unfenced = providers(op.reach.iter().chain(op.unfenced.iter()));
     }
     summarize(ws, s, None, now)
 }
+
+/// Every provider in `op.unfenced` has seen our epoch: provider calls may go on.
+pub fn fenced(ws: &Workspace, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    if let Some(op) = s.operation.as_mut() {
+        op.unfenced.clear();
+        op.renewed_at = now.clone();
+        op.attempts = 0;
+        op.last_error = None;
+        op.retry_at = None;
+    }
+    summarize(ws, s, None, now)
+}
+
+/// The holder is alive and waiting (a backoff, a provider not ready): the claim is renewed so
+/// that nobody takes it over for waiting. Nothing else changes.
+pub fn renewed(ws: &Workspace, now: &Time) -> WorkspaceStatus {
+    let mut s = current(ws);
+    if let Some(op) = s.operation.as_mut() {
+        op.renewed_at = now.clone();
+    }
+    // Phase and conditions stay as they read: a renewal is not news.
+    s
+}
+
+/// The sorted, de-duplicated provider names of `names` (bounded like the schema).
+fn providers<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = names.cloned().collect();
+    v.sort();
+    v.dedup();
+    v.truncate(MAX_REACH);
+    v
+}
+
+/// The schema's bound on `reach` and `unfenced`.
+const MAX_REACH: usize = 16;
 
 /// A deletion overtakes an in-flight operation: it becomes a Delete, keeping its id (so the
 /// provision key of anything in flight stays known), its target and its step.
@@ -75,6 +117,7 @@ pub fn converted_to_delete(ws: &Workspace, now: &Time) -> WorkspaceStatus {
         op.renewed_at = now.clone();
         op.attempts = 0;
         op.last_error = None;
+        op.retry_at = None;
     }
     summarize(ws, s, None, now)
 }
@@ -86,9 +129,11 @@ pub fn committed(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     if let Some(op) = s.operation.as_mut() {
         op.step = Step::OldStopped;
         op.to = Some(ws.spec.provider.clone());
+        op.reach = providers(op.reach.iter().chain(op.to.iter()));
         op.renewed_at = now.clone();
         op.attempts = 0;
         op.last_error = None;
+        op.retry_at = None;
         s.active_provider = op.to.clone();
     }
     summarize(ws, s, None, now)
@@ -101,10 +146,12 @@ pub fn retargeted(ws: &Workspace, new_id: &str, now: &Time) -> WorkspaceStatus {
     if let Some(op) = s.operation.as_mut() {
         op.id = new_id.to_string();
         op.to = Some(ws.spec.provider.clone());
+        op.reach = providers(op.reach.iter().chain(op.to.iter()));
         op.step = Step::OldStopped;
         op.renewed_at = now.clone();
         op.attempts = 0;
         op.last_error = None;
+        op.retry_at = None;
         s.active_provider = op.to.clone();
     }
     summarize(ws, s, None, now)
@@ -113,7 +160,7 @@ pub fn retargeted(ws: &Workspace, new_id: &str, now: &Time) -> WorkspaceStatus {
 /// The finish of a provision or switch: the new instance recorded, the claim released.
 pub fn provisioned(ws: &Workspace, instance: Instance, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
-    if let Some(op) = s.operation.take()
+    if let Some(op) = release(&mut s)
         && op.kind == OperationKind::Switch
     {
         s.last_switch = Some(LastSwitch {
@@ -132,7 +179,7 @@ pub fn provisioned(ws: &Workspace, instance: Instance, now: &Time) -> WorkspaceS
 /// workspace that should no longer run).
 pub fn finished_without_compute(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
-    s.operation = None;
+    release(&mut s);
     s.instance = None;
     summarize(ws, s, None, now)
 }
@@ -140,7 +187,7 @@ pub fn finished_without_compute(ws: &Workspace, now: &Time) -> WorkspaceStatus {
 /// The claim released without any compute call (spec reverted before the stop).
 pub fn aborted(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
-    s.operation = None;
+    release(&mut s);
     summarize(ws, s, None, now)
 }
 
@@ -148,20 +195,35 @@ pub fn aborted(ws: &Workspace, now: &Time) -> WorkspaceStatus {
 pub fn stop_failed(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     let from = s.instance.as_ref().map(|i| i.provider.clone()).unwrap_or_default();
-    s.operation = None;
+    release(&mut s);
     let stall = Stall::new(cond::STOP_FAILED, format!("stopping the compute on {from} failed: {error}"));
     summarize(ws, s, Some(&stall), now)
 }
 
-/// A step of our operation failed: recorded in the operation; the workspace is Stalled once
-/// `attempts` reaches `stall_after` (it keeps retrying either way).
-pub fn step_failed(ws: &Workspace, reason: &'static str, error: &str, stall_after: i32, now: &Time) -> WorkspaceStatus {
+/// Removes the operation; providers it had still to fence stay recorded for the next claim.
+fn release(s: &mut WorkspaceStatus) -> Option<Operation> {
+    let op = s.operation.take()?;
+    s.unfenced = providers(s.unfenced.iter().chain(op.unfenced.iter()));
+    Some(op)
+}
+
+/// A step of our operation failed: recorded in the operation, retried from `retry_at`; the
+/// workspace is Stalled once `attempts` reaches `stall_after` (it keeps retrying either way).
+pub fn step_failed(
+    ws: &Workspace,
+    reason: &'static str,
+    error: &str,
+    stall_after: i32,
+    retry_at: &Time,
+    now: &Time,
+) -> WorkspaceStatus {
     let mut s = current(ws);
     let mut stall = None;
     if let Some(op) = s.operation.as_mut() {
-        op.attempts += 1;
+        op.attempts = op.attempts.saturating_add(1);
         op.last_error = Some(error.to_string());
         op.renewed_at = now.clone();
+        op.retry_at = Some(retry_at.clone());
         if op.attempts >= stall_after {
             stall = Some(Stall::new(reason, format!("{error} (attempt {}, still retrying)", op.attempts)));
         }
@@ -175,7 +237,7 @@ pub fn step_failed(ws: &Workspace, reason: &'static str, error: &str, stall_afte
 pub fn retrying(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
-        op.attempts += 1;
+        op.attempts = op.attempts.saturating_add(1);
         op.last_error = Some(error.to_string());
         op.renewed_at = now.clone();
     }
@@ -256,11 +318,6 @@ pub fn differs(a: &WorkspaceStatus, b: &WorkspaceStatus) -> bool {
         s
     };
     strip(a) != strip(b)
-}
-
-/// A short name of the workspace for messages and logs.
-pub fn display_name(ws: &Workspace) -> String {
-    format!("{}/{}", ws.namespace().unwrap_or_default(), ws.name_any())
 }
 
 #[cfg(test)]

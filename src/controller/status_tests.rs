@@ -71,6 +71,9 @@ fn operation(kind: OperationKind, step: Step, from: Option<&str>, to: Option<&st
         renewed_at: at(-60),
         attempts: 0,
         last_error: None,
+        retry_at: None,
+        reach: vec![],
+        unfenced: vec![],
     }
 }
 
@@ -109,6 +112,7 @@ fn status(
         epoch: 4,
         operation: op,
         last_switch: None,
+        unfenced: vec![],
         conditions,
     }
 }
@@ -221,7 +225,7 @@ fn transitions(ws: &Workspace) -> Vec<(String, bool, WorkspaceStatus)> {
         out.push((
             format!("step_failed (stall after {stall_after})"),
             false,
-            step_failed(ws, cond::PROVISION_FAILED, "quota exceeded", stall_after, &n),
+            step_failed(ws, cond::PROVISION_FAILED, "quota exceeded", stall_after, &n, &n),
         ));
     }
     out.push(("at_rest".into(), false, at_rest(ws, None, &n)));
@@ -374,7 +378,7 @@ fn a_full_switch_keeps_the_rules_at_every_write() {
     let mut last_epoch = epoch(&ws);
     let steps: [(&str, Transition); 6] = [
         ("claim", |w| claimed(w, "op-9", Switch, Some("a".into()), Some("b".into()), ME, &now())),
-        ("provision failed", |w| step_failed(w, cond::PROVISION_FAILED, "boom", 3, &now())),
+        ("provision failed", |w| step_failed(w, cond::PROVISION_FAILED, "boom", 3, &now(), &now())),
         ("taken over", |w| taken_over(w, "ctrl-new", &now())),
         ("commit", |w| committed(w, &now())),
         ("provisioned", |w| provisioned(w, instance("b"), &now())),
@@ -484,11 +488,60 @@ fn taken_over_keeps_the_operation_under_a_new_holder_and_epoch() {
         assert_eq!(o.holder, ME, "{name}");
         assert_eq!(o.epoch, s.epoch, "{name}: the new epoch fences the former holder");
         assert_eq!(o.renewed_at, now(), "{name}");
-        let unchanged =
-            Operation { holder: o.holder.clone(), epoch: o.epoch, renewed_at: o.renewed_at.clone(), ..before };
-        assert_eq!(o, &unchanged, "{name}: id, kind, step, from, to, attempts, startedAt kept");
+        let mut reach = before.reach.clone();
+        reach.extend(before.unfenced.iter().cloned());
+        reach.sort();
+        reach.dedup();
+        assert_eq!(o.unfenced, reach, "{name}: every provider the former holder could call is to be fenced");
+        let unchanged = Operation {
+            holder: o.holder.clone(),
+            epoch: o.epoch,
+            renewed_at: o.renewed_at.clone(),
+            unfenced: o.unfenced.clone(),
+            ..before
+        };
+        assert_eq!(o, &unchanged, "{name}: id, kind, step, from, to, attempts, retryAt, startedAt kept");
         assert_eq!(s.instance, old.instance, "{name}");
         assert_eq!(s.active_provider, old.active_provider, "{name}");
+    }
+}
+
+#[test]
+fn a_claim_reaches_its_providers_and_inherits_what_a_release_left_unfenced() {
+    let mut ws = workspace("b", true, Some(status(Some("a"), Some("a"), None, Vec::new())));
+    ws.status.as_mut().unwrap().unfenced = vec!["t".into()];
+    let s = claimed(&ws, "op-2", Switch, Some("a".into()), Some("b".into()), ME, &now());
+    assert_eq!(op(&s).reach, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(op(&s).unfenced, vec!["t".to_string()], "to fence before any other call");
+    assert!(s.unfenced.is_empty(), "moved into the operation");
+    // A takeover adds the whole reach; a retarget widens the reach; fenced clears the list.
+    let ws = with_status(&ws, s);
+    let s = taken_over(&ws, "ctrl-new", &now());
+    assert_eq!(op(&s).unfenced, vec!["a".to_string(), "b".to_string(), "t".to_string()]);
+    let mut ws = with_status(&ws, s);
+    ws.spec.provider = "c".into();
+    let s = retargeted(&ws, "op-3", &now());
+    assert_eq!(op(&s).reach, vec!["a".to_string(), "b".to_string(), "c".to_string()]);
+    let ws = with_status(&ws, s);
+    let s = fenced(&ws, &now());
+    assert!(op(&s).unfenced.is_empty());
+    let ws = with_status(&ws, s);
+    // Released with fences pending (an abort right after a takeover): the next claim inherits them.
+    let ws = with_status(&ws, taken_over(&ws, "ctrl-3", &now()));
+    let s = aborted(&ws, &now());
+    assert_eq!(s.unfenced, vec!["a".to_string(), "b".to_string(), "c".to_string()]);
+}
+
+#[test]
+fn renewed_changes_only_renewed_at() {
+    for (name, ws) in fixtures() {
+        let Some(before) = ws.status.clone() else { continue };
+        let s = renewed(&ws, &at(99));
+        let mut expected = before.clone();
+        if let Some(o) = expected.operation.as_mut() {
+            o.renewed_at = at(99);
+        }
+        assert_eq!(s, expected, "{name}");
     }
 }
 
@@ -695,7 +748,7 @@ fn step_failed_counts_attempts_and_stalls_past_the_threshold() {
         Some(status(None, None, Some(operation(Provision, Step::Claimed, None, Some("b"))), Vec::new())),
     );
     for attempt in 1..=4 {
-        let s = step_failed(&ws, cond::PROVISION_FAILED, "quota exceeded", 3, &at(attempt.into()));
+        let s = step_failed(&ws, cond::PROVISION_FAILED, "quota exceeded", 3, &at(attempt.into()), &at(attempt.into()));
         let o = op(&s);
         assert_eq!(o.attempts, attempt, "attempt {attempt}");
         assert_eq!(o.last_error.as_deref(), Some("quota exceeded"));
@@ -749,7 +802,7 @@ fn step_failed_with_no_threshold_stalls_at_once() {
         true,
         Some(status(Some("b"), None, Some(operation(Switch, Step::OldStopped, Some("a"), Some("b"))), Vec::new())),
     );
-    let s = step_failed(&ws, cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist", 0, &now());
+    let s = step_failed(&ws, cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist", 0, &now(), &now());
     assert_eq!(summary(&s), (false, false, true, Some(Phase::Failed)));
     assert_eq!(cond_of(&s, cond::STALLED).reason, cond::PROVIDER_NOT_FOUND);
     assert_eq!(op(&s).attempts, 1);

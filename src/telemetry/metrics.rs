@@ -45,6 +45,12 @@ pub struct CallLabels {
     pub result: String,
 }
 
+/// A per-provider counter's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.005, 2.0, 14) // 5ms … ~41s
 }
@@ -66,6 +72,16 @@ pub struct Metrics {
     pub events_dropped: Counter,
     /// 1 while this instance reconciles (the leader, or the only instance), else 0.
     pub leader: Gauge,
+    /// Explicit fence calls that failed (the operation waits), by provider.
+    pub fence_failures: Family<ProviderLabels, Counter>,
+    /// Fences skipped on the user's say-so (annotation), by provider.
+    pub fences_skipped: Family<ProviderLabels, Counter>,
+    /// Instances the inventory found unnamed past the grace period and stopped, by provider.
+    pub leaks_collected: Family<ProviderLabels, Counter>,
+    /// Inventory passes over a provider that could not complete, by provider.
+    pub inventory_errors: Family<ProviderLabels, Counter>,
+    /// Complete inventory passes over all providers.
+    pub inventory_passes: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +101,11 @@ impl Default for Metrics {
             provider_calls: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
             events_dropped: Counter::default(),
             leader: Gauge::default(),
+            fence_failures: Family::default(),
+            fences_skipped: Family::default(),
+            leaks_collected: Family::default(),
+            inventory_errors: Family::default(),
+            inventory_passes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -128,6 +149,27 @@ impl Default for Metrics {
             "1 while this instance reconciles (holds the leader Lease, or runs without election)",
             m.leader.clone(),
         );
+        registry.register(
+            "fence_failures",
+            "Fence calls that failed, so the superseding operation waits",
+            m.fence_failures.clone(),
+        );
+        registry.register(
+            "fences_skipped",
+            "Fences skipped because the workspace is annotated switchyard.dev/skip-fence",
+            m.fences_skipped.clone(),
+        );
+        registry.register(
+            "leaks_collected",
+            "Instances no workspace status named, stopped by the inventory",
+            m.leaks_collected.clone(),
+        );
+        registry.register(
+            "inventory_errors",
+            "Inventory passes over a provider that failed",
+            m.inventory_errors.clone(),
+        );
+        registry.register("inventory_passes", "Complete inventory passes", m.inventory_passes.clone());
         Self { registry, ..m }
     }
 }
@@ -139,6 +181,11 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// `family`'s counter for `provider`, incremented.
+    pub fn count(family: &Family<ProviderLabels, Counter>, provider: &str) {
+        family.get_or_create(&ProviderLabels { provider: provider.to_string() }).inc();
     }
 
     pub fn switch(&self, from: &str, to: &str, result: SwitchResult) {
