@@ -42,6 +42,7 @@ fn call(uid: &str, epoch: i64) -> CallContext {
         epoch,
         caller: "provider-http-test".into(),
         operation_id: format!("op-{epoch}"),
+        cluster: "http-test".into(),
     }
 }
 
@@ -147,6 +148,72 @@ async fn stale_epochs_are_refused_over_http() {
     let ledger = p.ledger().await.expect("ledger");
     assert_eq!(ledger.iter().filter(|e| matches!(e.outcome, Outcome::Fenced { .. })).count(), 2);
     d.stop(&call("u1", 5), &a.id).await.expect("a newer epoch passes");
+}
+
+#[tokio::test]
+async fn fences_and_failed_calls_hold_off_a_paused_ex_holder_over_http_and_across_restarts() {
+    let (mut p, _dir) = sim("fence-call").await;
+    let d = p.driver(BUDGET).expect("driver").with_retry(one_attempt());
+    // The new holder fences u1 at 3, and its provision of u2 at 5 fails after passing the fence.
+    d.fence(&call("u1", 3)).await.expect("fence");
+    d.fence(&call("u1", 3)).await.expect("fence again: idempotent");
+    assert_eq!(d.fence(&call("u1", 2)).await, Err(DriverError::StaleEpoch { epoch: 2, newest: 3 }));
+    p.set_faults(&Faults { fail_provision: 1, ..Faults::default() }).await.expect("faults");
+    assert!(d.provision(&call("u2", 5), "u2.op5", None).await.expect_err("injected").is_retryable());
+    // A failed lookup at 7 for u3 (answered, but lost to the caller is the same to the provider).
+    p.set_faults(&Faults { fail_lookup: 1, ..Faults::default() }).await.expect("faults");
+    assert!(d.lookup(&call("u3", 7), "u3.op7").await.expect_err("injected").is_retryable());
+
+    p.kill().await.expect("kill -9");
+    p.restart().await.expect("restart");
+    // The paused ex-holders wake up: none of them creates anything.
+    for (uid, epoch, newest) in [("u1", 2, 3), ("u2", 4, 5), ("u3", 6, 7)] {
+        let key = format!("{uid}.op{epoch}");
+        assert_eq!(
+            d.provision(&call(uid, epoch), &key, None).await,
+            Err(DriverError::StaleEpoch { epoch, newest }),
+            "{uid}"
+        );
+        assert_eq!(d.lookup(&call(uid, epoch), &key).await, Err(DriverError::StaleEpoch { epoch, newest }));
+    }
+    let ledger = p.ledger().await.expect("ledger");
+    assert!(check_ledger(&ledger).is_empty(), "{:?}", check_ledger(&ledger));
+    assert!(ledger.iter().all(|e| !e.outcome.created()), "nothing was created");
+}
+
+#[tokio::test]
+async fn the_inventory_pages_through_one_cluster_over_http() {
+    let (p, _dir) = sim("inventory").await;
+    let d = p.driver(BUDGET).expect("driver");
+    let mut mine = Vec::new();
+    for n in 0..5 {
+        let uid = format!("u{n}");
+        mine.push(d.provision(&call(&uid, 2), &format!("{uid}.op2"), None).await.expect("provision").id);
+    }
+    let theirs = CallContext { cluster: "elsewhere".into(), ..call("x1", 1) };
+    d.provision(&theirs, "x1.op1", None).await.expect("provision");
+    d.stop(&call("u0", 3), &mine[0]).await.expect("stop");
+
+    let mut seen = Vec::new();
+    let mut page = None;
+    loop {
+        let got = d.list("http-test", page.as_deref(), 2).await.expect("list");
+        assert!(got.items.len() <= 2);
+        seen.extend(got.items);
+        page = got.next;
+        if page.is_none() {
+            break;
+        }
+    }
+    let mut ids: Vec<String> = seen.iter().map(|i| i.id.clone()).collect();
+    ids.sort();
+    mine.sort();
+    assert_eq!(ids, mine);
+    let u0 = seen.iter().find(|i| i.workspace_uid == "u0").expect("u0");
+    assert_eq!((u0.state, u0.fence, u0.name.as_str()), (InstanceState::Stopped, Some(3), "ws-u0"));
+    let [x] = d.list("elsewhere", None, 500).await.expect("list").items.try_into().expect("one");
+    assert_eq!(x.workspace_uid, "x1");
+    assert!(d.list("nobody", None, 10).await.expect("list").items.is_empty());
 }
 
 #[tokio::test]

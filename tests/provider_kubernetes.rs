@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::{ComputeProvider, Workspace};
-use switchyard::provider::kubernetes::{ANNOTATION_EPOCH, ANNOTATION_KEY, LABEL_WORKSPACE_NAME, LABEL_WORKSPACE_UID};
+use switchyard::provider::kubernetes::{
+    ANNOTATION_EPOCH, ANNOTATION_KEY, FENCE_EPOCH_KEY, LABEL_CLUSTER, LABEL_WORKSPACE_NAME, LABEL_WORKSPACE_UID,
+    fence_name,
+};
 use switchyard::provider::simulated::Clouds;
 use switchyard::provider::{CallContext, DispatchError, Dispatcher, DriverError, InstanceState, provision_key};
 
@@ -44,7 +47,15 @@ fn call(uid: &str, epoch: i64) -> CallContext {
         epoch,
         caller: "test".into(),
         operation_id: "op-1".into(),
+        cluster: "kube-test".into(),
     }
+}
+
+/// The epoch the workspace's fence ConfigMap in `namespace` records.
+async fn fence_epoch(client: &Client, namespace: &str, uid: &str) -> Option<String> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let cm = cms.get_opt(&fence_name(uid)).await.expect("get fence");
+    cm.and_then(|cm| cm.data).and_then(|d| d.get(FENCE_EPOCH_KEY).cloned())
 }
 
 fn fresh_uid() -> String {
@@ -149,6 +160,99 @@ async fn a_stale_epoch_is_refused() {
 
     d.stop(&p, &call(&uid, 6), &instance.id).await.expect("stop at a newer epoch");
     assert!(pods_of(&client, &ns, &uid).await.is_empty());
+    assert_eq!(fence_epoch(&client, &ns, &uid).await.as_deref(), Some("6"));
+}
+
+#[tokio::test]
+async fn a_fence_outlives_the_pods_and_holds_off_a_paused_ex_holder() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "kfence2").await;
+    let p = provider("kube-fence2", &ns, None);
+    let d = dispatcher(&client);
+    let uid = fresh_uid();
+    let old_key = provision_key(&uid, "op-old");
+
+    // The old holder's Pod, then a takeover: the new holder fences, stops it, and fails a lookup.
+    let old = d.provision(&p, &call(&uid, 2), &old_key, None).await.expect("provision at 2");
+    d.fence(&p, &call(&uid, 3)).await.expect("fence at 3");
+    d.fence(&p, &call(&uid, 3)).await.expect("fence again: idempotent");
+    assert_eq!(fence_epoch(&client, &ns, &uid).await.as_deref(), Some("3"));
+    let stale = DriverError::StaleEpoch { epoch: 2, newest: 3 };
+    assert_eq!(driver_error(d.fence(&p, &call(&uid, 2)).await.expect_err("older fence")), stale);
+    assert_eq!(driver_error(d.stop(&p, &call(&uid, 2), &old.id).await.expect_err("stop at 2")), stale);
+    assert_eq!(driver_error(d.lookup(&p, &call(&uid, 2), &old_key).await.expect_err("lookup at 2")), stale);
+    d.stop(&p, &call(&uid, 3), &old.id).await.expect("stop at 3");
+    assert!(pods_of(&client, &ns, &uid).await.is_empty());
+
+    // No Pod of the workspace is left, yet the ex-holder cannot re-create its Pod.
+    let err = d.provision(&p, &call(&uid, 2), &old_key, None).await.expect_err("re-create at 2");
+    assert_eq!(driver_error(err), stale);
+    assert!(pods_of(&client, &ns, &uid).await.is_empty(), "the refused provision created nothing");
+
+    // A lookup raises the fence as well.
+    assert_eq!(d.lookup(&p, &call(&uid, 4), &old_key).await.expect("lookup at 4"), None);
+    assert_eq!(fence_epoch(&client, &ns, &uid).await.as_deref(), Some("4"));
+    let err = d.provision(&p, &call(&uid, 3), &provision_key(&uid, "op-3"), None).await.expect_err("provision at 3");
+    assert_eq!(driver_error(err), DriverError::StaleEpoch { epoch: 3, newest: 4 });
+}
+
+#[tokio::test]
+async fn concurrent_fences_never_lower_each_other() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "kfence3").await;
+    let p = provider("kube-fence3", &ns, None);
+    let d = dispatcher(&client);
+    let uid = fresh_uid();
+    let results = futures::future::join_all((1..=8).map(|epoch| {
+        let (d, p, c) = (d.clone(), p.clone(), call(&uid, epoch));
+        async move { d.fence(&p, &c).await }
+    }))
+    .await;
+    assert!(results.iter().any(Result::is_ok));
+    assert_eq!(fence_epoch(&client, &ns, &uid).await.as_deref(), Some("8"));
+}
+
+#[tokio::test]
+async fn the_inventory_lists_one_clusters_pods_in_pages() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "kinv").await;
+    let p = provider("kube-inv", &ns, None);
+    let d = dispatcher(&client);
+    let mut mine = Vec::new();
+    for n in 0..3 {
+        let uid = fresh_uid();
+        let c = CallContext { name: format!("w{n}"), ..call(&uid, 2) };
+        mine.push(d.provision(&p, &c, &provision_key(&uid, "op"), None).await.expect("provision").id);
+    }
+    let other_uid = fresh_uid();
+    let other = CallContext { cluster: "another".into(), ..call(&other_uid, 1) };
+    let theirs = d.provision(&p, &other, &provision_key(&other_uid, "op"), None).await.expect("provision");
+    let pods = pods_of(&client, &ns, &other_uid).await;
+    assert_eq!(pods[0].labels().get(LABEL_CLUSTER).map(String::as_str), Some("another"));
+
+    let mut seen = Vec::new();
+    let mut page = None;
+    let mut pages = 0;
+    loop {
+        let got = d.list(&p, "kube-test", page.as_deref(), 2).await.expect("list");
+        assert!(got.items.len() <= 2);
+        pages += 1;
+        seen.extend(got.items);
+        page = got.next;
+        if page.is_none() {
+            break;
+        }
+    }
+    assert!(pages >= 2, "limit 2 over 3 Pods takes two pages");
+    let mut ids: Vec<String> = seen.iter().map(|i| i.id.clone()).collect();
+    ids.sort();
+    mine.sort();
+    assert_eq!(ids, mine, "exactly this cluster's Pods");
+    assert!(seen.iter().all(|i| i.state == InstanceState::Running && i.fence == Some(2) && i.namespace == "team-a"));
+    assert!(seen.iter().all(|i| !i.key.is_empty() && i.name.starts_with('w')));
+    let [t] = d.list(&p, "another", None, 0).await.expect("list").items.try_into().expect("one");
+    assert_eq!(t.id, theirs.id);
+    assert!(d.list(&p, "nobody", None, 10).await.expect("list").items.is_empty());
 }
 
 #[tokio::test]

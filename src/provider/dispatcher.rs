@@ -7,7 +7,7 @@ use tracing::{Instrument, debug, info_span};
 use super::http::HttpDrivers;
 use super::kubernetes::{KubernetesDriver, Targets as KubernetesTargets};
 use super::simulated::{Clouds, SimulatedDriver};
-use super::{CallContext, Driver, DriverError, InstanceInfo};
+use super::{CallContext, Driver, DriverError, InstanceInfo, InstancePage};
 use crate::api::{ComputeProvider, Driver as DriverKind, WorkspaceTemplate};
 use crate::telemetry::{CallLabels, Metrics};
 
@@ -108,15 +108,7 @@ impl Dispatcher {
     /// Probes the provider: it answers and accepts our credentials. Backs ComputeProvider Ready.
     pub async fn health(&self, provider: &ComputeProvider) -> Result<(), DispatchError> {
         let driver = self.driver(provider)?;
-        let call = CallContext {
-            namespace: String::new(),
-            name: String::new(),
-            workspace_uid: String::new(),
-            epoch: 0,
-            caller: String::new(),
-            operation_id: String::new(),
-        };
-        self.bounded(provider, "health", &call, driver.health()).await
+        self.bounded(provider, "health", &provider_wide(""), driver.health()).await
     }
 
     pub async fn provision(
@@ -148,6 +140,24 @@ impl Dispatcher {
     ) -> Result<Option<InstanceInfo>, DispatchError> {
         let driver = self.driver(provider)?;
         self.bounded(provider, "lookup", call, driver.lookup(call, key)).await
+    }
+
+    /// Raises the provider's fence for the call's workspace to the call's epoch.
+    pub async fn fence(&self, provider: &ComputeProvider, call: &CallContext) -> Result<(), DispatchError> {
+        let driver = self.driver(provider)?;
+        self.bounded(provider, "fence", call, driver.fence(call)).await
+    }
+
+    /// One page of the instances the provider holds for `cluster`; see [`Driver::list`].
+    pub async fn list(
+        &self,
+        provider: &ComputeProvider,
+        cluster: &str,
+        page: Option<&str>,
+        limit: u32,
+    ) -> Result<InstancePage, DispatchError> {
+        let driver = self.driver(provider)?;
+        self.bounded(provider, "list", &provider_wide(cluster), driver.list(cluster, page, limit)).await
     }
 
     async fn bounded<T>(
@@ -195,6 +205,19 @@ impl Dispatcher {
             "provider call"
         );
         result
+    }
+}
+
+/// The context logged for a call that concerns no workspace (health, inventory).
+fn provider_wide(cluster: &str) -> CallContext {
+    CallContext {
+        namespace: String::new(),
+        name: String::new(),
+        workspace_uid: String::new(),
+        epoch: 0,
+        caller: String::new(),
+        operation_id: String::new(),
+        cluster: cluster.to_owned(),
     }
 }
 

@@ -11,17 +11,22 @@
 //!   control plane Pods are never scheduled at all, so creation is all there is to observe.)
 //! - **Stop** deletes with `uid` and `resourceVersion` preconditions, then waits until the Pod is
 //!   gone, so the old Pod has left the cluster before the caller provisions the new one.
-//! - **Fencing.** Every Pod records the newest epoch that touched it (annotation
-//!   `switchyard.dev/epoch`). A call older than that epoch is refused with `StaleEpoch`; a
-//!   provision is also refused when any Pod of the workspace in the namespace records a newer
-//!   epoch. See docs/kubernetes-driver.md for what this does not cover.
+//! - **Fencing.** Each workspace has a fence in the target namespace: a ConfigMap named
+//!   [`fence_name`] holding the newest epoch any call brought, raised with a resourceVersion
+//!   compare-and-swap. Every call first passes it (refused with `StaleEpoch` if older, raising it
+//!   otherwise), whatever the call then does; `fence` does only that. A provision re-reads the
+//!   fence after creating its Pod and deletes the Pod again if a newer epoch arrived meanwhile.
+//!   Pods also record the newest epoch that touched them (annotation `switchyard.dev/epoch`).
+//!   See docs/kubernetes-driver.md for what this does not cover.
+//! - **Inventory.** Pods carry the calling cluster's identity (label `switchyard.dev/cluster`);
+//!   `list` pages through one cluster's Pods with the API server's own continue tokens.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -31,13 +36,24 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{CallContext, Driver, DriverError, InstanceInfo, InstanceState};
+use super::{
+    CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, PAGE_TOKEN_MAX,
+    clamp_limit,
+};
 use crate::api::{KubernetesSettings, SecretKeyRef, Size, WorkspaceTemplate};
 
 pub const LABEL_WORKSPACE_UID: &str = "switchyard.dev/workspace-uid";
 pub const LABEL_WORKSPACE_NAME: &str = "switchyard.dev/workspace-name";
 pub const LABEL_WORKSPACE_NAMESPACE: &str = "switchyard.dev/workspace-namespace";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The cluster (controller deployment) whose call created the Pod; absent when it had none.
+pub const LABEL_CLUSTER: &str = "switchyard.dev/cluster";
+/// Marks the per-workspace fence ConfigMaps.
+pub const LABEL_ROLE: &str = "switchyard.dev/role";
+pub const ROLE_FENCE: &str = "fence";
+/// Keys of a fence ConfigMap's data.
+pub const FENCE_UID_KEY: &str = "workspaceUid";
+pub const FENCE_EPOCH_KEY: &str = "epoch";
 /// The full provision key; the Pod name only carries a hash of it.
 pub const ANNOTATION_KEY: &str = "switchyard.dev/provision-key";
 /// The newest epoch that touched the Pod: calls older than this are refused.
@@ -74,6 +90,66 @@ fn fnv1a64(parts: &[&[u8]]) -> u64 {
         .iter()
         .flat_map(|p| p.iter())
         .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The name of the fence ConfigMap of a workspace: deterministic from its UID.
+pub fn fence_name(workspace_uid: &str) -> String {
+    format!("switchyard-fence-{:016x}", fnv1a64(&[b"fence\0", workspace_uid.as_bytes()]))
+}
+
+/// The fence ConfigMap of `call`'s workspace, at `call.epoch`.
+pub fn build_fence(call: &CallContext, namespace: &str) -> ConfigMap {
+    let labels = BTreeMap::from([
+        (LABEL_WORKSPACE_UID.to_string(), label_value(&call.workspace_uid)),
+        (LABEL_MANAGED_BY.to_string(), "switchyard".to_string()),
+        (LABEL_ROLE.to_string(), ROLE_FENCE.to_string()),
+    ]);
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(fence_name(&call.workspace_uid)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            (FENCE_UID_KEY.to_string(), call.workspace_uid.clone()),
+            (FENCE_EPOCH_KEY.to_string(), call.epoch.to_string()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The (workspace uid, epoch) a fence ConfigMap records; None if it is not a readable fence.
+pub fn fence_of(cm: &ConfigMap) -> Option<(&str, i64)> {
+    let data = cm.data.as_ref()?;
+    Some((data.get(FENCE_UID_KEY)?.as_str(), data.get(FENCE_EPOCH_KEY)?.parse().ok()?))
+}
+
+/// What passing a fence decides, given what it records (None: no fence yet).
+#[derive(Debug, PartialEq, Eq)]
+enum Passage {
+    /// The fence is at the call's epoch already.
+    Through,
+    /// Refused: the fence is newer.
+    Stale(i64),
+    /// The fence must be raised (or created) to the call's epoch.
+    Raise,
+}
+
+fn passage(recorded: Option<i64>, epoch: i64) -> Passage {
+    match recorded {
+        Some(newest) if epoch < newest => Passage::Stale(newest),
+        Some(newest) if epoch == newest => Passage::Through,
+        _ => Passage::Raise,
+    }
+}
+
+/// The label selector of one cluster's Pods; Pods created without a cluster are listed under "".
+pub fn cluster_selector(cluster: &str) -> String {
+    match label_value(cluster) {
+        v if v.is_empty() => format!("{LABEL_MANAGED_BY}=switchyard,!{LABEL_CLUSTER}"),
+        v => format!("{LABEL_MANAGED_BY}=switchyard,{LABEL_CLUSTER}={v}"),
+    }
 }
 
 /// `value` cut to a valid label value: at most 63 characters, starting and ending alphanumeric.
@@ -121,12 +197,16 @@ pub fn build_pod(call: &CallContext, namespace: &str, key: &str, template: Optio
     let env = template.env.map(|env| {
         env.into_iter().map(|(name, value)| EnvVar { name, value: Some(value), ..Default::default() }).collect()
     });
-    let labels = BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (LABEL_WORKSPACE_UID.to_string(), label_value(&call.workspace_uid)),
         (LABEL_WORKSPACE_NAME.to_string(), label_value(&call.name)),
         (LABEL_WORKSPACE_NAMESPACE.to_string(), label_value(&call.namespace)),
         (LABEL_MANAGED_BY.to_string(), "switchyard".to_string()),
     ]);
+    let cluster = label_value(&call.cluster);
+    if !cluster.is_empty() {
+        labels.insert(LABEL_CLUSTER.to_string(), cluster);
+    }
     let annotations = BTreeMap::from([
         (ANNOTATION_KEY.to_string(), key.to_string()),
         (ANNOTATION_EPOCH.to_string(), call.epoch.to_string()),
@@ -174,13 +254,32 @@ fn check_epoch(pod: &Pod, call: &CallContext) -> Result<(), DriverError> {
     }
 }
 
+/// A Pod being deleted no longer counts as the workspace's compute.
+fn pod_state(pod: &Pod) -> InstanceState {
+    if pod.metadata.deletion_timestamp.is_some() { InstanceState::Stopped } else { InstanceState::Running }
+}
+
 fn info(pod: &Pod, key: &str) -> InstanceInfo {
-    // A Pod being deleted no longer counts as the workspace's compute.
-    let state = if pod.metadata.deletion_timestamp.is_some() { InstanceState::Stopped } else { InstanceState::Running };
     InstanceInfo {
         id: instance_id(pod.namespace().as_deref().unwrap_or_default(), &pod.name_any()),
         key: key.to_string(),
-        state,
+        state: pod_state(pod),
+    }
+}
+
+/// A Pod as the inventory lists it; `fences` are the namespace's fences by workspace uid.
+fn listed(pod: &Pod, fences: &HashMap<String, i64>) -> ListedInstance {
+    let label = |k: &str| pod.labels().get(k).cloned().unwrap_or_default();
+    let workspace_uid = label(LABEL_WORKSPACE_UID);
+    let fence = [fences.get(&workspace_uid).copied(), recorded_epoch(pod)].into_iter().flatten().max();
+    ListedInstance {
+        id: instance_id(pod.namespace().as_deref().unwrap_or_default(), &pod.name_any()),
+        key: pod.annotations().get(ANNOTATION_KEY).cloned().unwrap_or_default(),
+        workspace_uid,
+        namespace: label(LABEL_WORKSPACE_NAMESPACE),
+        name: label(LABEL_WORKSPACE_NAME),
+        state: pod_state(pod),
+        fence,
     }
 }
 
@@ -388,9 +487,97 @@ impl KubernetesDriver {
         Ok((client, settings.namespace.as_str()))
     }
 
-    async fn pods(&self) -> Result<(Api<Pod>, String), DriverError> {
-        let (client, namespace) = self.target().await?;
-        Ok((Api::namespaced(client, namespace), namespace.to_string()))
+    /// Passes `call` through its workspace's fence in `namespace`: refuses it with `StaleEpoch`
+    /// if the fence is newer, otherwise raises the fence to its epoch (creating it on first
+    /// use). Every raise is a compare-and-swap on the ConfigMap's resourceVersion, so two
+    /// callers can never lower each other's fence.
+    async fn pass_fence(&self, client: &Client, namespace: &str, call: &CallContext) -> Result<(), DriverError> {
+        let fences: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let name = fence_name(&call.workspace_uid);
+        let fence_ref = format!("{namespace}/{name}");
+        for _ in 0..CONFLICT_RETRIES {
+            let current =
+                fences.get_opt(&name).await.map_err(|e| map_error(&format!("get configmap {fence_ref}"), &e))?;
+            let recorded = match &current {
+                None => None,
+                Some(cm) => match fence_of(cm) {
+                    Some((uid, epoch)) if uid == call.workspace_uid => Some(epoch),
+                    _ => {
+                        return Err(DriverError::Rejected(format!(
+                            "configmap {fence_ref} is not the fence of workspace {}; refusing to use it",
+                            call.workspace_uid
+                        )));
+                    }
+                },
+            };
+            let result = match (passage(recorded, call.epoch), current) {
+                (Passage::Through, _) => return Ok(()),
+                (Passage::Stale(newest), _) => {
+                    debug!(provider = %self.provider, fence = %fence_ref, epoch = call.epoch, newest, "call refused by the fence");
+                    return Err(DriverError::StaleEpoch { epoch: call.epoch, newest });
+                }
+                (Passage::Raise, None) => fences.create(&PostParams::default(), &build_fence(call, namespace)).await,
+                (Passage::Raise, Some(mut cm)) => {
+                    // The resourceVersion read stays on the object: replace is conditional on it.
+                    cm.data.get_or_insert_default().insert(FENCE_EPOCH_KEY.to_string(), call.epoch.to_string());
+                    fences.replace(&name, &PostParams::default(), &cm).await
+                }
+            };
+            match result {
+                Ok(_) => {
+                    debug!(provider = %self.provider, fence = %fence_ref, epoch = call.epoch, "fence raised");
+                    return Ok(());
+                }
+                // Someone else created or raised it in between: judge the call again.
+                Err(e) if api_code(&e) == Some(409) => {}
+                Err(e) => return Err(map_error(&format!("write configmap {fence_ref}"), &e)),
+            }
+        }
+        Err(DriverError::Transient(format!("fence of workspace {} kept changing", call.workspace_uid)))
+    }
+
+    /// The epoch the fence of `workspace_uid` in `namespace` records, if any.
+    async fn read_fence(
+        &self,
+        client: &Client,
+        namespace: &str,
+        workspace_uid: &str,
+    ) -> Result<Option<i64>, DriverError> {
+        let name = fence_name(workspace_uid);
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get_opt(&name)
+            .await
+            .map_err(|e| map_error(&format!("get configmap {namespace}/{name}"), &e))?;
+        Ok(cm.as_ref().and_then(fence_of).filter(|(uid, _)| *uid == workspace_uid).map(|(_, epoch)| epoch))
+    }
+
+    /// After creating `pod`: if a newer epoch reached the fence meanwhile, the caller was fenced
+    /// off while its create was in flight, so the Pod is deleted again (only that Pod, by uid).
+    async fn recheck_after_create(
+        &self,
+        client: &Client,
+        pods: &Api<Pod>,
+        namespace: &str,
+        created: &Pod,
+        call: &CallContext,
+    ) -> Result<(), DriverError> {
+        let Some(newest) = self.read_fence(client, namespace, &call.workspace_uid).await? else { return Ok(()) };
+        if newest <= call.epoch {
+            return Ok(());
+        }
+        let name = created.name_any();
+        warn!(provider = %self.provider, pod = %format!("{namespace}/{name}"), epoch = call.epoch, newest,
+            "the fence moved past a provision in flight; deleting its pod");
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: created.metadata.uid.clone(), resource_version: None }),
+            ..Default::default()
+        };
+        match pods.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(e) if matches!(api_code(&e), Some(404 | 409)) => {}
+            Err(e) => return Err(map_error(&format!("delete pod {namespace}/{name}"), &e)),
+        }
+        Err(DriverError::StaleEpoch { epoch: call.epoch, newest })
     }
 
     /// Refuses a provision when a Pod of the workspace in the namespace has seen a newer epoch.
@@ -464,15 +651,18 @@ impl Driver for KubernetesDriver {
         key: &str,
         template: Option<&WorkspaceTemplate>,
     ) -> Result<InstanceInfo, DriverError> {
-        let (pods, namespace) = self.pods().await?;
-        let pod = build_pod(call, &namespace, key, template);
+        let (client, namespace) = self.target().await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let pod = build_pod(call, namespace, key, template);
         let name = pod.name_any();
         let pod_ref = format!("{namespace}/{name}");
-        self.check_workspace_epoch(&pods, &namespace, call).await?;
+        self.pass_fence(&client, namespace, call).await?;
+        self.check_workspace_epoch(&pods, namespace, call).await?;
         for _ in 0..CONFLICT_RETRIES {
             match pods.create(&PostParams::default(), &pod).await {
                 Ok(created) => {
                     info!(provider = %self.provider, pod = %pod_ref, key, epoch = call.epoch, "pod created");
+                    self.recheck_after_create(&client, &pods, namespace, &created, call).await?;
                     return Ok(info(&created, key));
                 }
                 Err(e) if api_code(&e) == Some(409) => {}
@@ -506,6 +696,7 @@ impl Driver for KubernetesDriver {
     /// until it is gone. A Pod that does not exist counts as stopped.
     async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError> {
         let (client, default_ns) = self.target().await?;
+        self.pass_fence(&client, default_ns, call).await?;
         let (namespace, name) = parse_instance_id(instance_id, default_ns);
         let pods: Api<Pod> = Api::namespaced(client, namespace);
         let pod_ref = format!("{namespace}/{name}");
@@ -544,7 +735,9 @@ impl Driver for KubernetesDriver {
     }
 
     async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError> {
-        let (pods, namespace) = self.pods().await?;
+        let (client, namespace) = self.target().await?;
+        self.pass_fence(&client, namespace, call).await?;
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
         let name = pod_name(&call.name, &call.workspace_uid, key);
         let pod_ref = format!("{namespace}/{name}");
         Ok(get_pod(&pods, &name, &pod_ref).await?.and_then(|pod| {
@@ -556,6 +749,48 @@ impl Driver for KubernetesDriver {
                 None
             }
         }))
+    }
+
+    /// Raises the workspace's fence ConfigMap in the target namespace to the call's epoch.
+    async fn fence(&self, call: &CallContext) -> Result<(), DriverError> {
+        let (client, namespace) = self.target().await?;
+        self.pass_fence(&client, namespace, call).await?;
+        info!(provider = %self.provider, namespace, workspace_uid = %call.workspace_uid, epoch = call.epoch, "fence raised");
+        Ok(())
+    }
+
+    /// One page of `cluster`'s Pods in the target namespace, in the API server's (stable, by
+    /// name) order; the page token is the API server's continue token.
+    async fn list(&self, cluster: &str, page: Option<&str>, limit: u32) -> Result<InstancePage, DriverError> {
+        if page.is_some_and(|p| p.is_empty() || p.len() > PAGE_TOKEN_MAX) {
+            return Err(DriverError::Rejected(format!("page token must be 1-{PAGE_TOKEN_MAX} characters")));
+        }
+        let (client, namespace) = self.target().await?;
+        let mut params = ListParams::default().labels(&cluster_selector(cluster)).limit(clamp_limit(limit));
+        if let Some(page) = page {
+            params = params.continue_token(page);
+        }
+        let list = match Api::<Pod>::namespaced(client.clone(), namespace).list(&params).await {
+            Ok(list) => list,
+            // The continue token outlived the API server's history: start the walk again.
+            Err(e) if api_code(&e) == Some(410) => {
+                return Err(DriverError::Transient(format!(
+                    "list pods in {namespace}: the page token expired; list again from the first page"
+                )));
+            }
+            Err(e) => return Err(map_error(&format!("list pods in {namespace}"), &e)),
+        };
+        let fences = Api::<ConfigMap>::namespaced(client, namespace)
+            .list(&ListParams::default().labels(&format!("{LABEL_ROLE}={ROLE_FENCE}")))
+            .await
+            .map_err(|e| map_error(&format!("list fence configmaps in {namespace}"), &e))?;
+        let fences: HashMap<String, i64> =
+            fences.items.iter().filter_map(fence_of).map(|(uid, epoch)| (label_value(uid), epoch)).collect();
+        let next = list.metadata.continue_.filter(|c| !c.is_empty());
+        if next.as_ref().is_some_and(|c| c.len() > PAGE_TOKEN_MAX) {
+            return Err(DriverError::Transient(format!("list pods in {namespace}: the continue token is over-long")));
+        }
+        Ok(InstancePage { items: list.items.iter().map(|pod| listed(pod, &fences)).collect(), next })
     }
 
     /// The target namespace exists and answers. Credentials scoped to one namespace may not read
@@ -589,6 +824,7 @@ mod tests {
             epoch,
             caller: "test".into(),
             operation_id: "op-1".into(),
+            cluster: "east-1".into(),
         }
     }
 
@@ -709,6 +945,41 @@ mod tests {
         let mut unrecorded = pod.clone();
         unrecorded.metadata.annotations = None;
         assert_eq!(check_epoch(&unrecorded, &call(0)), Ok(()));
+    }
+
+    #[test]
+    fn fences_pass_equal_refuse_older_and_raise_newer() {
+        assert_eq!(passage(None, 1), Passage::Raise);
+        assert_eq!(passage(Some(3), 3), Passage::Through);
+        assert_eq!(passage(Some(3), 2), Passage::Stale(3));
+        assert_eq!(passage(Some(3), 4), Passage::Raise);
+        let cm = build_fence(&call(7), "compute");
+        assert_eq!(cm.metadata.name, Some(fence_name(&call(7).workspace_uid)));
+        assert_eq!(fence_of(&cm), Some((call(7).workspace_uid.as_str(), 7)));
+        assert_eq!(cm.labels()[LABEL_ROLE], ROLE_FENCE);
+        assert!(is_dns1123_label(&fence_name("0f6c3f5e-5d0b-4a8e-9a57-3c1f0d2b9e11")));
+        assert_ne!(fence_name("a"), fence_name("b"));
+        // Pinned: a name that changed across versions would forget every fence after an upgrade.
+        assert_eq!(fence_name("u"), format!("switchyard-fence-{:016x}", fnv1a64(&[b"fence\0u"])));
+        let mut garbled = cm.clone();
+        garbled.data = Some(BTreeMap::from([(FENCE_EPOCH_KEY.to_string(), "x".to_string())]));
+        assert_eq!(fence_of(&garbled), None);
+    }
+
+    #[test]
+    fn pods_carry_the_cluster_and_are_listed_by_it() {
+        let pod = build_pod(&call(1), "compute", "k", None);
+        assert_eq!(pod.labels()[LABEL_CLUSTER], "east-1");
+        let mut none = call(1);
+        none.cluster = String::new();
+        assert!(!build_pod(&none, "compute", "k", None).labels().contains_key(LABEL_CLUSTER));
+        assert_eq!(cluster_selector("east-1"), "app.kubernetes.io/managed-by=switchyard,switchyard.dev/cluster=east-1");
+        assert_eq!(cluster_selector(""), "app.kubernetes.io/managed-by=switchyard,!switchyard.dev/cluster");
+        let fences = HashMap::from([(call(1).workspace_uid, 9)]);
+        let item = listed(&pod, &fences);
+        assert_eq!((item.key.as_str(), item.namespace.as_str(), item.name.as_str()), ("k", "team-a", "alice"));
+        assert_eq!((item.state, item.fence), (InstanceState::Running, Some(9)));
+        assert_eq!(listed(&pod, &HashMap::new()).fence, Some(1), "without a fence, the Pod's own record");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct CallContext {
     pub caller: String,
     /// status.operation.id of the claim.
     pub operation_id: String,
+    /// Identity of the cluster (controller deployment) the call comes from. Provision records
+    /// it on the instance; two clusters sharing a provider never list or touch each other's.
+    pub cluster: String,
 }
 
 /// Whether an instance is consuming compute.
@@ -42,6 +45,39 @@ pub struct InstanceInfo {
     /// Idempotency key the instance was created under.
     pub key: String,
     pub state: InstanceState,
+}
+
+/// An instance as a provider-wide inventory [`Driver::list`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListedInstance {
+    pub id: String,
+    /// Idempotency key the instance was created under.
+    pub key: String,
+    pub workspace_uid: String,
+    /// Namespace and name of the workspace, as the provisioning call named them.
+    pub namespace: String,
+    pub name: String,
+    pub state: InstanceState,
+    /// The newest epoch this provider has seen for the workspace, if it keeps one.
+    pub fence: Option<i64>,
+}
+
+/// One page of a provider's inventory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstancePage {
+    pub items: Vec<ListedInstance>,
+    /// The token of the next page; None on the last page.
+    pub next: Option<String>,
+}
+
+/// Bounds of a [`Driver::list`] page size: every implementation clamps `limit` into this.
+pub const LIST_LIMIT_MAX: u32 = 500;
+/// Longest page token a provider may hand out (and a caller may send back).
+pub const PAGE_TOKEN_MAX: usize = 1024;
+
+/// `limit` clamped to 1..=[`LIST_LIMIT_MAX`].
+pub fn clamp_limit(limit: u32) -> u32 {
+    limit.clamp(1, LIST_LIMIT_MAX)
 }
 
 /// A failed driver call, classified by whether retrying can help.
@@ -65,7 +101,10 @@ impl DriverError {
     }
 }
 
-/// A compute provider, as the controller needs it. Every method is idempotent.
+/// A compute provider, as the controller needs it. Every method is idempotent. Every call that
+/// carries a [`CallContext`] and reaches the provider advances the provider's fence for the
+/// workspace, whether it succeeds, fails or only reads; a call older than the fence is refused
+/// with [`DriverError::StaleEpoch`] and has no effect. `list` is provider-wide and fences nothing.
 #[async_trait]
 pub trait Driver: Send + Sync {
     /// Creates the instance for `key`, or returns the one already created under `key`.
@@ -81,6 +120,14 @@ pub trait Driver: Send + Sync {
 
     /// The instance created under `key`, if any.
     async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError>;
+
+    /// Raises this provider's fence for `call.workspace_uid` to `call.epoch` (ledgered, durable).
+    /// Err(StaleEpoch) when the provider has already seen a newer epoch. No other effect.
+    async fn fence(&self, call: &CallContext) -> Result<(), DriverError>;
+
+    /// One page of the instances this provider holds for `cluster` (running or stopped), in a
+    /// stable order; `page` is the token from the previous page (None: first page).
+    async fn list(&self, cluster: &str, page: Option<&str>, limit: u32) -> Result<InstancePage, DriverError>;
 
     /// Whether the provider answers and accepts our credentials; backs ComputeProvider Ready.
     async fn health(&self) -> Result<(), DriverError> {

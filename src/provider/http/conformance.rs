@@ -1,7 +1,8 @@
 //! `switchyard provider-conformance`: checks that a provider implements the protocol as
 //! `docs/provider-protocol.yaml` specifies it — idempotency, stop semantics, get/list, fencing,
-//! error codes and retryable flags, auth. Every case uses fresh workspace UIDs, so the suite can
-//! run against a provider that serves other traffic; it stops what it created at the end.
+//! explicit fences, the inventory list by cluster, error codes and retryable flags, auth. Every
+//! case uses fresh workspace UIDs (and fresh cluster identities), so the suite can run against a
+//! provider that serves other traffic; it stops what it created at the end.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -12,7 +13,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{BearerToken, Endpoint, EndpointError};
-use super::wire::{ErrorBody, ErrorCode, Health, Instance, InstanceList, Stopped};
+use super::wire::{
+    CALLER_HEADER, EPOCH_HEADER, ErrorBody, ErrorCode, Fence, Health, Instance, InstanceList, InventoryPage,
+    OPERATION_HEADER, Stopped,
+};
 use crate::provider::InstanceState;
 
 /// Options of `switchyard provider-conformance`.
@@ -113,6 +117,14 @@ pub const CASES: &[(&str, Case)] = &[
     ("stale-epoch-stop-is-refused", |p| Box::pin(stale_stop(p))),
     ("equal-and-newer-epochs-are-accepted", |p| Box::pin(newer_epochs(p))),
     ("fences-are-per-workspace", |p| Box::pin(fences_per_workspace(p))),
+    ("stale-epoch-lookup-is-refused-and-lookups-raise-the-fence", |p| Box::pin(lookups_are_fenced(p))),
+    ("lookup-without-epoch-is-400", |p| Box::pin(lookup_without_epoch(p))),
+    ("fence-raises-the-fence", |p| Box::pin(fence_raises(p))),
+    ("calls-older-than-a-fence-are-refused", |p| Box::pin(older_than_fence(p))),
+    ("fence-with-an-older-epoch-is-refused", |p| Box::pin(older_fence(p))),
+    ("fence-is-idempotent", |p| Box::pin(fence_idempotent(p))),
+    ("inventory-lists-one-cluster-in-pages", |p| Box::pin(inventory_pages(p))),
+    ("inventory-clamps-its-limit", |p| Box::pin(inventory_clamps(p))),
     ("unknown-endpoint-is-404-with-error-body", |p| Box::pin(unknown_endpoint(p))),
 ];
 
@@ -172,11 +184,16 @@ impl Reply {
 /// A workspace the suite makes up: a fresh UID per case.
 struct Ws {
     uid: String,
+    cluster: String,
 }
 
 impl Ws {
     fn new() -> Self {
-        Self { uid: format!("conformance-{}", uuid::Uuid::new_v4()) }
+        Self::in_cluster("conformance")
+    }
+
+    fn in_cluster(cluster: &str) -> Self {
+        Self { uid: format!("conformance-{}", uuid::Uuid::new_v4()), cluster: cluster.to_owned() }
     }
 
     fn key(&self, n: u32) -> String {
@@ -185,7 +202,7 @@ impl Ws {
 
     fn call(&self, epoch: i64) -> Value {
         json!({"workspaceUid": self.uid, "namespace": "conformance", "name": "ws", "epoch": epoch,
-               "caller": "provider-conformance", "operationId": format!("op-{epoch}")})
+               "caller": "provider-conformance", "operationId": format!("op-{epoch}"), "cluster": self.cluster})
     }
 }
 
@@ -253,11 +270,51 @@ impl Probe {
         Ok(self.get(id).await?.instance(&[200], "get")?.state)
     }
 
-    async fn list(&self, uid: &str, key: Option<&str>) -> Result<Vec<Instance>, String> {
-        let mut query = vec![("workspaceUid", uid)];
-        query.extend(key.map(|k| ("key", k)));
-        let reply = self.send(Method::GET, &["instances"], Some(&self.token), None, &query).await?;
+    /// Every instance of workspace `uid` (unfenced).
+    async fn list(&self, uid: &str) -> Result<Vec<Instance>, String> {
+        let reply = self.send(Method::GET, &["instances"], Some(&self.token), None, &[("workspaceUid", uid)]).await?;
         Ok(reply.status_in(&[200], "list")?.json::<InstanceList>("instance list")?.items)
+    }
+
+    /// The lookup by key, under `epoch`.
+    async fn lookup_reply(&self, uid: &str, key: &str, epoch: Option<i64>) -> Result<Reply, String> {
+        let mut request = self
+            .endpoint
+            .request(Method::GET, &["instances"], Some(&self.token))
+            .query(&[("workspaceUid", uid), ("key", key)])
+            .header(CALLER_HEADER, "provider-conformance")
+            .header(OPERATION_HEADER, "conformance-lookup");
+        if let Some(epoch) = epoch {
+            request = request.header(EPOCH_HEADER, epoch.to_string());
+        }
+        let response =
+            request.send().await.map_err(|e| format!("GET /v1/instances?key=: no answer: {}", e.without_url()))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| format!("lookup: answer cut off: {}", e.without_url()))?;
+        Ok(Reply { status, body })
+    }
+
+    async fn lookup(&self, uid: &str, key: &str, epoch: i64) -> Result<Vec<Instance>, String> {
+        let reply = self.lookup_reply(uid, key, Some(epoch)).await?;
+        Ok(reply.status_in(&[200], "lookup by key")?.json::<InstanceList>("instance list")?.items)
+    }
+
+    async fn fence(&self, ws: &Ws, epoch: i64) -> Result<Reply, String> {
+        self.send(Method::POST, &["workspaces", &ws.uid, "fence"], Some(&self.token), Some(&ws.call(epoch)), &[]).await
+    }
+
+    async fn fenced(&self, ws: &Ws, epoch: i64, what: &str) -> Result<(), String> {
+        let fence: Fence = self.fence(ws, epoch).await?.status_in(&[200], what)?.json("fence answer")?;
+        check(fence.workspace_uid == ws.uid && fence.epoch == epoch, || {
+            format!("{what}: expected {{workspaceUid: {}, epoch: {epoch}}}, got {fence:?}", ws.uid)
+        })
+    }
+
+    async fn inventory(&self, cluster: &str, page: Option<&str>, limit: &str) -> Result<InventoryPage, String> {
+        let mut query = vec![("cluster", cluster), ("limit", limit)];
+        query.extend(page.map(|p| ("pageToken", p)));
+        let reply = self.send(Method::GET, &["instances"], Some(&self.token), None, &query).await?;
+        reply.status_in(&[200], "inventory list")?.json("inventory page")
     }
 
     async fn clean_up(&self) {
@@ -266,7 +323,7 @@ impl Probe {
         created.dedup();
         for (uid, id) in created {
             // Far above any epoch a case used, so the fence never refuses the clean-up.
-            let _ = self.stop(&Ws { uid }, &id, 1_000_000).await;
+            let _ = self.stop(&Ws { uid, cluster: String::new() }, &id, 1_000_000).await;
         }
     }
 }
@@ -293,7 +350,7 @@ async fn unauthorized(p: &Probe, token: Option<BearerToken>) -> Result<(), Strin
     reply.error(401, ErrorCode::Unauthorized, "create")?;
     let reply = p.send(Method::GET, &["instances"], token.as_ref(), None, &[("workspaceUid", &ws.uid)]).await?;
     reply.error(401, ErrorCode::Unauthorized, "list")?;
-    check(p.list(&ws.uid, None).await?.is_empty(), || "an unauthorized create took effect".to_owned())
+    check(p.list(&ws.uid).await?.is_empty(), || "an unauthorized create took effect".to_owned())
 }
 
 async fn create_returns_a_running_instance(p: &Probe) -> Result<(), String> {
@@ -310,7 +367,7 @@ async fn create_is_idempotent_by_key(p: &Probe) -> Result<(), String> {
     let first = p.created(&ws, &ws.key(1), 1).await?;
     let again = p.create(&ws, &ws.key(1), 1).await?.instance(&[200], "repeated create (200: existing)")?;
     check(again == first, || format!("repeated create returned {again:?}, first was {first:?}"))?;
-    let listed = p.list(&ws.uid, None).await?;
+    let listed = p.list(&ws.uid).await?;
     check(listed.len() == 1, || format!("one key made {} instances", listed.len()))
 }
 
@@ -334,7 +391,7 @@ async fn key_of_another_workspace(p: &Probe) -> Result<(), String> {
     let (a, b) = (Ws::new(), Ws::new());
     p.created(&a, &a.key(1), 1).await?;
     p.create(&b, &a.key(1), 1).await?.error(409, ErrorCode::Conflict, "create with another workspace's key")?;
-    check(p.list(&b.uid, None).await?.is_empty(), || "the refused create made an instance".to_owned())
+    check(p.list(&b.uid).await?.is_empty(), || "the refused create made an instance".to_owned())
 }
 
 async fn invalid_requests(p: &Probe) -> Result<(), String> {
@@ -360,7 +417,7 @@ async fn invalid_requests(p: &Probe) -> Result<(), String> {
     reply.error(400, ErrorCode::InvalidRequest, "create with a malformed body")?;
     let reply = p.send(Method::GET, &["instances"], Some(&p.token), None, &[]).await?;
     reply.error(400, ErrorCode::InvalidRequest, "list without workspaceUid")?;
-    check(p.list(&ws.uid, None).await?.is_empty(), || "an invalid create made an instance".to_owned())
+    check(p.list(&ws.uid).await?.is_empty(), || "an invalid create made an instance".to_owned())
 }
 
 async fn get_returns_the_instance(p: &Probe) -> Result<(), String> {
@@ -380,16 +437,16 @@ async fn list_by_workspace_and_key(p: &Probe) -> Result<(), String> {
     let a1 = p.created(&a, &a.key(1), 1).await?;
     let a2 = p.created(&a, &a.key(2), 1).await?;
     p.created(&b, &b.key(1), 1).await?;
-    let mut listed = p.list(&a.uid, None).await?;
+    let mut listed = p.list(&a.uid).await?;
     listed.sort_by(|x, y| x.id.cmp(&y.id));
     let mut expected = vec![a1.clone(), a2];
     expected.sort_by(|x, y| x.id.cmp(&y.id));
     check(listed == expected, || format!("list of workspace A: expected {expected:?}, got {listed:?}"))?;
-    let by_key = p.list(&a.uid, Some(&a.key(1))).await?;
+    let by_key = p.lookup(&a.uid, &a.key(1), 1).await?;
     check(by_key == vec![a1.clone()], || format!("list by key: expected [{a1:?}], got {by_key:?}"))?;
-    let none = p.list(&a.uid, Some(&a.key(9))).await?;
+    let none = p.lookup(&a.uid, &a.key(9), 1).await?;
     check(none.is_empty(), || format!("list by an unused key: expected [], got {none:?}"))?;
-    let foreign = p.list(&b.uid, Some(&a.key(1))).await?;
+    let foreign = p.lookup(&b.uid, &a.key(1), 1).await?;
     check(foreign.is_empty(), || format!("list by key must only show the workspace's own: got {foreign:?}"))
 }
 
@@ -437,7 +494,7 @@ async fn stale_create(p: &Probe) -> Result<(), String> {
     p.created(&ws, &ws.key(1), 5).await?;
     let err = p.create(&ws, &ws.key(2), 4).await?.error(409, ErrorCode::StaleEpoch, "create under epoch 4 after 5")?;
     check(err.newest_epoch == Some(5), || format!("StaleEpoch must say newestEpoch 5, got {:?}", err.newest_epoch))?;
-    let made = p.list(&ws.uid, Some(&ws.key(2))).await?;
+    let made = p.lookup(&ws.uid, &ws.key(2), 5).await?;
     check(made.is_empty(), || format!("the refused create took effect: {made:?}"))
 }
 
@@ -468,4 +525,140 @@ async fn fences_per_workspace(p: &Probe) -> Result<(), String> {
 async fn unknown_endpoint(p: &Probe) -> Result<(), String> {
     let reply = p.send(Method::GET, &["no-such-endpoint"], Some(&p.token), None, &[]).await?;
     reply.error(404, ErrorCode::NotFound, "GET /v1/no-such-endpoint").map(drop)
+}
+
+async fn lookups_are_fenced(p: &Probe) -> Result<(), String> {
+    let ws = Ws::new();
+    let i = p.created(&ws, &ws.key(1), 3).await?;
+    let found = p.lookup(&ws.uid, &ws.key(1), 6).await?;
+    check(found.iter().map(|f| &f.id).eq([&i.id]), || {
+        format!("lookup under epoch 6: expected [{}], got {found:?}", i.id)
+    })?;
+    let reply = p.lookup_reply(&ws.uid, &ws.key(1), Some(5)).await?;
+    let err = reply.error(409, ErrorCode::StaleEpoch, "lookup under epoch 5 after a lookup under 6")?;
+    check(err.newest_epoch == Some(6), || format!("StaleEpoch must say newestEpoch 6, got {:?}", err.newest_epoch))?;
+    // The lookup under 6 raised the fence: a create under 5 is refused.
+    p.create(&ws, &ws.key(2), 5).await?.error(409, ErrorCode::StaleEpoch, "create under 5 after a lookup under 6")?;
+    check(p.list(&ws.uid).await?.len() == 1, || "the refused create took effect".to_owned())
+}
+
+async fn lookup_without_epoch(p: &Probe) -> Result<(), String> {
+    let ws = Ws::new();
+    p.lookup_reply(&ws.uid, &ws.key(1), None)
+        .await?
+        .error(400, ErrorCode::InvalidRequest, "lookup without epoch")
+        .map(drop)
+}
+
+async fn fence_raises(p: &Probe) -> Result<(), String> {
+    let ws = Ws::new();
+    // A fence needs no instance: it may be the first call the provider sees for the workspace.
+    p.fenced(&ws, 5, "first fence").await?;
+    p.create(&ws, &ws.key(1), 4).await?.error(409, ErrorCode::StaleEpoch, "create under 4 after a fence at 5")?;
+    p.created(&ws, &ws.key(2), 5).await.map(drop).map_err(|e| format!("create under the fence's epoch: {e}"))
+}
+
+async fn older_than_fence(p: &Probe) -> Result<(), String> {
+    let ws = Ws::new();
+    let i = p.created(&ws, &ws.key(1), 3).await?;
+    p.fenced(&ws, 5, "fence at 5").await?;
+    let state = p.state(&i.id).await?;
+    check(state == InstanceState::Running, || format!("a fence must not stop anything: {state:?}"))?;
+    let err =
+        p.create(&ws, &ws.key(2), 4).await?.error(409, ErrorCode::StaleEpoch, "create under 4 after a fence at 5")?;
+    check(err.newest_epoch == Some(5), || format!("StaleEpoch must say newestEpoch 5, got {:?}", err.newest_epoch))?;
+    p.stop(&ws, &i.id, 4).await?.error(409, ErrorCode::StaleEpoch, "stop under 4 after a fence at 5")?;
+    p.lookup_reply(&ws.uid, &ws.key(1), Some(4)).await?.error(
+        409,
+        ErrorCode::StaleEpoch,
+        "lookup under 4 after a fence at 5",
+    )?;
+    let state = p.state(&i.id).await?;
+    check(state == InstanceState::Running, || format!("the refused stop took effect: {state:?}"))?;
+    check(p.list(&ws.uid).await?.len() == 1, || "the refused create took effect".to_owned())?;
+    p.stopped(&ws, &i.id, 5, "stop under the fence's epoch").await
+}
+
+async fn older_fence(p: &Probe) -> Result<(), String> {
+    let ws = Ws::new();
+    p.fenced(&ws, 7, "fence at 7").await?;
+    let err = p.fence(&ws, 6).await?.error(409, ErrorCode::StaleEpoch, "fence at 6 after 7")?;
+    check(err.newest_epoch == Some(7), || format!("StaleEpoch must say newestEpoch 7, got {:?}", err.newest_epoch))?;
+    p.fenced(&ws, 8, "fence at 8 after 7").await
+}
+
+async fn fence_idempotent(p: &Probe) -> Result<(), String> {
+    let ws = Ws::new();
+    p.fenced(&ws, 2, "fence").await?;
+    p.fenced(&ws, 2, "the same fence again").await?;
+    p.created(&ws, &ws.key(1), 2).await.map(drop).map_err(|e| format!("create under the fence's epoch: {e}"))
+}
+
+async fn inventory_pages(p: &Probe) -> Result<(), String> {
+    let cluster = format!("conformance-{}", uuid::Uuid::new_v4());
+    let mut expected = Vec::new();
+    for n in 0..3 {
+        let ws = Ws::in_cluster(&cluster);
+        expected.push(p.created(&ws, &ws.key(n), 2).await?.id);
+        if n == 0 {
+            p.stopped(&ws, &expected[0], 3, "stop").await?;
+        }
+    }
+    let other = Ws::in_cluster(&format!("conformance-{}", uuid::Uuid::new_v4()));
+    let foreign = p.created(&other, &other.key(1), 1).await?;
+
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..10 {
+        let page = p.inventory(&cluster, token.as_deref(), "2").await?;
+        check(page.items.len() <= 2, || format!("limit 2 answered {} items", page.items.len()))?;
+        seen.extend(page.items);
+        token = page.next_page_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    check(token.is_none(), || "the inventory never reached its last page".to_owned())?;
+    let mut ids: Vec<&str> = seen.iter().map(|i| i.id.as_str()).collect();
+    ids.sort();
+    let mut want: Vec<&str> = expected.iter().map(String::as_str).collect();
+    want.sort();
+    check(ids == want, || format!("cluster {cluster}: expected {want:?}, got {ids:?}"))?;
+    check(!seen.iter().any(|i| i.id == foreign.id), || "the inventory showed another cluster's instance".to_owned())?;
+    let stopped = seen.iter().find(|i| i.id == expected[0]);
+    check(stopped.is_some_and(|i| i.state == InstanceState::Stopped && i.fence.is_none_or(|f| f >= 3)), || {
+        format!("a stopped instance is listed as Stopped, with its fence: {stopped:?}")
+    })?;
+    // The same walk again yields the same order.
+    let again: Vec<String> = {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..10 {
+            let page = p.inventory(&cluster, token.as_deref(), "2").await?;
+            all.extend(page.items.into_iter().map(|i| i.id));
+            token = page.next_page_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        all
+    };
+    let first: Vec<String> = seen.iter().map(|i| i.id.clone()).collect();
+    check(again == first, || format!("the order is not stable: {first:?}, then {again:?}"))
+}
+
+async fn inventory_clamps(p: &Probe) -> Result<(), String> {
+    let cluster = format!("conformance-{}", uuid::Uuid::new_v4());
+    for n in 0..2 {
+        let ws = Ws::in_cluster(&cluster);
+        p.created(&ws, &ws.key(n), 1).await?;
+    }
+    let page = p.inventory(&cluster, None, "0").await?;
+    check(page.items.len() == 1 && page.next_page_token.is_some(), || {
+        format!("limit 0 must be read as 1: got {} items, next {:?}", page.items.len(), page.next_page_token)
+    })?;
+    let page = p.inventory(&cluster, None, "100000").await?;
+    check(page.items.len() == 2 && page.next_page_token.is_none(), || {
+        format!("limit 100000 must be read as 500: got {} items, next {:?}", page.items.len(), page.next_page_token)
+    })
 }

@@ -17,11 +17,11 @@ use tracing::debug;
 
 use super::client::{BearerToken, Endpoint};
 use super::wire::{
-    CALLER_HEADER, CallFields, CreateInstance, EPOCH_HEADER, ErrorBody, ErrorCode, Health, Instance, InstanceList,
-    ListQuery, OPERATION_HEADER, StopInstance,
+    CALLER_HEADER, CLUSTER_HEADER, CallFields, CreateInstance, EPOCH_HEADER, ErrorBody, ErrorCode, Fence, Health,
+    Instance, InstanceList, InventoryPage, InventoryQuery, ListQuery, OPERATION_HEADER, RaiseFence, StopInstance,
 };
 use crate::api::{ComputeProvider, HttpSettings, SecretKeyRef, WorkspaceTemplate};
-use crate::provider::{CallContext, Driver, DriverError, InstanceInfo};
+use crate::provider::{CallContext, Driver, DriverError, InstanceInfo, InstancePage, PAGE_TOKEN_MAX, clamp_limit};
 
 /// How long a token read from a Secret is used before the Secret is read again: a rotated
 /// Secret takes effect within this, without a restart.
@@ -365,6 +365,34 @@ fn attribute(request: RequestBuilder, call: &CallContext) -> RequestBuilder {
         .header(CALLER_HEADER, &call.caller)
         .header(OPERATION_HEADER, &call.operation_id)
         .header(EPOCH_HEADER, call.epoch.to_string())
+        .header(CLUSTER_HEADER, &call.cluster)
+}
+
+/// Longest id, key, workspace UID, namespace or name accepted in an inventory item.
+const MAX_FIELD: usize = 1024;
+
+/// Checks an inventory answer against the protocol's bounds before anything uses it: at most
+/// `limit` items, bounded fields, and a next-page token that is bounded and moves on.
+fn check_page(page: InventoryPage, limit: u32, sent: Option<&str>) -> Result<InstancePage, DriverError> {
+    let violation = |what: String| DriverError::Rejected(format!("protocol violation: inventory page: {what}"));
+    if page.items.len() > limit as usize {
+        return Err(violation(format!("{} items, more than the limit {limit}", page.items.len())));
+    }
+    if let Some(next) = &page.next_page_token {
+        if next.is_empty() || next.len() > PAGE_TOKEN_MAX {
+            return Err(violation(format!("nextPageToken of {} characters (1-{PAGE_TOKEN_MAX})", next.len())));
+        }
+        if Some(next.as_str()) == sent {
+            return Err(violation("nextPageToken repeats the token sent".to_owned()));
+        }
+    }
+    for item in &page.items {
+        let fields = [&item.id, &item.key, &item.workspace_uid, &item.namespace, &item.name];
+        if item.id.is_empty() || fields.iter().any(|f| f.len() > MAX_FIELD) {
+            return Err(violation(format!("an item with an empty or over-long field ({MAX_FIELD} at most)")));
+        }
+    }
+    Ok(InstancePage { items: page.items.into_iter().map(Into::into).collect(), next: page.next_page_token })
 }
 
 #[async_trait]
@@ -415,12 +443,49 @@ impl Driver for HttpDriver {
         let query = ListQuery { workspace_uid: call.workspace_uid.clone(), key: Some(key.to_owned()) };
         self.call(
             "lookup",
-            None,
+            Some(call.epoch),
             |e, t| attribute(e.request(Method::GET, &["instances"], t).query(&query), call),
             |_, bytes| {
                 let list: InstanceList = decode(bytes, "instance list")?;
                 Ok(list.items.iter().find(|i| i.key == key).map(Instance::info))
             },
+        )
+        .await
+    }
+
+    async fn fence(&self, call: &CallContext) -> Result<(), DriverError> {
+        let body = RaiseFence { call: CallFields::from(call) };
+        let uid = call.workspace_uid.as_str();
+        self.call(
+            "fence",
+            Some(call.epoch),
+            |e, t| e.request(Method::POST, &["workspaces", uid, "fence"], t).json(&body),
+            |_, bytes| {
+                let fence: Fence = decode(bytes, "fence answer")?;
+                if fence.workspace_uid != uid || fence.epoch < call.epoch {
+                    return Err(DriverError::Rejected(format!(
+                        "protocol violation: asked to fence {uid} at {}, the provider answered {fence:?}",
+                        call.epoch
+                    )));
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    async fn list(&self, cluster: &str, page: Option<&str>, limit: u32) -> Result<InstancePage, DriverError> {
+        if page.is_some_and(|p| p.is_empty() || p.len() > PAGE_TOKEN_MAX) {
+            return Err(DriverError::Rejected(format!("page token must be 1-{PAGE_TOKEN_MAX} characters")));
+        }
+        let limit = clamp_limit(limit);
+        let query =
+            InventoryQuery { cluster: cluster.to_owned(), page_token: page.map(str::to_owned), limit: Some(limit) };
+        self.call(
+            "list",
+            None,
+            |e, t| e.request(Method::GET, &["instances"], t).query(&query),
+            |_, bytes| check_page(decode(bytes, "inventory page")?, limit, page),
         )
         .await
     }
@@ -542,6 +607,38 @@ mod tests {
         let long = "x".repeat(5000);
         let e = decode::<Instance>(long.as_bytes(), "created instance").unwrap_err();
         assert!(e.to_string().len() < 600, "provider text is clipped");
+    }
+
+    #[test]
+    fn inventory_pages_are_bounded() {
+        use crate::provider::InstanceState;
+        use crate::provider::http::wire::InventoryItem;
+        let item = |id: &str| InventoryItem {
+            id: id.into(),
+            key: "k".into(),
+            workspace_uid: "u".into(),
+            namespace: "ns".into(),
+            name: "w".into(),
+            state: InstanceState::Running,
+            fence: Some(2),
+        };
+        let page = |n: usize, next: Option<String>| InventoryPage {
+            items: (0..n).map(|i| item(&format!("i{i}"))).collect(),
+            next_page_token: next,
+        };
+        let ok = check_page(page(2, Some("i1".into())), 2, None).unwrap();
+        assert_eq!((ok.items.len(), ok.next.as_deref(), ok.items[0].fence), (2, Some("i1"), Some(2)));
+        for (bad, sent) in [
+            (page(3, None), None),
+            (page(1, Some("t".repeat(PAGE_TOKEN_MAX + 1))), None),
+            (page(1, Some(String::new())), None),
+            (page(1, Some("same".into())), Some("same")),
+            (InventoryPage { items: vec![item("")], next_page_token: None }, None),
+            (InventoryPage { items: vec![item(&"x".repeat(MAX_FIELD + 1))], next_page_token: None }, None),
+        ] {
+            let e = check_page(bad, 2, sent).unwrap_err();
+            assert!(matches!(&e, DriverError::Rejected(m) if m.contains("protocol violation")), "{e:?}");
+        }
     }
 
     #[test]

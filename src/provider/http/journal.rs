@@ -112,6 +112,7 @@ mod tests {
             provider: "p".into(),
             caller: "c".into(),
             operation_id: "op".into(),
+            cluster: "c1".into(),
             call: Call::Lookup,
             workspace_uid: "u".into(),
             namespace: "ns".into(),

@@ -27,12 +27,13 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::client::BearerToken;
 use super::journal::{Journal, JournalError};
 use super::wire::{
-    CALLER_HEADER, CreateInstance, EPOCH_HEADER, ErrorBody, ErrorCode, Health, Instance, InstanceList, ListQuery,
-    OPERATION_HEADER, StopInstance, Stopped, VERSION, valid_key,
+    CALLER_HEADER, CLUSTER_HEADER, CreateInstance, DEFAULT_PAGE_LIMIT, EPOCH_HEADER, ErrorBody, ErrorCode, Fence,
+    Health, Instance, InstanceList, InventoryPage, OPERATION_HEADER, RaiseFence, StopInstance, Stopped, VERSION,
+    valid_key,
 };
 use crate::api::SimulatedSettings;
 use crate::provider::simulated::{self, Answer, Cloud, Clouds, Faults, LedgerEntry};
-use crate::provider::{CallContext, DriverError, InstanceState};
+use crate::provider::{CallContext, DriverError, InstanceState, PAGE_TOKEN_MAX};
 
 /// Options of `switchyard provider-sim`.
 #[derive(clap::Args, Debug, Clone)]
@@ -166,6 +167,7 @@ impl ProviderSim {
             .route("/v1/instances", post(create).get(list))
             .route("/v1/instances/{id}", get(get_instance))
             .route("/v1/instances/{id}/stop", post(stop))
+            .route("/v1/workspaces/{uid}/fence", post(fence))
             // A provider that is down answers every protocol call 503; the admin routes stay
             // up so the fault can be cleared.
             .route_layer(middleware::from_fn_with_state(self.clone(), refuse_all));
@@ -357,18 +359,51 @@ async fn stop(
     .await)
 }
 
+async fn fence(
+    State(sim): Sim,
+    UrlPath(uid): UrlPath<String>,
+    body: Result<Json<RaiseFence>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    if body.call.workspace_uid != uid {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "workspaceUid in the body must equal the path's uid"));
+    }
+    let ctx = CallContext::from(body.call);
+    let epoch = ctx.epoch;
+    sim.cloud.latency(Duration::ZERO).await;
+    let cloud = sim.cloud.clone();
+    Ok(engine(move || cloud.fence_now(&ctx), move |()| Json(Fence { workspace_uid: uid, epoch }).into_response()).await)
+}
+
 async fn get_instance(State(sim): Sim, UrlPath(id): UrlPath<String>) -> Result<Json<Instance>, ApiError> {
     read_faults(&sim).await;
     sim.wire(&id).map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no instance {id}")))
 }
 
+/// `GET /v1/instances` in all its forms: by workspace, by key, or an inventory page by cluster.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InstancesQuery {
+    workspace_uid: Option<String>,
+    key: Option<String>,
+    cluster: Option<String>,
+    page_token: Option<String>,
+    limit: Option<u32>,
+}
+
 async fn list(
     State(sim): Sim,
     headers: HeaderMap,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Result<Query<InstancesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let uid = query.workspace_uid;
+    let uid = match (query.workspace_uid, query.cluster) {
+        (Some(uid), _) => uid,
+        (None, Some(cluster)) => return inventory(&sim, cluster, query.page_token, query.limit).await,
+        (None, None) => {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "one of workspaceUid or cluster is required"));
+        }
+    };
     let Some(key) = query.key else {
         read_faults(&sim).await;
         let items =
@@ -377,13 +412,20 @@ async fn list(
     };
     // A lookup by key goes through the engine so the ledger records it (invariant 4 checks it).
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let Ok(epoch) = text(EPOCH_HEADER).parse() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("a lookup by key needs its fencing epoch in the {EPOCH_HEADER} header"),
+        ));
+    };
     let ctx = CallContext {
         namespace: String::new(),
         name: String::new(),
         workspace_uid: uid.clone(),
-        epoch: text(EPOCH_HEADER).parse().unwrap_or_default(),
+        epoch,
         caller: text(CALLER_HEADER),
         operation_id: text(OPERATION_HEADER),
+        cluster: text(CLUSTER_HEADER),
     };
     sim.cloud.latency(Duration::ZERO).await;
     let (cloud, sim2) = (sim.cloud.clone(), sim.clone());
@@ -392,6 +434,32 @@ async fn list(
         move |found| {
             let items = found.and_then(|f| sim2.wire(&f.id)).filter(|i| i.workspace_uid == uid);
             Json(InstanceList { items: items.into_iter().collect() }).into_response()
+        },
+    )
+    .await)
+}
+
+/// One inventory page of `cluster`: not ledgered, fences nothing.
+async fn inventory(
+    sim: &Arc<ProviderSim>,
+    cluster: String,
+    page: Option<String>,
+    limit: Option<u32>,
+) -> Result<Response, ApiError> {
+    if page.as_ref().is_some_and(|p| p.is_empty() || p.len() > PAGE_TOKEN_MAX) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("pageToken must be 1-{PAGE_TOKEN_MAX} characters"),
+        ));
+    }
+    sim.cloud.latency(Duration::ZERO).await;
+    let cloud = sim.cloud.clone();
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    Ok(engine(
+        move || cloud.list_now(&cluster, page.as_deref(), limit),
+        |p| {
+            let items = p.items.into_iter().map(Into::into).collect();
+            Json(InventoryPage { items, next_page_token: p.next }).into_response()
         },
     )
     .await)
@@ -680,6 +748,88 @@ mod tests {
         assert_eq!(entry.outcome, simulated::Outcome::Found);
     }
 
+    #[tokio::test]
+    async fn the_fence_endpoint_raises_the_fence_durably() {
+        let f = fixture();
+        let call = json!({"workspaceUid": "u1", "epoch": 4, "caller": "c", "operationId": "op", "cluster": "c1"});
+        let (status, body) = send(&f, "POST", "/v1/workspaces/u1/fence", T, Some(call.clone())).await;
+        assert_eq!((status, body), (200, json!({"workspaceUid": "u1", "epoch": 4})));
+        let (status, _) = send(&f, "POST", "/v1/workspaces/u1/fence", T, Some(call)).await;
+        assert_eq!(status, 200, "idempotent");
+        let (status, err) = send(&f, "POST", "/v1/instances", T, Some(create("k1", 3))).await;
+        assert_eq!((status, err["code"].as_str(), err["newestEpoch"].as_i64()), (409, Some("StaleEpoch"), Some(4)));
+        let older = json!({"workspaceUid": "u1", "epoch": 3, "caller": "c", "operationId": "op"});
+        let (status, err) = send(&f, "POST", "/v1/workspaces/u1/fence", T, Some(older)).await;
+        assert_eq!((status, err["code"].as_str()), (409, Some("StaleEpoch")));
+        let other = json!({"workspaceUid": "u2", "epoch": 9, "caller": "c", "operationId": "op"});
+        let (status, _) = send(&f, "POST", "/v1/workspaces/u1/fence", T, Some(other)).await;
+        assert_eq!(status, 400, "body and path must name one workspace");
+        // Reopened from its journal, the provider keeps the fence.
+        let reopened = ProviderSim::open(&SimArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            name: "east".into(),
+            token_file: f._dir.path().join("token"),
+            state_dir: Some(f._dir.path().join("state")),
+            provision_latency: Duration::ZERO,
+            stop_latency: Duration::ZERO,
+            tls_cert_file: None,
+            tls_key_file: None,
+        })
+        .unwrap();
+        assert_eq!(reopened.cloud.newest_epoch("u1"), Some(4));
+        let fenced = reopened.clouds.ledger().into_iter().filter(|e| e.call == simulated::Call::Fence).count();
+        assert_eq!(fenced, 3);
+    }
+
+    #[tokio::test]
+    async fn lookups_by_key_need_an_epoch_and_are_fenced() {
+        let f = fixture();
+        send(&f, "POST", "/v1/instances", T, Some(create("k1", 5))).await;
+        let lookup = |epoch: Option<&str>| {
+            let mut request = axum::http::Request::builder()
+                .uri("/v1/instances?workspaceUid=u1&key=k1")
+                .header("authorization", "Bearer t0k");
+            if let Some(e) = epoch {
+                request = request.header(EPOCH_HEADER, e);
+            }
+            let router = f.router.clone();
+            async move { router.oneshot(request.body(Body::empty()).unwrap()).await.unwrap().status() }
+        };
+        assert_eq!(lookup(None).await, 400);
+        assert_eq!(lookup(Some("x")).await, 400);
+        assert_eq!(lookup(Some("4")).await, 409);
+        assert_eq!(lookup(Some("6")).await, 200);
+        assert_eq!(f.sim.cloud.newest_epoch("u1"), Some(6), "an admitted lookup raises the fence");
+    }
+
+    #[tokio::test]
+    async fn the_inventory_pages_through_one_cluster() {
+        let f = fixture();
+        for n in 0..3 {
+            let body = json!({"key": format!("k{n}"), "workspaceUid": format!("u{n}"), "epoch": 1,
+                              "caller": "c", "operationId": "op", "cluster": "c1", "namespace": "ns", "name": "w"});
+            send(&f, "POST", "/v1/instances", T, Some(body)).await;
+        }
+        send(&f, "POST", "/v1/instances", T, Some(create("other", 1))).await;
+        let (status, page) = send(&f, "GET", "/v1/instances?cluster=c1&limit=2", T, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(page["items"].as_array().unwrap().len(), 2);
+        assert_eq!(page["items"][0]["fence"], 1);
+        assert_eq!(page["items"][0]["namespace"], "ns");
+        let token = page["nextPageToken"].as_str().unwrap().to_owned();
+        let (status, page) =
+            send(&f, "GET", &format!("/v1/instances?cluster=c1&limit=2&pageToken={token}"), T, None).await;
+        assert_eq!((status, page["items"].as_array().unwrap().len()), (200, 1));
+        assert!(page.get("nextPageToken").is_none());
+        let (_, page) = send(&f, "GET", "/v1/instances?cluster=", T, None).await;
+        assert_eq!(page["items"][0]["key"], "other", "instances created without a cluster are listed under \"\"");
+        let long = "t".repeat(PAGE_TOKEN_MAX + 1);
+        let (status, _) = send(&f, "GET", &format!("/v1/instances?cluster=c1&pageToken={long}"), T, None).await;
+        assert_eq!(status, 400);
+        let ledgered = f.sim.clouds.ledger().len();
+        assert_eq!(ledgered, 4, "listing is not ledgered");
+    }
+
     #[test]
     fn a_state_dir_of_another_provider_is_refused() {
         let f = fixture();
@@ -701,6 +851,7 @@ mod tests {
             epoch: 1,
             caller: "c".into(),
             operation_id: "op".into(),
+            cluster: "c1".into(),
         };
         assert!(matches!(f.sim.cloud.provision_now(&ctx, "k"), Answer::Reply(Ok(_))));
         assert!(matches!(ProviderSim::open(&args("west")), Err(SimError::WrongProvider { .. })));

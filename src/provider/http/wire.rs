@@ -4,16 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::provider::{CallContext, InstanceInfo, InstanceState};
+use crate::provider::{CallContext, InstanceInfo, InstanceState, ListedInstance};
 
 /// The protocol version, the first path segment of every endpoint.
 pub const VERSION: &str = "v1";
 
-/// Headers that attribute a read (lookup) to a caller, for the provider's audit log. Mutating
-/// calls carry the same facts in their body.
+/// Headers that carry a lookup's call facts (a GET has no body). `switchyard-epoch` is
+/// required on a lookup by key: lookups are fenced like every other per-workspace call.
+/// Mutating calls carry the same facts in their body.
 pub const CALLER_HEADER: &str = "switchyard-caller";
 pub const OPERATION_HEADER: &str = "switchyard-operation-id";
 pub const EPOCH_HEADER: &str = "switchyard-epoch";
+pub const CLUSTER_HEADER: &str = "switchyard-cluster";
 
 /// Who makes a mutating call and under which claim: the fencing facts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ pub struct CallFields {
     pub caller: String,
     /// The claim's operation id.
     pub operation_id: String,
+    /// Identity of the cluster the call comes from; a create records it on the instance.
+    #[serde(default)]
+    pub cluster: String,
 }
 
 impl From<&CallContext> for CallFields {
@@ -42,6 +47,7 @@ impl From<&CallContext> for CallFields {
             epoch: c.epoch,
             caller: c.caller.clone(),
             operation_id: c.operation_id.clone(),
+            cluster: c.cluster.clone(),
         }
     }
 }
@@ -55,6 +61,7 @@ impl From<CallFields> for CallContext {
             epoch: c.epoch,
             caller: c.caller,
             operation_id: c.operation_id,
+            cluster: c.cluster,
         }
     }
 }
@@ -87,6 +94,92 @@ pub struct Stopped {
     pub id: String,
     /// Always `Stopped`.
     pub state: InstanceState,
+}
+
+/// `POST /v1/workspaces/{uid}/fence`: raise the workspace's fence to the call's epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RaiseFence {
+    #[serde(flatten)]
+    pub call: CallFields,
+}
+
+/// `POST /v1/workspaces/{uid}/fence` answer: the fence now stands at `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fence {
+    pub workspace_uid: String,
+    pub epoch: i64,
+}
+
+/// `GET /v1/instances?cluster=…` query: one page of the provider's inventory for a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryQuery {
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_token: Option<String>,
+    /// Page size; the provider clamps it to 1..=500 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// The default page size of an inventory list without `limit`.
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+
+/// An inventory item: an instance and the workspace it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryItem {
+    pub id: String,
+    pub key: String,
+    pub workspace_uid: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    pub state: InstanceState,
+    /// The newest epoch the provider has seen for the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<i64>,
+}
+
+impl From<ListedInstance> for InventoryItem {
+    fn from(i: ListedInstance) -> Self {
+        Self {
+            id: i.id,
+            key: i.key,
+            workspace_uid: i.workspace_uid,
+            namespace: i.namespace,
+            name: i.name,
+            state: i.state,
+            fence: i.fence,
+        }
+    }
+}
+
+impl From<InventoryItem> for ListedInstance {
+    fn from(i: InventoryItem) -> Self {
+        Self {
+            id: i.id,
+            key: i.key,
+            workspace_uid: i.workspace_uid,
+            namespace: i.namespace,
+            name: i.name,
+            state: i.state,
+            fence: i.fence,
+        }
+    }
+}
+
+/// `GET /v1/instances?cluster=…` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryPage {
+    pub items: Vec<InventoryItem>,
+    /// Token of the next page (at most 1024 characters); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
 }
 
 /// `GET /v1/instances` query: every instance of a workspace, optionally only the one of a key.
@@ -220,7 +313,13 @@ mod tests {
             assert!(documented, "{code:?} answers {response}, which no operation documents");
         }
         assert_eq!(codes.len(), 7);
-        for path in ["/v1/health", "/v1/instances", "/v1/instances/{id}", "/v1/instances/{id}/stop"] {
+        for path in [
+            "/v1/health",
+            "/v1/instances",
+            "/v1/instances/{id}",
+            "/v1/instances/{id}/stop",
+            "/v1/workspaces/{uid}/fence",
+        ] {
             assert!(doc["paths"].get(path).is_some(), "{path} is undocumented");
         }
         let instance: Vec<String> =
@@ -237,6 +336,58 @@ mod tests {
         let mut documented = instance.clone();
         documented.sort();
         assert_eq!(fields, documented);
+
+        // Every field of these bodies is documented, and the documented required ones exist.
+        let item = InventoryItem {
+            id: "i".into(),
+            key: "k".into(),
+            workspace_uid: "u".into(),
+            namespace: "ns".into(),
+            name: "w".into(),
+            state: InstanceState::Running,
+            fence: Some(1),
+        };
+        let page = InventoryPage { items: vec![item.clone()], next_page_token: Some("t".into()) };
+        let fence = Fence { workspace_uid: "u".into(), epoch: 1 };
+        let call = CallFields {
+            workspace_uid: "u".into(),
+            namespace: "ns".into(),
+            name: "w".into(),
+            epoch: 1,
+            caller: "c".into(),
+            operation_id: "op".into(),
+            cluster: "c1".into(),
+        };
+        for (schema, wire) in [
+            ("InventoryItem", serde_json::to_value(&item)),
+            ("InventoryPage", serde_json::to_value(&page)),
+            ("Fence", serde_json::to_value(&fence)),
+            ("CallFields", serde_json::to_value(&call)),
+        ] {
+            let wire = wire.expect("json");
+            let object = wire.as_object().expect("object");
+            let schema = &doc["components"]["schemas"][schema];
+            let properties = schema["properties"].as_mapping().unwrap_or_else(|| panic!("{schema:?} has properties"));
+            for field in object.keys() {
+                assert!(properties.contains_key(field.as_str()), "{field} is undocumented in {schema:?}");
+            }
+            let required: Vec<String> = serde_yaml::from_value(schema["required"].clone()).unwrap_or_default();
+            for field in required {
+                assert!(object.contains_key(&field), "documented {field} is not on the wire");
+            }
+        }
+        let list_params: Vec<String> = doc["paths"]["/v1/instances"]["get"]["parameters"]
+            .as_sequence()
+            .expect("parameters")
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect();
+        for name in ["workspaceUid", "key", "cluster", "pageToken", "limit", EPOCH_HEADER] {
+            assert!(
+                list_params.iter().any(|p| p.eq_ignore_ascii_case(name)),
+                "GET /v1/instances: {name} is undocumented"
+            );
+        }
     }
 
     #[test]

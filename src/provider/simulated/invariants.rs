@@ -94,6 +94,8 @@ pub fn merge_ledgers(ledgers: Vec<Vec<LedgerEntry>>) -> Vec<LedgerEntry> {
 }
 
 /// Checks invariants 2, 3 and 4 over `ledger`, replayed in seq order. Empty means clean.
+/// Stops by the inventory collector (operation id "inventory") are judged like any other: an
+/// orphan it stops must not have been effectively stopped before, under any epoch.
 pub fn check_ledger(ledger: &[LedgerEntry]) -> Vec<Violation> {
     let mut entries: Vec<&LedgerEntry> = ledger.iter().collect();
     entries.sort_by_key(|e| e.seq);
@@ -113,8 +115,11 @@ pub fn check_ledger(ledger: &[LedgerEntry]) -> Vec<Violation> {
     for e in entries {
         let target = e.instance.as_ref().map(|id| (e.provider.clone(), id.clone()));
 
-        // Invariant 3: the provider's fence never moves backwards for an accepted call.
-        if e.call.is_mutating() && e.outcome.passed_fence() {
+        // Invariant 3: the provider's fence never moves backwards for an admitted call. Every
+        // per-workspace call that passed the fence counts, whatever it did afterwards: an
+        // explicit fence, a lookup, a call failed after admission. (Provider-wide inventory
+        // lists are not ledgered.)
+        if e.call.is_fenced() && e.outcome.passed_fence() {
             let slot = fence.entry((e.provider.clone(), e.workspace_uid.clone())).or_insert((e.epoch, e.seq));
             if e.epoch < slot.0 {
                 violations.push(Violation::StaleEpochAccepted {

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::trace;
 
-use super::{CallContext, Driver, DriverError, InstanceInfo, InstanceState};
+use super::{CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, clamp_limit};
 use crate::api::{SimulatedSettings, WorkspaceTemplate};
 
 /// Locks `m`, recovering from poisoning: the guarded state is updated in single steps that
@@ -25,6 +25,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Faults to inject into one simulated cloud. Counters are consumed one per matching call.
+/// `hang` and `refuse_all` model a provider the call never reaches: such calls do not advance
+/// the fence. Every other fault strikes after the call passed the fence, so a failed call still
+/// advanced it (ledgered as [`Outcome::FailedAfterFence`]).
 /// Also the JSON body of provider-sim's `PUT /v1/admin/faults`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -36,6 +39,8 @@ pub struct Faults {
     pub fail_provision: u32,
     /// The next N stops fail with `Transient`, without effect.
     pub fail_stop: u32,
+    /// The next N lookups fail with `Transient`, without effect.
+    pub fail_lookup: u32,
     /// Every provision fails with `Transient`, without effect.
     pub fail_provision_always: bool,
     /// Every stop fails with `Transient`, without effect.
@@ -75,12 +80,20 @@ pub enum Call {
     Provision,
     Stop,
     Lookup,
+    /// An explicit fence raise: no effect but on the fence.
+    Fence,
 }
 
 impl Call {
-    /// Whether the call can change the cloud, and so passes the fence.
+    /// Whether the call can change the cloud's instances.
     pub fn is_mutating(self) -> bool {
         matches!(self, Call::Provision | Call::Stop)
+    }
+
+    /// Whether the call is judged against the workspace's fence, and advances it once admitted:
+    /// every per-workspace call, read or write.
+    pub fn is_fenced(self) -> bool {
+        matches!(self, Call::Provision | Call::Stop | Call::Lookup | Call::Fence)
     }
 }
 
@@ -90,6 +103,7 @@ impl fmt::Display for Call {
             Call::Provision => "provision",
             Call::Stop => "stop",
             Call::Lookup => "lookup",
+            Call::Fence => "fence",
         })
     }
 }
@@ -112,8 +126,13 @@ pub enum Outcome {
     NotFound,
     /// Refused: the provider has seen a newer epoch for the workspace. No effect.
     Fenced { newest: i64 },
-    /// An injected fault; the call had no effect.
+    /// An injected fault before the fence (the provider was unreachable, or its journal is
+    /// broken): the call had no effect at all, not even on the fence.
     Failed(String),
+    /// An injected fault after the call passed the fence: the fence advanced, nothing else.
+    FailedAfterFence(String),
+    /// fence: the fence is now at the call's epoch (it was at most that).
+    FenceRaised,
     /// Refused as invalid (e.g. the target belongs to another workspace). No effect.
     Rejected(String),
     /// provision: took effect (`created` says whether a new instance was made), then the answer
@@ -132,6 +151,10 @@ impl Outcome {
                 | Outcome::Existing
                 | Outcome::Stopped
                 | Outcome::AlreadyStopped
+                | Outcome::Found
+                | Outcome::NotFound
+                | Outcome::FailedAfterFence(_)
+                | Outcome::FenceRaised
                 | Outcome::Rejected(_)
                 | Outcome::CommittedResponseLost { .. }
         )
@@ -153,6 +176,9 @@ pub struct LedgerEntry {
     pub provider: String,
     pub caller: String,
     pub operation_id: String,
+    /// The cluster the call came from ("" in ledgers written before clusters were recorded).
+    #[serde(default)]
+    pub cluster: String,
     pub call: Call,
     pub workspace_uid: String,
     pub namespace: String,
@@ -220,11 +246,31 @@ pub struct Instance {
     pub key: String,
     pub workspace_uid: String,
     pub state: InstanceState,
+    /// The workspace's namespace and name, as the creating call named them.
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    /// The cluster that created the instance ("" for instances restored from older ledgers).
+    #[serde(default)]
+    pub cluster: String,
 }
 
 impl Instance {
     fn info(&self) -> InstanceInfo {
         InstanceInfo { id: self.id.clone(), key: self.key.clone(), state: self.state }
+    }
+
+    fn listed(&self, fence: Option<i64>) -> ListedInstance {
+        ListedInstance {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            workspace_uid: self.workspace_uid.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            state: self.state,
+            fence,
+        }
     }
 }
 
@@ -242,7 +288,7 @@ pub struct LiveInstance {
 struct CloudState {
     instances: BTreeMap<String, Instance>,
     by_key: HashMap<String, String>,
-    /// Highest epoch accepted per workspace_uid.
+    /// Highest epoch admitted per workspace_uid: the fence.
     fences: HashMap<String, i64>,
     faults: Faults,
     next_id: u64,
@@ -303,6 +349,12 @@ enum Injected {
     Hang,
 }
 
+/// The answer to a call that passed the fence, then failed by injection. If even its ledger
+/// entry could not be made durable, that is the error to report.
+fn failed_after_fence<T>(recorded: Result<(), String>, msg: String) -> Answer<T> {
+    Answer::Reply(Err(DriverError::Transient(recorded.err().unwrap_or(msg))))
+}
+
 /// One simulated provider.
 #[derive(Debug)]
 pub struct Cloud {
@@ -339,7 +391,7 @@ impl Cloud {
         lock(&self.state).instances.get(id).cloned()
     }
 
-    /// The newest epoch accepted for `workspace_uid`, if any call was accepted for it.
+    /// The fence of `workspace_uid`: the newest epoch admitted for it, if any call was.
     pub fn newest_epoch(&self, workspace_uid: &str) -> Option<i64> {
         lock(&self.state).fences.get(workspace_uid).copied()
     }
@@ -353,30 +405,34 @@ impl Cloud {
         }
     }
 
-    /// The fault, if any, that preempts `call` before it reaches the fence. Consumes counters.
-    fn injected(&self, st: &mut CloudState, call: Call) -> Option<Injected> {
+    /// The fault, if any, that keeps a call from reaching the provider at all (down, hanging,
+    /// or unable to make anything durable): such a call does not reach the fence either.
+    fn unreachable(&self, st: &CloudState) -> Option<Injected> {
         if let Some(broken) = self.ledger.broken() {
             return Some(Injected::Fail(broken));
         }
-        let f = &mut st.faults;
-        if f.refuse_all {
+        if st.faults.refuse_all {
             return Some(Injected::Fail("provider refuses all calls".to_owned()));
         }
-        if f.hang {
-            return Some(Injected::Hang);
-        }
+        st.faults.hang.then_some(Injected::Hang)
+    }
+
+    /// The injected failure, if any, of an admitted `call` (after the fence). Consumes counters.
+    fn injected(&self, st: &mut CloudState, call: Call) -> Option<String> {
+        let f = &mut st.faults;
         let (always, next_n, rate, msg) = match call {
             Call::Provision => {
                 (f.fail_provision_always, &mut f.fail_provision, f.provision_error_rate, "injected provision failure")
             }
             Call::Stop => (f.fail_stop_always, &mut f.fail_stop, f.stop_error_rate, "injected stop failure"),
-            Call::Lookup => return None,
+            Call::Lookup => (false, &mut f.fail_lookup, 0.0, "injected lookup failure"),
+            Call::Fence => return None,
         };
         if always || *next_n > 0 {
             *next_n = next_n.saturating_sub(u32::from(!always));
-            return Some(Injected::Fail(msg.to_owned()));
+            return Some(msg.to_owned());
         }
-        (rate > 0.0 && rand::random::<f64>() < rate).then(|| Injected::Fail(format!("{msg} (error rate {rate})")))
+        (rate > 0.0 && rand::random::<f64>() < rate).then(|| format!("{msg} (error rate {rate})"))
     }
 
     /// Ledgers a preempted call and answers it.
@@ -416,6 +472,7 @@ impl Cloud {
             provider: self.provider.clone(),
             caller: ctx.caller.clone(),
             operation_id: ctx.operation_id.clone(),
+            cluster: ctx.cluster.clone(),
             call,
             workspace_uid: ctx.workspace_uid.clone(),
             namespace: ctx.namespace.clone(),
@@ -435,7 +492,7 @@ impl Cloud {
         let rec = |st: &CloudState, instance: Option<&str>, outcome| {
             self.record(st, ctx, Call::Provision, Some(key), instance, outcome)
         };
-        if let Some(injected) = self.injected(st, Call::Provision) {
+        if let Some(injected) = self.unreachable(st) {
             return self.preempted(st, injected, |st, outcome| {
                 let _ = rec(st, None, outcome);
             });
@@ -443,6 +500,9 @@ impl Cloud {
         if let Err(newest) = st.admit(ctx) {
             let _ = rec(st, None, Outcome::Fenced { newest });
             return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
+        }
+        if let Some(msg) = self.injected(st, Call::Provision) {
+            return failed_after_fence(rec(st, None, Outcome::FailedAfterFence(msg.clone())), msg);
         }
         let existing = st.by_key.get(key).and_then(|id| st.instances.get(id));
         let (info, created) = match existing {
@@ -460,6 +520,9 @@ impl Cloud {
                     key: key.to_owned(),
                     workspace_uid: ctx.workspace_uid.clone(),
                     state: InstanceState::Running,
+                    namespace: ctx.namespace.clone(),
+                    name: ctx.name.clone(),
+                    cluster: ctx.cluster.clone(),
                 };
                 let info = inst.info();
                 st.insert(inst);
@@ -485,7 +548,7 @@ impl Cloud {
         let st = &mut *guard;
         let key = st.instances.get(id).map(|i| i.key.clone());
         let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Stop, key.as_deref(), Some(id), outcome);
-        if let Some(injected) = self.injected(st, Call::Stop) {
+        if let Some(injected) = self.unreachable(st) {
             return self.preempted(st, injected, |st, outcome| {
                 let _ = rec(st, outcome);
             });
@@ -493,6 +556,9 @@ impl Cloud {
         if let Err(newest) = st.admit(ctx) {
             let _ = rec(st, Outcome::Fenced { newest });
             return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
+        }
+        if let Some(msg) = self.injected(st, Call::Stop) {
+            return failed_after_fence(rec(st, Outcome::FailedAfterFence(msg.clone())), msg);
         }
         let outcome = match st.instances.get_mut(id) {
             // A stop must never reach another workspace's instance, whatever the caller thinks.
@@ -520,10 +586,17 @@ impl Cloud {
         let rec = |st: &CloudState, instance: Option<&str>, outcome| {
             self.record(st, ctx, Call::Lookup, Some(key), instance, outcome)
         };
-        if let Some(injected) = self.injected(st, Call::Lookup) {
+        if let Some(injected) = self.unreachable(st) {
             return self.preempted(st, injected, |st, outcome| {
                 let _ = rec(st, None, outcome);
             });
+        }
+        if let Err(newest) = st.admit(ctx) {
+            let _ = rec(st, None, Outcome::Fenced { newest });
+            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
+        }
+        if let Some(msg) = self.injected(st, Call::Lookup) {
+            return failed_after_fence(rec(st, None, Outcome::FailedAfterFence(msg.clone())), msg);
         }
         let found = st.by_key.get(key).and_then(|id| st.instances.get(id)).map(Instance::info);
         let (instance, outcome) = match &found {
@@ -536,12 +609,59 @@ impl Cloud {
         }
     }
 
+    /// Raises the fence of `ctx.workspace_uid` to `ctx.epoch` now (no latency), ledgered.
+    pub fn fence_now(&self, ctx: &CallContext) -> Answer<()> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Fence, None, None, outcome);
+        if let Some(injected) = self.unreachable(st) {
+            return self.preempted(st, injected, |st, outcome| {
+                let _ = rec(st, outcome);
+            });
+        }
+        if let Err(newest) = st.admit(ctx) {
+            let _ = rec(st, Outcome::Fenced { newest });
+            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
+        }
+        match rec(st, Outcome::FenceRaised) {
+            Ok(()) => Answer::Reply(Ok(())),
+            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
+        }
+    }
+
+    /// One page of the instances created by `cluster` (running or stopped), ordered by id;
+    /// `page` is the id of the last instance of the previous page. Provider-wide and read-only:
+    /// not ledgered, fences nothing.
+    pub fn list_now(&self, cluster: &str, page: Option<&str>, limit: u32) -> Answer<InstancePage> {
+        let st = lock(&self.state);
+        if let Some(injected) = self.unreachable(&st) {
+            return match injected {
+                Injected::Hang => Answer::Hang,
+                Injected::Fail(msg) => Answer::Reply(Err(DriverError::Transient(msg))),
+            };
+        }
+        let limit = clamp_limit(limit) as usize;
+        let after = match page {
+            Some(p) => std::ops::Bound::Excluded(p.to_owned()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut matching =
+            st.instances.range((after, std::ops::Bound::Unbounded)).map(|(_, i)| i).filter(|i| i.cluster == cluster);
+        let items: Vec<ListedInstance> =
+            matching.by_ref().take(limit).map(|i| i.listed(st.fences.get(&i.workspace_uid).copied())).collect();
+        let next = match (items.last(), matching.next()) {
+            (Some(last), Some(_)) => Some(last.id.clone()),
+            _ => None,
+        };
+        Answer::Reply(Ok(InstancePage { items, next }))
+    }
+
     /// Re-applies the effect of one ledgered call: how [`Clouds::restore`] rebuilds state.
-    /// Mirrors the live paths above: whatever passed the fence advanced it, whatever created
-    /// an instance created it, an effective stop stopped it.
+    /// Mirrors the live paths above: whatever passed the fence advanced it (failed or not),
+    /// whatever created an instance created it, an effective stop stopped it.
     fn replay(&self, e: &LedgerEntry) {
         let mut st = lock(&self.state);
-        if e.call.is_mutating() && e.outcome.passed_fence() {
+        if e.call.is_fenced() && e.outcome.passed_fence() {
             let newest = st.fences.entry(e.workspace_uid.clone()).or_insert(e.epoch);
             *newest = (*newest).max(e.epoch);
         }
@@ -553,6 +673,9 @@ impl Cloud {
                     key: key.clone(),
                     workspace_uid: e.workspace_uid.clone(),
                     state: InstanceState::Running,
+                    namespace: e.namespace.clone(),
+                    name: e.name.clone(),
+                    cluster: e.cluster.clone(),
                 });
             }
             (Call::Stop, Outcome::Stopped, _, Some(id)) => {
@@ -676,6 +799,16 @@ impl Driver for SimulatedDriver {
     async fn lookup(&self, call: &CallContext, key: &str) -> Result<Option<InstanceInfo>, DriverError> {
         self.latency(0).await;
         Self::answer(self.cloud.lookup_now(call, key)).await
+    }
+
+    async fn fence(&self, call: &CallContext) -> Result<(), DriverError> {
+        self.latency(0).await;
+        Self::answer(self.cloud.fence_now(call)).await
+    }
+
+    async fn list(&self, cluster: &str, page: Option<&str>, limit: u32) -> Result<InstancePage, DriverError> {
+        self.latency(0).await;
+        Self::answer(self.cloud.list_now(cluster, page, limit)).await
     }
 }
 

@@ -19,6 +19,7 @@ fn ctx_for(uid: &str, epoch: i64) -> CallContext {
         epoch,
         caller: "ctrl-a".into(),
         operation_id: format!("op-{epoch}"),
+        cluster: "c1".into(),
     }
 }
 
@@ -215,11 +216,12 @@ async fn stale_epochs_are_fenced_without_effect() {
     assert_eq!(err, DriverError::StaleEpoch { epoch: 1, newest: 2 });
     assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running, "a fenced stop stops nothing");
 
-    // Lookups are not fenced.
-    assert_eq!(d.lookup(&ctx(1), "k2").await.unwrap().map(|i| i.id), Some(a.id.clone()));
+    // Lookups are fenced too.
+    assert_eq!(d.lookup(&ctx(1), "k2").await.unwrap_err(), DriverError::StaleEpoch { epoch: 1, newest: 2 });
+    assert_eq!(d.lookup(&ctx(2), "k2").await.unwrap().map(|i| i.id), Some(a.id.clone()));
 
     let fenced: Vec<_> = clouds.ledger().into_iter().filter(|e| e.outcome == Outcome::Fenced { newest: 2 }).collect();
-    assert_eq!(fenced.len(), 2);
+    assert_eq!(fenced.len(), 3);
     assert_eq!(fenced[1].call, Call::Stop);
     assert_eq!(fenced[1].instance.as_deref(), Some(a.id.as_str()));
 
@@ -244,12 +246,196 @@ async fn fences_are_per_workspace_and_per_provider() {
 }
 
 #[tokio::test]
-async fn lookups_do_not_move_the_fence() {
+async fn lookups_move_the_fence() {
     let clouds = Clouds::new();
     let d = driver(&clouds, "east");
-    d.lookup(&ctx(9), "k").await.unwrap();
-    assert_eq!(clouds.cloud("east").newest_epoch(WS), None);
-    d.provision(&ctx(1), "k", None).await.unwrap();
+    assert_eq!(d.lookup(&ctx(9), "k").await.unwrap(), None);
+    assert_eq!(clouds.cloud("east").newest_epoch(WS), Some(9));
+    assert_eq!(d.provision(&ctx(1), "k", None).await.unwrap_err(), DriverError::StaleEpoch { epoch: 1, newest: 9 });
+    assert!(clouds.cloud("east").instances().is_empty());
+    assert!(check_ledger(&clouds.ledger()).is_empty(), "{:?}", check_ledger(&clouds.ledger()));
+}
+
+#[tokio::test]
+async fn an_older_provision_after_a_newer_failed_call_is_refused() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    // The new holder's provision fails by injection, after it passed the fence.
+    cloud.set_faults(Faults { fail_provision: 1, ..Faults::default() });
+    assert!(d.provision(&ctx(3), "k3", None).await.unwrap_err().is_retryable());
+    assert_eq!(cloud.newest_epoch(WS), Some(3));
+    // The paused ex-holder wakes up: it must not create anything.
+    assert_eq!(d.provision(&ctx(2), "k2", None).await.unwrap_err(), DriverError::StaleEpoch { epoch: 2, newest: 3 });
+    assert!(cloud.instances().is_empty());
+    let o = outcomes(&clouds);
+    assert!(matches!(&o[..], [Outcome::FailedAfterFence(_), Outcome::Fenced { newest: 3 }]), "{o:?}");
+    assert!(check_ledger(&clouds.ledger()).is_empty());
+}
+
+#[tokio::test]
+async fn an_older_provision_after_a_newer_lookup_that_failed_is_refused() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    cloud.set_faults(Faults { fail_lookup: 1, ..Faults::default() });
+    assert!(d.lookup(&ctx(4), "k4").await.unwrap_err().is_retryable());
+    assert_eq!(cloud.faults().fail_lookup, 0);
+    assert_eq!(cloud.newest_epoch(WS), Some(4));
+    assert!(matches!(d.provision(&ctx(3), "k3", None).await, Err(DriverError::StaleEpoch { epoch: 3, newest: 4 })));
+    assert!(cloud.instances().is_empty());
+    let o = outcomes(&clouds);
+    assert!(matches!(&o[..], [Outcome::FailedAfterFence(_), Outcome::Fenced { newest: 4 }]), "{o:?}");
+    // Replayed, the failed lookup still holds the fence.
+    assert_eq!(Clouds::restore(clouds.ledger()).cloud("east").newest_epoch(WS), Some(4));
+}
+
+#[tokio::test]
+async fn the_fence_call_raises_the_fence_and_nothing_else() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let cloud = clouds.cloud("east");
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    d.fence(&ctx(4)).await.unwrap();
+    d.fence(&ctx(4)).await.unwrap();
+    assert_eq!(cloud.newest_epoch(WS), Some(4));
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running, "a fence stops nothing");
+    assert_eq!(d.fence(&ctx(3)).await.unwrap_err(), DriverError::StaleEpoch { epoch: 3, newest: 4 });
+    for e in [
+        d.provision(&ctx(3), "k3", None).await.unwrap_err(),
+        d.stop(&ctx(3), &a.id).await.unwrap_err(),
+        d.lookup(&ctx(3), "k1").await.unwrap_err(),
+    ] {
+        assert_eq!(e, DriverError::StaleEpoch { epoch: 3, newest: 4 });
+    }
+    assert_eq!(cloud.instances().len(), 1);
+    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    let ledger = clouds.ledger();
+    let fences: Vec<_> = ledger.iter().filter(|e| e.call == Call::Fence).map(|e| (e.epoch, &e.outcome)).collect();
+    assert_eq!(
+        fences,
+        vec![(4, &Outcome::FenceRaised), (4, &Outcome::FenceRaised), (3, &Outcome::Fenced { newest: 4 })]
+    );
+    assert_eq!(ledger[1].cluster, "c1");
+    assert!(check_ledger(&ledger).is_empty(), "{:?}", check_ledger(&ledger));
+    // An unreachable provider cannot be fenced, and is not.
+    cloud.set_faults(Faults { refuse_all: true, ..Faults::default() });
+    assert!(d.fence(&ctx(9)).await.unwrap_err().is_retryable());
+    assert_eq!(cloud.newest_epoch(WS), Some(4));
+}
+
+#[tokio::test]
+async fn fences_survive_restore_whatever_advanced_them() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    d.fence(&ctx_for("u1", 5)).await.unwrap();
+    d.lookup(&ctx_for("u2", 6), "k").await.unwrap();
+    clouds.cloud("east").set_faults(Faults { fail_stop: 1, ..Faults::default() });
+    let _ = d.stop(&ctx_for("u3", 7), "i-x").await.unwrap_err();
+    clouds.cloud("east").set_faults(Faults { refuse_all: true, ..Faults::default() });
+    let _ = d.fence(&ctx_for("u4", 8)).await.unwrap_err();
+
+    let restored = Clouds::restore(clouds.ledger());
+    let after = restored.cloud("east");
+    for (uid, newest) in [("u1", Some(5)), ("u2", Some(6)), ("u3", Some(7)), ("u4", None)] {
+        assert_eq!(after.newest_epoch(uid), newest, "{uid}");
+        assert_eq!(clouds.cloud("east").newest_epoch(uid), newest, "{uid}: live and restored agree");
+    }
+    let d = driver(&restored, "east");
+    assert!(matches!(d.provision(&ctx_for("u1", 4), "k", None).await, Err(DriverError::StaleEpoch { newest: 5, .. })));
+    assert!(restored.cloud("east").instances().is_empty());
+}
+
+// ---- inventory -------------------------------------------------------------------------------
+
+fn in_cluster(uid: &str, epoch: i64, cluster: &str) -> CallContext {
+    CallContext { cluster: cluster.into(), ..ctx_for(uid, epoch) }
+}
+
+#[tokio::test]
+async fn list_pages_through_one_clusters_instances_in_a_stable_order() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    let mut mine = Vec::new();
+    for n in 0..7 {
+        let uid = format!("u{n}");
+        mine.push(d.provision(&in_cluster(&uid, 2, "c1"), &format!("{uid}.op"), None).await.unwrap().id);
+        d.provision(&in_cluster(&format!("x{n}"), 1, "c2"), &format!("x{n}.op"), None).await.unwrap();
+    }
+    d.stop(&in_cluster("u0", 3, "c1"), &mine[0]).await.unwrap();
+    d.fence(&in_cluster("u1", 9, "c1")).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut page = None;
+    let mut pages = 0;
+    loop {
+        let p = d.list("c1", page.as_deref(), 3).await.unwrap();
+        assert!(p.items.len() <= 3);
+        pages += 1;
+        seen.extend(p.items);
+        page = p.next;
+        if page.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    let ids: Vec<&str> = seen.iter().map(|i| i.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "stable order");
+    let mut expected: Vec<&str> = mine.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "exactly cluster c1's, stopped ones included");
+    let u0 = seen.iter().find(|i| i.workspace_uid == "u0").unwrap();
+    assert_eq!((u0.state, u0.fence, u0.key.as_str()), (InstanceState::Stopped, Some(3), "u0.op"));
+    assert_eq!((u0.namespace.as_str(), u0.name.as_str()), ("default", "ws-u0"));
+    assert_eq!(seen.iter().find(|i| i.workspace_uid == "u1").unwrap().fence, Some(9));
+    assert_eq!(d.list("c3", None, 10).await.unwrap(), InstancePage::default());
+
+    // Listing is not ledgered and fences nothing.
+    let before = clouds.ledger().len();
+    d.list("c1", None, 500).await.unwrap();
+    assert_eq!(clouds.ledger().len(), before);
+    assert_eq!(clouds.cloud("east").newest_epoch("u2"), Some(2));
+}
+
+#[tokio::test]
+async fn list_clamps_its_limit() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    for n in 0..3 {
+        d.provision(&in_cluster(&format!("u{n}"), 1, "c1"), &format!("k{n}"), None).await.unwrap();
+    }
+    let p = d.list("c1", None, 0).await.unwrap();
+    assert_eq!(p.items.len(), 1, "0 is read as 1");
+    assert!(p.next.is_some());
+    assert_eq!(d.list("c1", None, u32::MAX).await.unwrap().items.len(), 3);
+    assert_eq!(crate::provider::clamp_limit(u32::MAX), 500);
+}
+
+#[tokio::test]
+async fn instances_of_restored_old_ledgers_are_listed_under_the_empty_cluster() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    d.provision(&in_cluster("u1", 1, "c1"), "k1", None).await.unwrap();
+    let mut ledger = clouds.ledger();
+    // What an entry written before clusters were recorded reads back as.
+    let mut json = serde_json::to_value(&ledger[0]).unwrap();
+    json.as_object_mut().unwrap().remove("cluster");
+    ledger[0] = serde_json::from_value(json).unwrap();
+    let restored = Clouds::restore(ledger);
+    let d = driver(&restored, "east");
+    assert!(d.list("c1", None, 10).await.unwrap().items.is_empty());
+    let [old] = d.list("", None, 10).await.unwrap().items.try_into().unwrap();
+    assert_eq!((old.key.as_str(), old.workspace_uid.as_str()), ("k1", "u1"));
+}
+
+#[tokio::test]
+async fn list_of_an_unreachable_provider_fails() {
+    let clouds = Clouds::new();
+    let d = driver(&clouds, "east");
+    clouds.cloud("east").set_faults(Faults { refuse_all: true, ..Faults::default() });
+    assert!(d.list("c1", None, 10).await.unwrap_err().is_retryable());
 }
 
 // ---- faults ----------------------------------------------------------------------------------
@@ -266,13 +452,13 @@ async fn fail_provision_fails_the_next_n_without_effect() {
         assert_eq!(cloud.faults().fail_provision, left);
     }
     assert!(cloud.instances().is_empty());
-    assert_eq!(cloud.newest_epoch(WS), None, "a failed call does not reach the fence");
+    assert_eq!(cloud.newest_epoch(WS), Some(5), "a failed call that reached the provider advanced the fence");
     // Stops are not affected by provision faults.
-    d.stop(&ctx(1), "i-x").await.unwrap();
-    d.provision(&ctx(1), "k", None).await.unwrap();
+    d.stop(&ctx(5), "i-x").await.unwrap();
+    d.provision(&ctx(5), "k", None).await.unwrap();
     assert_eq!(cloud.instances().len(), 1);
     let o = outcomes(&clouds);
-    assert!(matches!(&o[..2], [Outcome::Failed(_), Outcome::Failed(_)]), "{o:?}");
+    assert!(matches!(&o[..2], [Outcome::FailedAfterFence(_), Outcome::FailedAfterFence(_)]), "{o:?}");
     assert_eq!(&o[2..], &[Outcome::AlreadyStopped, Outcome::Created]);
 }
 
@@ -291,7 +477,7 @@ async fn fail_stop_fails_the_next_n_without_effect() {
     assert_eq!(cloud.faults().fail_stop, 0);
     d.stop(&ctx(1), &a.id).await.unwrap();
     assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Stopped);
-    assert!(matches!(outcomes(&clouds)[2], Outcome::Failed(_)));
+    assert!(matches!(outcomes(&clouds)[2], Outcome::FailedAfterFence(_)));
 }
 
 #[tokio::test]
@@ -474,6 +660,7 @@ impl Book {
             provider: provider.into(),
             caller: c.caller,
             operation_id: c.operation_id,
+            cluster: c.cluster,
             call,
             workspace_uid: c.workspace_uid,
             namespace: c.namespace,
@@ -522,7 +709,9 @@ fn clean_book() -> Book {
         .push("west", "u1", 2, Call::Provision, Some("u1.op2"), Some("w1"), Outcome::Existing)
         .stop("east", "u1", 3, "e1", Outcome::AlreadyStopped)
         .stop("west", "u1", 3, "w-unknown", Outcome::AlreadyStopped)
-        .push("west", "u1", 1, Call::Lookup, Some("u1.op2"), Some("w1"), Outcome::Found)
+        .push("west", "u1", 3, Call::Lookup, Some("u1.op2"), Some("w1"), Outcome::Found)
+        .push("west", "u1", 1, Call::Lookup, Some("u1.op2"), None, Outcome::Fenced { newest: 3 })
+        .push("west", "u1", 3, Call::Fence, None, None, Outcome::FenceRaised)
         .push("west", "u1", 0, Call::Provision, Some("u1.op0"), None, Outcome::Hung)
         // Back to east under a fresh key after the west instance stops.
         .stop("west", "u1", 4, "w1", Outcome::Stopped)
@@ -659,12 +848,102 @@ fn flags_an_accepted_stale_epoch() {
 }
 
 #[test]
+fn flags_a_provision_accepted_below_an_explicit_fence() {
+    let mut b = Book::new();
+    b.push("east", "u1", 3, Call::Fence, None, None, Outcome::FenceRaised).create("east", "u1", 2, "k2", "e1");
+    let v = b.check();
+    assert!(
+        matches!(
+            v.as_slice(),
+            [Violation::StaleEpochAccepted { seq: 2, call: Call::Provision, epoch: 2, newest: 3, newest_seq: 1, .. }]
+        ),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn flags_a_provision_accepted_below_a_failed_but_admitted_call() {
+    for call in [Call::Provision, Call::Stop, Call::Lookup] {
+        let mut b = Book::new();
+        b.push("east", "u1", 3, call, Some("k3"), None, Outcome::FailedAfterFence("injected".into()))
+            .create("east", "u1", 2, "k2", "e1");
+        let v = b.check();
+        assert!(matches!(v.as_slice(), [Violation::StaleEpochAccepted { seq: 2, newest: 3, .. }]), "{call}: {v:?}");
+    }
+}
+
+#[test]
+fn flags_any_call_accepted_below_a_lookup() {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1")
+        .push("east", "u1", 4, Call::Lookup, Some("k9"), None, Outcome::NotFound)
+        .push("east", "u1", 2, Call::Lookup, Some("k1"), Some("e1"), Outcome::Found)
+        .push("east", "u1", 3, Call::Fence, None, None, Outcome::FenceRaised)
+        .stop("east", "u1", 3, "e1", Outcome::Stopped);
+    let v = b.check();
+    let seqs: Vec<(u64, Call)> = v
+        .iter()
+        .map(|v| match v {
+            Violation::StaleEpochAccepted { seq, call, newest: 4, .. } => (*seq, *call),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![(3, Call::Lookup), (4, Call::Fence), (5, Call::Stop)]);
+}
+
+#[test]
+fn unreachable_calls_do_not_count_as_admitted() {
+    let mut b = Book::new();
+    b.push("east", "u1", 5, Call::Fence, None, None, Outcome::Failed("provider refuses all calls".into()))
+        .push("east", "u1", 5, Call::Provision, Some("k5"), None, Outcome::Hung)
+        .create("east", "u1", 2, "k2", "e1");
+    assert!(b.check().is_empty(), "{:?}", b.check());
+}
+
+#[test]
+fn inventory_stops_are_checked_like_any_other() {
+    let inventory = |b: &mut Book, epoch: i64, outcome: Outcome| {
+        b.stop("east", "u1", epoch, "e1", outcome);
+        if let Some(e) = b.0.last_mut() {
+            e.operation_id = "inventory".into();
+        }
+    };
+    // An orphan stopped once by the collector, then again by a late holder: AlreadyStopped is fine.
+    let mut b = Book::new();
+    b.create("east", "u1", 2, "k2", "e1");
+    inventory(&mut b, 3, Outcome::Stopped);
+    b.stop("east", "u1", 3, "e1", Outcome::AlreadyStopped);
+    assert!(b.check().is_empty(), "{:?}", b.check());
+    // A second effective stop of it, under another epoch, is flagged both ways.
+    let mut b = Book::new();
+    b.create("east", "u1", 2, "k2", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped);
+    inventory(&mut b, 3, Outcome::Stopped);
+    let v = b.check();
+    assert!(
+        matches!(
+            v.as_slice(),
+            [
+                Violation::RepeatedStop { seq: 3, .. },
+                Violation::StoppedUnderTwoEpochs { seq: 3, epoch: 3, first_epoch: 2, .. }
+            ]
+        ),
+        "{v:?}"
+    );
+    // The collector stopping another workspace's instance is a foreign stop.
+    let mut b = Book::new();
+    b.create("east", "u2", 1, "k1", "e1");
+    inventory(&mut b, 1, Outcome::AlreadyStopped);
+    assert!(matches!(b.check().as_slice(), [Violation::ForeignStop { .. }]), "{:?}", b.check());
+}
+
+#[test]
 fn stale_epochs_that_were_refused_or_elsewhere_are_fine() {
     let mut b = Book::new();
     b.create("east", "u1", 3, "k1", "e1")
         .stop("east", "u1", 2, "e1", Outcome::Fenced { newest: 3 })
         .push("east", "u1", 2, Call::Provision, Some("k9"), None, Outcome::Failed("x".into()))
-        .push("east", "u1", 1, Call::Lookup, Some("k1"), Some("e1"), Outcome::Found)
+        .push("east", "u1", 1, Call::Lookup, Some("k1"), None, Outcome::Fenced { newest: 3 })
+        .push("east", "u1", 1, Call::Fence, None, None, Outcome::Fenced { newest: 3 })
         // Another workspace, and another provider, have fences of their own.
         .create("east", "u2", 1, "k2", "e2")
         .stop("east", "u1", 3, "e1", Outcome::Stopped)
