@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chaos::campaign::{self, Config, LEASE};
 use chaos::checks::{self, Violation};
-use chaos::env::{ControllerOpts, Env, calls};
+use chaos::env::{ControllerOpts, Env, calls, wait_writes_bound};
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use kube::api::{Api, ListParams};
 use serde_json::json;
@@ -67,7 +67,8 @@ async fn settle(env: &Env, c: usize, reconciles_before: Option<f64>) -> Duration
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(30), acted).await;
+        // A workspace it no longer has in its cache is not reconciled again: bounded.
+        let _ = tokio::time::timeout(LEASE * 3, acted).await;
     }
     let mut last = (env.ledger().await.len(), controller.metric(metric).await);
     let mut quiet_since = Instant::now();
@@ -224,8 +225,7 @@ async fn scenario_c_waiting_on_an_unready_provider_is_not_a_hot_loop() {
     let to = SystemTime::now();
     let history = env.watch.history();
     let writes = checks::writes_between(&history, &uid, from, to);
-    let half_leases = (window.as_millis()).div_ceil((LEASE / 2).as_millis()) as usize;
-    let bound = 2 * half_leases;
+    let bound = wait_writes_bound(window, LEASE);
     let during = env.api.get("ws").await.expect("get");
     let stall = condition(&during, cond::STALLED);
 
@@ -286,7 +286,16 @@ async fn scenario_d_failing_provisions_longer_than_the_lease_cause_no_takeovers(
     let history = env.watch.history();
     let during: Vec<_> = checks::takeovers(&history).into_iter().filter(|t| t.at >= from).collect();
     let bumps = checks::epoch_bumps(&history, &uid, from);
+    let writes = checks::writes_between(&history, &uid, from, SystemTime::now());
+    let bound = wait_writes_bound(window, LEASE);
+    let provisions = env.ledger().await.iter().filter(|e| e.call.to_string() == "provision" && e.at >= from).count();
     let mut violations = Vec::new();
+    if writes > bound {
+        violations.push(Violation::new(
+            "hot-loop",
+            format!("ws written {writes} times in {window:?} of failing provisions (bound {bound}: 2 per half lease)"),
+        ));
+    }
     if during.len() > 1 || bumps > 1 {
         let chain: Vec<String> = during
             .iter()
@@ -309,7 +318,8 @@ async fn scenario_d_failing_provisions_longer_than_the_lease_cause_no_takeovers(
     let events = took_over_events(&env, "ws").await;
     let notes = vec![
         format!(
-            "in {window:?} of failing provisions: {} takeovers, {bumps} epoch increments, {events} TookOver events in all",
+            "in {window:?} of failing provisions: {} takeovers, {bumps} epoch increments, {events} TookOver events in all, \
+             {writes} status writes (bound {bound}), {provisions} provision calls",
             during.len()
         ),
         format!(

@@ -94,6 +94,9 @@ enum Undo {
     Recreate(String),
 }
 
+/// Undos by the step they are due at.
+type Schedule = Vec<(usize, Undo)>;
+
 fn bump(map: &mut BTreeMap<&'static str, usize>, key: &'static str) {
     *map.entry(key).or_default() += 1;
 }
@@ -101,7 +104,7 @@ fn bump(map: &mut BTreeMap<&'static str, usize>, key: &'static str) {
 pub async fn run(cfg: &Config) -> Report {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let election = cfg.seed % 2 == 0;
+    let election = cfg.seed.is_multiple_of(2);
     let opts = ControllerOpts::new(LEASE, election.then_some(LEASE));
     let mut env = Env::new(&format!("chaos-s{}", cfg.seed), cfg.providers, opts).await;
     let mut report =
@@ -118,9 +121,9 @@ pub async fn run(cfg: &Config) -> Report {
         return report;
     }
 
-    let mut undo: Vec<(usize, Undo)> = Vec::new();
+    let mut undo: Schedule = Vec::new();
     for step in 0..cfg.steps {
-        let (due, later): (Vec<(usize, Undo)>, Vec<(usize, Undo)>) = undo.drain(..).partition(|(at, _)| *at <= step);
+        let (due, later): (Schedule, Schedule) = undo.drain(..).partition(|(at, _)| *at <= step);
         undo = later;
         for (_, u) in due {
             if let Some(again) = undo_one(&mut env, u).await {
@@ -236,14 +239,7 @@ async fn target(env: &Env, rng: &mut StdRng, names: &[String]) -> Option<(String
     (!candidates.is_empty()).then(|| (candidates[rng.random_range(0..candidates.len())].clone(), false))
 }
 
-async fn act(
-    env: &mut Env,
-    rng: &mut StdRng,
-    step: usize,
-    names: &[String],
-    undo: &mut Vec<(usize, Undo)>,
-    report: &mut Report,
-) {
+async fn act(env: &mut Env, rng: &mut StdRng, step: usize, names: &[String], undo: &mut Schedule, report: &mut Report) {
     let roll = rng.random_range(0..100);
     let name = &names[rng.random_range(0..names.len())];
     let existing = env.api.get_opt(name).await.ok().flatten().filter(|ws| ws.metadata.deletion_timestamp.is_none());

@@ -224,6 +224,41 @@ pub fn hot_loops(history: &[Observed], window: Duration, max: usize) -> Vec<Viol
     violations
 }
 
+/// DESIGN.md §3.8 from the providers' side: no workspace's calls (any caller, any provider)
+/// exceed `max` within any `window` — retries follow their backoff instead of spinning.
+pub fn call_storms(ledger: &[LedgerEntry], window: Duration, max: usize) -> Vec<Violation> {
+    let mut per: BTreeMap<&str, Vec<&LedgerEntry>> = BTreeMap::new();
+    for e in ledger.iter().filter(|e| !e.workspace_uid.is_empty()) {
+        per.entry(&e.workspace_uid).or_default().push(e);
+    }
+    let mut violations = Vec::new();
+    for (uid, calls) in per {
+        let mut worst = (0, 0);
+        let mut start = 0;
+        for end in 0..calls.len() {
+            while calls[end].at.duration_since(calls[start].at).unwrap_or_default() >= window {
+                start += 1;
+            }
+            if end + 1 - start > worst.0 {
+                worst = (end + 1 - start, start);
+            }
+        }
+        if worst.0 > max {
+            let first = calls[worst.1];
+            violations.push(Violation::new(
+                "call-storm",
+                format!(
+                    "{} ({uid}): {} provider calls within {window:?} (bound {max}), from {}",
+                    first.name,
+                    worst.0,
+                    describe(first)
+                ),
+            ));
+        }
+    }
+    violations
+}
+
 /// A takeover seen by the watch: the same operation under a new holder and a newer epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Takeover {
@@ -523,6 +558,27 @@ mod tests {
         let specs: Vec<Observed> = (0..30).map(|i| observed(i, "w", i + 1, i as i64 + 1, None)).collect();
         assert!(status_writes(&specs).is_empty());
         assert_eq!(writes_between(&hot, "w", t(0), t(100)), 4);
+    }
+
+    #[test]
+    fn a_storm_of_provider_calls_is_rejected_and_backoff_is_not() {
+        // A provision retried every 50 ms.
+        let storm = numbered(
+            (0..60)
+                .map(|i| entry(i * 50, "t", "x", Call::Provision, "w", 2, None, Outcome::Failed("down".into())))
+                .collect(),
+        );
+        let v = call_storms(&storm, Duration::from_secs(3), 30);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].detail.contains(": 60 provider calls"), "{v:?}");
+        // Backoff of 1, 2, 4, 8 s with three driver-level tries each.
+        let mut calm = Vec::new();
+        for at in [0u64, 1000, 3000, 7000, 15000] {
+            for k in 0..3 {
+                calm.push(entry(at + k * 10, "t", "x", Call::Provision, "w", 2, None, Outcome::Failed("down".into())));
+            }
+        }
+        assert!(call_storms(&numbered(calm), Duration::from_secs(3), 30).is_empty());
     }
 
     #[test]

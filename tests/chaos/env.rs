@@ -24,6 +24,17 @@ use crate::support::{client, control_plane, namespace, repo_root};
 /// one write, a whole switch (claim, commit, finish, finalizer) four, a retarget two more.
 pub const HOT_WRITES: usize = 10;
 pub const HOT_WINDOW: Duration = Duration::from_secs(1);
+/// No workspace gets more provider calls than this within [`CALL_WINDOW`]: a switch is a few
+/// fences, a stop, a lookup and a provision, each tried at most three times by the driver.
+pub const CALL_STORM: usize = 30;
+pub const CALL_WINDOW: Duration = Duration::from_secs(3);
+
+/// A waiting workspace is written at most twice per half claim lease (a renewal, and the
+/// write that ends the wait): the bound for `window`.
+pub fn wait_writes_bound(window: Duration, claim_lease: Duration) -> usize {
+    let half = (claim_lease / 2).as_millis().max(1);
+    2 * usize::try_from(window.as_millis().div_ceil(half)).unwrap_or(usize::MAX)
+}
 
 /// How controller processes run.
 #[derive(Clone, Debug)]
@@ -344,6 +355,7 @@ impl Env {
         v.extend(checks::calls_under_held_claims(&ledger, &history));
         v.extend(checks::kstatus(&history));
         v.extend(checks::hot_loops(&history, HOT_WINDOW, HOT_WRITES));
+        v.extend(checks::call_storms(&ledger, CALL_WINDOW, CALL_STORM));
         if let Some(since) = quiet_since {
             v.extend(checks::takeover_livelock(&history, since, 1));
         }
