@@ -596,7 +596,7 @@ mod tests {
             let e = error_from_answer(status, b"<html>oops</html>", Some(1), SRC);
             assert!(matches!(&e, DriverError::Rejected(m) if m.contains("protocol violation") && m.contains("oops")));
         }
-        // StaleEpoch needs a mutating call's epoch; a read never gets one.
+        // StaleEpoch needs the call's epoch; provider-wide calls (health, inventory) have none.
         assert!(!error_from_answer(409, &body("StaleEpoch", false, Some(2)), None, SRC).is_retryable());
     }
 

@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::trace;
 
-use super::{CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, clamp_limit};
+use super::{
+    CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, PAGE_TOKEN_MAX,
+    clamp_limit,
+};
 use crate::api::{SimulatedSettings, WorkspaceTemplate};
 
 /// Locks `m`, recovering from poisoning: the guarded state is updated in single steps that
@@ -639,6 +642,11 @@ impl Cloud {
                 Injected::Hang => Answer::Hang,
                 Injected::Fail(msg) => Answer::Reply(Err(DriverError::Transient(msg))),
             };
+        }
+        if page.is_some_and(|p| p.is_empty() || p.len() > PAGE_TOKEN_MAX) {
+            return Answer::Reply(Err(DriverError::Rejected(format!(
+                "page token must be 1-{PAGE_TOKEN_MAX} characters"
+            ))));
         }
         let limit = clamp_limit(limit) as usize;
         let after = match page {
