@@ -492,3 +492,193 @@ async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
     assert_eq!(switches, 1, "the switch must complete once, not restart");
     assert_invariants(&api, &clouds).await;
 }
+
+/// The leak an outside fault campaign found (issue: fence every provider an operation can
+/// reach). X claims a→b, stops a, its provisions on b fail; X pauses with a provision on b in
+/// hand (epoch 2); the spec moves on to c; Y takes the stale claim over (epoch 3), releases b's
+/// key and provisions on c. X wakes and makes its provision on b at epoch 2. Before the fix b
+/// had seen only failed calls and a lookup, so its fence was still at 2 and it created an
+/// instance nobody would ever stop. Now Y's takeover raises b's fence first: X is refused.
+#[tokio::test]
+async fn a_paused_holder_cannot_create_compute_after_a_takeover() {
+    let s = Scenario::running_on_a("ctl-paused").await;
+    let c = unique("c");
+    simulated_provider(&s.client, &c, 5, 5).await;
+    s.clouds.cloud(&s.b).set_faults(Faults { fail_provision_always: true, ..Faults::default() });
+    let x = s.start("paused-x");
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    eventually("a failed provision on b", CONVERGE, || async {
+        s.ledger_has(&s.b, Call::Provision, |o| !o.created()).then_some(())
+    })
+    .await;
+    // X pauses before its next provision attempt on b, the epoch of its claim in hand.
+    x.failpoints.arm(FailPoint::BeforeProvision);
+    eventually("X paused before a provision on b", CONVERGE, || async {
+        (x.failpoints.frozen_at(FailPoint::BeforeProvision) == 1).then_some(())
+    })
+    .await;
+    switch_with_kubectl(&s.ns, "ws", &c);
+    let y = s.start("paused-y");
+    let ws = wait_ready_on(&s.api, "ws", &c, CONVERGE).await;
+    assert!(y.metrics.takeovers.get() >= 1, "Y must have taken the paused claim over");
+
+    // X wakes up, with b healthy again.
+    s.clouds.cloud(&s.b).set_faults(Faults::default());
+    x.failpoints.release(FailPoint::BeforeProvision);
+    eventually("X's late provision on b answered", CONVERGE, || async {
+        ledger_of(&s.clouds, &s.uid)
+            .iter()
+            .any(|e| {
+                e.caller == "paused-x"
+                    && e.provider == s.b
+                    && e.call == Call::Provision
+                    && e.epoch == 2
+                    && matches!(e.outcome, Outcome::Fenced { .. })
+            })
+            .then_some(())
+    })
+    .await;
+    let instance = status(&ws).instance.expect("instance");
+    assert_eq!(s.live(), vec![(c.clone(), instance.id)], "exactly one live instance, on c");
+    let fenced_first =
+        ledger_of(&s.clouds, &s.uid).iter().find(|e| e.caller == "paused-y" && e.provider == s.b).map(|e| e.call);
+    assert_eq!(fenced_first, Some(Call::Fence), "Y's first call to b raises its fence");
+    assert_invariants(&s.api, &s.clouds).await;
+    drop(x);
+}
+
+/// The versions of `ws` a watch saw, as (resourceVersion, operation) pairs.
+async fn watch_versions(api: Api<Workspace>, until: impl Fn(&Workspace) -> bool, timeout: Duration) -> Vec<Workspace> {
+    let mut seen = Vec::new();
+    let stream = watcher(api, watcher::Config::default().fields("metadata.name=ws"));
+    let mut stream = std::pin::pin!(stream);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        if let Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) = event {
+            let done = until(&ws);
+            if seen.last().is_none_or(|w: &Workspace| w.metadata.resource_version != ws.metadata.resource_version) {
+                seen.push(ws);
+            }
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("the watch did not see the awaited version within {timeout:?}; saw {} versions", seen.len());
+}
+
+/// A holder that waits is neither a hot loop nor taken over. Provision on b fails and then b's
+/// ComputeProvider disappears, so the holder holds (ProviderNotFound) with a backoff longer than
+/// the claim lease, beside a second instance without leader election. Before the fix every hold
+/// write woke the next reconcile at once (hundreds of writes), and a backoff longer than the
+/// lease got the live holder taken over again and again. Checked from the versions a watch saw,
+/// not from timings: no attempt before the `retryAt` the previous one set, at most one renewal
+/// per third of a lease in between, and the epoch never moves.
+#[tokio::test]
+async fn a_waiting_holder_writes_once_per_wait_and_keeps_its_claim() {
+    let s = Scenario::running_on_a("ctl-wait").await;
+    let patient = |identity: &str| {
+        let mut st = settings(identity, &s.ns);
+        st.claim_lease = Duration::from_secs(6);
+        st.provision_backoff = (Duration::from_secs(1), Duration::from_secs(12));
+        Instance::start(&s.client, st, &s.clouds)
+    };
+    s.clouds.cloud(&s.b).set_faults(Faults { fail_provision_always: true, ..Faults::default() });
+    let (x, y) = (patient("wait-x"), patient("wait-y"));
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    eventually("a failed provision on b", CONVERGE, || async {
+        s.ledger_has(&s.b, Call::Provision, |o| !o.created()).then_some(())
+    })
+    .await;
+    let providers: Api<switchyard::api::ComputeProvider> = Api::all(s.client.clone());
+    providers.delete(&s.b, &Default::default()).await.expect("delete provider b");
+    let attempts = |ws: &Workspace| status(ws).operation.map(|o| o.attempts).unwrap_or_default();
+    let versions = watch_versions(s.api.clone(), |ws| attempts(ws) >= 5, Duration::from_secs(120)).await;
+
+    let ops: Vec<_> = versions.iter().filter_map(|ws| status(ws).operation).collect();
+    let epochs: std::collections::BTreeSet<i64> = ops.iter().map(|o| o.epoch).collect();
+    assert_eq!(epochs.len(), 1, "no takeover of the live holder: epochs {epochs:?}");
+    // From each attempt (the write that raised `attempts` and set `retryAt`) to the next.
+    let mut last_attempt = &ops[0];
+    let mut writes_since_attempt = 0;
+    for op in &ops[1..] {
+        if op.attempts == last_attempt.attempts {
+            writes_since_attempt += 1;
+            continue;
+        }
+        if let Some(retry_at) = &last_attempt.retry_at {
+            assert!(op.renewed_at.0 >= retry_at.0, "attempt {} came before its retryAt", op.attempts);
+            // One renewal per 2 s (a third of the lease) of the backoff, at most.
+            let wait = retry_at.0.duration_since(last_attempt.renewed_at.0).as_secs_f64();
+            let allowed = (wait / 2.0).ceil() as usize;
+            assert!(
+                writes_since_attempt <= allowed,
+                "{writes_since_attempt} renewals while waiting {wait:.1}s for attempt {} (at most {allowed})",
+                op.attempts
+            );
+        }
+        last_attempt = op;
+        writes_since_attempt = 0;
+    }
+    assert!(versions.len() < 40, "{} status versions for 5 attempts: a hot loop", versions.len());
+    assert_eq!(x.metrics.takeovers.get() + y.metrics.takeovers.get(), 0);
+
+    // Once b is back, the switch completes under the same claim.
+    simulated_provider(&s.client, &s.b, 5, 5).await;
+    s.clouds.cloud(&s.b).set_faults(Faults::default());
+    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// Compute that no status names is collected by the inventory after its grace period, under
+/// the workspace's current epoch, with an Event; compute a status names, and compute of another
+/// cluster, is left alone.
+#[tokio::test]
+async fn the_inventory_stops_compute_no_status_names() {
+    let s = Scenario::running_on_a("ctl-inventory").await;
+    let ws = s.api.get("ws").await.expect("ws");
+    let named = status(&ws).instance.expect("instance");
+    let call = |cluster: &str| switchyard::provider::CallContext {
+        namespace: s.ns.clone(),
+        name: "ws".into(),
+        workspace_uid: s.uid.clone(),
+        epoch: status(&ws).epoch,
+        caller: "by-hand".into(),
+        operation_id: "manual".into(),
+        cluster: cluster.into(),
+    };
+    // A manual create for this cluster, and one of another cluster sharing the provider.
+    let stray = match s.clouds.cloud(&s.b).provision_now(&call("default"), &format!("{}.stray", s.uid)) {
+        switchyard::provider::simulated::Answer::Reply(Ok(p)) => p.instance.id,
+        _ => panic!("manual create failed"),
+    };
+    let foreign = match s.clouds.cloud(&s.b).provision_now(&call("other-cluster"), "foreign.key") {
+        switchyard::provider::simulated::Answer::Reply(Ok(p)) => p.instance.id,
+        _ => panic!("manual create failed"),
+    };
+    let mut st = settings("inventory-x", &s.ns);
+    st.inventory_interval = Some(Duration::from_millis(300));
+    st.inventory_grace = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let x = Instance::start(&s.client, st, &s.clouds);
+    eventually("the stray instance stopped", CONVERGE, || async {
+        s.ledger_has(&s.b, Call::Stop, |o| *o == Outcome::Stopped).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!("inventory collected the stray instance {took:?} after start (grace 1 s, interval 300 ms)");
+    let stop = ledger_of(&s.clouds, &s.uid).into_iter().find(|e| e.call == Call::Stop).expect("stop");
+    assert_eq!(stop.instance.as_deref(), Some(stray.as_str()));
+    assert_eq!(stop.operation_id, "inventory");
+    assert_eq!(stop.epoch, status(&ws).epoch, "under the workspace's current epoch");
+    let live: Vec<String> = s.clouds.live_instances().into_iter().map(|i| i.id).collect();
+    assert!(live.contains(&named.id), "the named instance runs on");
+    assert!(live.contains(&foreign), "another cluster's instance is never touched");
+    assert!(!live.contains(&stray));
+    eventually("LeakCollected event", CONVERGE, || async {
+        events_of(&s.client, &s.ns, "ws").await.iter().any(|(reason, _)| reason == cond::LEAK_COLLECTED).then_some(())
+    })
+    .await;
+    let collected = x.metrics.encode();
+    assert!(collected.contains("switchyard_leaks_collected_total{provider=\""), "{collected}");
+}
