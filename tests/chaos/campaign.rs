@@ -121,16 +121,24 @@ pub async fn run(cfg: &Config) -> Report {
         return report;
     }
 
+    // Every provider answers with some latency of its own, so operations stay in flight long
+    // enough for faults to find their holders mid-step; "clearing" a fault returns to it.
+    let baseline: Vec<Faults> = (0..cfg.providers)
+        .map(|_| Faults { extra_latency: Duration::from_millis(rng.random_range(100..700)), ..Faults::default() })
+        .collect();
+    for (sim, faults) in env.sims.iter().zip(&baseline) {
+        let _ = sim.process.set_faults(faults).await;
+    }
     let mut undo: Schedule = Vec::new();
     for step in 0..cfg.steps {
         let (due, later): (Schedule, Schedule) = undo.drain(..).partition(|(at, _)| *at <= step);
         undo = later;
         for (_, u) in due {
-            if let Some(again) = undo_one(&mut env, u).await {
+            if let Some(again) = undo_one(&mut env, &baseline, u).await {
                 undo.push((step + 1, again));
             }
         }
-        act(&mut env, &mut rng, step, &names, &mut undo, &mut report).await;
+        act(&mut env, &mut rng, step, &names, &baseline, &mut undo, &mut report).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
     }
 
@@ -181,7 +189,7 @@ pub async fn run(cfg: &Config) -> Report {
 }
 
 /// Carries out one undo; returns it again when it must wait for a later step.
-async fn undo_one(env: &mut Env, u: Undo) -> Option<Undo> {
+async fn undo_one(env: &mut Env, baseline: &[Faults], u: Undo) -> Option<Undo> {
     match u {
         Undo::Resume(identity) => {
             if let Some(c) = env.by_identity(&identity) {
@@ -194,7 +202,7 @@ async fn undo_one(env: &mut Env, u: Undo) -> Option<Undo> {
             }
         }
         Undo::ClearFaults(i) => {
-            let _ = env.sims[i].process.set_faults(&Faults::default()).await;
+            let _ = env.sims[i].process.set_faults(&baseline[i]).await;
         }
         Undo::Recreate(name) => {
             if env.api.get_opt(&name).await.ok().flatten().is_some() {
@@ -217,29 +225,45 @@ async fn recreate_when_gone(env: &mut Env, name: &str, bound: Duration) {
     }
 }
 
-/// The live, unpaused controller holding some workspace's claim (one chosen by the seed),
-/// else any live unpaused controller; and whether it was a holder.
+/// The live, unpaused controller holding some workspace's claim (one chosen by the seed) —
+/// waiting up to two seconds for one to appear — else any live unpaused controller; and
+/// whether it was a holder.
 async fn target(env: &Env, rng: &mut StdRng, names: &[String]) -> Option<(String, bool)> {
-    let mut holders = Vec::new();
-    for name in names {
-        if let Ok(ws) = env.api.get(name).await
-            && let Some(op) = status(&ws).operation
-            && env.controllers.iter().any(|c| c.identity == op.holder && c.alive() && !c.paused)
-            && !holders.contains(&op.holder)
-        {
-            holders.push(op.holder);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut holders = Vec::new();
+        for name in names {
+            if let Ok(ws) = env.api.get(name).await
+                && let Some(op) = status(&ws).operation
+                && env.controllers.iter().any(|c| c.identity == op.holder && c.alive() && !c.paused)
+                && !holders.contains(&op.holder)
+            {
+                holders.push(op.holder);
+            }
         }
-    }
-    if !holders.is_empty() {
-        let i = rng.random_range(0..holders.len());
-        return Some((holders.swap_remove(i), true));
+        if !holders.is_empty() {
+            let i = rng.random_range(0..holders.len());
+            return Some((holders.swap_remove(i), true));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let candidates: Vec<&String> =
         env.controllers.iter().filter(|c| c.alive() && !c.paused).map(|c| &c.identity).collect();
     (!candidates.is_empty()).then(|| (candidates[rng.random_range(0..candidates.len())].clone(), false))
 }
 
-async fn act(env: &mut Env, rng: &mut StdRng, step: usize, names: &[String], undo: &mut Schedule, report: &mut Report) {
+async fn act(
+    env: &mut Env,
+    rng: &mut StdRng,
+    step: usize,
+    names: &[String],
+    baseline: &[Faults],
+    undo: &mut Schedule,
+    report: &mut Report,
+) {
     let roll = rng.random_range(0..100);
     let name = &names[rng.random_range(0..names.len())];
     let existing = env.api.get_opt(name).await.ok().flatten().filter(|ws| ws.metadata.deletion_timestamp.is_none());
@@ -336,6 +360,8 @@ async fn act(env: &mut Env, rng: &mut StdRng, step: usize, names: &[String], und
                     .violations
                     .push(Violation::new("harness", format!("provider-sim {} did not restart: {e}", sim.name)));
             }
+            // A restart forgets faults: back to the provider's own latency.
+            let _ = sim.process.set_faults(&baseline[other]).await;
         }
     }
 }
