@@ -138,7 +138,15 @@ pub async fn run(cfg: &Config) -> Report {
                 undo.push((step + 1, again));
             }
         }
-        act(&mut env, &mut rng, step, &names, &baseline, &mut undo, &mut report).await;
+        // Mostly a user action, then often a fault right behind it, while its claim is held.
+        if rng.random_bool(0.8) {
+            let roll = rng.random_range(0..45);
+            act(&mut env, &mut rng, roll, step, &names, &baseline, &mut undo, &mut report).await;
+        }
+        if rng.random_bool(0.6) {
+            let roll = rng.random_range(45..100);
+            act(&mut env, &mut rng, roll, step, &names, &baseline, &mut undo, &mut report).await;
+        }
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
     }
 
@@ -255,16 +263,18 @@ async fn target(env: &Env, rng: &mut StdRng, names: &[String]) -> Option<(String
     (!candidates.is_empty()).then(|| (candidates[rng.random_range(0..candidates.len())].clone(), false))
 }
 
+/// One action: `roll` below 45 is a user action, the rest a fault.
+#[allow(clippy::too_many_arguments)]
 async fn act(
     env: &mut Env,
     rng: &mut StdRng,
+    roll: u32,
     step: usize,
     names: &[String],
     baseline: &[Faults],
     undo: &mut Schedule,
     report: &mut Report,
 ) {
-    let roll = rng.random_range(0..100);
     let name = &names[rng.random_range(0..names.len())];
     let existing = env.api.get_opt(name).await.ok().flatten().filter(|ws| ws.metadata.deletion_timestamp.is_none());
     let other = rng.random_range(0..env.sims.len());
