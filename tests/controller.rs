@@ -13,6 +13,7 @@ use support::*;
 use switchyard::api::Step;
 use switchyard::api::Workspace;
 use switchyard::api::conditions as cond;
+use switchyard::controller::Clock;
 use switchyard::controller::FailPoint;
 use switchyard::controller::FailPoints;
 use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
@@ -352,18 +353,37 @@ async fn stop_failure_releases_the_claim_and_recovers() {
     assert_invariants(&s.api, &s.clouds).await;
 }
 
-/// Slow, failing stops retried past the claim lease: the holder renews its claim before each
+/// Failing stops retried past the claim lease: the holder renews its claim before each
 /// retry, so a second instance (no leader election) never takes it over, and every stop call
-/// carries one epoch.
+/// carries one epoch. Time is driven explicitly, not raced: both instances read a clock that
+/// moves half a lease with every failed stop in the ledger, so three failed stops span 1.5
+/// leases whatever the machine's load (renewedAt has second precision: half a lease of 10 s
+/// leaves room for it). Without the renewal, the second instance takes over.
 #[tokio::test]
 async fn retries_longer_than_the_claim_lease_keep_the_claim() {
     let s = Scenario::running_on_a("ctl-renew").await;
-    // 4 stop calls of ~0.9 s (3 failing) and their backoffs: ~3.9 s, twice the 2 s claim lease.
-    let slow = Faults { extra_latency: Duration::from_millis(900), fail_stop: 3, ..Faults::default() };
-    s.clouds.cloud(&s.a).set_faults(slow);
+    s.clouds.cloud(&s.a).set_faults(Faults { fail_stop: 3, ..Faults::default() });
+    let start = jiff::Timestamp::now();
+    let (clouds, a) = (s.clouds.clone(), s.a.clone());
+    let lease = Duration::from_secs(10);
+    let clock = Clock::from_fn(move || {
+        let failed = clouds
+            .ledger()
+            .iter()
+            .filter(|e| {
+                e.provider == a
+                    && e.call == Call::Stop
+                    && matches!(e.outcome, Outcome::Failed(_) | Outcome::FailedAfterFence(_))
+            })
+            .count();
+        let step = jiff::SignedDuration::try_from(lease / 2).expect("small");
+        start + step * i32::try_from(failed).expect("few")
+    });
     let patient = |identity: &str| {
         let mut st = settings(identity, &s.ns);
+        st.claim_lease = lease;
         st.stop_attempts = 4;
+        st.clock = clock.clone();
         Instance::start(&s.client, st, &s.clouds)
     };
     let (x, y) = (patient("renew-x"), patient("renew-y"));
@@ -608,9 +628,10 @@ async fn a_waiting_holder_writes_once_per_wait_and_keeps_its_claim() {
         }
         if let Some(retry_at) = &last_attempt.retry_at {
             assert!(op.renewed_at.0 >= retry_at.0, "attempt {} came before its retryAt", op.attempts);
-            // One renewal per 2 s (a third of the lease) of the backoff, at most.
+            // One renewal per third of the lease (2 s) of the backoff, at most; renewedAt has
+            // second precision, so a renewal may come up to 1 s early.
             let wait = retry_at.0.duration_since(last_attempt.renewed_at.0).as_secs_f64();
-            let allowed = (wait / 2.0).ceil() as usize;
+            let allowed = (wait / 1.0).ceil() as usize;
             assert!(
                 writes_since_attempt <= allowed,
                 "{writes_since_attempt} renewals while waiting {wait:.1}s for attempt {} (at most {allowed})",

@@ -75,6 +75,35 @@ pub struct Settings {
     /// How long an instance must stay unnamed, across passes, before the inventory stops it:
     /// room for a create whose status write is still on its way.
     pub inventory_grace: Duration,
+    /// The time claims are stamped and judged by: the system clock, except in tests that
+    /// drive time explicitly (so that "a lease expired" never depends on machine load).
+    pub clock: Clock,
+}
+
+/// A source of the current time.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(jiff::Timestamp::now))
+    }
+
+    /// A clock that reads `f`.
+    pub fn from_fn(f: impl Fn() -> jiff::Timestamp + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 impl Settings {
@@ -93,6 +122,7 @@ impl Settings {
             cluster: "default".to_string(),
             inventory_interval: Some(Duration::from_secs(30)),
             inventory_grace: Duration::from_secs(60),
+            clock: Clock::system(),
         }
     }
 }
@@ -176,6 +206,11 @@ impl Context {
 
     fn workspaces(&self, namespace: &str) -> Api<Workspace> {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Now, by this instance's clock.
+    fn now(&self) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(self.settings.clock.now())
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {

@@ -81,7 +81,7 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
 /// Carries out one decision.
 async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> {
     let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
-    let now = now();
+    let now = ctx.now();
     match next {
         Next::Nothing => {
             ctx.memory().forget(&ObjectRef::from_obj(ws));
@@ -374,7 +374,7 @@ async fn stop_old(
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2);
                 // Slow failing calls could outlast the claim lease: renew it before retrying.
-                match held_write(ctx, api, &current, |w| status::retrying(w, error, &self::now())).await? {
+                match held_write(ctx, api, &current, |w| status::retrying(w, error, &ctx.now())).await? {
                     Flow::Continue(fresh) => current = *fresh,
                     done @ Flow::Done(_) => return Ok(done),
                 }
@@ -383,7 +383,7 @@ async fn stop_old(
     }
     // The writes below describe the workspace and the time after the stop.
     let ws = &current;
-    let after = self::now();
+    let after = ctx.now();
     let now = &after;
     if let Some(error) = last {
         return stop_failed(ctx, api, ws, &error, now).await;
@@ -434,7 +434,7 @@ async fn stop_failed(
         let mut memory = ctx.memory();
         let failures = memory.stop_failures.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
         let delay = backoff(i32::try_from(failures).unwrap_or(i32::MAX), (first, cap));
-        let at = Timestamp::now() + jiff::SignedDuration::try_from(delay).unwrap_or_default();
+        let at = ctx.now().0 + jiff::SignedDuration::try_from(delay).unwrap_or_default();
         memory.stop_failures.insert(key, (failures, at));
         delay
     };
@@ -657,7 +657,7 @@ async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
     let retry_at = ctx.memory().stop_failures.get(&ObjectRef::from_obj(ws)).map(|(_, at)| *at);
     Ok(Facts {
         me: ctx.settings.identity.clone(),
-        now: Timestamp::now(),
+        now: ctx.now().0,
         claim_lease: ctx.settings.claim_lease,
         target: provider_state(ctx, &ws.spec.provider).await?,
         source,
@@ -677,10 +677,6 @@ pub(super) fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &st
         regarding: writes::reference(ws),
         at: Timestamp::now(),
     });
-}
-
-fn now() -> Time {
-    Time(Timestamp::now())
 }
 
 fn cache_is_behind_our_write(ctx: &Context, key: &ObjectRef<Workspace>, ws: &Workspace) -> bool {
