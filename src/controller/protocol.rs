@@ -2,10 +2,13 @@
 //! `decide` again on the object our last write returned, until the workspace is at rest or
 //! must wait. Every step is idempotent, so a crash anywhere resumes from `operation.step`:
 //!
-//!   validate → claim → stop old → commit → provision (idempotency key) → finish
+//!   validate → claim → (fence, after a takeover) → stop old → commit → provision (idempotency key) → finish
 //!
-//! A step is at most one provider call followed by one guarded status write. A lost claim or a
-//! fenced provider call ends the reconcile at once: no further call, no further write.
+//! A step makes its provider calls (a stop with its bounded retries, a release's lookup and
+//! stop, one fence call per provider to fence), then at most one guarded status write, except
+//! that a retried stop renews the claim before each retry. A lost claim or a fenced provider call
+//! ends the reconcile at once: no further call, no further write. Every write is remembered
+//! (`remember_write`), so no later reconcile acts on a cached copy older than it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,25 +115,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         Next::Fence { providers } => fence(ctx, &api, ws, &providers, &now).await,
         Next::Renew => held_write(ctx, &api, ws, |w| status::renewed(w, &now)).await,
         Next::ConvertToDelete => held_write(ctx, &api, ws, |w| status::converted_to_delete(w, &now)).await,
-        Next::Abort => {
-            if let Some(op) = ws.operation() {
-                ctx.metrics.switch(
-                    op.from.as_deref().unwrap_or(""),
-                    op.to.as_deref().unwrap_or(""),
-                    SwitchResult::Aborted,
-                );
-            }
-            let flow = held_write(ctx, &api, ws, |w| status::aborted(w, &now)).await?;
-            event(
-                ctx,
-                ws,
-                EventType::Normal,
-                cond::SWITCH_ABORTED,
-                "Abort",
-                "spec returned to the current provider before anything was stopped",
-            );
-            Ok(flow)
-        }
+        Next::Abort => abort(ctx, &api, ws, &now).await,
         Next::StopOld { instance } => stop_old(ctx, &api, ws, instance, &now).await,
         Next::Commit => commit(ctx, &api, ws, &now).await,
         Next::Provision { provider, key } => provision(ctx, &api, ws, &provider, &key, &now).await,
@@ -155,6 +140,37 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         }
         Next::Hold { stall } => hold(ctx, &api, ws, stall, &now).await,
     }
+}
+
+/// The spec went back to where the compute is, before our stop: release the claim. A holder
+/// we took over may have stopped that compute already, so the provider is asked first; if the
+/// compute is gone, the operation carries on as though its own stop had happened.
+async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
+    let Some((call, kind)) = call_context(ctx, ws) else {
+        return Ok(Flow::Done(Action::await_change()));
+    };
+    if let Some(instance) = ws.status.as_ref().and_then(|s| s.instance.clone())
+        && let Some(provider) = lookup_provider(ctx, &instance.provider).await?
+    {
+        let running = match ctx.dispatcher.lookup(&provider, &call, &instance.key).await {
+            Ok(found) => found.is_some_and(|i| i.id == instance.id && i.state == InstanceState::Running),
+            Err(e) => return Ok(release_failed(ctx, &e)),
+        };
+        if !running {
+            warn!(instance = %instance.id, provider = %instance.provider, "the compute was already stopped (by a superseded holder): carrying on");
+            return match kind {
+                OperationKind::Switch => commit(ctx, api, ws, now).await,
+                _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
+            };
+        }
+    }
+    if let Some(op) = ws.operation() {
+        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), SwitchResult::Aborted);
+    }
+    let flow = held_write(ctx, api, ws, |w| status::aborted(w, now)).await?;
+    let note = "spec returned to the current provider before anything was stopped";
+    event(ctx, ws, EventType::Normal, cond::SWITCH_ABORTED, "Abort", note);
+    Ok(flow)
 }
 
 /// Our operation cannot progress for now: record why (Stalled), keep the claim, try again
