@@ -328,6 +328,23 @@ pub fn epoch_bumps(history: &[Observed], uid: &str, since: SystemTime) -> i64 {
     }
 }
 
+/// DESIGN.md §3.8 by epochs: after `since`, no workspace's epoch rises more than `max` times
+/// (claims and takeovers alike), however its operations are split.
+pub fn epoch_livelock(history: &[Observed], since: SystemTime, max: i64) -> Vec<Violation> {
+    let uids: BTreeMap<&str, &str> = history.iter().map(|o| (o.uid.as_str(), o.name.as_str())).collect();
+    uids.into_iter()
+        .filter_map(|(uid, name)| {
+            let bumps = epoch_bumps(history, uid, since);
+            (bumps > max).then(|| {
+                Violation::new(
+                    "epoch-livelock",
+                    format!("{name} ({uid}): epoch rose {bumps} times after faults stopped (bound {max})"),
+                )
+            })
+        })
+        .collect()
+}
+
 /// What convergence asks of one workspace (DESIGN.md §3.5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WsState {
@@ -591,6 +608,8 @@ mod tests {
         assert_eq!(takeovers(&livelock).len(), 5);
         assert_eq!(takeover_livelock(&livelock, t(0), 1).len(), 1);
         assert_eq!(epoch_bumps(&livelock, "w", t(0)), 5);
+        assert_eq!(epoch_livelock(&livelock, t(0), 3).len(), 1);
+        assert!(epoch_livelock(&livelock, t(9000), 3).is_empty());
         // One takeover of a dead holder's claim, then a new claim: fine.
         let ok = vec![
             observed(0, "w", 1, 1, Some(("op", "x", 2))),

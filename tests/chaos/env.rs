@@ -358,6 +358,8 @@ impl Env {
         v.extend(checks::call_storms(&ledger, CALL_WINDOW, CALL_STORM));
         if let Some(since) = quiet_since {
             v.extend(checks::takeover_livelock(&history, since, 1));
+            // At most: a takeover of a dead holder's claim, an abort's fresh claim, one more.
+            v.extend(checks::epoch_livelock(&history, since, 3));
         }
         (v, ledger, history)
     }
