@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use switchyard::api::Workspace;
 use tokio::task::JoinHandle;
 
@@ -43,7 +43,7 @@ impl Recorder {
         let task = tokio::spawn(async move {
             // A relist after a watch restart delivers versions again: keep each once.
             let mut versions: HashSet<(String, String)> = HashSet::new();
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
             while let Some(event) = stream.next().await {
                 let ws = match event {
                     Ok(watcher::Event::Apply(ws)) | Ok(watcher::Event::InitApply(ws)) => ws,
