@@ -233,25 +233,26 @@ async fn recreate_when_gone(env: &mut Env, name: &str, bound: Duration) {
     }
 }
 
-/// The live, unpaused controller holding some workspace's claim (one chosen by the seed) —
-/// waiting up to two seconds for one to appear — else any live unpaused controller; and
-/// whether it was a holder.
-async fn target(env: &Env, rng: &mut StdRng, names: &[String]) -> Option<(String, bool)> {
+/// The live, unpaused controller holding some workspace's claim (one chosen by the seed),
+/// with that workspace — waiting up to two seconds for a claim to appear — else any live
+/// unpaused controller, with none.
+async fn target(env: &Env, rng: &mut StdRng, names: &[String]) -> Option<(String, Option<String>)> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let mut holders = Vec::new();
+        let mut holders: Vec<(String, String)> = Vec::new();
         for name in names {
             if let Ok(ws) = env.api.get(name).await
                 && let Some(op) = status(&ws).operation
                 && env.controllers.iter().any(|c| c.identity == op.holder && c.alive() && !c.paused)
-                && !holders.contains(&op.holder)
+                && !holders.iter().any(|(h, _)| *h == op.holder)
             {
-                holders.push(op.holder);
+                holders.push((op.holder, name.clone()));
             }
         }
         if !holders.is_empty() {
             let i = rng.random_range(0..holders.len());
-            return Some((holders.swap_remove(i), true));
+            let (holder, name) = holders.swap_remove(i);
+            return Some((holder, Some(name)));
         }
         if Instant::now() >= deadline {
             break;
@@ -260,7 +261,85 @@ async fn target(env: &Env, rng: &mut StdRng, names: &[String]) -> Option<(String
     }
     let candidates: Vec<&String> =
         env.controllers.iter().filter(|c| c.alive() && !c.paused).map(|c| &c.identity).collect();
-    (!candidates.is_empty()).then(|| (candidates[rng.random_range(0..candidates.len())].clone(), false))
+    (!candidates.is_empty()).then(|| (candidates[rng.random_range(0..candidates.len())].clone(), None))
+}
+
+/// Pauses the holder of `name`'s claim and, as the seed says, moves the workspace on or
+/// deletes it while the holder sleeps; the holder wakes after longer than a claim lease.
+#[allow(clippy::too_many_arguments)]
+async fn pause_and_move_on(
+    env: &mut Env,
+    rng: &mut StdRng,
+    step: usize,
+    identity: &str,
+    held: Option<String>,
+    undo: &mut Schedule,
+    report: &mut Report,
+) {
+    let Some(c) = env.by_identity(identity) else { return };
+    c.pause();
+    bump(&mut report.faults, if held.is_some() { "pause-holder" } else { "pause-other" });
+    undo.push((step + rng.random_range(2..=5), Undo::Resume(identity.to_owned())));
+    let Some(name) = held else { return };
+    let roll = rng.random_range(0..100);
+    let Some(ws) = env.api.get_opt(&name).await.ok().flatten() else { return };
+    if roll < 50 {
+        let elsewhere: Vec<String> =
+            (0..env.sims.len()).map(|i| env.provider(i)).filter(|p| *p != ws.spec.provider).collect();
+        let to = &elsewhere[rng.random_range(0..elsewhere.len())];
+        bump(&mut report.user_ops, "retarget-while-holder-paused");
+        patch_spec(&env.api, &name, json!({"provider": to})).await;
+    } else if roll < 65 && !undo.iter().any(|(_, u)| matches!(u, Undo::Recreate(n) if *n == name)) {
+        bump(&mut report.user_ops, "delete-while-holder-paused");
+        env.delete(&name).await;
+        undo.push((step + 2, Undo::Recreate(name)));
+    }
+}
+
+/// The leak recipe, with seeded choices: a workspace switches to a provider whose provisions
+/// fail; once its holder has failed one, the holder is paused, the provider heals, the
+/// workspace moves on to a third provider, and the holder wakes after a takeover.
+#[allow(clippy::too_many_arguments)]
+async fn stale_provision_recipe(
+    env: &mut Env,
+    rng: &mut StdRng,
+    step: usize,
+    name: &str,
+    baseline: &[Faults],
+    undo: &mut Schedule,
+    report: &mut Report,
+) {
+    let Some(ws) = env.api.get_opt(name).await.ok().flatten() else { return };
+    if ws.metadata.deletion_timestamp.is_some() || status(&ws).operation.is_some() || env.sims.len() < 3 {
+        return;
+    }
+    let others: Vec<usize> = (0..env.sims.len()).filter(|i| env.provider(*i) != ws.spec.provider).collect();
+    let q = others[rng.random_range(0..others.len())];
+    let down = Faults { fail_provision_always: true, ..baseline[q].clone() };
+    let _ = env.sims[q].process.set_faults(&down).await;
+    bump(&mut report.faults, "recipe-stale-provision");
+    patch_spec(&env.api, name, json!({"provider": env.provider(q), "running": true})).await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut holder = None;
+    while Instant::now() < deadline && holder.is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holder = env
+            .api
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|ws| status(&ws).operation)
+            .filter(|o| o.attempts >= 1)
+            .map(|o| o.holder);
+    }
+    let _ = env.sims[q].process.set_faults(&baseline[q]).await;
+    let Some(holder) = holder else { return };
+    let Some(c) = env.by_identity(&holder) else { return };
+    c.pause();
+    undo.push((step + rng.random_range(3..=6), Undo::Resume(holder)));
+    let r = others.into_iter().find(|i| *i != q).unwrap_or(q);
+    patch_spec(&env.api, name, json!({"provider": env.provider(r)})).await;
 }
 
 /// One action: `roll` below 45 is a user action, the rest a fault.
@@ -309,36 +388,33 @@ async fn act(
             }
         }
         45..60 => {
-            if let Some((identity, holder)) = target(env, rng, names).await
-                && let Some(c) = env.by_identity(&identity)
-            {
-                bump(&mut report.faults, if holder { "pause-holder" } else { "pause-other" });
-                c.pause();
-                undo.push((step + rng.random_range(1..=3), Undo::Resume(identity)));
+            if let Some((identity, held)) = target(env, rng, names).await {
+                pause_and_move_on(env, rng, step, &identity, held, undo, report).await;
             }
         }
         60..67 => {
-            if let Some((identity, holder)) = target(env, rng, names).await
+            if let Some((identity, held)) = target(env, rng, names).await
                 && let Some(c) = env.by_identity(&identity)
             {
-                bump(&mut report.faults, if holder { "kill-holder" } else { "kill-other" });
+                bump(&mut report.faults, if held.is_some() { "kill-holder" } else { "kill-other" });
                 c.kill().await;
                 undo.push((step + rng.random_range(0..=2), Undo::Replace(identity)));
             }
         }
         67..72 => {
-            if let Some((identity, holder)) = target(env, rng, names).await
+            if let Some((identity, held)) = target(env, rng, names).await
                 && let Some(i) = env.controllers.iter().position(|c| c.identity == identity && c.alive())
             {
                 bump(
                     &mut report.faults,
-                    if holder { "restart-holder-new-identity" } else { "restart-other-new-identity" },
+                    if held.is_some() { "restart-holder-new-identity" } else { "restart-other-new-identity" },
                 );
                 env.restart_controller(i).await;
             }
         }
-        72..92 => {
-            let (kind, faults) = match rng.random_range(0..6) {
+        72..90 => {
+            let mut lasts = rng.random_range(1..=3);
+            let (kind, faults) = match rng.random_range(0..7) {
                 0 => {
                     ("provider-errors", Faults { provision_error_rate: 0.5, stop_error_rate: 0.3, ..Faults::default() })
                 }
@@ -350,7 +426,15 @@ async fn act(
                     "provider-lost-responses",
                     Faults { drop_provision_response: rng.random_range(1..=2), ..Faults::default() },
                 ),
-                4 => ("provider-refuse-all", Faults { refuse_all: true, ..Faults::default() }),
+                4 => {
+                    // Long enough, at times, for the provider to be probed Ready=False.
+                    lasts = rng.random_range(2..=8);
+                    ("provider-refuse-all", Faults { refuse_all: true, ..Faults::default() })
+                }
+                5 => {
+                    lasts = rng.random_range(2..=5);
+                    ("provider-provisions-down", Faults { fail_provision_always: true, ..Faults::default() })
+                }
                 _ => (
                     "provider-latency",
                     Faults { extra_latency: Duration::from_millis(rng.random_range(500..3000)), ..Faults::default() },
@@ -358,8 +442,9 @@ async fn act(
             };
             bump(&mut report.faults, kind);
             let _ = env.sims[other].process.set_faults(&faults).await;
-            undo.push((step + rng.random_range(1..=3), Undo::ClearFaults(other)));
+            undo.push((step + lasts, Undo::ClearFaults(other)));
         }
+        90..95 => stale_provision_recipe(env, rng, step, name, baseline, undo, report).await,
         _ => {
             bump(&mut report.faults, "provider-kill-restart");
             let sim = &mut env.sims[other];
