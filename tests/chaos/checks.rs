@@ -67,10 +67,16 @@ fn had_effect(e: &LedgerEntry) -> bool {
     e.outcome.created() || e.outcome == Outcome::Stopped
 }
 
+/// A moment as RFC 3339 (UTC), for reports.
+pub fn at(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t).map_or_else(|_| format!("{t:?}"), |t| t.to_string())
+}
+
 fn describe(e: &LedgerEntry) -> String {
     format!(
-        "seq {} {} {} by {} for {} ({}) epoch {} instance {:?} -> {:?}",
+        "seq {} at {} {} {} by {} for {} ({}) epoch {} instance {:?} -> {:?}",
         e.seq,
+        at(e.at),
         e.provider,
         kind(e),
         e.caller,
@@ -213,10 +219,10 @@ pub fn hot_loops(history: &[Observed], window: Duration, max: usize) -> Vec<Viol
             violations.push(Violation::new(
                 "hot-loop",
                 format!(
-                    "{} ({uid}) was written {} times within {window:?} (bound {max}), from {:?}",
+                    "{} ({uid}) was written {} times within {window:?} (bound {max}), from {}",
                     names.get(uid.as_str()).copied().unwrap_or("?"),
                     worst.0,
-                    writes[worst.1]
+                    at(writes[worst.1])
                 ),
             ));
         }
@@ -495,7 +501,7 @@ mod tests {
         assert!(v.iter().any(|v| v.detail.contains("invariant 2")), "{v:?}");
         let v = stale_effects(&leaked);
         assert_eq!(v.len(), 1, "{v:?}");
-        assert!(v[0].detail.contains("seq 5 t provision by x"), "{v:?}");
+        assert!(v[0].detail.starts_with("seq 5 at ") && v[0].detail.contains(" t provision by x"), "{v:?}");
         assert!(ledger_invariants(&fenced_history()).is_empty());
         assert!(stale_effects(&fenced_history()).is_empty());
     }
