@@ -217,8 +217,16 @@ async fn scenario_c_waiting_on_an_unready_provider_is_not_a_hot_loop() {
     let down = Faults { refuse_all: true, ..Faults::default() };
     env.sims[1].process.set_faults(&down).await.expect("set faults");
     provider_ready(&env, &t, "False").await;
-    // Give the holder a moment to see the provider's new condition, then count.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Count once the holder has seen the provider's condition (bounded: a holder that never
+    // says so is still counted).
+    let seen = async {
+        while !env.api.get("ws").await.is_ok_and(|ws| {
+            condition(&ws, cond::STALLED).is_some_and(|(s, r)| s == "True" && r == cond::PROVIDER_NOT_READY)
+        }) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(LEASE * 3, seen).await;
     let window = LEASE * 3;
     let from = SystemTime::now();
     tokio::time::sleep(window).await;
