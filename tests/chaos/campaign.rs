@@ -154,7 +154,7 @@ pub async fn run(cfg: &Config) -> Report {
     for sim in &env.sims {
         let _ = sim.process.set_faults(&Faults::default()).await;
     }
-    env.heal_controllers(cfg.controllers).await;
+    env.heal_controllers(cfg.controllers);
     for (_, u) in undo.drain(..) {
         if let Undo::Recreate(name) = u {
             recreate_when_gone(&mut env, &name, cfg.converge_bound).await;

@@ -274,7 +274,7 @@ impl Env {
     }
 
     /// Resumes every paused controller and replaces every killed one, so `alive` run.
-    pub async fn heal_controllers(&mut self, alive: usize) {
+    pub fn heal_controllers(&mut self, alive: usize) {
         for c in self.controllers.iter_mut().filter(|c| c.paused) {
             c.resume();
         }
