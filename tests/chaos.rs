@@ -8,7 +8,27 @@
 //! The targeted scenarios replay, fault by fault, the races an independent campaign found;
 //! `campaign_short` runs one seed in `make test`; `make chaos SEEDS="1 2 3"` runs the long
 //! campaign (`campaign`, ignored by default) once per seed. A violation fails the test and
-//! names the seed that replays it.
+//! names the seed that replays it: the seed fixes every choice (actions, targets among the
+//! current holders, fault kinds, durations), not the machine's timing, so a replay re-runs the
+//! same schedule against whatever interleaving the processes produce.
+//!
+//! ```sh
+//! cargo test --test chaos                                  # scenarios, short campaign, checker unit tests
+//! cargo test --test chaos chaos::checks                    # checker unit tests only (no cluster)
+//! SWITCHYARD_CHAOS_SEED=7 cargo test --test chaos campaign_short -- --nocapture
+//! make chaos SEEDS="1 2 3"                                 # long campaign, release build
+//! ```
+//!
+//! Controllers run with a 3 s claim lease (and, for even seeds, leader election with a 3 s
+//! Lease); `--inventory-interval`/`--inventory-grace` are passed when `switchyard controller
+//! --help` lists them, and `SWITCHYARD_CHAOS_CONTROLLER_ARGS` adds flags. Controller logs go to
+//! `target/chaos/<namespace>/<identity>.log`. The checkers (`chaos/checks.rs`): the library's
+//! ledger invariants over the merged ledgers (one live instance per workspace at every point,
+//! stops, fences, keys), no stale epoch taking effect anywhere after a newer one acted, no call
+//! by a caller after it was fenced, every call under a claim the API server recorded, kstatus
+//! at every watched version, no hot loop (writes and provider calls per window), no takeover or
+//! epoch livelock after faults stop, and the end state: converged, live instances exactly those
+//! the statuses name, none for deleted workspaces.
 
 mod support;
 
