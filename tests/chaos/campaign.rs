@@ -118,6 +118,7 @@ pub async fn run(cfg: &Config) -> Report {
     }
     if let Err(why) = env.converge(&names, cfg.converge_bound).await {
         report.violations.push(Violation::new("setup", format!("workspaces never became ready: {why:?}")));
+        report.elapsed = started.elapsed();
         return report;
     }
 
