@@ -255,7 +255,8 @@ async fn register_provider(client: &Client, sim: &ProviderSimProcess) -> Result<
     let secret_name = format!("{}-token", sim.name());
     let secret = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": secret_name, "namespace": DEV_NAMESPACE},
+        "metadata": {"name": secret_name, "namespace": DEV_NAMESPACE,
+                     "labels": {crate::api::PROVIDER_TOKEN_LABEL: "true"}},
         "stringData": {"token": sim.token()},
     });
     Api::<Secret>::namespaced(client.clone(), DEV_NAMESPACE)

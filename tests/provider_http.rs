@@ -47,7 +47,8 @@ fn call(uid: &str, epoch: i64) -> CallContext {
 }
 
 fn driver_for(endpoint: &str, token: TokenSource, budget: Duration) -> HttpDriver {
-    let settings = HttpSettings { endpoint: endpoint.to_owned(), secret_ref: None, ca_bundle: None };
+    let settings =
+        HttpSettings { endpoint: endpoint.to_owned(), secret_ref: None, ca_bundle: None, allow_insecure_token: false };
     HttpDriver::new("test-provider", &settings, token, budget).expect("driver")
 }
 
@@ -472,8 +473,8 @@ fn http_provider(name: &str, endpoint: &str, namespace: &str, secret: &str) -> C
 }
 
 async fn put_secret(secrets: &Api<Secret>, name: &str, data: serde_json::Value) {
-    let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).expect("secret");
+    let metadata = json!({"name": name, "labels": {switchyard::api::PROVIDER_TOKEN_LABEL: "true"}});
+    let secret: Secret = serde_json::from_value(json!({"metadata": metadata, "stringData": data})).expect("secret");
     let params = PatchParams::apply("provider-http-test").force();
     secrets.patch(name, &params, &Patch::Apply(&secret)).await.expect("apply secret");
 }

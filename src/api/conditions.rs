@@ -30,6 +30,7 @@ pub const FENCE_FAILED: &str = "FenceFailed";
 // ComputeProvider Ready.
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
+pub const PROVIDER_DELETING: &str = "ProviderDeleting";
 // Normal Events: the outcome of an operation (Warnings use the Stalled reasons above).
 pub const SWITCH_COMPLETED: &str = "SwitchCompleted";
 pub const PROVISIONED: &str = "Provisioned";

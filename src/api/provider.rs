@@ -73,16 +73,33 @@ pub struct HttpSettings {
     /// PEM bundle of CAs trusted for the endpoint, in addition to the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
+    /// Send the bearer token over plain http to a host that is not loopback. Off by default:
+    /// the token goes only over https, or to 127.0.0.0/8, ::1 and localhost; a provider that
+    /// names a token and a plain-http remote endpoint is ProviderMisconfigured. Set it only on a
+    /// network you trust end to end (e.g. a service mesh that encrypts the hop).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_token: bool,
 }
+
+/// The type of Secret the `http` driver reads provider tokens from (alternatively, any Secret
+/// labelled [`PROVIDER_TOKEN_LABEL`]`: "true"`). Any other Secret named by `spec.http.secretRef`
+/// is refused: writing a ComputeProvider must not be a way to send an arbitrary Secret of the
+/// controller's namespace to an endpoint of one's choosing.
+pub const PROVIDER_TOKEN_TYPE: &str = "switchyard.dev/provider-token";
+/// The label that marks a Secret as a provider token (value `"true"`).
+pub const PROVIDER_TOKEN_LABEL: &str = "switchyard.dev/provider-token";
 
 /// A key in a namespaced Secret.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     /// Key within the Secret's data.
     #[serde(default = "default_token_key")]
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -99,6 +116,13 @@ pub struct KubernetesSettings {
     /// Secret with a kubeconfig for another cluster; absent means this cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    /// The uid workspace containers run as. Pods meet the `restricted` Pod Security profile
+    /// (runAsNonRoot, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp),
+    /// so an image whose user is root (or not numeric) only starts with this set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    #[schemars(extend("format" = "int64"))]
+    pub run_as_user: Option<i64>,
 }
 
 /// Behaviour of the in-process simulated cloud.

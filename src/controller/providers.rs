@@ -25,26 +25,56 @@ const NOTICE_WITHIN: Duration = Duration::from_secs(1);
 /// every `PROBE_EVERY` — writing status only when it changes.
 pub async fn probe_forever(client: Client, providers: Store<ComputeProvider>, dispatcher: Dispatcher) {
     let api: Api<ComputeProvider> = Api::all(client);
-    // (name, generation) → when last probed.
-    let mut probed: HashMap<(String, Option<i64>), Instant> = HashMap::new();
+    // (name, generation, being deleted) → when last probed.
+    let mut probed: HashMap<ProbeKey, Instant> = HashMap::new();
     loop {
         let current = providers.state();
-        probed.retain(|(name, generation), _| {
-            current.iter().any(|p| p.name_any() == *name && p.metadata.generation == *generation)
-        });
+        probed.retain(|key, _| current.iter().any(|p| probe_key(p) == *key));
         for provider in current {
-            let key = (provider.name_any(), provider.metadata.generation);
+            let key = probe_key(&provider);
             if probed.get(&key).is_some_and(|at| at.elapsed() < PROBE_EVERY) {
                 continue;
             }
-            let result = dispatcher.health(&provider).await;
-            if let Err(e) = write_health(&api, &provider, &result).await {
+            if let Err(e) = probe(&api, &provider, &dispatcher).await {
                 warn!(provider = %provider.name_any(), error = %e, "could not record provider health");
             }
             probed.insert(key, Instant::now());
         }
         tokio::time::sleep(NOTICE_WITHIN).await;
     }
+}
+
+type ProbeKey = (String, Option<i64>, bool);
+
+/// What makes a new verdict due at once: another provider, a changed spec, a deletion begun.
+fn probe_key(p: &ComputeProvider) -> ProbeKey {
+    (p.name_any(), p.metadata.generation, p.metadata.deletion_timestamp.is_some())
+}
+
+/// Probes `provider` once and records the verdict in its Ready condition (written only when it
+/// changes). A provider being deleted is not probed: it is not Ready, so it gets no new work.
+pub async fn probe(
+    api: &Api<ComputeProvider>,
+    provider: &ComputeProvider,
+    dispatcher: &Dispatcher,
+) -> kube::Result<()> {
+    let verdict = match deleting(provider) {
+        Some(verdict) => verdict,
+        None => readiness(&dispatcher.health(provider).await),
+    };
+    write_health(api, provider, verdict).await
+}
+
+/// The verdict on a provider whose deletion has begun (`deletionTimestamp` set, finalizers
+/// pending): not Ready, so workspaces are not placed there while it goes away.
+pub fn deleting(provider: &ComputeProvider) -> Option<(bool, &'static str, String)> {
+    let since = provider.metadata.deletion_timestamp.as_ref()?;
+    let message = format!(
+        "ComputeProvider {} is being deleted (since {}): it takes no new workspaces; choose another provider",
+        provider.name_any(),
+        since.0
+    );
+    Some((false, cond::PROVIDER_DELETING, message))
 }
 
 /// The Ready condition a probe result means: (ready, reason, message).
@@ -63,9 +93,8 @@ pub fn readiness(result: &Result<(), DispatchError>) -> (bool, &'static str, Str
 async fn write_health(
     api: &Api<ComputeProvider>,
     provider: &ComputeProvider,
-    result: &Result<(), DispatchError>,
+    (ready, reason, message): (bool, &'static str, String),
 ) -> kube::Result<()> {
-    let (ready, reason, message) = readiness(result);
     let mut status = provider.status.clone().unwrap_or_default();
     let before = status.clone();
     let now = Time(Timestamp::now());
@@ -116,5 +145,22 @@ mod tests {
         assert_eq!(readiness(&slow).1, cond::UNHEALTHY);
 
         assert_eq!(readiness(&Ok(())), (true, cond::HEALTHY, "health probe succeeded".to_string()));
+    }
+
+    #[test]
+    fn a_provider_being_deleted_is_not_ready_whatever_its_health() {
+        let mut p: ComputeProvider = serde_json::from_value(json!({
+            "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
+            "metadata": {"name": "east", "generation": 3}, "spec": {"driver": "simulated"}
+        }))
+        .expect("provider");
+        assert_eq!(deleting(&p), None);
+        let before = probe_key(&p);
+        p.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let (ready, reason, message) = deleting(&p).expect("deleting");
+        assert!(!ready);
+        assert_eq!(reason, cond::PROVIDER_DELETING);
+        assert!(message.contains("east is being deleted") && message.contains("no new workspaces"), "{message}");
+        assert_ne!(probe_key(&p), before, "a deletion begun is noticed without waiting out the probe period");
     }
 }

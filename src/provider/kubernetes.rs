@@ -26,7 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements, Secret};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, EnvVar, Namespace, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, Secret, SecurityContext,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -182,7 +185,31 @@ pub fn size_resources(size: Size) -> (&'static str, &'static str) {
     }
 }
 
-/// The Pod of the instance provisioned under `key`, built from the workspace's template.
+/// The Pod-level security context of workspace Pods: the `restricted` Pod Security profile
+/// (non-root, RuntimeDefault seccomp), with `run_as_user` when the provider sets one.
+pub fn pod_security(run_as_user: Option<i64>) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user,
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// The container security context of workspace Pods: the `restricted` profile's rules, which
+/// a namespace enforcing `pod-security.kubernetes.io/enforce: restricted` admits.
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), ..Default::default() }),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// The Pod of the instance provisioned under `key`, built from the workspace's template. It
+/// meets the `restricted` Pod Security profile ([`pod_security`], [`container_security`]).
 pub fn build_pod(call: &CallContext, namespace: &str, key: &str, template: Option<&WorkspaceTemplate>) -> Pod {
     let template = template.cloned().unwrap_or_default();
     let resources = template.size.map(|size| {
@@ -226,8 +253,10 @@ pub fn build_pod(call: &CallContext, namespace: &str, key: &str, template: Optio
                 args: template.args,
                 env,
                 resources,
+                security_context: Some(container_security()),
                 ..Default::default()
             }],
+            security_context: Some(pod_security(None)),
             restart_policy: Some("Always".to_string()),
             // Shorter than a stop's wait under the default call timeout (27s of 30s), so one stop
             // call sees the Pod gone even where a kubelet honours the grace period.
@@ -653,7 +682,11 @@ impl Driver for KubernetesDriver {
     ) -> Result<InstanceInfo, DriverError> {
         let (client, namespace) = self.target().await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let pod = build_pod(call, namespace, key, template);
+        let mut pod = build_pod(call, namespace, key, template);
+        let run_as_user = self.settings.as_ref().and_then(|s| s.run_as_user);
+        if let Some(spec) = pod.spec.as_mut().filter(|_| run_as_user.is_some()) {
+            spec.security_context = Some(pod_security(run_as_user));
+        }
         let name = pod.name_any();
         let pod_ref = format!("{namespace}/{name}");
         self.pass_fence(&client, namespace, call).await?;
@@ -917,6 +950,23 @@ mod tests {
             BTreeMap::from([("cpu".to_string(), Quantity("1".into())), ("memory".to_string(), Quantity("2Gi".into()))]);
         assert_eq!(resources.requests, Some(expect.clone()));
         assert_eq!(resources.limits, Some(expect));
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_pod_security_profile() {
+        let pod = build_pod(&call(1), "compute", "k", None);
+        let spec = pod.spec.unwrap_or_default();
+        let ps = spec.security_context.clone().unwrap_or_default();
+        assert_eq!(ps.run_as_non_root, Some(true));
+        assert_eq!(ps.seccomp_profile.map(|p| p.type_).as_deref(), Some("RuntimeDefault"));
+        for c in &spec.containers {
+            let sc = c.security_context.clone().unwrap_or_default();
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_ne!(sc.privileged, Some(true));
+        }
+        assert_eq!(pod_security(Some(1000)).run_as_user, Some(1000));
     }
 
     #[test]

@@ -66,11 +66,12 @@ pub fn secret_ref(namespace: &str, name: &str) -> SecretKeyRef {
     SecretKeyRef { name: name.to_owned(), namespace: namespace.to_owned(), key: "token".to_owned() }
 }
 
-/// Creates or replaces Secret `name` with `string_data`.
+/// Creates or replaces provider-token Secret `name` (labelled as one) with `string_data`.
 pub async fn put_secret(client: &Client, namespace: &str, name: &str, string_data: serde_json::Value) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let metadata = json!({"name": name, "labels": {switchyard::api::PROVIDER_TOKEN_LABEL: "true"}});
     let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": string_data})).expect("secret");
+        serde_json::from_value(json!({"metadata": metadata, "stringData": string_data})).expect("secret");
     let params = PatchParams::apply("switchyard-tests").force();
     secrets.patch(name, &params, &Patch::Apply(&secret)).await.expect("apply secret");
 }

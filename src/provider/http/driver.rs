@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use reqwest::{Method, RequestBuilder};
+use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::debug;
@@ -20,8 +20,12 @@ use super::wire::{
     CALLER_HEADER, CLUSTER_HEADER, CallFields, CreateInstance, EPOCH_HEADER, ErrorBody, ErrorCode, Fence, Health,
     Instance, InstanceList, InventoryPage, InventoryQuery, ListQuery, OPERATION_HEADER, RaiseFence, StopInstance,
 };
-use crate::api::{ComputeProvider, HttpSettings, SecretKeyRef, WorkspaceTemplate};
-use crate::provider::{CallContext, Driver, DriverError, InstanceInfo, InstancePage, PAGE_TOKEN_MAX, clamp_limit};
+use crate::api::{
+    ComputeProvider, HttpSettings, PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE, SecretKeyRef, WorkspaceTemplate,
+};
+use crate::provider::{
+    CallContext, Driver, DriverError, InstanceInfo, InstancePage, LIST_LIMIT_MAX, PAGE_TOKEN_MAX, clamp_limit,
+};
 
 /// How long a token read from a Secret is used before the Secret is read again: a rotated
 /// Secret takes effect within this, without a restart.
@@ -29,6 +33,11 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(15);
 
 /// Provider-supplied text kept in an error: enough to diagnose, short enough for a condition.
 const MAX_MESSAGE: usize = 300;
+
+/// The largest answer body the driver reads (1 MiB): a larger `Content-Length` is refused before
+/// any of it is read, and a streamed body is cut off as it passes the cap. No protocol answer
+/// comes near it (an inventory page of 500 items is about 250 KiB).
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// Attempts per call for answers the protocol marks retryable (and lost connections): every
 /// operation is idempotent, so asking again is safe.
@@ -130,6 +139,7 @@ impl TokenSource {
 /// Reads the token from `secret`. A missing Secret or key is not retryable: someone must create
 /// it. Errors name the Secret, never its contents.
 async fn read_secret_token(client: &kube::Client, secret: &SecretKeyRef) -> Result<BearerToken, DriverError> {
+    check_secret_ref(secret)?;
     let name = format!("{}/{}", secret.namespace, secret.name);
     let api = kube::Api::<Secret>::namespaced(client.clone(), &secret.namespace);
     let found = match api.get_opt(&secret.name).await {
@@ -142,6 +152,13 @@ async fn read_secret_token(client: &kube::Client, secret: &SecretKeyRef) -> Resu
     let Some(found) = found else {
         return Err(DriverError::Rejected(format!("Secret {name} named by spec.http.secretRef does not exist")));
     };
+    if !is_provider_token(&found) {
+        return Err(DriverError::Rejected(format!(
+            "Secret {name} is not a provider token: label it {PROVIDER_TOKEN_LABEL}=true \
+             (kubectl label secret -n {} {} {PROVIDER_TOKEN_LABEL}=true) or create it with type {PROVIDER_TOKEN_TYPE}",
+            secret.namespace, secret.name
+        )));
+    }
     let bytes = found
         .data
         .as_ref()
@@ -160,6 +177,40 @@ async fn read_secret_token(client: &kube::Client, secret: &SecretKeyRef) -> Resu
     Ok(token)
 }
 
+/// Whether `secret` is meant to be sent to a provider: of type [`PROVIDER_TOKEN_TYPE`], or
+/// labelled [`PROVIDER_TOKEN_LABEL`]`=true`. Whoever can write a ComputeProvider chooses the
+/// endpoint, so any other Secret of the namespace must stay where it is.
+pub fn is_provider_token(secret: &Secret) -> bool {
+    secret.type_.as_deref() == Some(PROVIDER_TOKEN_TYPE)
+        || secret.labels().get(PROVIDER_TOKEN_LABEL).is_some_and(|v| v == "true")
+}
+
+/// `spec.http.secretRef` names a Secret at all.
+fn check_secret_ref(secret: &SecretKeyRef) -> Result<(), DriverError> {
+    for (field, value) in [("name", &secret.name), ("namespace", &secret.namespace), ("key", &secret.key)] {
+        if value.trim().is_empty() {
+            return Err(DriverError::Rejected(format!(
+                "spec.http.secretRef.{field} is empty: name the Secret (namespace, name and key) that holds the token"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a bearer token may be sent to `url`: over https, or to a loopback host (127.0.0.0/8,
+/// ::1, localhost), where plain http never leaves the machine.
+pub fn token_may_travel_to(url: &Url) -> bool {
+    use std::net::IpAddr;
+    let Some(host) = url.host_str() else { return false };
+    let ip = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse::<IpAddr>();
+    url.scheme() == "https"
+        || match ip {
+            Ok(IpAddr::V4(ip)) => ip.is_loopback(),
+            Ok(IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+            Err(_) => host.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+        }
+}
+
 /// A driver for one provider speaking the protocol.
 #[derive(Debug)]
 pub struct HttpDriver {
@@ -175,8 +226,12 @@ pub struct HttpDriver {
 /// One HTTP exchange as the driver saw it.
 #[derive(Debug)]
 enum Exchange {
-    Answer { status: u16, body: Vec<u8> },
-    Transport(DriverError),
+    Answer {
+        status: u16,
+        body: Vec<u8>,
+    },
+    /// No usable answer: the transport failed, or the answer broke a bound before it was read.
+    Failed(DriverError),
 }
 
 impl HttpDriver {
@@ -190,6 +245,17 @@ impl HttpDriver {
     ) -> Result<Self, DriverError> {
         let endpoint = Endpoint::new(&settings.endpoint, settings.ca_bundle.as_deref(), budget)
             .map_err(|e| DriverError::Rejected(format!("spec.http: {e}")))?;
+        if !matches!(token, TokenSource::None)
+            && !settings.allow_insecure_token
+            && !token_may_travel_to(endpoint.base())
+        {
+            return Err(DriverError::Rejected(format!(
+                "spec.http.endpoint {} is plain http to a host that is not loopback, and the bearer token is only \
+                 sent over https: use an https:// endpoint (with spec.http.caBundle if its CA is private), or set \
+                 spec.http.allowInsecureToken: true if the network to it is trusted",
+                endpoint.base()
+            )));
+        }
         Ok(Self { provider: provider.to_owned(), endpoint, token, budget, retry: Retry::default() })
     }
 
@@ -227,7 +293,7 @@ impl HttpDriver {
                 Exchange::Answer { status, body } => {
                     Err(error_from_answer(status, &body, epoch, &self.token.describe()))
                 }
-                Exchange::Transport(e) => Err(e),
+                Exchange::Failed(e) => Err(e),
             };
             let result = result.map_err(|e| redact(e, token.as_ref()));
             debug!(provider = %self.provider, op, attempt, ok = result.is_ok(), error = ?result.as_ref().err(), "provider call");
@@ -246,28 +312,60 @@ impl HttpDriver {
             "health",
             None,
             |e, t| e.request(Method::GET, &["health"], t),
-            |_, body| decode(body, "health answer"),
+            |_, body| {
+                let health: Health = decode(body, "health answer")?;
+                check_health(&health)?;
+                Ok(health)
+            },
         )
         .await
     }
 }
 
-/// One HTTP exchange: the status and body, or a transport failure (always transient: every
-/// call is idempotent, and the answer, not necessarily the effect, is what was lost).
+/// One HTTP exchange: the status and body (at most [`MAX_ANSWER_BYTES`]), or a failure. A
+/// transport failure is transient (every call is idempotent, and the answer, not necessarily the
+/// effect, is what was lost), except an untrusted certificate, which needs a fix.
 async fn exchange(request: RequestBuilder, budget: Duration) -> Exchange {
-    let response = match request.send().await {
+    let mut response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return Exchange::Transport(transport_error(&e, budget)),
+        Err(e) => return Exchange::Failed(transport_error(&e, budget)),
     };
     let status = response.status().as_u16();
-    match response.bytes().await {
-        Ok(body) => Exchange::Answer { status, body: body.to_vec() },
-        Err(e) => Exchange::Transport(transport_error(&e, budget)),
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        return Exchange::Failed(oversized(status, announced));
     }
+    // Never trust the announced length for the allocation either.
+    let mut body = Vec::with_capacity(announced.map_or(8 << 10, |n| n as usize).min(64 << 10));
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                return Exchange::Failed(oversized(status, None));
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Exchange::Answer { status, body },
+            Err(e) => return Exchange::Failed(transport_error(&e, budget)),
+        }
+    }
+}
+
+/// An answer past [`MAX_ANSWER_BYTES`]: a protocol violation, not retried (the same provider
+/// will answer the same way), and not read any further.
+fn oversized(status: u16, announced: Option<u64>) -> DriverError {
+    let how = match announced {
+        Some(n) => format!("Content-Length {n}"),
+        None => "the body kept coming".to_owned(),
+    };
+    DriverError::Rejected(format!(
+        "protocol violation: provider answer larger than 1 MiB ({status}, {how}); not read any further"
+    ))
 }
 
 fn transport_error(e: &reqwest::Error, budget: Duration) -> DriverError {
     let detail = causes(e);
+    if let Some(problem) = tls_problem(e) {
+        return DriverError::Rejected(problem);
+    }
     DriverError::Transient(if e.is_timeout() {
         format!("no answer within {budget:?}; the call may have taken effect")
     } else if e.is_connect() {
@@ -275,6 +373,40 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> DriverError {
     } else {
         format!("connection lost before the answer; the call may have taken effect: {detail}")
     })
+}
+
+/// A TLS failure that retrying cannot fix: the provider's certificate is not trusted (unknown
+/// issuer, expired, wrong name), or the endpoint does not speak TLS at all.
+fn tls_problem(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(s) = source {
+        // io::Error leaves its inner error out of the source chain: look inside it too.
+        let inner =
+            s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn StdError + 'static));
+        for candidate in [Some(s), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return match tls {
+                    rustls::Error::InvalidCertificate(why) => Some(format!(
+                        "the provider's TLS certificate is not trusted ({why:?}): set spec.http.caBundle to the PEM \
+                         of the CA that issued it, or give the provider a certificate for this host name"
+                    )),
+                    rustls::Error::NoCertificatesPresented => {
+                        Some("the provider presented no TLS certificate".to_owned())
+                    }
+                    rustls::Error::InvalidMessage(_) => Some(
+                        "the endpoint does not speak TLS: if the provider serves plain http, the endpoint is http://"
+                            .to_owned(),
+                    ),
+                    rustls::Error::PeerIncompatible(why) => {
+                        Some(format!("the provider's TLS is incompatible ({why:?}): it needs TLS 1.2 or 1.3"))
+                    }
+                    _ => None,
+                };
+            }
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// An error and its sources, joined: reqwest's own message alone ("error sending request")
@@ -301,8 +433,10 @@ fn error_from_answer(status: u16, body: &[u8], epoch: Option<i64>, token_source:
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
     match (parsed, epoch) {
         (Some(ErrorBody { code: ErrorCode::StaleEpoch, newest_epoch, .. }), Some(epoch)) => {
-            // A refusal proves the provider has seen a newer epoch, at least epoch + 1.
-            DriverError::StaleEpoch { epoch, newest: newest_epoch.unwrap_or(epoch + 1) }
+            // A refusal proves the provider has seen a newer epoch, at least epoch + 1; a
+            // `newestEpoch` that is not newer (negative, equal, older) says nothing more.
+            let newest = newest_epoch.filter(|n| *n > epoch).unwrap_or(epoch.saturating_add(1));
+            DriverError::StaleEpoch { epoch, newest }
         }
         (parsed, _) => from_error_body(status, body, parsed, token_source),
     }
@@ -337,11 +471,15 @@ fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, DriverError
     })
 }
 
+/// Provider text cut to [`MAX_MESSAGE`] characters, control characters (newlines, escape
+/// sequences) replaced, so it is safe in a condition, an Event or a terminal.
 fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_MESSAGE) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+    let mut clipped: String =
+        text.chars().take(MAX_MESSAGE).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    if text.chars().nth(MAX_MESSAGE).is_some() {
+        clipped.push('…');
     }
+    clipped
 }
 
 /// Tokens shorter than this are not scrubbed from text: they would match ordinary words (and
@@ -368,17 +506,74 @@ fn attribute(request: RequestBuilder, call: &CallContext) -> RequestBuilder {
         .header(CLUSTER_HEADER, &call.cluster)
 }
 
-/// Longest id, key, workspace UID, namespace or name accepted in an inventory item.
+/// Longest id, key, workspace UID, namespace or name accepted in an answer.
 const MAX_FIELD: usize = 1024;
+/// Most protocol versions a health answer may list.
+const MAX_VERSIONS: usize = 64;
+
+fn violation(what: &str, problem: impl std::fmt::Display) -> DriverError {
+    DriverError::Rejected(format!("protocol violation: {what}: {problem}"))
+}
+
+/// One provider-supplied field: at most [`MAX_FIELD`] bytes, no control characters, and not
+/// empty unless `may_be_empty`. Such text ends up in status, Events, logs and API paths.
+fn check_field(name: &str, value: &str, may_be_empty: bool) -> Result<(), String> {
+    if value.is_empty() && !may_be_empty {
+        return Err(format!("{name} is empty"));
+    }
+    if value.len() > MAX_FIELD {
+        return Err(format!("{name} has {} bytes, more than {MAX_FIELD}", value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        let shown: String = value.chars().take(64).collect();
+        return Err(format!("{name} {shown:?} holds control characters"));
+    }
+    Ok(())
+}
+
+/// An instance the provider answered for `call`: bounded fields, and the caller's workspace.
+fn check_instance(instance: &Instance, what: &str, call: &CallContext) -> Result<InstanceInfo, DriverError> {
+    let fail = |problem: String| violation(what, problem);
+    check_field("id", &instance.id, false).map_err(fail)?;
+    check_field("key", &instance.key, false).map_err(fail)?;
+    if instance.workspace_uid != call.workspace_uid {
+        return Err(fail(format!(
+            "instance {} belongs to workspace {:?}, not {}",
+            instance.id,
+            clip(&instance.workspace_uid),
+            call.workspace_uid
+        )));
+    }
+    Ok(instance.info())
+}
+
+/// A health answer: "ok", and serving this protocol version.
+fn check_health(health: &Health) -> Result<(), DriverError> {
+    let fail = |problem: String| violation("health answer", problem);
+    if health.status != "ok" {
+        return Err(fail(format!("status {:?}, not \"ok\"", clip(&health.status))));
+    }
+    check_field("provider", &health.provider, true).map_err(fail)?;
+    if health.versions.len() > MAX_VERSIONS {
+        return Err(fail(format!("{} versions, more than {MAX_VERSIONS}", health.versions.len())));
+    }
+    if !health.versions.iter().any(|v| v == super::wire::VERSION) {
+        return Err(fail(format!("the provider does not serve protocol {}", super::wire::VERSION)));
+    }
+    Ok(())
+}
 
 /// Checks an inventory answer against the protocol's bounds before anything uses it: at most
 /// `limit` items, bounded fields, and a next-page token that is bounded and moves on.
 fn check_page(page: InventoryPage, limit: u32, sent: Option<&str>) -> Result<InstancePage, DriverError> {
-    let violation = |what: String| DriverError::Rejected(format!("protocol violation: inventory page: {what}"));
+    let violation = |problem: String| violation("inventory page", problem);
     if page.items.len() > limit as usize {
         return Err(violation(format!("{} items, more than the limit {limit}", page.items.len())));
     }
     if let Some(next) = &page.next_page_token {
+        if next.chars().any(char::is_control) {
+            return Err(violation("nextPageToken holds control characters".to_owned()));
+        }
         if next.is_empty() || next.len() > PAGE_TOKEN_MAX {
             return Err(violation(format!("nextPageToken of {} characters (1-{PAGE_TOKEN_MAX})", next.len())));
         }
@@ -387,9 +582,18 @@ fn check_page(page: InventoryPage, limit: u32, sent: Option<&str>) -> Result<Ins
         }
     }
     for item in &page.items {
-        let fields = [&item.id, &item.key, &item.workspace_uid, &item.namespace, &item.name];
-        if item.id.is_empty() || fields.iter().any(|f| f.len() > MAX_FIELD) {
-            return Err(violation(format!("an item with an empty or over-long field ({MAX_FIELD} at most)")));
+        let fields = [
+            ("id", &item.id, false),
+            ("key", &item.key, true),
+            ("workspaceUid", &item.workspace_uid, true),
+            ("namespace", &item.namespace, true),
+            ("name", &item.name, true),
+        ];
+        for (name, value, may_be_empty) in fields {
+            check_field(name, value, may_be_empty).map_err(|p| violation(format!("an item's {p}")))?;
+        }
+        if let Some(fence) = item.fence.filter(|f| *f < 0) {
+            return Err(violation(format!("item {} has a negative fence {fence}", item.id)));
         }
     }
     Ok(InstancePage { items: page.items.into_iter().map(Into::into).collect(), next: page.next_page_token })
@@ -417,10 +621,11 @@ impl Driver for HttpDriver {
                 if instance.key != key {
                     return Err(DriverError::Rejected(format!(
                         "protocol violation: asked for key {key}, the provider answered instance {} of key {}",
-                        instance.id, instance.key
+                        clip(&instance.id),
+                        clip(&instance.key)
                     )));
                 }
-                Ok(instance.info())
+                check_instance(&instance, "created instance", call)
             },
         )
         .await
@@ -447,7 +652,11 @@ impl Driver for HttpDriver {
             |e, t| attribute(e.request(Method::GET, &["instances"], t).query(&query), call),
             |_, bytes| {
                 let list: InstanceList = decode(bytes, "instance list")?;
-                Ok(list.items.iter().find(|i| i.key == key).map(Instance::info))
+                if list.items.len() > LIST_LIMIT_MAX as usize {
+                    let problem = format!("{} items, more than {LIST_LIMIT_MAX}", list.items.len());
+                    return Err(violation("instance list", problem));
+                }
+                list.items.iter().find(|i| i.key == key).map(|i| check_instance(i, "instance list", call)).transpose()
             },
         )
         .await
@@ -464,8 +673,10 @@ impl Driver for HttpDriver {
                 let fence: Fence = decode(bytes, "fence answer")?;
                 if fence.workspace_uid != uid || fence.epoch < call.epoch {
                     return Err(DriverError::Rejected(format!(
-                        "protocol violation: asked to fence {uid} at {}, the provider answered {fence:?}",
-                        call.epoch
+                        "protocol violation: asked to fence {uid} at {}, the provider answered workspace {:?} at {}",
+                        call.epoch,
+                        clip(&fence.workspace_uid),
+                        fence.epoch
                     )));
                 }
                 Ok(())
@@ -525,6 +736,9 @@ impl HttpDrivers {
             && *b == budget
         {
             return Ok(d.clone());
+        }
+        if let Some(secret) = &settings.secret_ref {
+            check_secret_ref(secret)?;
         }
         let token = match (&settings.secret_ref, client) {
             (None, _) => TokenSource::None,
@@ -635,6 +849,12 @@ mod tests {
             (page(1, Some("same".into())), Some("same")),
             (InventoryPage { items: vec![item("")], next_page_token: None }, None),
             (InventoryPage { items: vec![item(&"x".repeat(MAX_FIELD + 1))], next_page_token: None }, None),
+            (InventoryPage { items: vec![item("i\u{1b}[2J")], next_page_token: None }, None),
+            (
+                InventoryPage { items: vec![InventoryItem { fence: Some(-1), ..item("i") }], next_page_token: None },
+                None,
+            ),
+            (page(1, Some("t\n".into())), None),
         ] {
             let e = check_page(bad, 2, sent).unwrap_err();
             assert!(matches!(&e, DriverError::Rejected(m) if m.contains("protocol violation")), "{e:?}");
@@ -681,6 +901,150 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &drivers.driver(&p, None, Duration::from_secs(6)).unwrap()));
         let q = provider(serde_json::json!({"driver": "http", "http": {"endpoint": "http://127.0.0.1:2"}}));
         assert!(!Arc::ptr_eq(&a, &drivers.driver(&q, None, t).unwrap()));
+    }
+
+    #[test]
+    fn tokens_travel_only_over_https_or_to_loopback() {
+        let url = |u: &str| Url::parse(u).unwrap();
+        for ok in [
+            "https://compute.example.com/x",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9",
+            "http://[::1]:80",
+            "http://localhost:1",
+            "http://LOCALHOST.:1",
+            "http://[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(token_may_travel_to(&url(ok)), "{ok}");
+        }
+        for bad in [
+            "http://compute.example.com",
+            "http://10.0.0.1",
+            "http://[fd00::2]",
+            "http://localhost.evil.example",
+            "http://128.0.0.1",
+        ] {
+            assert!(!token_may_travel_to(&url(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_never_sent_over_plain_http_to_a_remote_host_unless_allowed() {
+        let t = Duration::from_secs(5);
+        let token = || TokenSource::Static(BearerToken::new("s3cret-token"));
+        let mut settings = HttpSettings {
+            endpoint: "http://compute.example.com/x".into(),
+            secret_ref: None,
+            ca_bundle: None,
+            allow_insecure_token: false,
+        };
+        let e = HttpDriver::new("p", &settings, token(), t).unwrap_err();
+        assert!(
+            matches!(&e, DriverError::Rejected(m) if m.contains("plain http") && m.contains("https://")
+                && m.contains("allowInsecureToken") && !m.contains("s3cret")),
+            "{e:?}"
+        );
+        HttpDriver::new("p", &settings, TokenSource::None, t).expect("no token, nothing to protect");
+        settings.allow_insecure_token = true;
+        HttpDriver::new("p", &settings, token(), t).expect("explicitly allowed");
+        // Through the dispatcher's drivers, with a Secret: refused before the Secret is read.
+        let p = provider(serde_json::json!({"driver": "http", "http": {
+            "endpoint": "http://compute.example.com", "secretRef": {"name": "tok", "namespace": "ns"}}}));
+        assert!(HttpDrivers::default().driver(&p, None, t).is_err());
+    }
+
+    #[test]
+    fn only_marked_secrets_are_provider_tokens() {
+        let secret = |v: serde_json::Value| serde_json::from_value::<Secret>(v).unwrap();
+        assert!(!is_provider_token(&secret(serde_json::json!({"metadata": {"name": "db-password"}}))));
+        assert!(!is_provider_token(&secret(serde_json::json!({"metadata": {"name": "x"}, "type": "Opaque"}))));
+        let wrong = serde_json::json!({"metadata": {"name": "x", "labels": {PROVIDER_TOKEN_LABEL: "yes"}}});
+        assert!(!is_provider_token(&secret(wrong)));
+        let labelled = serde_json::json!({"metadata": {"name": "x", "labels": {PROVIDER_TOKEN_LABEL: "true"}}});
+        assert!(is_provider_token(&secret(labelled)));
+        assert!(is_provider_token(&secret(
+            serde_json::json!({"metadata": {"name": "x"}, "type": PROVIDER_TOKEN_TYPE})
+        )));
+    }
+
+    #[test]
+    fn an_empty_secret_ref_is_a_misconfiguration() {
+        let t = Duration::from_secs(5);
+        for (name, namespace, field) in [("", "ns", "name"), ("tok", "", "namespace"), (" ", "ns", "name")] {
+            let p = provider(serde_json::json!({"driver": "http", "http": {
+                "endpoint": "http://127.0.0.1:1", "secretRef": {"name": name, "namespace": namespace}}}));
+            let e = HttpDrivers::default().driver(&p, None, t).unwrap_err();
+            assert!(
+                matches!(&e, DriverError::Rejected(m) if m.contains(&format!("spec.http.secretRef.{field} is empty"))),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stale_epoch_answers_cannot_lower_or_overflow_the_fence() {
+        for newest in [Some(-5), Some(4), Some(2), None] {
+            let e = error_from_answer(409, &body("StaleEpoch", false, newest), Some(4), SRC);
+            assert_eq!(e, DriverError::StaleEpoch { epoch: 4, newest: 5 }, "{newest:?}");
+        }
+        let e = error_from_answer(409, &body("StaleEpoch", false, None), Some(i64::MAX), SRC);
+        assert_eq!(e, DriverError::StaleEpoch { epoch: i64::MAX, newest: i64::MAX });
+    }
+
+    #[test]
+    fn provider_text_loses_its_control_characters() {
+        let clipped = clip("line\none\u{1b}[31mred\u{7}");
+        assert!(!clipped.chars().any(char::is_control), "{clipped:?}");
+        let answer = br#"{"code": "InvalidRequest", "message": "a\nb\u001b[0m", "retryable": false}"#;
+        let e = error_from_answer(400, answer, Some(1), SRC);
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert_eq!(clip(&"é".repeat(MAX_MESSAGE)).chars().count(), MAX_MESSAGE, "cut by characters, not bytes");
+    }
+
+    fn ctx(uid: &str) -> CallContext {
+        CallContext {
+            namespace: "ns".into(),
+            name: "w".into(),
+            workspace_uid: uid.into(),
+            epoch: 1,
+            caller: "c".into(),
+            operation_id: "op".into(),
+            cluster: "c1".into(),
+        }
+    }
+
+    #[test]
+    fn answered_instances_are_bounded_and_belong_to_the_caller() {
+        use crate::provider::InstanceState;
+        let instance = |id: &str, key: &str, uid: &str| Instance {
+            id: id.into(),
+            key: key.into(),
+            workspace_uid: uid.into(),
+            state: InstanceState::Running,
+        };
+        assert!(check_instance(&instance("i-1", "k", "u1"), "created instance", &ctx("u1")).is_ok());
+        let long = "x".repeat(MAX_FIELD + 1);
+        for bad in [
+            instance("", "k", "u1"),
+            instance("i-1\r\nSet-Cookie: x", "k", "u1"),
+            instance(&long, "k", "u1"),
+            instance("i-1", "k\u{0}", "u1"),
+            instance("i-1", "k", "u2"),
+        ] {
+            let e = check_instance(&bad, "created instance", &ctx("u1")).unwrap_err();
+            assert!(matches!(&e, DriverError::Rejected(m) if m.starts_with("protocol violation")), "{e:?}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn health_answers_must_serve_v1() {
+        let health =
+            |status: &str, versions: Vec<String>| Health { status: status.into(), provider: "p".into(), versions };
+        assert!(check_health(&health("ok", vec!["v1".into()])).is_ok());
+        assert!(check_health(&health("degraded", vec!["v1".into()])).is_err());
+        assert!(check_health(&health("ok", vec!["v2".into()])).is_err());
+        assert!(check_health(&health("ok", vec!["v1".into(); MAX_VERSIONS + 1])).is_err());
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl ProviderSimProcess {
     /// the CA bundle, if it serves https).
     pub fn http_settings(&self, secret_ref: Option<SecretKeyRef>) -> HttpSettings {
         let ca_bundle = self.options.tls.as_ref().map(|t| t.cert_pem.clone());
-        HttpSettings { endpoint: self.endpoint(), secret_ref, ca_bundle }
+        HttpSettings { endpoint: self.endpoint(), secret_ref, ca_bundle, allow_insecure_token: false }
     }
 
     /// An http driver for this process with its token, outside any cluster.
