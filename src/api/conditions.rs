@@ -25,6 +25,8 @@ pub const PROVIDER_NOT_READY: &str = "ProviderNotReady";
 pub const PROVIDER_MISCONFIGURED: &str = "ProviderMisconfigured";
 pub const STOP_FAILED: &str = "StopFailed";
 pub const PROVISION_FAILED: &str = "ProvisionFailed";
+/// status.epoch is at (or beyond) its bound: no further claim is possible.
+pub const EPOCH_OUT_OF_RANGE: &str = "EpochOutOfRange";
 /// A provider a superseded operation could still call cannot be fenced: the operation waits.
 pub const FENCE_FAILED: &str = "FenceFailed";
 // ComputeProvider Ready.
@@ -42,6 +44,8 @@ pub const TOOK_OVER: &str = "TookOver";
 pub const FENCE_SKIPPED: &str = "FenceSkipped";
 /// Warning: the inventory found compute no workspace status names, and stopped it.
 pub const LEAK_COLLECTED: &str = "LeakCollected";
+/// Warning: the controller cannot decode the workspace and skips it until it changes.
+pub const INVALID_OBJECT: &str = "InvalidObject";
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not change.
 pub fn set(

@@ -27,7 +27,11 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!has(oldSelf.status) || has(self.status)")
+        .message("status cannot be removed once written (it carries the fencing epoch)"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.epoch) || (has(self.status) && has(self.status.epoch) && self.status.epoch >= oldSelf.status.epoch)")
+        .message("status.epoch must never decrease or be removed")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceSpec {
@@ -60,6 +64,7 @@ fn default_running() -> bool {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.args) || has(self.image)").message("template.args requires template.image"))]
+#[x_kube(validation = Rule::new("!has(self.env) || self.env.all(k, size(k) <= 256)").message("template.env names are at most 256 characters"))]
 pub struct WorkspaceTemplate {
     /// Container or machine image to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,12 +75,15 @@ pub struct WorkspaceTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Size>,
 
-    /// Arguments passed to the image's entrypoint.
+    /// Arguments passed to the image's entrypoint (at most 64, each at most 4096 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub args: Option<Vec<String>>,
 
-    /// Environment variables for the workload.
+    /// Environment variables for the workload (at most 64; names up to 256, values up to 4096
+    /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub env: Option<BTreeMap<String, String>>,
 }
 
@@ -112,7 +120,7 @@ pub struct WorkspaceStatus {
     /// that a paused former holder of a claim cannot act after a takeover.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("status.epoch must never decrease"))]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_EPOCH))]
     pub epoch: i64,
 
     /// The claim: present only while a side-effecting operation is in flight.
@@ -126,13 +134,23 @@ pub struct WorkspaceStatus {
     /// Providers a released operation could still call under an older epoch (its holder let
     /// go of the claim before finishing). The next claim raises their fence first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(max = 63)))]
     pub unfenced: Vec<String>,
 
     /// Ready, Reconciling and Stalled, with kstatus polarity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub conditions: Vec<Condition>,
 }
+
+/// The largest epoch: far beyond any real count of claims, and exact in JSON numbers.
+pub const MAX_EPOCH: i64 = (1 << 53) - 1;
+
+/// The most failed attempts recorded; counting saturates there.
+pub const MAX_ATTEMPTS: i32 = 1_000_000;
+
+/// The longest `lastError` kept; longer errors are cut.
+pub const MAX_ERROR_LEN: usize = 1024;
 
 /// One-word summary of a workspace's state.
 #[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,10 +170,13 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
     /// Provider-assigned instance id.
+    #[schemars(length(min = 1, max = 1024))]
     pub id: String,
     /// Name of the ComputeProvider that holds the instance.
+    #[schemars(length(min = 1, max = 63))]
     pub provider: String,
     /// Idempotency key it was provisioned under.
+    #[schemars(length(max = 256))]
     pub key: String,
 }
 
@@ -164,6 +185,7 @@ pub struct Instance {
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     /// Fresh per claim; a writer recognises its own claim by this id.
+    #[schemars(length(min = 1, max = 64))]
     pub id: String,
     pub kind: OperationKind,
     /// Provider the compute is leaving (absent for a first provision).
@@ -175,17 +197,21 @@ pub struct Operation {
     /// Last step recorded; a restarted controller resumes from here.
     pub step: Step,
     /// Identity of the controller instance holding the claim.
+    #[schemars(length(min = 1, max = 253))]
     pub holder: String,
     /// status.epoch at claim time; sent to providers for fencing.
+    #[schemars(range(min = 0, max = MAX_EPOCH))]
     pub epoch: i64,
     pub started_at: Time,
     /// Refreshed by the holder; a claim not renewed within the lease may be taken over.
     pub renewed_at: Time,
     /// Failed attempts of the current step.
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_ATTEMPTS))]
     pub attempts: i32,
     /// Last error seen by the current step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub last_error: Option<String>,
     /// The current step is not retried before this time (backoff after a failure). Kept by a
     /// takeover, so a new holder waits out the same backoff instead of starting it again.
@@ -194,12 +220,12 @@ pub struct Operation {
     /// Providers this operation may call: its `from`, its `to`, and every target a retarget
     /// named. A takeover raises the fence at each of them before any other provider call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(max = 63)))]
     pub reach: Vec<String>,
     /// Providers that must see this operation's epoch (an explicit fence call) before it makes
     /// any other provider call: those a superseded operation could still call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(max = 63)))]
     pub unfenced: Vec<String>,
 }
 

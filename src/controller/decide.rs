@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use super::status::Stall;
 use crate::api::conditions as cond;
-use crate::api::{FINALIZER, Instance, Operation, OperationKind, Step, Workspace};
+use crate::api::{FINALIZER, Instance, MAX_EPOCH, Operation, OperationKind, Step, Workspace};
 
 /// Whether a provider can be called right now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +125,21 @@ impl Next {
 
 /// The next step for `ws`.
 pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
+    let next = decide_unbounded(ws, facts);
+    // A claim needs a new epoch; at the bound there is none (status from elsewhere put it there).
+    let epoch = ws.status.as_ref().map(|s| s.epoch).unwrap_or_default();
+    match next {
+        Next::Claim { .. } | Next::TakeOver if !(0..MAX_EPOCH).contains(&epoch) => Next::Rest {
+            stall: Some(Stall::new(
+                cond::EPOCH_OUT_OF_RANGE,
+                format!("status.epoch {epoch} leaves no room for a new claim (0 to {MAX_EPOCH}); nothing is done"),
+            )),
+        },
+        next => next,
+    }
+}
+
+fn decide_unbounded(ws: &Workspace, facts: &Facts) -> Next {
     let deleting = ws.metadata.deletion_timestamp.is_some();
     let has_finalizer = ws.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == FINALIZER));
     let status = ws.status.as_ref();

@@ -1411,3 +1411,24 @@ fn backoff_doubles_from_the_base_up_to_the_cap() {
     let huge = (Duration::MAX, Duration::MAX);
     assert_eq!(backoff(40, huge), Duration::MAX, "saturates instead of overflowing");
 }
+
+/// An epoch at its bound (or below zero) leaves no room for a claim or a takeover: the status
+/// says why and nothing is claimed.
+#[test]
+fn no_claim_past_the_epoch_bound() {
+    for epoch in [crate::api::MAX_EPOCH, i64::MAX, -1] {
+        let mut claiming = ws("b").on("a").build();
+        claiming.status.as_mut().unwrap().epoch = epoch;
+        let got = decide(&claiming, &facts());
+        assert!(
+            matches!(&got, Next::Rest { stall: Some(s) } if s.reason == cond::EPOCH_OUT_OF_RANGE),
+            "epoch {epoch}: {got:?}"
+        );
+        let mut stale = holding(switch(Claimed).held_by(OTHER).renewed(3600)).build();
+        stale.status.as_mut().unwrap().epoch = epoch;
+        assert!(matches!(decide(&stale, &facts()), Next::Rest { stall: Some(_) }), "epoch {epoch}: takeover");
+    }
+    let mut below = ws("b").on("a").build();
+    below.status.as_mut().unwrap().epoch = crate::api::MAX_EPOCH - 1;
+    assert_eq!(decide(&below, &facts()), claim(Switch, Some("a"), Some("b")));
+}

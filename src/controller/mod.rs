@@ -2,6 +2,7 @@
 //! in `protocol`; the decision it follows in `decide`; the status it writes in `status`.
 
 pub mod decide;
+mod decode;
 mod events;
 pub mod failpoints;
 mod inventory;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -294,7 +296,7 @@ async fn reconcile_until(
     handles: Handles,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let workspaces: Api<Workspace> = match &settings.namespace {
+    let workspaces: Api<DeserializeGuard<Workspace>> = match &settings.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -304,15 +306,28 @@ async fn reconcile_until(
             .default_backoff()
             .touched_objects();
 
+    let concurrency = settings.concurrency;
+    let identity = settings.identity.clone();
+    info!(%identity, namespace = ?settings.namespace, "controller starting");
+    let dispatcher = dispatcher.with_metrics(handles.metrics.clone());
+    let _probes =
+        AbortOnDrop(tokio::spawn(providers::probe_forever(client.clone(), providers.clone(), dispatcher.clone())));
+    let ctx = Context::new(client, settings, dispatcher, providers, &handles);
+
     // Our own reflector, so that the first complete list marks the caches synced without a
-    // second waiter on the store's readiness (its one-shot wakes only one).
+    // second waiter on the store's readiness (its one-shot wakes only one). Workspaces pass the
+    // decode boundary first: one we cannot read is reported and skipped, never fatal.
     let (cached, writer) = reflector::store();
     let health = handles.health.clone();
-    let workspace_events = watcher(workspaces, watcher::Config::default().any_semantic()).inspect_ok(move |event| {
-        if matches!(event, watcher::Event::InitDone) {
-            health.caches_synced.store(true, Ordering::Relaxed);
-        }
-    });
+    let boundary = decode::Boundary::new(ctx.clone());
+    let workspace_events = watcher(workspaces, watcher::Config::default().any_semantic())
+        .map_ok(move |event| boundary.pass(event))
+        .try_filter_map(|event| futures::future::ready(Ok(event)))
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                health.caches_synced.store(true, Ordering::Relaxed);
+            }
+        });
     let workspace_events = reflector::reflector(writer, workspace_events).default_backoff().applied_objects();
     let controller = Controller::for_stream(workspace_events, cached.clone());
     // A provider change re-queues every workspace that names it or runs on it.
@@ -327,23 +342,34 @@ async fn reconcile_until(
             .collect::<Vec<_>>()
     });
 
-    let concurrency = settings.concurrency;
-    let identity = settings.identity.clone();
-    info!(%identity, namespace = ?settings.namespace, "controller starting");
-    let dispatcher = dispatcher.with_metrics(handles.metrics.clone());
-    let _probes =
-        AbortOnDrop(tokio::spawn(providers::probe_forever(client.clone(), providers.clone(), dispatcher.clone())));
-    let ctx = Context::new(client, settings, dispatcher, providers, &handles);
     let _inventory = AbortOnDrop(tokio::spawn(inventory::run(ctx.clone(), cached.clone(), handles.health.clone())));
     let _gauges = AbortOnDrop(tokio::spawn(update_gauges(cached, identity, handles.clone())));
-    controller
+    // In-flight reconciles get this long to finish after the stop signal; each is resumable
+    // from its recorded step, so cutting one short is safe.
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let stop = async move {
+        stop.await;
+        let _ = stopping_tx.send(true);
+    };
+    let deadline = async move {
+        let _ = stopping_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+        warn!(deadline_s = SHUTDOWN_DEADLINE.as_secs(), "shutdown deadline passed: leaving reconciles unfinished");
+    };
+    let run = controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)
         .run(protocol::reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    tokio::select! {
+        _ = run => {}
+        _ = deadline => {}
+    }
     info!("controller stopped");
 }
+
+/// How long in-flight reconciles may run on after the stop signal.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Keeps the in-flight and stalled gauges current.
 async fn update_gauges(cached: Store<Workspace>, identity: String, handles: Handles) {

@@ -5,7 +5,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions::{self as cond};
-use crate::api::{Instance, LastSwitch, Operation, OperationKind, Phase, Step, Workspace, WorkspaceStatus};
+use crate::api::{
+    Instance, LastSwitch, MAX_ATTEMPTS, MAX_ERROR_LEN, Operation, OperationKind, Phase, Step, Workspace,
+    WorkspaceStatus,
+};
 
 /// Why a workspace cannot progress without outside help.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +203,14 @@ pub fn stop_failed(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
     summarize(ws, s, Some(&stall), now)
 }
 
+/// `error`, cut to the schema's bound on `lastError` (on a character boundary).
+fn bounded(error: &str) -> String {
+    match error.char_indices().nth(MAX_ERROR_LEN.saturating_sub(1)) {
+        Some((at, _)) => format!("{}…", &error[..at]),
+        None => error.to_string(),
+    }
+}
+
 /// Removes the operation; providers it had still to fence stay recorded for the next claim.
 fn release(s: &mut WorkspaceStatus) -> Option<Operation> {
     let op = s.operation.take()?;
@@ -220,8 +231,8 @@ pub fn step_failed(
     let mut s = current(ws);
     let mut stall = None;
     if let Some(op) = s.operation.as_mut() {
-        op.attempts = op.attempts.saturating_add(1);
-        op.last_error = Some(error.to_string());
+        op.attempts = op.attempts.saturating_add(1).clamp(0, MAX_ATTEMPTS);
+        op.last_error = Some(bounded(error));
         op.renewed_at = now.clone();
         op.retry_at = Some(retry_at.clone());
         if op.attempts >= stall_after {
@@ -237,8 +248,8 @@ pub fn step_failed(
 pub fn retrying(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
-        op.attempts = op.attempts.saturating_add(1);
-        op.last_error = Some(error.to_string());
+        op.attempts = op.attempts.saturating_add(1).clamp(0, MAX_ATTEMPTS);
+        op.last_error = Some(bounded(error));
         op.renewed_at = now.clone();
     }
     summarize(ws, s, None, now)
@@ -247,9 +258,9 @@ pub fn retrying(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
 /// No operation is needed, or none can start: the status as it should read at rest.
 pub fn at_rest(ws: &Workspace, stall: Option<&Stall>, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
-    if s.instance.is_none() && s.operation.is_none() {
-        // Without compute, the placement is simply the desired one.
-        s.active_provider = Some(ws.spec.provider.clone());
+    if s.operation.is_none() {
+        // The placement is where the compute is; without compute, simply the desired one.
+        s.active_provider = Some(s.instance.as_ref().map_or(&ws.spec.provider, |i| &i.provider).clone());
     }
     summarize(ws, s, stall, now)
 }

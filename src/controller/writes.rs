@@ -33,6 +33,10 @@ fn must_reread(e: &kube::Error) -> bool {
     }
 }
 
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
 /// Writes `next` as the status of `ws`, guarded by `ws`'s resourceVersion. Sends only what
 /// changed (a JSON merge patch: removed fields as null).
 pub async fn patch_status(api: &Api<Workspace>, ws: &Workspace, next: &WorkspaceStatus) -> kube::Result<Workspace> {
@@ -61,8 +65,13 @@ pub async fn claim(
             if is_ours(&fresh) {
                 debug!(error = %e, "claim landed despite the error");
                 Ok(Written::Landed(Box::new(fresh)))
-            } else {
+            } else if is_conflict(&e) || fresh.resource_version() != ws.resource_version() {
+                // Someone else wrote first: the claim is lost.
                 Ok(Written::Lost)
+            } else {
+                // Nothing changed and our claim is not there: the write failed (a 5xx, a
+                // timeout). Not a lost claim: the reconcile fails and is retried with backoff.
+                Err(e.into())
             }
         }
         Err(e) => Err(e.into()),

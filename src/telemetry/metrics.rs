@@ -82,6 +82,8 @@ pub struct Metrics {
     pub inventory_errors: Family<ProviderLabels, Counter>,
     /// Complete inventory passes over all providers.
     pub inventory_passes: Counter,
+    /// Workspace versions the controller could not decode (skipped and reported).
+    pub invalid_objects: Counter,
 }
 
 impl Default for Metrics {
@@ -106,6 +108,7 @@ impl Default for Metrics {
             leaks_collected: Family::default(),
             inventory_errors: Family::default(),
             inventory_passes: Counter::default(),
+            invalid_objects: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -170,6 +173,11 @@ impl Default for Metrics {
             m.inventory_errors.clone(),
         );
         registry.register("inventory_passes", "Complete inventory passes", m.inventory_passes.clone());
+        registry.register(
+            "invalid_objects",
+            "Workspace versions that could not be decoded, skipped and reported",
+            m.invalid_objects.clone(),
+        );
         Self { registry, ..m }
     }
 }

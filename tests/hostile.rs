@@ -1,0 +1,229 @@
+//! Hostile and stale input against the real API server: each case ends in a refusal by the API
+//! server (schema or CEL), or in a precise Stalled reason, with the providers' ledgers showing no
+//! call that should not have been made and nothing leaked; one bad object never stops the others.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::fixtures::*;
+use support::*;
+use switchyard::api::conditions as cond;
+use switchyard::api::{MAX_EPOCH, Workspace};
+use switchyard::provider::simulated::{Call, Clouds};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// A namespace with simulated providers a and b, and a controller instance.
+struct Scene {
+    client: kube::Client,
+    ns: String,
+    a: String,
+    b: String,
+    clouds: Clouds,
+    api: Api<Workspace>,
+}
+
+impl Scene {
+    async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        let ns = namespace(&client, prefix).await;
+        let (a, b) = (unique("a"), unique("b"));
+        simulated_provider(&client, &a, 5, 5).await;
+        simulated_provider(&client, &b, 5, 5).await;
+        let api = Api::namespaced(client.clone(), &ns);
+        Self { client, ns, a, b, clouds: Clouds::new(), api }
+    }
+
+    fn start(&self, identity: &str) -> Instance {
+        Instance::start(&self.client, settings(identity, &self.ns), &self.clouds)
+    }
+
+    async fn create_ready_on_a(&self, name: &str) -> Workspace {
+        self.api.create(&PostParams::default(), &workspace(name, &self.a)).await.expect("create");
+        wait_ready_on(&self.api, name, &self.a, CONVERGE).await
+    }
+
+    /// A status merge patch as a user with write access to workspaces/status would send it.
+    fn kubectl_status_patch(&self, name: &str, patch: serde_json::Value) -> std::process::Output {
+        let patch = patch.to_string();
+        kubectl(&["patch", "workspace", name, "-n", &self.ns, "--subresource=status", "--type", "merge", "-p", &patch])
+    }
+
+    fn calls_for(&self, uid: &str) -> usize {
+        ledger_of(&self.clouds, uid).len()
+    }
+}
+
+fn refused(out: &std::process::Output, says: &str) {
+    assert!(!out.status.success(), "the API server must refuse this");
+    let err = stderr(out);
+    assert!(err.contains(says), "refusal should say {says:?}: {err}");
+}
+
+/// A workspace whose status carries a timestamp the API server accepts but the controller
+/// cannot read (year 9999, past the controller's time range) is a poison pill for a typed
+/// watch: the initial list fails and no workspace is reconciled any more. Behind the decode
+/// boundary it is skipped and reported (an InvalidObject Event), and every other workspace,
+/// including one created after it, converges; the controller also stops on request.
+#[tokio::test]
+async fn an_undecodable_workspace_never_stops_the_others() {
+    let s = Scene::new("hostile-poison").await;
+    let setup = s.start("poison-setup");
+    let ok_before = s.create_ready_on_a("ok-before").await;
+    setup.stop().await;
+    s.api.create(&PostParams::default(), &workspace("poison", &s.a)).await.expect("create poison");
+    let out = s.kubectl_status_patch(
+        "poison",
+        json!({"status": {"epoch": 1, "operation": {
+            "id": "forged", "kind": "Switch", "step": "Claimed", "holder": "nobody", "epoch": 1,
+            "startedAt": "9999-12-31T23:59:59Z", "renewedAt": "9999-12-31T23:59:59Z"}}}),
+    );
+    assert!(out.status.success(), "the API server accepts the timestamp: {}", stderr(&out));
+
+    // A controller started now lists the poison first thing.
+    let x = s.start("poison-x");
+    s.api.create(&PostParams::default(), &workspace("ok-after", &s.b)).await.expect("create");
+    wait_ready_on(&s.api, "ok-after", &s.b, CONVERGE).await;
+    switch_with_kubectl(&s.ns, "ok-before", &s.b);
+    wait_ready_on(&s.api, "ok-before", &s.b, CONVERGE).await;
+    eventually("an InvalidObject event on the poison", CONVERGE, || async {
+        events_of(&s.client, &s.ns, "poison").await.iter().any(|(r, _)| r == cond::INVALID_OBJECT).then_some(())
+    })
+    .await;
+    assert!(x.metrics.invalid_objects.get() >= 1);
+    let notes = events_of(&s.client, &s.ns, "poison").await;
+    assert!(notes.iter().all(|(_, note)| note.chars().count() < 400), "the report is short: {notes:?}");
+    assert!(ok_before.metadata.uid.is_some());
+    // It shuts down promptly, the poison notwithstanding.
+    tokio::time::timeout(CONVERGE, x.stop()).await.expect("the controller stops");
+}
+
+/// The status rules cannot be got around: removing status (to reset the epoch), lowering the
+/// epoch, an epoch past its bound, negative attempts, an oversized template: all refused by
+/// the API server with a readable message.
+#[tokio::test]
+async fn the_api_server_refuses_forged_and_oversized_input() {
+    let s = Scene::new("hostile-schema").await;
+    let x = s.start("schema-x");
+    s.create_ready_on_a("ws").await;
+    // Removed status reads back as the schema default (epoch 0): refused as a lower epoch.
+    refused(&s.kubectl_status_patch("ws", json!({"status": null})), "status.epoch must never decrease");
+    refused(&s.kubectl_status_patch("ws", json!({"status": {"epoch": 0}})), "must never decrease");
+    refused(&s.kubectl_status_patch("ws", json!({"status": {"epoch": i64::MAX}})), "status.epoch");
+    let forged_op = json!({"status": {"operation": {
+        "id": "x", "kind": "Switch", "step": "Claimed", "holder": "h", "epoch": 2, "attempts": -1,
+        "startedAt": "2026-01-01T00:00:00Z", "renewedAt": "2026-01-01T00:00:00Z"}}});
+    refused(&s.kubectl_status_patch("ws", forged_op), "attempts");
+
+    let env: serde_json::Map<String, serde_json::Value> = (0..65).map(|i| (format!("V{i}"), json!("x"))).collect();
+    let big = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
+        "metadata": {"name": "big", "namespace": s.ns},
+        "spec": {"provider": s.a, "template": {"image": "busybox", "env": env}}});
+    let out = kubectl_stdin(&["apply", "-f", "-"], &big.to_string());
+    refused(&out, "env");
+    let long_name = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
+        "metadata": {"name": "long", "namespace": s.ns},
+        "spec": {"provider": s.a, "template": {"image": "busybox", "env": {"N".repeat(300): "v"}}}});
+    refused(&kubectl_stdin(&["apply", "-f", "-"], &long_name.to_string()), "at most 256 characters");
+    // The controller keeps working.
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+    drop(x);
+}
+
+/// An epoch at its bound leaves no room for a claim: Stalled EpochOutOfRange, no provider call,
+/// no panic, and the other workspaces go on.
+#[tokio::test]
+async fn an_epoch_at_its_bound_stalls_without_a_call() {
+    let s = Scene::new("hostile-epoch").await;
+    let setup = s.start("epoch-setup");
+    let ws = s.create_ready_on_a("ws").await;
+    setup.stop().await;
+    let uid = ws.metadata.uid.clone().expect("uid");
+    let out = s.kubectl_status_patch("ws", json!({"status": {"epoch": MAX_EPOCH}}));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = s.calls_for(&uid);
+    let x = s.start("epoch-x");
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    wait_for(&s.api, "ws", "Stalled EpochOutOfRange", CONVERGE, |w| {
+        condition(w, cond::STALLED) == Some(("True".into(), cond::EPOCH_OUT_OF_RANGE.into()))
+    })
+    .await;
+    assert_eq!(s.calls_for(&uid), before, "no provider call");
+    s.create_ready_on_a("other").await;
+    assert!(x.is_running(), "no panic");
+}
+
+/// A forged activeProvider is corrected to where the compute is; a claim "renewed" far in the
+/// future is taken over (with its fences) instead of blocking switches forever.
+#[tokio::test]
+async fn forged_status_is_corrected_or_taken_over() {
+    let s = Scene::new("hostile-forged").await;
+    let x = s.start("forged-x");
+    s.create_ready_on_a("ws").await;
+    let out = s.kubectl_status_patch("ws", json!({"status": {"activeProvider": s.b}}));
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(&s.api, "ws", "activeProvider corrected", CONVERGE, |w| {
+        status(w).active_provider.as_deref() == Some(s.a.as_str())
+    })
+    .await;
+
+    let epoch = status(&s.api.get("ws").await.expect("ws")).epoch;
+    let forged = json!({"status": {"epoch": epoch + 1, "operation": {
+        "id": "forged-op", "kind": "Switch", "from": s.a, "to": s.b, "step": "Claimed", "holder": "ghost",
+        "epoch": epoch + 1, "startedAt": "2999-01-01T00:00:00Z", "renewedAt": "2999-01-01T00:00:00Z"}}});
+    let out = s.kubectl_status_patch("ws", forged);
+    assert!(out.status.success(), "{}", stderr(&out));
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+    assert!(x.metrics.takeovers.get() >= 1, "the future claim was taken over");
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// A finalizer removed by hand while compute runs deletes the workspace and orphans the
+/// compute; the inventory stops it (under the newest epoch the provider has seen), and the
+/// escape hatch used mid-provision cannot leave two instances either.
+#[tokio::test]
+async fn manual_finalizer_removal_and_the_escape_hatch_leak_nothing() {
+    let s = Scene::new("hostile-manual").await;
+    let mut st = settings("manual-x", &s.ns);
+    st.inventory_interval = Some(Duration::from_millis(300));
+    st.inventory_grace = Duration::from_secs(1);
+    let _x = Instance::start(&s.client, st, &s.clouds);
+    let ws = s.create_ready_on_a("gone").await;
+    let uid = ws.metadata.uid.clone().expect("uid");
+    s.api
+        .patch("gone", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .expect("remove finalizers");
+    s.api.delete("gone", &Default::default()).await.expect("delete");
+    eventually("the orphan stopped by the inventory", CONVERGE, || async {
+        s.clouds.live_instances().iter().all(|i| i.workspace_uid != uid).then_some(())
+    })
+    .await;
+    let stop = ledger_of(&s.clouds, &uid).into_iter().find(|e| e.call == Call::Stop).expect("a stop");
+    assert_eq!(stop.operation_id, "inventory");
+
+    // The escape hatch: the claim cleared by hand right after a provision landed.
+    let ws = s.create_ready_on_a("hatch").await;
+    let uid = ws.metadata.uid.clone().expect("uid");
+    switch_with_kubectl(&s.ns, "hatch", &s.b);
+    wait_ready_on(&s.api, "hatch", &s.b, CONVERGE).await;
+    let out = s.kubectl_status_patch("hatch", json!({"status": {"operation": null, "instance": null}}));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // With no instance recorded the controller provisions again, so for a moment two run (the
+    // hand-made status said there was none); the inventory stops the one no status names.
+    eventually("one live instance for the workspace", CONVERGE, || async {
+        let live: Vec<_> = s.clouds.live_instances().into_iter().filter(|i| i.workspace_uid == uid).collect();
+        let ws = s.api.get("hatch").await.ok()?;
+        let named = status(&ws).instance?;
+        (live.len() == 1 && live[0].id == named.id).then_some(())
+    })
+    .await;
+    let collected =
+        ledger_of(&s.clouds, &uid).into_iter().filter(|e| e.call == Call::Stop && e.operation_id == "inventory");
+    assert_eq!(collected.count(), 1, "the unnamed instance was collected by the inventory");
+}
