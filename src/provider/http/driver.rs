@@ -380,31 +380,38 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> DriverError {
 fn tls_problem(e: &reqwest::Error) -> Option<String> {
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(s) = source {
-        // io::Error leaves its inner error out of the source chain: look inside it too.
-        let inner =
-            s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn StdError + 'static));
-        for candidate in [Some(s), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return match tls {
-                    rustls::Error::InvalidCertificate(why) => Some(format!(
-                        "the provider's TLS certificate is not trusted ({why:?}): set spec.http.caBundle to the PEM \
-                         of the CA that issued it, or give the provider a certificate for this host name"
-                    )),
-                    rustls::Error::NoCertificatesPresented => {
-                        Some("the provider presented no TLS certificate".to_owned())
-                    }
-                    rustls::Error::InvalidMessage(_) => Some(
-                        "the endpoint does not speak TLS: if the provider serves plain http, the endpoint is http://"
-                            .to_owned(),
-                    ),
-                    rustls::Error::PeerIncompatible(why) => {
-                        Some(format!("the provider's TLS is incompatible ({why:?}): it needs TLS 1.2 or 1.3"))
-                    }
-                    _ => None,
-                };
-            }
+        if let Some(tls) = rustls_error(s) {
+            return match tls {
+                rustls::Error::InvalidCertificate(why) => Some(format!(
+                    "the provider's TLS certificate is not trusted ({why:?}): set spec.http.caBundle to the PEM \
+                     of the CA that issued it, or give the provider a certificate for this host name"
+                )),
+                rustls::Error::NoCertificatesPresented => Some("the provider presented no TLS certificate".to_owned()),
+                rustls::Error::InvalidMessage(_) => Some(
+                    "the endpoint does not speak TLS: if the provider serves plain http, the endpoint is http://"
+                        .to_owned(),
+                ),
+                rustls::Error::PeerIncompatible(why) => {
+                    Some(format!("the provider's TLS is incompatible ({why:?}): it needs TLS 1.2 or 1.3"))
+                }
+                _ => None,
+            };
         }
         source = s.source();
+    }
+    None
+}
+
+/// The rustls error `e` is or wraps. io::Errors nest (the TLS connector wraps the stream's
+/// io::Error in another) and leave their inner error out of the source chain: unwrap them.
+fn rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = e;
+    for _ in 0..8 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())?;
+        current = inner;
     }
     None
 }
