@@ -667,6 +667,11 @@ async fn provider_state(ctx: &Context, name: &str) -> Result<ProviderState, Erro
 async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
     let instance_provider = ws.status.as_ref().and_then(|s| s.instance.as_ref()).map(|i| i.provider.clone());
     let source = match instance_provider {
+        // A provider being deleted takes no new work, but the compute it holds can still be
+        // stopped there: that is what has to happen before it goes.
+        Some(name) if lookup_provider(ctx, &name).await?.is_some_and(|p| p.metadata.deletion_timestamp.is_some()) => {
+            ProviderState::Usable
+        }
         Some(name) => provider_state(ctx, &name).await?,
         None => ProviderState::Usable,
     };
