@@ -3,6 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
+.PHONY: model-check
 .PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind image-check chaos
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
@@ -75,3 +76,8 @@ lint:
 
 clean:
 	$(CARGO) clean
+
+## model-check: the explicit-state model check of the switch protocol over the real decide and
+##              status transitions, every scope (tests/model_check.rs; release build)
+model-check:
+	$(CARGO) test --release --test model_check -- --include-ignored --nocapture --color never
