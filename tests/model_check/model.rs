@@ -7,6 +7,9 @@
 //! provider calls as messages delivered later (or never answered), crashes, a user, inventory
 //! reconciliation and time.
 
+// The scopes use only some initial states, and the enabled-action loops read as the protocol's cases.
+#![allow(dead_code, clippy::collapsible_if, clippy::needless_range_loop)]
+
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
