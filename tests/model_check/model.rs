@@ -1354,11 +1354,11 @@ impl Model for SwitchModel {
                 out.push(Action::Deliver(m.id, f));
             }
         }
-        if st.user_left > 0 && !latest.gone {
-            if !latest.deleting {
+        if st.user_left > 0 && !latest.gone && !latest.deleting {
+            {
                 if self.scope.user_switch {
-                    for p in 0..self.scope.providers {
-                        if PROVIDERS[p] != latest.provider {
+                    for (p, name) in PROVIDERS.iter().enumerate().take(self.scope.providers) {
+                        if *name != latest.provider {
                             out.push(Action::User(UserAct::Switch(p)));
                         }
                     }
