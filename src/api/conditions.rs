@@ -29,6 +29,14 @@ pub const PROVISION_FAILED: &str = "ProvisionFailed";
 pub const EPOCH_OUT_OF_RANGE: &str = "EpochOutOfRange";
 /// A provider a superseded operation could still call cannot be fenced: the operation waits.
 pub const FENCE_FAILED: &str = "FenceFailed";
+/// The claim in status is not one this controller could have written (an unknown kind or step,
+/// or a step that contradicts the recorded compute): it is not carried out.
+pub const INVALID_CLAIM: &str = "InvalidClaim";
+/// The ComputeProvider holding the compute no longer says where that compute lives (its
+/// driver, endpoint or namespace differ from the instance's `location`): nothing is called.
+pub const PROVIDER_CHANGED: &str = "ProviderChanged";
+/// The object is too large for the API server to store another write.
+pub const OBJECT_TOO_LARGE: &str = "ObjectTooLarge";
 // ComputeProvider Ready.
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
@@ -44,6 +52,9 @@ pub const TOOK_OVER: &str = "TookOver";
 pub const FENCE_SKIPPED: &str = "FenceSkipped";
 /// Warning: the inventory found compute no workspace status names, and stopped it.
 pub const LEAK_COLLECTED: &str = "LeakCollected";
+/// Warning: the provider knows no instance under the key status.instance records; nothing
+/// was stopped there (the inventory stops any compute that no status names).
+pub const INSTANCE_NOT_FOUND: &str = "InstanceNotFound";
 /// Warning: the controller cannot decode the workspace and skips it until it changes.
 pub const INVALID_OBJECT: &str = "InvalidObject";
 

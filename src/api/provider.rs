@@ -16,10 +16,13 @@ use serde::{Deserialize, Serialize};
     status = "ComputeProviderStatus",
     printcolumn(name = "Driver", type_ = "string", json_path = ".spec.driver"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("a ComputeProvider name must be a DNS label (at most 63 lowercase letters, digits and '-', no dots): spec.provider of a Workspace can only name such a provider")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
+    validation = Rule::new("self.driver == oldSelf.driver").message("spec.driver is immutable: it decides where compute lives; create another ComputeProvider and switch the workspaces to it"),
     validation = Rule::new("(self.driver == 'http') == has(self.http)").message("spec.http must be set exactly when driver is http"),
     validation = Rule::new("(self.driver == 'kubernetes') == has(self.kubernetes)").message("spec.kubernetes must be set exactly when driver is kubernetes"),
     validation = Rule::new("self.driver == 'simulated' || !has(self.simulated)").message("spec.simulated is only allowed when driver is simulated")
@@ -58,14 +61,37 @@ pub enum Driver {
     Http,
     Kubernetes,
     Simulated,
+    /// A driver this build does not know (a newer CRD, after a rollback): the provider is
+    /// ProviderMisconfigured and nothing is called.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+impl ComputeProviderSpec {
+    /// Where compute placed through this provider lives: the settings that, if changed, would
+    /// send calls somewhere else. Recorded on every instance; a stop goes out only while the
+    /// provider still says the same.
+    pub fn location(&self) -> String {
+        match (self.driver, &self.http, &self.kubernetes) {
+            (Driver::Http, Some(h), _) => format!("http {}", h.endpoint.trim_end_matches('/')),
+            (Driver::Kubernetes, _, Some(k)) => match &k.kubeconfig_secret_ref {
+                Some(r) => format!("kubernetes namespace {} via {}/{} key {}", k.namespace, r.namespace, r.name, r.key),
+                None => format!("kubernetes namespace {} in this cluster", k.namespace),
+            },
+            (driver, _, _) => format!("{driver:?}").to_lowercase(),
+        }
+    }
 }
 
 /// An out-of-process provider speaking the Switchyard provider protocol.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpSettings {
-    /// Base URL of the provider, e.g. https://compute.example.com/switchyard.
-    #[schemars(regex(pattern = r"^https?://"))]
+    /// Base URL of the provider, e.g. https://compute.example.com/switchyard. Immutable: it
+    /// decides where compute lives.
+    #[schemars(regex(pattern = r"^https?://"), length(max = 2000))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.http.endpoint is immutable: it decides where compute lives; create another ComputeProvider and switch the workspaces to it"))]
     pub endpoint: String,
     /// Secret holding the bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,11 +136,17 @@ fn default_token_key() -> String {
 /// Workspaces run as Pods in a namespace, possibly of another cluster.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.kubeconfigSecretRef) == has(oldSelf.kubeconfigSecretRef)")
+    .message("spec.kubernetes.kubeconfigSecretRef is immutable: it decides where compute lives; create another ComputeProvider and switch the workspaces to it"))]
 pub struct KubernetesSettings {
-    /// Namespace the Pods are created in.
+    /// Namespace the Pods are created in. Immutable, like the kubeconfig reference.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.kubernetes.namespace is immutable: it decides where compute lives; create another ComputeProvider and switch the workspaces to it"))]
     pub namespace: String,
-    /// Secret with a kubeconfig for another cluster; absent means this cluster.
+    /// Secret with a kubeconfig for another cluster; absent means this cluster. The Secret must
+    /// be marked as a provider credential (see [`PROVIDER_TOKEN_TYPE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.kubernetes.kubeconfigSecretRef is immutable: it decides where compute lives; create another ComputeProvider and switch the workspaces to it"))]
     pub kubeconfig_secret_ref: Option<SecretKeyRef>,
     /// The uid workspace containers run as. Pods meet the `restricted` Pod Security profile
     /// (runAsNonRoot, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp),

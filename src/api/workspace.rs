@@ -163,6 +163,10 @@ pub enum Phase {
     Stopped,
     Failed,
     Terminating,
+    /// A value this build does not know (written by a newer Switchyard): read, never written.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// A compute instance at a provider.
@@ -178,6 +182,13 @@ pub struct Instance {
     /// Idempotency key it was provisioned under.
     #[schemars(length(max = 256))]
     pub key: String,
+    /// Where the provider put it: the settings that decide where compute lives (driver and
+    /// endpoint, or namespace and cluster), as they were at provision time. A stop is sent
+    /// only while the ComputeProvider still says the same, so that a provider re-pointed
+    /// elsewhere (or deleted and re-created) cannot turn a stop into a no-op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub location: Option<String>,
 }
 
 /// The claim on a workspace's compute: who may act, on what, and how far it got.
@@ -236,6 +247,11 @@ pub enum OperationKind {
     Switch,
     Stop,
     Delete,
+    /// A kind this build does not know (a newer Switchyard's claim, after a rollback): the
+    /// controller carries out no such claim; it stalls with InvalidClaim.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// How far an operation got. Every step is idempotent, so resuming repeats at most one call.
@@ -245,6 +261,10 @@ pub enum Step {
     Claimed,
     /// The old compute is confirmed stopped (and, for a switch, the new provider recorded).
     OldStopped,
+    /// A step this build does not know: the claim stalls with InvalidClaim.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// The last switch that finished.

@@ -52,6 +52,9 @@ impl Stage {
                     (OperationKind::Provision, _) => vec![format!("{claimed}: provisioning on {to}")],
                     (OperationKind::Stop, _) => vec![format!("{claimed}: stopping the compute on {from}")],
                     (OperationKind::Delete, _) => vec![format!("{claimed}: deleting the compute")],
+                    (OperationKind::Unknown, _) | (_, Step::Unknown) => {
+                        vec![format!("{claimed}: an operation this version does not know")]
+                    }
                 }
             }
             Stage::Waiting { reason, message } => vec![format!("{reason}: {message}")],
@@ -152,7 +155,7 @@ mod tests {
     }
 
     fn instance(provider: &str) -> Instance {
-        Instance { id: format!("i-{provider}"), provider: provider.into(), key: "k".into() }
+        Instance { id: format!("i-{provider}"), provider: provider.into(), key: "k".into(), location: None }
     }
 
     /// Ready on `a` at generation 1, then spec.provider patched to `b` (generation 2).

@@ -14,7 +14,15 @@ use crate::api::{FINALIZER, Instance, MAX_EPOCH, Operation, OperationKind, Step,
 pub enum ProviderState {
     Usable,
     Missing,
-    NotReady { reason: &'static str, message: String },
+    NotReady {
+        reason: &'static str,
+        message: String,
+    },
+    /// The provider no longer says what it said when it created the instance (`location`): a
+    /// stop sent now would go somewhere else and find nothing, while the compute runs on.
+    Moved {
+        message: String,
+    },
 }
 
 /// What the controller knows besides the workspace.
@@ -151,11 +159,16 @@ fn decide_unbounded(ws: &Workspace, facts: &Facts) -> Next {
             // A renewal further in the future than a lease is no renewal at all.
             let age = elapsed(op.renewed_at.0, facts.now);
             let forged = until(facts.now, op.renewed_at.0) > facts.claim_lease;
-            return if age < facts.claim_lease && !facts.leader && !forged {
-                Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE }
-            } else {
-                Next::TakeOver
-            };
+            if age < facts.claim_lease && !facts.leader && !forged {
+                return Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE };
+            }
+        }
+        // A claim no controller of ours could have written is not carried out, nor taken over.
+        if let Some(stall) = misfit(op, instance, deleting) {
+            return Next::Rest { stall: Some(stall) };
+        }
+        if op.holder != facts.me {
+            return Next::TakeOver;
         }
         return continue_operation(ws, op, instance, facts, deleting);
     }
@@ -180,6 +193,7 @@ fn without_operation(ws: &Workspace, facts: &Facts, deleting: bool, has_finalize
     if deleting {
         return match (has_finalizer, instance) {
             (false, _) => Next::Nothing,
+            (true, Some(_)) if let Some(stall) = moved(&facts.source) => Next::Rest { stall: Some(stall) },
             (true, Some(i)) => Next::Claim { kind: OperationKind::Delete, from: Some(i.provider.clone()), to: None },
             (true, None) => Next::RemoveFinalizer,
         };
@@ -207,6 +221,8 @@ fn without_operation(ws: &Workspace, facts: &Facts, deleting: bool, has_finalize
                 to: Some(spec.provider.clone()),
             },
         },
+        // Running where it should: but compute its provider can no longer reach is worth saying.
+        Some(_) => Next::Rest { stall: moved(&facts.source) },
         // Stopped: nothing to call, but a name that points nowhere is worth saying now.
         None if facts.target == ProviderState::Missing => Next::Rest { stall: blocked(&facts.target, &spec.provider) },
         _ => Next::Rest { stall: None },
@@ -252,6 +268,12 @@ fn next_step(
     key: String,
 ) -> Next {
     let in_flight = || op.to.clone().map(|to| (to, key.clone()));
+    // Any call about the recorded compute would go to the wrong place: hold, call nothing.
+    if instance.is_some()
+        && let Some(stall) = moved(&facts.source)
+    {
+        return Next::Hold { stall };
+    }
     match (op.kind, op.step) {
         (OperationKind::Delete, _) => match instance {
             Some(i) => Next::StopOld { instance: i.clone() },
@@ -269,7 +291,7 @@ fn next_step(
             None => Next::Commit,
         },
         // After the stop (Switch) or from the start (Provision): roll forward only.
-        (OperationKind::Switch, Step::OldStopped) | (OperationKind::Provision, _) => {
+        (OperationKind::Switch, Step::OldStopped) | (OperationKind::Provision, Step::Claimed | Step::OldStopped) => {
             let to = op.to.clone().unwrap_or_default();
             if !spec.running {
                 return Next::FinishWithoutCompute { release: in_flight() };
@@ -282,6 +304,57 @@ fn next_step(
             }
             Next::Provision { provider: to, key }
         }
+        // `misfit` stalls these before any step is taken; never carry them out.
+        (OperationKind::Unknown, _) | (_, Step::Unknown) => Next::Hold { stall: unknown_claim(op) },
+    }
+}
+
+/// Why a claim cannot be one a Switchyard controller of this version wrote, if it cannot: a
+/// kind or step this build does not know, or a step that contradicts the recorded compute.
+/// Carrying such a claim out could double or strand compute, so it is not; it stalls with
+/// InvalidClaim until someone clears it (README: Operations, the escape hatch).
+fn misfit(op: &Operation, instance: Option<&Instance>, deleting: bool) -> Option<Stall> {
+    let invalid = |why: String| Some(Stall::new(cond::INVALID_CLAIM, format!("{why}; it is not carried out")));
+    if op.kind == OperationKind::Unknown || op.step == Step::Unknown {
+        return Some(unknown_claim(op));
+    }
+    let rolls_forward =
+        op.kind == OperationKind::Provision || (op.kind == OperationKind::Switch && op.step == Step::OldStopped);
+    match instance {
+        Some(i) if rolls_forward => {
+            return invalid(format!(
+                "the {:?} claim {} would provision while status.instance names {} on {}",
+                op.kind, op.id, i.id, i.provider
+            ));
+        }
+        _ => {}
+    }
+    if matches!(op.kind, OperationKind::Provision | OperationKind::Switch) && op.to.as_deref().is_none_or(str::is_empty)
+    {
+        return invalid(format!("the {:?} claim {} names no target provider (operation.to)", op.kind, op.id));
+    }
+    if op.kind == OperationKind::Delete && !deleting {
+        return invalid(format!("the Delete claim {} is on a workspace that is not being deleted", op.id));
+    }
+    None
+}
+
+fn unknown_claim(op: &Operation) -> Stall {
+    Stall::new(
+        cond::INVALID_CLAIM,
+        format!(
+            "claim {} has a kind or step this controller does not know (a newer Switchyard's?); \
+             it is not carried out: upgrade the controller, or clear the claim",
+            op.id
+        ),
+    )
+}
+
+/// The stall of compute whose provider has moved under it, if it has.
+fn moved(state: &ProviderState) -> Option<Stall> {
+    match state {
+        ProviderState::Moved { message } => Some(Stall::new(cond::PROVIDER_CHANGED, message.clone())),
+        _ => None,
     }
 }
 
@@ -312,6 +385,7 @@ fn blocked(state: &ProviderState, name: &str) -> Option<Stall> {
         ProviderState::NotReady { reason, message } => {
             Some(Stall::new(reason, format!("ComputeProvider {name:?} is not ready: {message}")))
         }
+        ProviderState::Moved { .. } => moved(state),
     }
 }
 

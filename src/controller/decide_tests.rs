@@ -226,7 +226,7 @@ impl Ws {
 
 /// The compute on `provider`, provisioned by an earlier operation.
 fn instance(provider: &str) -> Instance {
-    Instance { id: format!("i-{provider}"), provider: provider.to_string(), key: format!("{UID}.op-0") }
+    Instance { id: format!("i-{provider}"), provider: provider.to_string(), key: format!("{UID}.op-0"), location: None }
 }
 
 // ---- facts -----------------------------------------------------------------------------------
@@ -619,6 +619,7 @@ fn holding(op: Op) -> Ws {
         (Stop, OldStopped) => ws("a").stopped().active("a"),
         (Delete, Claimed) => ws("a").on("a").deleting(),
         (Delete, OldStopped) => ws("a").active("a").deleting(),
+        (OperationKind::Unknown, _) | (_, Step::Unknown) => ws("b").on("a"),
     };
     ws.op(op)
 }
@@ -1231,9 +1232,121 @@ fn own_roll_forward() -> Vec<Case> {
     cases
 }
 
+fn invalid_stall(needle: &str) -> Stall {
+    let message = match needle {
+        "unknown" => format!(
+            "claim {OP_ID} has a kind or step this controller does not know (a newer Switchyard's?); \
+             it is not carried out: upgrade the controller, or clear the claim"
+        ),
+        why => format!("{why}; it is not carried out"),
+    };
+    Stall::new(cond::INVALID_CLAIM, message)
+}
+
+/// Claims no controller of this version writes: a kind or step it does not know, a step that
+/// contradicts the recorded compute, a Delete of a workspace not being deleted. Neither carried
+/// out nor taken over, whoever holds them; a fresh one of another holder is still waited out
+/// (it may be a newer controller's, mid-upgrade).
+fn invalid_claims() -> Vec<Case> {
+    let would_provision =
+        |kind| format!("the {kind:?} claim {OP_ID} would provision while status.instance names i-a on a");
+    let mut cases = vec![];
+    for holder in [ME, OTHER] {
+        let stale = if holder == ME { 5 } else { 120 };
+        let held = |o: Op| o.held_by(holder).renewed(stale);
+        cases.extend([
+            case(
+                format!("{holder}: a Provision claim with compute recorded"),
+                ws("b").on("a").op(held(provision(Claimed))),
+                facts(),
+                stalled(invalid_stall(&would_provision(Provision))),
+            ),
+            case(
+                format!("{holder}: a switch past its stop with the old compute still recorded"),
+                ws("b").on("a").op(held(switch(OldStopped))),
+                facts(),
+                stalled(invalid_stall(&would_provision(Switch))),
+            ),
+            case(
+                format!("{holder}: a switch without a target"),
+                ws("b").on("a").op(held(op(Switch, Claimed, Some("a"), None))),
+                facts(),
+                stalled(invalid_stall(&format!("the Switch claim {OP_ID} names no target provider (operation.to)"))),
+            ),
+            case(
+                format!("{holder}: a Delete of a workspace not being deleted"),
+                ws("a").on("a").op(held(delete(Claimed, None))),
+                facts(),
+                stalled(invalid_stall(&format!(
+                    "the Delete claim {OP_ID} is on a workspace that is not being deleted"
+                ))),
+            ),
+            case(
+                format!("{holder}: an unknown kind"),
+                ws("b").on("a").op(held(op(OperationKind::Unknown, Claimed, Some("a"), Some("b")))),
+                facts(),
+                stalled(invalid_stall("unknown")),
+            ),
+            case(
+                format!("{holder}: an unknown step"),
+                ws("b").on("a").op(held(op(Switch, Step::Unknown, Some("a"), Some("b")))),
+                facts(),
+                stalled(invalid_stall("unknown")),
+            ),
+        ]);
+    }
+    cases.push(case(
+        "a fresh unknown claim of another holder is waited out",
+        ws("b").on("a").op(op(OperationKind::Unknown, Claimed, Some("a"), Some("b")).held_by(OTHER).renewed(10)),
+        facts(),
+        wait(50, cond::CLAIM_HELD_ELSEWHERE),
+    ));
+    cases
+}
+
+fn moved_stall() -> Stall {
+    Stall::new(cond::PROVIDER_CHANGED, "moved")
+}
+
+/// The provider holding the compute no longer says where it lives: nothing is sent to it, at
+/// rest or in any operation, and nothing new is claimed against it.
+fn provider_moved() -> Vec<Case> {
+    let moved = || source(ProviderState::Moved { message: "moved".into() });
+    vec![
+        case("moved: running at rest says so", ws("a").on("a"), moved(), stalled(moved_stall())),
+        case("moved: no switch is claimed", ws("b").on("a"), moved(), stalled(moved_stall())),
+        case("moved: no stop is claimed", ws("a").on("a").stopped(), moved(), stalled(moved_stall())),
+        case("moved: no delete is claimed", ws("a").on("a").deleting(), moved(), stalled(moved_stall())),
+        case("moved: our switch holds before its stop", holding(switch(Claimed)), moved(), hold(moved_stall())),
+        case(
+            "moved: our reverted switch holds too (no abort's lookup)",
+            ws("a").on("a").op(switch(Claimed)),
+            moved(),
+            hold(moved_stall()),
+        ),
+        case("moved: our stop holds", holding(stop(Claimed)), moved(), hold(moved_stall())),
+        case("moved: our delete holds", holding(delete(Claimed, None)), moved(), hold(moved_stall())),
+        case(
+            "moved: without compute recorded, a switch past its stop provisions",
+            holding(switch(OldStopped)),
+            moved(),
+            provision_on("b"),
+        ),
+    ]
+}
+
 fn all_cases() -> Vec<Case> {
-    [without_operation(), claims_of_others(), own_delete(), own_stop(), own_switch_claimed(), own_roll_forward()]
-        .concat()
+    [
+        without_operation(),
+        claims_of_others(),
+        own_delete(),
+        own_stop(),
+        own_switch_claimed(),
+        own_roll_forward(),
+        invalid_claims(),
+        provider_moved(),
+    ]
+    .concat()
 }
 
 // ---- table tests -----------------------------------------------------------------------------
@@ -1266,6 +1379,16 @@ fn runs_our_switch_up_to_the_stop() {
 #[test]
 fn rolls_our_switch_or_provision_forward() {
     check(&own_roll_forward());
+}
+
+#[test]
+fn refuses_claims_no_controller_of_ours_writes() {
+    check(&invalid_claims());
+}
+
+#[test]
+fn sends_nothing_to_a_provider_that_moved_under_the_compute() {
+    check(&provider_moved());
 }
 
 #[test]

@@ -181,11 +181,24 @@ fn new_event(note: &Note, instance: &str) -> Event {
         type_: Some(type_name(note.type_).to_owned()),
         metadata: ObjectMeta {
             namespace: note.regarding.namespace.clone(),
-            name: Some(format!("{object}.{:x}{:04x}", note.at.as_nanosecond(), rand::random::<u16>())),
+            name: Some(event_name(object, note.at)),
             ..Default::default()
         },
         ..Default::default()
     }
+}
+
+/// The longest object-name prefix of an Event name: the suffix (`.` and at most 36 hex digits)
+/// must still fit the 253 characters of a DNS subdomain when the object's own name uses them all.
+const NAME_PREFIX_MAX: usize = 253 - 1 - 36;
+
+/// `<object>.<hex time><hex random>`, cut so that it is a valid name whatever the object's is.
+fn event_name(object: &str, at: Timestamp) -> String {
+    let prefix: String = object.chars().take(NAME_PREFIX_MAX).collect();
+    // A cut may end the prefix in '.' or '-', which may not precede the '.'.
+    let prefix = prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let prefix = if prefix.is_empty() { "switchyard" } else { prefix };
+    format!("{prefix}.{:x}{:04x}", at.as_nanosecond().unsigned_abs(), rand::random::<u16>())
 }
 
 #[cfg(test)]
@@ -250,6 +263,23 @@ mod tests {
         assert_eq!(events.dropped.get(), 2);
         let queued: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).map(|n| n.reason).collect();
         assert_eq!(queued, ["A", "B"], "the first ones stay, in order");
+    }
+
+    #[test]
+    fn event_names_fit_whatever_the_object_name() {
+        let late = Timestamp::MAX;
+        for object in ["ws".to_string(), "a".repeat(253), format!("{}-.b", "x".repeat(214)), "-".repeat(253)] {
+            let name = event_name(&object, late);
+            assert!(name.len() <= 253, "{} characters: {name}", name.len());
+            let dns = name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+            assert!(dns, "a DNS subdomain: {name}");
+        }
+        assert!(event_name("ws", Timestamp::UNIX_EPOCH).starts_with("ws."));
     }
 
     #[test]

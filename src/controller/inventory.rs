@@ -133,7 +133,7 @@ async fn pass(ctx: &Context, cached: &Store<Workspace>, unaccounted: &mut HashMa
 }
 
 /// Every page of `provider`'s instances for this cluster.
-async fn list_all(ctx: &Context, provider: &ComputeProvider) -> Result<Vec<ListedInstance>, String> {
+pub(super) async fn list_all(ctx: &Context, provider: &ComputeProvider) -> Result<Vec<ListedInstance>, String> {
     let mut items = Vec::new();
     let mut page: Option<String> = None;
     for _ in 0..MAX_PAGES {
@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn a_named_instance_is_accounted_for_on_its_provider_only() {
         let named = ws(WorkspaceStatus {
-            instance: Some(Instance { id: "i-1".into(), provider: "a".into(), key: "u1.op0".into() }),
+            instance: Some(Instance { id: "i-1".into(), provider: "a".into(), key: "u1.op0".into(), location: None }),
             ..Default::default()
         });
         let a = Accounted::of(std::iter::once(&named));

@@ -408,6 +408,9 @@ fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action 
         *n
     };
     let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
+    if let Some(answer) = writes::too_large(error) {
+        protocol::report_too_large(ctx.clone(), ws.clone(), answer, failures);
+    }
     warn!(namespace = ws.namespace().as_deref().unwrap_or(""), name = %ws.name_any(), %error, failures, retry_in_s = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
 }

@@ -153,7 +153,8 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
         && let Some(provider) = lookup_provider(ctx, &instance.provider).await?
     {
         let running = match ctx.dispatcher.lookup(&provider, &call, &instance.key).await {
-            Ok(found) => found.is_some_and(|i| i.id == instance.id && i.state == InstanceState::Running),
+            // What runs under the key, whatever id status records (see `stop_named`).
+            Ok(found) => found.is_some_and(|i| i.state == InstanceState::Running),
             Err(e) => return Ok(release_failed(ctx, &e)),
         };
         if !running {
@@ -375,7 +376,7 @@ async fn stop_old(
     let mut last = None;
     let mut current = ws.clone();
     for attempt in 1..=attempts {
-        match ctx.dispatcher.stop(&provider, &call, &instance.id).await {
+        match stop_named(ctx, ws, &provider, &call, &instance).await {
             Ok(()) => {
                 last = None;
                 break;
@@ -426,6 +427,51 @@ async fn stop_old(
             held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await
         }
         _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
+    }
+}
+
+/// Stops the compute `instance` names, as the provider knows it: the instance created under its
+/// key. A recorded id alone is not trusted (whoever can write status can write any id): stopping
+/// a forged id would stop a phantom, or another workspace's compute, while ours runs on. So the
+/// key is looked up first and the instance found is stopped. A key the provider does not know
+/// (forged too, or the instance lost) is no proof that nothing of ours runs there: the
+/// provider's inventory is searched for this workspace's running compute, and that is stopped.
+async fn stop_named(
+    ctx: &Context,
+    ws: &Workspace,
+    provider: &ComputeProvider,
+    call: &CallContext,
+    instance: &Instance,
+) -> Result<(), DispatchError> {
+    match ctx.dispatcher.lookup(provider, call, &instance.key).await? {
+        Some(found) if found.state == InstanceState::Running => {
+            if found.id != instance.id {
+                warn!(recorded = %instance.id, found = %found.id, key = %instance.key, "status named another instance id than the provider holds under its key: stopping the one it holds");
+            }
+            ctx.dispatcher.stop(provider, call, &found.id).await
+        }
+        Some(_) => Ok(()),
+        None => {
+            let listed = super::inventory::list_all(ctx, provider).await.map_err(|e| DispatchError::Driver {
+                provider: provider.name_any(),
+                source: DriverError::Transient(format!("listing instances: {e}")),
+            })?;
+            let ours: Vec<String> = listed
+                .into_iter()
+                .filter(|i| i.workspace_uid == call.workspace_uid && i.state == InstanceState::Running)
+                .map(|i| i.id)
+                .collect();
+            for id in &ours {
+                ctx.dispatcher.stop(provider, call, id).await?;
+            }
+            warn!(instance = %instance.id, key = %instance.key, provider = %instance.provider, stopped = ?ours, "the provider knows no instance under the recorded key: stopped what it runs for this workspace");
+            let note = format!(
+                "{} on {} (key {:?}) is unknown to the provider; stopped what it runs for this workspace instead: {ours:?}",
+                instance.id, instance.provider, instance.key
+            );
+            event(ctx, ws, EventType::Warning, cond::INSTANCE_NOT_FOUND, "Stop", &note);
+            Ok(())
+        }
     }
 }
 
@@ -500,7 +546,12 @@ async fn provision(
         Err(e) => return provision_failed(ctx, api, ws, &e.to_string(), now).await,
     };
     ctx.failpoints.hit(FailPoint::AfterProvision).await;
-    let instance = Instance { id: instance.id, provider: provider_name.to_string(), key: key.to_string() };
+    let instance = Instance {
+        id: instance.id,
+        provider: provider_name.to_string(),
+        key: key.to_string(),
+        location: Some(provider.spec.location()),
+    };
     let flow = held_write(ctx, api, ws, |w| status::provisioned(w, instance.clone(), now)).await?;
     if let Flow::Continue(_) = &flow {
         info!(instance = %instance.id, provider = provider_name, "provisioned; operation finished");
@@ -647,11 +698,16 @@ async fn lookup_provider(ctx: &Context, name: &str) -> Result<Option<Arc<Compute
 }
 
 async fn provider_state(ctx: &Context, name: &str) -> Result<ProviderState, Error> {
-    let Some(p) = lookup_provider(ctx, name).await? else {
-        return Ok(ProviderState::Missing);
-    };
+    Ok(match lookup_provider(ctx, name).await? {
+        Some(p) => readiness(&p),
+        None => ProviderState::Missing,
+    })
+}
+
+/// What the provider's Ready condition says about calling it.
+fn readiness(p: &ComputeProvider) -> ProviderState {
     let conditions = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    Ok(match cond::get(conditions, cond::READY) {
+    match cond::get(conditions, cond::READY) {
         Some(c) if c.status == "False" => {
             let reason = if c.reason == cond::PROVIDER_MISCONFIGURED {
                 cond::PROVIDER_MISCONFIGURED
@@ -661,20 +717,35 @@ async fn provider_state(ctx: &Context, name: &str) -> Result<ProviderState, Erro
             ProviderState::NotReady { reason, message: c.message.clone() }
         }
         _ => ProviderState::Usable,
-    })
+    }
+}
+
+/// The state of the provider holding `instance`, for a stop there.
+async fn source_state(ctx: &Context, instance: Option<&Instance>) -> Result<ProviderState, Error> {
+    let Some(instance) = instance else { return Ok(ProviderState::Usable) };
+    let Some(provider) = lookup_provider(ctx, &instance.provider).await? else {
+        return Ok(ProviderState::Missing);
+    };
+    let now = provider.spec.location();
+    if let Some(then) = instance.location.as_deref().filter(|then| *then != now) {
+        let message = format!(
+            "ComputeProvider {:?} changed under the compute it holds: {} was created at {then:?}, the provider now \
+             points at {now:?}; nothing is sent there. Restore the provider's settings, or, if that compute is \
+             gone, clear status.instance (README: Operations)",
+            instance.provider, instance.id
+        );
+        return Ok(ProviderState::Moved { message });
+    }
+    // A provider being deleted takes no new work, but the compute it holds can still be
+    // stopped there: that is what has to happen before it goes.
+    if provider.metadata.deletion_timestamp.is_some() {
+        return Ok(ProviderState::Usable);
+    }
+    Ok(readiness(&provider))
 }
 
 async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
-    let instance_provider = ws.status.as_ref().and_then(|s| s.instance.as_ref()).map(|i| i.provider.clone());
-    let source = match instance_provider {
-        // A provider being deleted takes no new work, but the compute it holds can still be
-        // stopped there: that is what has to happen before it goes.
-        Some(name) if lookup_provider(ctx, &name).await?.is_some_and(|p| p.metadata.deletion_timestamp.is_some()) => {
-            ProviderState::Usable
-        }
-        Some(name) => provider_state(ctx, &name).await?,
-        None => ProviderState::Usable,
-    };
+    let source = source_state(ctx, ws.status.as_ref().and_then(|s| s.instance.as_ref())).await?;
     let retry_at = ctx.memory().stop_failures.get(&ObjectRef::from_obj(ws)).map(|(_, at)| *at);
     Ok(Facts {
         me: ctx.settings.identity.clone(),
@@ -686,6 +757,31 @@ async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
         provision_backoff: ctx.settings.provision_backoff,
         leader: ctx.leading,
     })
+}
+
+/// The API server refused a write because `ws` is too large to store. The controller cannot
+/// shrink it (it never writes spec or others' metadata), so it says so: a Warning Event (an
+/// object of its own, so it lands), and on the first failure a best-effort Stalled condition,
+/// which lands only if the object has room left for it. No provider is called meanwhile: every
+/// step that would call one starts with a write that cannot land.
+pub(super) fn report_too_large(ctx: Arc<Context>, ws: Arc<Workspace>, answer: &str, failures: u32) {
+    let message = format!(
+        "the workspace is too large for the API server to store another write ({answer}); nothing is done \
+         until it shrinks: remove finalizers, annotations or labels that are not needed"
+    );
+    warn!(namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any(), "workspace too large to write");
+    event(&ctx, &ws, EventType::Warning, cond::OBJECT_TOO_LARGE, "Write", &message);
+    if failures > 1 {
+        return;
+    }
+    tokio::spawn(async move {
+        let stall = Stall::new(cond::OBJECT_TOO_LARGE, message);
+        let next = status::at_rest(&ws, Some(&stall), &ctx.now());
+        let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
+        if let Err(error) = writes::patch_status(&api, &ws, &next).await {
+            debug!(%error, "the Stalled condition did not fit either");
+        }
+    });
 }
 
 /// Queues an Event about `ws` (published in the background; see `events`).

@@ -279,6 +279,8 @@ pub fn summarize(ws: &Workspace, mut s: WorkspaceStatus, stall: Option<&Stall>, 
             OperationKind::Switch => (Phase::Switching, cond::SWITCHING),
             OperationKind::Stop => (Phase::Stopping, cond::STOPPING),
             OperationKind::Delete => (Phase::Terminating, cond::DELETING),
+            // Never carried out (decide stalls it); shown as what it is.
+            OperationKind::Unknown => (Phase::Failed, cond::INVALID_CLAIM),
         };
         (phase, false, true, reason, describe(op))
     } else if deleting && s.instance.is_none() {
@@ -305,6 +307,7 @@ fn describe(op: &Operation) -> String {
     let step = match op.step {
         Step::Claimed => "claimed",
         Step::OldStopped => "old compute stopped",
+        Step::Unknown => "a step this version does not know",
     };
     let mut text = match (op.kind, op.from.as_deref(), op.to.as_deref()) {
         (OperationKind::Switch, Some(from), Some(to)) => format!("switching from {from} to {to}: {step}"),

@@ -55,7 +55,12 @@ fn deleting(mut ws: Workspace) -> Workspace {
 }
 
 fn instance(provider: &str) -> Instance {
-    Instance { id: format!("i-{provider}"), provider: provider.to_string(), key: format!("uid-1.key-{provider}") }
+    Instance {
+        id: format!("i-{provider}"),
+        provider: provider.to_string(),
+        key: format!("uid-1.key-{provider}"),
+        location: None,
+    }
 }
 
 fn operation(kind: OperationKind, step: Step, from: Option<&str>, to: Option<&str>) -> Operation {

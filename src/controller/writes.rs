@@ -33,6 +33,15 @@ fn must_reread(e: &kube::Error) -> bool {
     }
 }
 
+/// The API server's answer, when it refused a write because the object would be too large to
+/// store (etcd's request limit, or the API server's own). Retrying cannot help until someone
+/// shrinks the object.
+pub fn too_large(error: &Error) -> Option<&str> {
+    let Error::Kube(kube::Error::Api(s)) = error else { return None };
+    let says = |m: &str| s.message.to_ascii_lowercase().contains(m);
+    (s.code == 413 || says("request is too large") || says("request entity too large")).then_some(s.message.as_str())
+}
+
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }

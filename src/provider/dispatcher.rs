@@ -96,6 +96,7 @@ impl Dispatcher {
                 self.kubernetes.clone(),
                 call_timeout(provider),
             ))),
+            driver @ DriverKind::Unknown => Err(DispatchError::Unsupported { provider: provider.name_any(), driver }),
             DriverKind::Http => {
                 let driver = self.http.driver(provider, self.client.as_ref(), call_timeout(provider));
                 let driver =

@@ -371,6 +371,9 @@ pub enum TargetError {
 pub enum KubeconfigProblem {
     #[error("not found")]
     SecretNotFound,
+    /// Not marked as a provider credential, or bound to other providers.
+    #[error("{0}")]
+    NotACredential(String),
     #[error("no key {0:?}")]
     KeyMissing(String),
     #[error("key {0:?} is not UTF-8")]
@@ -463,6 +466,9 @@ impl Targets {
             .await
             .map_err(|source| TargetError::ReadSecret { secret: secret_name.clone(), source })?
             .ok_or_else(|| fail(KubeconfigProblem::SecretNotFound))?;
+        if let Some(refusal) = crate::provider::credential_refusal(&secret, provider) {
+            return Err(fail(KubeconfigProblem::NotACredential(refusal)));
+        }
         let version = (secret.metadata.uid.clone(), secret.metadata.resource_version.clone());
         if let Some(cached) = self.lock().get(provider).filter(|c| &c.secret == r && c.version == version) {
             return Ok(cached.client.clone());

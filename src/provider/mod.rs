@@ -10,7 +10,10 @@ pub use dispatcher::{DispatchError, Dispatcher};
 
 use async_trait::async_trait;
 
-use crate::api::WorkspaceTemplate;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use crate::api::{PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE, WorkspaceTemplate};
 
 /// Who is calling, for which workspace, under which claim. Every driver call carries it so
 /// providers can fence stale callers and the ledger can attribute each call.
@@ -139,4 +142,33 @@ pub trait Driver: Send + Sync {
 /// or resumed provision returns the same instance instead of creating a second one.
 pub fn provision_key(workspace_uid: &str, operation_id: &str) -> String {
     format!("{workspace_uid}.{operation_id}")
+}
+
+/// Binds a provider credential to the ComputeProviders that may use it: a comma-separated list
+/// of their names. A Secret without it may serve any ComputeProvider that names it.
+pub const CREDENTIAL_PROVIDERS_ANNOTATION: &str = "switchyard.dev/providers";
+
+/// Why `secret` must not serve as a credential of ComputeProvider `provider` (a bearer token
+/// or a kubeconfig), if it must not. Whoever can write a ComputeProvider chooses where the
+/// credential goes, so only Secrets marked for it are read: of type [`PROVIDER_TOKEN_TYPE`], or
+/// labelled [`PROVIDER_TOKEN_LABEL`]`=true`; and, when the Secret names its providers
+/// ([`CREDENTIAL_PROVIDERS_ANNOTATION`]), only for those.
+pub fn credential_refusal(secret: &Secret, provider: &str) -> Option<String> {
+    let (namespace, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+    let marked = secret.type_.as_deref() == Some(PROVIDER_TOKEN_TYPE)
+        || secret.labels().get(PROVIDER_TOKEN_LABEL).is_some_and(|v| v == "true");
+    if !marked {
+        return Some(format!(
+            "Secret {namespace}/{name} is not marked as a provider credential: label it {PROVIDER_TOKEN_LABEL}=true \
+             (kubectl label secret -n {namespace} {name} {PROVIDER_TOKEN_LABEL}=true) or create it with type {PROVIDER_TOKEN_TYPE}"
+        ));
+    }
+    let allowed = secret.annotations().get(CREDENTIAL_PROVIDERS_ANNOTATION)?;
+    if allowed.split(',').map(str::trim).any(|p| p == provider) {
+        return None;
+    }
+    Some(format!(
+        "Secret {namespace}/{name} is bound to the ComputeProviders {allowed:?} (annotation \
+         {CREDENTIAL_PROVIDERS_ANNOTATION}), not to {provider:?}: add {provider} there to let it use the Secret"
+    ))
 }

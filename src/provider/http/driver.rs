@@ -20,9 +20,7 @@ use super::wire::{
     CALLER_HEADER, CLUSTER_HEADER, CallFields, CreateInstance, EPOCH_HEADER, ErrorBody, ErrorCode, Fence, Health,
     Instance, InstanceList, InventoryPage, InventoryQuery, ListQuery, OPERATION_HEADER, RaiseFence, StopInstance,
 };
-use crate::api::{
-    ComputeProvider, HttpSettings, PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE, SecretKeyRef, WorkspaceTemplate,
-};
+use crate::api::{ComputeProvider, HttpSettings, SecretKeyRef, WorkspaceTemplate};
 use crate::provider::{
     CallContext, Driver, DriverError, InstanceInfo, InstancePage, LIST_LIMIT_MAX, PAGE_TOKEN_MAX, clamp_limit,
 };
@@ -61,7 +59,8 @@ pub enum TokenSource {
     /// A fixed token (tests, the conformance suite).
     Static(BearerToken),
     /// `spec.http.secretRef`, read through the cluster and cached for [`TOKEN_TTL`].
-    Secret { client: kube::Client, secret: SecretKeyRef, cache: TokenCache },
+    /// Read for ComputeProvider `provider` (a Secret may be bound to named providers).
+    Secret { client: kube::Client, provider: String, secret: SecretKeyRef, cache: TokenCache },
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -74,25 +73,27 @@ impl std::fmt::Debug for TokenSource {
 #[derive(Clone, Debug, Default)]
 pub struct TokenCache(Arc<Mutex<HashMap<SecretId, (BearerToken, Instant)>>>);
 
-/// Namespace, name and key of a Secret entry.
-type SecretId = (String, String, String);
+/// The provider reading it, and namespace, name and key of a Secret entry: a token read for
+/// one provider is never handed to another (a Secret may be bound to named providers).
+type SecretId = (String, String, String, String);
 
-fn cache_key(s: &SecretKeyRef) -> SecretId {
-    (s.namespace.clone(), s.name.clone(), s.key.clone())
+fn cache_key(provider: &str, s: &SecretKeyRef) -> SecretId {
+    (provider.to_owned(), s.namespace.clone(), s.name.clone(), s.key.clone())
 }
 
 impl TokenCache {
-    fn fresh(&self, secret: &SecretKeyRef) -> Option<BearerToken> {
+    fn fresh(&self, provider: &str, secret: &SecretKeyRef) -> Option<BearerToken> {
         let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        cache.get(&cache_key(secret)).filter(|(_, at)| at.elapsed() < TOKEN_TTL).map(|(t, _)| t.clone())
+        cache.get(&cache_key(provider, secret)).filter(|(_, at)| at.elapsed() < TOKEN_TTL).map(|(t, _)| t.clone())
     }
 
-    fn put(&self, secret: &SecretKeyRef, token: BearerToken) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(cache_key(secret), (token, Instant::now()));
+    fn put(&self, provider: &str, secret: &SecretKeyRef, token: BearerToken) {
+        let key = cache_key(provider, secret);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (token, Instant::now()));
     }
 
-    fn forget(&self, secret: &SecretKeyRef) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&cache_key(secret));
+    fn forget(&self, provider: &str, secret: &SecretKeyRef) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&cache_key(provider, secret));
     }
 }
 
@@ -101,12 +102,12 @@ impl TokenSource {
         match self {
             TokenSource::None => Ok(None),
             TokenSource::Static(t) => Ok(Some(t.clone())),
-            TokenSource::Secret { client, secret, cache } => {
-                if let Some(t) = cache.fresh(secret) {
+            TokenSource::Secret { client, provider, secret, cache } => {
+                if let Some(t) = cache.fresh(provider, secret) {
                     return Ok(Some(t));
                 }
-                let t = read_secret_token(client, secret).await?;
-                cache.put(secret, t.clone());
+                let t = read_secret_token(client, provider, secret).await?;
+                cache.put(provider, secret, t.clone());
                 Ok(Some(t))
             }
         }
@@ -116,8 +117,8 @@ impl TokenSource {
     /// Returns whether that can give a different token.
     fn forget(&self) -> bool {
         match self {
-            TokenSource::Secret { secret, cache, .. } => {
-                cache.forget(secret);
+            TokenSource::Secret { provider, secret, cache, .. } => {
+                cache.forget(provider, secret);
                 true
             }
             _ => false,
@@ -138,7 +139,11 @@ impl TokenSource {
 
 /// Reads the token from `secret`. A missing Secret or key is not retryable: someone must create
 /// it. Errors name the Secret, never its contents.
-async fn read_secret_token(client: &kube::Client, secret: &SecretKeyRef) -> Result<BearerToken, DriverError> {
+async fn read_secret_token(
+    client: &kube::Client,
+    provider: &str,
+    secret: &SecretKeyRef,
+) -> Result<BearerToken, DriverError> {
     check_secret_ref(secret)?;
     let name = format!("{}/{}", secret.namespace, secret.name);
     let api = kube::Api::<Secret>::namespaced(client.clone(), &secret.namespace);
@@ -152,12 +157,8 @@ async fn read_secret_token(client: &kube::Client, secret: &SecretKeyRef) -> Resu
     let Some(found) = found else {
         return Err(DriverError::Rejected(format!("Secret {name} named by spec.http.secretRef does not exist")));
     };
-    if !is_provider_token(&found) {
-        return Err(DriverError::Rejected(format!(
-            "Secret {name} is not a provider token: label it {PROVIDER_TOKEN_LABEL}=true \
-             (kubectl label secret -n {} {} {PROVIDER_TOKEN_LABEL}=true) or create it with type {PROVIDER_TOKEN_TYPE}",
-            secret.namespace, secret.name
-        )));
+    if let Some(refusal) = crate::provider::credential_refusal(&found, provider) {
+        return Err(DriverError::Rejected(refusal));
     }
     let bytes = found
         .data
@@ -175,14 +176,6 @@ async fn read_secret_token(client: &kube::Client, secret: &SecretKeyRef) -> Resu
         return Err(DriverError::Rejected(format!("Secret {name} key {:?} is empty", secret.key)));
     }
     Ok(token)
-}
-
-/// Whether `secret` is meant to be sent to a provider: of type [`PROVIDER_TOKEN_TYPE`], or
-/// labelled [`PROVIDER_TOKEN_LABEL`]`=true`. Whoever can write a ComputeProvider chooses the
-/// endpoint, so any other Secret of the namespace must stay where it is.
-pub fn is_provider_token(secret: &Secret) -> bool {
-    secret.type_.as_deref() == Some(PROVIDER_TOKEN_TYPE)
-        || secret.labels().get(PROVIDER_TOKEN_LABEL).is_some_and(|v| v == "true")
 }
 
 /// `spec.http.secretRef` names a Secret at all.
@@ -749,9 +742,12 @@ impl HttpDrivers {
         }
         let token = match (&settings.secret_ref, client) {
             (None, _) => TokenSource::None,
-            (Some(secret), Some(client)) => {
-                TokenSource::Secret { client: client.clone(), secret: secret.clone(), cache: self.tokens.clone() }
-            }
+            (Some(secret), Some(client)) => TokenSource::Secret {
+                client: client.clone(),
+                provider: name.clone(),
+                secret: secret.clone(),
+                cache: self.tokens.clone(),
+            },
             (Some(secret), None) => {
                 return Err(DriverError::Rejected(format!(
                     "cannot read Secret {}/{}: no Kubernetes client",
@@ -768,6 +764,7 @@ impl HttpDrivers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE};
 
     fn body(code: &str, retryable: bool, newest: Option<i64>) -> Vec<u8> {
         let mut v = serde_json::json!({"code": code, "message": "why", "retryable": retryable});
@@ -961,17 +958,28 @@ mod tests {
     }
 
     #[test]
-    fn only_marked_secrets_are_provider_tokens() {
+    fn only_marked_secrets_bound_to_the_provider_are_credentials() {
+        use crate::provider::{CREDENTIAL_PROVIDERS_ANNOTATION, credential_refusal};
         let secret = |v: serde_json::Value| serde_json::from_value::<Secret>(v).unwrap();
-        assert!(!is_provider_token(&secret(serde_json::json!({"metadata": {"name": "db-password"}}))));
-        assert!(!is_provider_token(&secret(serde_json::json!({"metadata": {"name": "x"}, "type": "Opaque"}))));
-        let wrong = serde_json::json!({"metadata": {"name": "x", "labels": {PROVIDER_TOKEN_LABEL: "yes"}}});
-        assert!(!is_provider_token(&secret(wrong)));
+        let refused = |v: serde_json::Value, needle: &str| {
+            let why = credential_refusal(&secret(v), "east").expect("refused");
+            assert!(why.contains(needle), "{why}");
+        };
+        refused(serde_json::json!({"metadata": {"name": "db-password"}}), "not marked");
+        refused(serde_json::json!({"metadata": {"name": "x"}, "type": "Opaque"}), "not marked");
+        refused(serde_json::json!({"metadata": {"name": "x", "labels": {PROVIDER_TOKEN_LABEL: "yes"}}}), "label it");
         let labelled = serde_json::json!({"metadata": {"name": "x", "labels": {PROVIDER_TOKEN_LABEL: "true"}}});
-        assert!(is_provider_token(&secret(labelled)));
-        assert!(is_provider_token(&secret(
-            serde_json::json!({"metadata": {"name": "x"}, "type": PROVIDER_TOKEN_TYPE})
-        )));
+        assert_eq!(credential_refusal(&secret(labelled), "east"), None);
+        let typed = serde_json::json!({"metadata": {"name": "x"}, "type": PROVIDER_TOKEN_TYPE});
+        assert_eq!(credential_refusal(&secret(typed), "east"), None);
+        let bound = |to: &str| {
+            secret(serde_json::json!({"metadata": {"name": "x", "annotations": {CREDENTIAL_PROVIDERS_ANNOTATION: to}},
+                "type": PROVIDER_TOKEN_TYPE}))
+        };
+        assert_eq!(credential_refusal(&bound("west, east"), "east"), None);
+        let why = credential_refusal(&bound("west"), "east").expect("bound elsewhere");
+        assert!(why.contains("bound to the ComputeProviders") && why.contains("east"), "{why}");
+        assert!(credential_refusal(&bound(""), "east").is_some(), "an empty list binds to nobody");
     }
 
     #[test]
