@@ -128,6 +128,10 @@ async fn the_api_server_refuses_forged_and_oversized_input() {
         "metadata": {"name": "long", "namespace": s.ns},
         "spec": {"provider": s.a, "template": {"image": "busybox", "env": {"N".repeat(300): "v"}}}});
     refused(&kubectl_stdin(&["apply", "-f", "-"], &long_name.to_string()), "at most 256 characters");
+    // A provider name no workspace could ever reference.
+    let dotted = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
+        "metadata": {"name": "eu.west"}, "spec": {"driver": "simulated"}});
+    refused(&kubectl_stdin(&["apply", "-f", "-"], &dotted.to_string()), "must be a DNS label");
     // The controller keeps working.
     switch_with_kubectl(&s.ns, "ws", &s.b);
     wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
@@ -226,4 +230,226 @@ async fn manual_finalizer_removal_and_the_escape_hatch_leak_nothing() {
     let collected =
         ledger_of(&s.clouds, &uid).into_iter().filter(|e| e.call == Call::Stop && e.operation_id == "inventory");
     assert_eq!(collected.count(), 1, "the unnamed instance was collected by the inventory");
+}
+
+/// A ComputeProvider cannot be re-pointed under running compute. In place, the fields that
+/// decide where compute lives are immutable (refused by the API server). Deleted and re-created
+/// elsewhere, the provider no longer matches the `location` the instance recorded: the switch
+/// stalls ProviderChanged with no call to the new place, and the compute is not forgotten; put
+/// back, the stop goes where the compute is.
+#[tokio::test]
+async fn a_provider_repointed_under_running_compute_gets_no_stop() {
+    use support::sims::Sim;
+    use switchyard::api::ComputeProvider;
+    let s = Scene::new("hostile-repoint").await;
+    let sim = Sim::provider(&s.client, &s.ns, &unique("where")).await;
+    let p = sim.name.clone();
+    let _x = s.start("repoint-x");
+    s.api.create(&PostParams::default(), &workspace("ws", &p)).await.expect("create");
+    let ws = wait_ready_on(&s.api, "ws", &p, CONVERGE).await;
+    let uid = ws.metadata.uid.clone().expect("uid");
+    let id = status(&ws).instance.expect("instance").id;
+
+    let cprov = |patch: serde_json::Value| {
+        kubectl(&["patch", "computeprovider", &p, "--type", "merge", "-p", &patch.to_string()])
+    };
+    refused(&cprov(json!({"spec": {"driver": "simulated", "http": null}})), "spec.driver is immutable");
+    refused(&cprov(json!({"spec": {"http": {"endpoint": "http://127.0.0.1:9"}}})), "spec.http.endpoint is immutable");
+    let local = unique("k8s");
+    let out = kubectl_stdin(
+        &["apply", "-f", "-"],
+        &json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider", "metadata": {"name": local},
+            "spec": {"driver": "kubernetes", "kubernetes": {"namespace": "one"}}})
+        .to_string(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let patch = json!({"spec": {"kubernetes": {"namespace": "two"}}}).to_string();
+    let out = kubectl(&["patch", "computeprovider", &local, "--type", "merge", "-p", &patch]);
+    refused(&out, "spec.kubernetes.namespace is immutable");
+
+    // Deleted and re-created under the same name as another provider (the in-process cloud).
+    let providers: Api<ComputeProvider> = Api::all(s.client.clone());
+    let saved = providers.get(&p).await.expect("provider");
+    providers.delete(&p, &Default::default()).await.expect("delete provider");
+    eventually("the provider gone", CONVERGE, || async { providers.get_opt(&p).await.ok()?.is_none().then_some(()) })
+        .await;
+    simulated_provider(&s.client, &p, 5, 5).await;
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    wait_for(&s.api, "ws", "Stalled ProviderChanged", CONVERGE, |w| {
+        condition(w, cond::STALLED) == Some(("True".into(), cond::PROVIDER_CHANGED.into()))
+    })
+    .await;
+    assert_eq!(s.calls_for(&uid), 0, "nothing went to the provider's new place");
+    assert!(sim.ledger().await.iter().all(|e| e.call != Call::Stop), "and nothing was stopped");
+    assert!(sim.live().await.iter().any(|i| i.id == id), "the compute runs where it was");
+    let ws = s.api.get("ws").await.expect("ws");
+    assert_eq!(status(&ws).instance.map(|i| i.id), Some(id.clone()), "and is still recorded");
+    eventually("a ProviderChanged event", CONVERGE, || async {
+        events_of(&s.client, &s.ns, "ws").await.iter().any(|(r, _)| r == cond::PROVIDER_CHANGED).then_some(())
+    })
+    .await;
+
+    // Put back where the compute is: the switch goes on, the stop lands there.
+    providers.delete(&p, &Default::default()).await.expect("delete provider");
+    eventually("the provider gone", CONVERGE, || async { providers.get_opt(&p).await.ok()?.is_none().then_some(()) })
+        .await;
+    let mut restored = ComputeProvider::new(&p, saved.spec.clone());
+    restored.metadata.labels = saved.metadata.labels.clone();
+    providers.create(&PostParams::default(), &restored).await.expect("re-create provider");
+    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
+    assert!(sim.live().await.iter().all(|i| i.id != id), "stopped where it ran");
+    assert!(sim.ledger().await.iter().any(|e| e.call == Call::Stop && e.instance.as_deref() == Some(id.as_str())));
+    assert!(s.calls_for(&uid) > 0, "the new instance on b");
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// Status names an instance the provider does not hold under that id: the stop goes to what
+/// the provider holds under the recorded key, never to the forged id (here another workspace's
+/// instance). With the key forged too (an InstanceNotFound Event), the stop goes to what the
+/// provider runs for this workspace. Either way before the new compute starts.
+#[tokio::test]
+async fn a_forged_instance_id_never_redirects_a_stop() {
+    let s = Scene::new("hostile-instance").await;
+    let _x = s.start("instance-x");
+    // A bystander whose instance id the forger names.
+    let bystander = s.create_ready_on_a("bystander").await;
+    let victim_id = status(&bystander).instance.expect("instance").id;
+
+    let ws = s.create_ready_on_a("forged-id").await;
+    let uid = ws.metadata.uid.clone().expect("uid");
+    let real = status(&ws).instance.expect("instance").id;
+    let out = s.kubectl_status_patch("forged-id", json!({"status": {"instance": {"id": victim_id}}}));
+    assert!(out.status.success(), "{}", stderr(&out));
+    switch_with_kubectl(&s.ns, "forged-id", &s.b);
+    wait_ready_on(&s.api, "forged-id", &s.b, CONVERGE).await;
+    let stops: Vec<_> = ledger_of(&s.clouds, &uid).into_iter().filter(|e| e.call == Call::Stop).collect();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0].instance.as_deref(), Some(real.as_str()), "the real instance was stopped");
+    let live = s.clouds.live_instances();
+    assert!(live.iter().any(|i| i.id == victim_id), "the bystander's compute was not touched");
+    assert!(live.iter().all(|i| i.id != real));
+
+    // Id and key forged: the provider's inventory is searched for this workspace's compute.
+    let ws = s.create_ready_on_a("forged-key").await;
+    let uid = ws.metadata.uid.clone().expect("uid");
+    let real = status(&ws).instance.expect("instance").id;
+    let forged = json!({"status": {"instance": {"id": victim_id, "key": "not-a-key"}}});
+    assert!(s.kubectl_status_patch("forged-key", forged).status.success());
+    switch_with_kubectl(&s.ns, "forged-key", &s.b);
+    wait_ready_on(&s.api, "forged-key", &s.b, CONVERGE).await;
+    eventually("an InstanceNotFound event", CONVERGE, || async {
+        events_of(&s.client, &s.ns, "forged-key").await.iter().any(|(r, _)| r == cond::INSTANCE_NOT_FOUND).then_some(())
+    })
+    .await;
+    let stops: Vec<_> = ledger_of(&s.clouds, &uid).into_iter().filter(|e| e.call == Call::Stop).collect();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_ne!(stops[0].operation_id, "inventory", "stopped by the switch itself, before the new compute");
+    assert_eq!(stops[0].instance.as_deref(), Some(real.as_str()));
+    assert!(s.clouds.live_instances().iter().any(|i| i.id == victim_id), "the bystander still runs");
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// Claims no controller of ours writes (a Provision with compute recorded, a Delete of a
+/// workspace not being deleted, a kind of a newer version the schema may allow after a
+/// rollback is covered by decide's tests): Stalled InvalidClaim, no provider call, whoever
+/// holds them; cleared by hand, the workspace converges.
+#[tokio::test]
+async fn claims_that_do_not_fit_stall_without_a_call() {
+    let s = Scene::new("hostile-claim").await;
+    let _x = s.start("claim-x");
+    for (name, kind, step) in
+        [("provision", "Provision", "Claimed"), ("delete", "Delete", "Claimed"), ("past-stop", "Switch", "OldStopped")]
+    {
+        let ws = s.create_ready_on_a(name).await;
+        let uid = ws.metadata.uid.clone().expect("uid");
+        let epoch = status(&ws).epoch;
+        let before = s.calls_for(&uid);
+        let forged = json!({"status": {"epoch": epoch + 1, "operation": {
+            "id": "forged", "kind": kind, "from": s.a, "to": s.b, "step": step, "holder": "ghost",
+            "epoch": epoch + 1, "startedAt": "2020-01-01T00:00:00Z", "renewedAt": "2020-01-01T00:00:00Z"}}});
+        let out = s.kubectl_status_patch(name, forged);
+        assert!(out.status.success(), "{}", stderr(&out));
+        wait_for(&s.api, name, "Stalled InvalidClaim", CONVERGE, |w| {
+            condition(w, cond::STALLED) == Some(("True".into(), cond::INVALID_CLAIM.into()))
+        })
+        .await;
+        let ws = s.api.get(name).await.expect("ws");
+        let message = switchyard::api::conditions::get(&status(&ws).conditions, cond::STALLED)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(message.contains("forged") && message.contains("not carried out"), "{message}");
+        assert_eq!(s.calls_for(&uid), before, "{kind}/{step}: no provider call");
+        assert_eq!(s.clouds.live_instances().iter().filter(|i| i.workspace_uid == uid).count(), 1);
+        // The escape hatch: the claim cleared by hand (naming what it could reach).
+        let clear = json!({"status": {"operation": null, "unfenced": [s.a, s.b]}});
+        assert!(s.kubectl_status_patch(name, clear).status.success());
+        wait_ready_on(&s.api, name, &s.a, CONVERGE).await;
+    }
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// Names at their length limit: the controller's Events are still published (their names are
+/// cut to fit), and the workspace converges like any other.
+#[tokio::test]
+async fn events_are_published_for_names_at_the_length_limit() {
+    let s = Scene::new("hostile-long").await;
+    let _x = s.start("long-x");
+    let name = format!("{}-{}", "w".repeat(200), "x".repeat(52));
+    assert_eq!(name.len(), 253);
+    s.create_ready_on_a(&name).await;
+    switch_with_kubectl(&s.ns, &name, &s.b);
+    wait_ready_on(&s.api, &name, &s.b, CONVERGE).await;
+    eventually("a SwitchCompleted event", CONVERGE, || async {
+        events_of(&s.client, &s.ns, &name).await.iter().any(|(r, _)| r == cond::SWITCH_COMPLETED).then_some(())
+    })
+    .await;
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
+/// A workspace grown (by others' metadata) to the store's limit cannot take another write: the
+/// controller says so (an ObjectTooLarge Event) instead of failing silently, calls no
+/// provider, and every other workspace goes on.
+#[tokio::test]
+async fn a_workspace_too_large_to_write_is_reported_and_others_go_on() {
+    let s = Scene::new("hostile-large").await;
+    // The largest workspace the store takes: found by trying (the limit is the store's).
+    let domain = ["a", "b", "c"].map(|c| c.repeat(60)).join(".") + ".com";
+    let mut size = 1_600_000usize;
+    let uid = loop {
+        let finalizers: Vec<String> =
+            (0..size / 250).map(|i| format!("{domain}/f-{i:06}-{}", "x".repeat(50))).collect();
+        let mut ws = workspace("large", &s.a);
+        ws.metadata.finalizers = Some(finalizers);
+        match s.api.create(&PostParams::default(), &ws).await {
+            Ok(ws) => break ws.metadata.uid.clone().expect("uid"),
+            Err(e) => {
+                assert!(e.to_string().contains("too large"), "{e}");
+                size = size.checked_sub(4_000).expect("some size fits");
+            }
+        }
+    };
+    // Then padded to within a few bytes of the limit: no write of the controller fits.
+    let (mut fits, mut too_long) = (0usize, 8_192usize);
+    while too_long - fits > 1 {
+        let pad = (fits + too_long) / 2;
+        let patch = json!({"metadata": {"annotations": {"pad": "x".repeat(pad)}}});
+        match s.api.patch("large", &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => fits = pad,
+            Err(e) if e.to_string().contains("too large") => too_long = pad,
+            Err(e) => panic!("padding: {e}"),
+        }
+    }
+    let patch = json!({"metadata": {"annotations": {"pad": "x".repeat(fits)}}});
+    s.api.patch("large", &PatchParams::default(), &Patch::Merge(patch)).await.expect("pad");
+    let x = s.start("large-x");
+    eventually("an ObjectTooLarge event", CONVERGE, || async {
+        events_of(&s.client, &s.ns, "large").await.iter().any(|(r, _)| r == cond::OBJECT_TOO_LARGE).then_some(())
+    })
+    .await;
+    s.create_ready_on_a("small").await;
+    assert_eq!(s.calls_for(&uid), 0, "no provider call for the workspace that cannot be written");
+    assert!(x.is_running());
+    // Its own finalizers are not the controller's to remove: clear them so the namespace can go.
+    let clear = json!({"metadata": {"finalizers": null}});
+    s.api.patch("large", &PatchParams::default(), &Patch::Merge(clear)).await.expect("clear finalizers");
 }

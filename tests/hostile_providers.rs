@@ -32,7 +32,9 @@ use switchyard::provider::http::{
     BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, SimTls, TokenSource,
 };
 use switchyard::provider::simulated::{Call, Clouds};
-use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError};
+use switchyard::provider::{
+    CREDENTIAL_PROVIDERS_ANNOTATION, CallContext, DispatchError, Dispatcher, Driver, DriverError,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -504,11 +506,11 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     .await;
 
     let ready = probed(&client, &d, &name).await;
-    misconfigured(&ready, &format!("Secret {ns}/db-password is not a provider token"));
+    misconfigured(&ready, &format!("Secret {ns}/db-password is not marked as a provider credential"));
     misconfigured(&ready, &format!("label it {PROVIDER_TOKEN_LABEL}=true"));
     let e = d.provision(&p, &call("u1", 1), "u1.op1", None).await.expect_err("unmarked Secret");
     assert!(
-        matches!(&e, DispatchError::Driver { source: DriverError::Rejected(m), .. } if m.contains("not a provider token"))
+        matches!(&e, DispatchError::Driver { source: DriverError::Rejected(m), .. } if m.contains("not marked as a provider credential"))
     );
     assert!(sim.ledger().await.is_empty(), "a call was made with an unmarked Secret's content");
 
@@ -536,6 +538,64 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     )
     .await;
     let ready = probed(&client, &d, &typed_name).await;
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+
+    // Bound to the first provider only: the second may no longer use it, even with the token
+    // already read (the cache is per provider), and nothing is sent.
+    let bind = json!({"metadata": {"annotations": {CREDENTIAL_PROVIDERS_ANNOTATION: name}}});
+    secrets.patch("typed-token", &PatchParams::default(), &Patch::Merge(&bind)).await.expect("bind");
+    let fresh = dispatcher(&client);
+    let before = sim.ledger().await.len();
+    let typed_provider = Api::<ComputeProvider>::all(client.clone()).get(&typed_name).await.expect("provider");
+    let e = fresh.provision(&typed_provider, &call("u2", 1), "u2.op1", None).await.expect_err("bound elsewhere");
+    assert!(
+        matches!(&e, DispatchError::Driver { source: DriverError::Rejected(m), .. } if m.contains("bound to the ComputeProviders")),
+        "{e}"
+    );
+    assert_eq!(sim.ledger().await.len(), before, "no call with a Secret bound to another provider");
+    let ready = probed(&client, &fresh, &typed_name).await;
+    misconfigured(&ready, &format!("not to {typed_name:?}"));
+}
+
+/// A kubeconfig is a credential too: the kubernetes driver reads only a marked Secret (and, when
+/// it names its providers, only for those), so that writing a ComputeProvider cannot make the
+/// controller use any kubeconfig of the namespace.
+#[tokio::test]
+async fn only_marked_kubeconfig_secrets_are_used() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "hostile-kubeconfig").await;
+    let d = dispatcher(&client);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let kubeconfig = std::fs::read_to_string(&support::control_plane().kubeconfig).expect("kubeconfig");
+    let unmarked: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "admin"}, "stringData": {"value": kubeconfig}}))
+            .expect("secret");
+    secrets.create(&PostParams::default(), &unmarked).await.expect("create Secret");
+    let name = unique("remote");
+    let p = create_provider(
+        &client,
+        &name,
+        json!({"driver": "kubernetes", "kubernetes": {"namespace": ns,
+            "kubeconfigSecretRef": {"name": "admin", "namespace": ns, "key": "value"}}}),
+    )
+    .await;
+    let ready = probed(&client, &d, &name).await;
+    misconfigured(&ready, &format!("Secret {ns}/admin is not marked as a provider credential"));
+    let e = d.provision(&p, &call("u1", 1), "u1.op1", None).await.expect_err("unmarked kubeconfig");
+    assert!(
+        matches!(&e, DispatchError::Driver { source: DriverError::Rejected(m), .. } if m.contains("not marked")),
+        "{e}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    assert!(pods.list(&Default::default()).await.expect("pods").items.is_empty(), "nothing was created");
+
+    let bound_elsewhere = json!({"metadata": {"labels": {PROVIDER_TOKEN_LABEL: "true"},
+        "annotations": {CREDENTIAL_PROVIDERS_ANNOTATION: "someone-else"}}});
+    secrets.patch("admin", &PatchParams::default(), &Patch::Merge(&bound_elsewhere)).await.expect("label");
+    misconfigured(&probed(&client, &d, &name).await, "bound to the ComputeProviders");
+    let bound_here = json!({"metadata": {"annotations": {CREDENTIAL_PROVIDERS_ANNOTATION: name}}});
+    secrets.patch("admin", &PatchParams::default(), &Patch::Merge(&bound_here)).await.expect("bind");
+    let ready = probed(&client, &d, &name).await;
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
 }
 
