@@ -194,14 +194,17 @@ async fn scenario_b_holder_paused_in_its_stop_then_reverted() {
         status(ws).operation.is_some_and(|o| o.holder == holder && o.step == Step::Claimed)
     })
     .await;
-    // The stop is on its way to a (2.5 s of latency): freeze x with it in flight.
+    // x looks its instance up, then stops it; a answers each 2.5 s after the call took effect.
+    // Once the stop has taken effect, freeze x while it waits for the answer. (Were x slower to
+    // be frozen than that, the scenario would test less, never pass wrongly: the verdict is the
+    // invariants.)
     let before = env.controllers[x].metric("switchyard_reconciles_total").await;
-    env.controllers[x].pause();
     let stopped = eventually("x's stop took effect at a", CONVERGE, || async {
         let ledger = env.sims[0].ledger().await;
         ledger.into_iter().find(|e| e.workspace_uid == uid && e.call.to_string() == "stop" && e.caller == holder)
     })
     .await;
+    env.controllers[x].pause();
     env.sims[0].process.set_faults(&Faults::default()).await.expect("clear faults");
     patch_spec(&env.api, "ws", json!({"provider": a})).await;
     let y = env.start_controller();

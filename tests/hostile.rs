@@ -193,17 +193,20 @@ async fn forged_status_is_corrected_or_taken_over() {
 #[tokio::test]
 async fn manual_finalizer_removal_and_the_escape_hatch_leak_nothing() {
     let s = Scene::new("hostile-manual").await;
-    let mut st = settings("manual-x", &s.ns);
-    st.inventory_interval = Some(Duration::from_millis(300));
-    st.inventory_grace = Duration::from_secs(1);
-    let _x = Instance::start(&s.client, st, &s.clouds);
+    let setup = s.start("manual-setup");
     let ws = s.create_ready_on_a("gone").await;
     let uid = ws.metadata.uid.clone().expect("uid");
+    // With no controller running (one would put its finalizer back before the delete).
+    setup.stop().await;
     s.api
         .patch("gone", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
         .await
         .expect("remove finalizers");
     s.api.delete("gone", &Default::default()).await.expect("delete");
+    let mut st = settings("manual-x", &s.ns);
+    st.inventory_interval = Some(Duration::from_millis(300));
+    st.inventory_grace = Duration::from_secs(1);
+    let _x = Instance::start(&s.client, st, &s.clouds);
     eventually("the orphan stopped by the inventory", CONVERGE, || async {
         s.clouds.live_instances().iter().all(|i| i.workspace_uid != uid).then_some(())
     })

@@ -276,6 +276,7 @@ async fn a_provider_reaches_its_cluster_through_a_kubeconfig_secret() {
     let kubeconfig = std::fs::read(&support::control_plane().kubeconfig).expect("read kubeconfig");
     let secret = Secret {
         metadata: kube::api::ObjectMeta { name: Some("remote".into()), ..Default::default() },
+        type_: Some(switchyard::api::PROVIDER_TOKEN_TYPE.into()),
         data: Some([("kubeconfig".to_string(), ByteString(kubeconfig))].into()),
         ..Default::default()
     };

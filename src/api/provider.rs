@@ -98,6 +98,7 @@ pub struct HttpSettings {
     pub secret_ref: Option<SecretKeyRef>,
     /// PEM bundle of CAs trusted for the endpoint, in addition to the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
     pub ca_bundle: Option<String>,
     /// Send the bearer token over plain http to a host that is not loopback. Off by default:
     /// the token goes only over https, or to 127.0.0.0/8, ::1 and localhost; a provider that
@@ -195,5 +196,6 @@ pub struct ComputeProviderStatus {
     pub observed_generation: Option<i64>,
     /// Ready reflects the last health probe.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub conditions: Vec<Condition>,
 }

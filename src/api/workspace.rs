@@ -110,6 +110,7 @@ pub struct WorkspaceStatus {
 
     /// Provider the compute is placed on (or was last placed on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub active_provider: Option<String>,
 
     /// The current compute, absent when there is none.
@@ -201,9 +202,11 @@ pub struct Operation {
     pub kind: OperationKind,
     /// Provider the compute is leaving (absent for a first provision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub from: Option<String>,
     /// Provider the compute is going to (absent for Stop and Delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub to: Option<String>,
     /// Last step recorded; a restarted controller resumes from here.
     pub step: Step,
@@ -271,7 +274,9 @@ pub enum Step {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LastSwitch {
+    #[schemars(length(max = 63))]
     pub from: String,
+    #[schemars(length(max = 63))]
     pub to: String,
     pub started_at: Time,
     pub completed_at: Time,
