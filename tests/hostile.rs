@@ -409,9 +409,10 @@ async fn events_are_published_for_names_at_the_length_limit() {
     assert_invariants(&s.api, &s.clouds).await;
 }
 
-/// A workspace grown (by others' metadata) to the store's limit cannot take another write: the
-/// controller says so (an ObjectTooLarge Event) instead of failing silently, calls no
-/// provider, and every other workspace goes on.
+/// A workspace grown (by others' metadata) to the store's limit cannot take another write: its
+/// claim is refused with a 500, which is retried with backoff (never taken for a lost claim);
+/// the controller says why (an ObjectTooLarge Event), calls no provider, and every other
+/// workspace goes on.
 #[tokio::test]
 async fn a_workspace_too_large_to_write_is_reported_and_others_go_on() {
     let s = Scene::new("hostile-large").await;
@@ -419,8 +420,10 @@ async fn a_workspace_too_large_to_write_is_reported_and_others_go_on() {
     let domain = ["a", "b", "c"].map(|c| c.repeat(60)).join(".") + ".com";
     let mut size = 1_600_000usize;
     let uid = loop {
-        let finalizers: Vec<String> =
+        // Ours among them, so that the controller's first write is its claim.
+        let mut finalizers: Vec<String> =
             (0..size / 250).map(|i| format!("{domain}/f-{i:06}-{}", "x".repeat(50))).collect();
+        finalizers.push(switchyard::api::FINALIZER.to_string());
         let mut ws = workspace("large", &s.a);
         ws.metadata.finalizers = Some(finalizers);
         match s.api.create(&PostParams::default(), &ws).await {
@@ -451,6 +454,9 @@ async fn a_workspace_too_large_to_write_is_reported_and_others_go_on() {
     .await;
     s.create_ready_on_a("small").await;
     assert_eq!(s.calls_for(&uid), 0, "no provider call for the workspace that cannot be written");
+    // The refused claim (a 500 from the store) is an error retried with backoff, not a lost claim.
+    assert_eq!(x.metrics.claims_lost.get(), 0, "a failed claim write is not a lost claim");
+    assert!(x.metrics.reconcile_errors.get() >= 1);
     assert!(x.is_running());
     // Its own finalizers are not the controller's to remove: clear them so the namespace can go.
     let clear = json!({"metadata": {"finalizers": null}});
