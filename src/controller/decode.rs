@@ -3,7 +3,7 @@
 //! of all the others. Workspaces are watched as `DeserializeGuard<Workspace>`; this turns the
 //! stream back into plain workspaces:
 //!
-//! - a readable object passes unchanged;
+//! - a readable object passes, without what the controller never reads (`slim`);
 //! - an unreadable one is reported once per resourceVersion (a log line without its content,
 //!   a Warning Event on it, the `invalid_objects` metric) and kept out of the cache: an update
 //!   that makes a cached object unreadable removes it, so nothing acts on its last readable copy.
@@ -46,8 +46,12 @@ impl Boundary {
         match event {
             Event::Init => Some(Event::Init),
             Event::InitDone => Some(Event::InitDone),
-            Event::InitApply(DeserializeGuard(Ok(ws))) => Some(Event::InitApply(ws)),
-            Event::Apply(DeserializeGuard(Ok(ws))) => Some(Event::Apply(ws)),
+            Event::InitApply(DeserializeGuard(Ok(ws))) => Some(Event::InitApply(slim(ws))),
+            Event::Apply(DeserializeGuard(Ok(ws))) => {
+                // Readable again: its bad version need not be remembered.
+                self.forget(&ws.metadata.uid);
+                Some(Event::Apply(slim(ws)))
+            }
             Event::Delete(DeserializeGuard(Ok(ws))) => {
                 self.forget(&ws.metadata.uid);
                 Some(Event::Delete(ws))
@@ -102,6 +106,23 @@ impl Boundary {
     }
 }
 
+/// The annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The workspace as cached: without what the controller never reads (`managedFields`, the
+/// last-applied copy), which is most of a small object's size. The controller never writes
+/// either, so nothing it sends is affected.
+fn slim(mut ws: Workspace) -> Workspace {
+    ws.metadata.managed_fields = None;
+    if let Some(annotations) = ws.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            ws.metadata.annotations = None;
+        }
+    }
+    ws
+}
+
 /// A workspace standing for an unreadable object: its metadata, nothing else. Only its identity
 /// is used (to drop it from the cache, to address an Event).
 fn placeholder(bad: InvalidObject) -> Workspace {
@@ -120,6 +141,22 @@ fn truncate(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_nothing_the_controller_never_reads() {
+        let ws: Workspace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
+            "metadata": {"name": "w", "namespace": "n", "annotations": {LAST_APPLIED: "{...}", "switchyard.dev/skip-fence": "a"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {}}]},
+            "spec": {"provider": "a"}
+        }))
+        .expect("workspace");
+        let slim = slim(ws.clone());
+        assert_eq!(slim.metadata.managed_fields, None);
+        let kept: Vec<&String> = slim.metadata.annotations.iter().flat_map(|a| a.keys()).collect();
+        assert_eq!(kept, ["switchyard.dev/skip-fence"], "annotations the controller reads stay");
+        assert_eq!((slim.spec, slim.metadata.name), (ws.spec, ws.metadata.name));
+    }
 
     #[test]
     fn long_errors_are_cut_on_a_character_boundary() {

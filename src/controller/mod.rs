@@ -215,6 +215,16 @@ impl Context {
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(self.settings.clock.now())
     }
 
+    /// Whether `ws` is a version our own last write returned, or an older one. Its watch event
+    /// triggers nothing: the reconcile that wrote it already decided on that very object, and
+    /// every write of ours is guarded by resourceVersion, so no version in between is unseen.
+    /// Dropping these keeps a burst's queue to the work users asked for, in their order.
+    fn is_own_write(&self, ws: &Workspace) -> bool {
+        let version = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok());
+        let written = self.memory().written.get(&ObjectRef::from_obj(ws)).copied();
+        matches!((version, written), (Some(v), Some(w)) if v <= w)
+    }
+
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -328,7 +338,11 @@ async fn reconcile_until(
                 health.caches_synced.store(true, Ordering::Relaxed);
             }
         });
-    let workspace_events = reflector::reflector(writer, workspace_events).default_backoff().applied_objects();
+    let own = ctx.clone();
+    let workspace_events = reflector::reflector(writer, workspace_events)
+        .default_backoff()
+        .applied_objects()
+        .try_filter(move |ws| futures::future::ready(!own.is_own_write(ws)));
     let controller = Controller::for_stream(workspace_events, cached.clone());
     // A provider change re-queues every workspace that names it or runs on it.
     let by_provider = cached.clone();
