@@ -78,6 +78,8 @@ clean:
 	$(CARGO) clean
 
 ## model-check: the explicit-state model check of the switch protocol over the real decide and
-##              status transitions, every scope (tests/model_check.rs; release build)
+##              status transitions, every scope (tests/model_check.rs, docs/model-check.md; release
+##              build): per check the scope, states, depth, time and verdict. The widest scope is
+##              bounded by time: MODEL_CHECK_SECS (default 300)
 model-check:
-	$(CARGO) test --release --test model_check -- --include-ignored --nocapture --color never
+	$(CARGO) test --release --test model_check -- --include-ignored --nocapture --color never --test-threads 1

@@ -30,7 +30,7 @@ pub const UID: &str = "uid-1";
 pub const PROVIDERS: [&str; 3] = ["a", "b", "c"];
 /// The claim lease; a tick is half of it, so a claim not renewed for two ticks is stale.
 const LEASE: Duration = Duration::from_secs(60);
-const TICK_SECS: i64 = 30;
+pub const TICK_SECS: i64 = 30;
 /// Backoff of a failed step (provision, fence) and of a stop past its budget: one tick, capped.
 const STEP_BACKOFF: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(120));
 const STOP_RETRY: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(120));
@@ -257,8 +257,6 @@ pub struct State {
     pub ctrls: Vec<Ctrl>,
     pub provs: Vec<Prov>,
     pub net: Vec<Msg>,
-    pub next_op: u8,
-    pub next_call: u16,
     pub user_left: u8,
     pub faults_left: u8,
     pub crashes_left: u8,
@@ -394,6 +392,12 @@ pub fn to_workspace(o: &Obj) -> Workspace {
     ws
 }
 
+/// An instance as a provision's answer records it, through its JSON form so that fields the
+/// model does not drive keep their defaults.
+fn instance(id: String, provider: &str, key: String) -> Instance {
+    serde_json::from_value(json!({"id": id, "provider": provider, "key": key})).expect("a valid Instance")
+}
+
 fn provider_index(name: &str) -> usize {
     PROVIDERS.iter().position(|p| *p == name).unwrap_or(0)
 }
@@ -477,8 +481,6 @@ impl SwitchModel {
             ctrls,
             provs,
             net: vec![],
-            next_op: 1,
-            next_call: 1,
             user_left: self.scope.user_actions,
             faults_left: self.scope.faults,
             crashes_left: self.scope.crashes,
@@ -714,8 +716,10 @@ impl SwitchModel {
                 }
             }
             Next::Claim { kind, from, to } => {
-                let id = format!("op{}", st.next_op);
-                st.next_op += 1;
+                // Named by the epoch it claims: only one claim lands per epoch, and a counter
+                // would tell apart states that differ only in how many claims were lost.
+                let epoch = ws.status.as_ref().map(|s| s.epoch).unwrap_or_default() + 1;
+                let id = format!("op{epoch}");
                 let next = self.store(status::claimed(&ws, &id, kind, from, to, &me, &now));
                 self.claim(st, c, &obj, next, |o| o.op().is_some_and(|op| op.id == id), log);
             }
@@ -889,8 +893,13 @@ impl SwitchModel {
             return;
         };
         Self::acting(st, c);
-        let id = st.next_call;
-        st.next_call += 1;
+        // The smallest id not in use: a counter would tell apart states that differ only in how
+        // many calls were made before, and the state space would never close.
+        let in_use = |id: u16| {
+            st.net.iter().any(|m| m.id == id)
+                || st.ctrls.iter().any(|c| matches!(c.work, Work::Await { call, .. } if call == id))
+        };
+        let id = (1..).find(|&id| !in_use(id)).unwrap_or(u16::MAX);
         log.add(|| format!("  sends call #{id}: {call:?} to {} at epoch {}", PROVIDERS[provider], op.epoch));
         st.net.push(Msg {
             id,
@@ -974,7 +983,7 @@ impl SwitchModel {
             }
             Job::Provision { ws, provider, key } => match reply {
                 Reply::Ok(Some((id, true))) => {
-                    let instance = Instance { id, provider: PROVIDERS[provider].to_string(), key };
+                    let instance = instance(id, PROVIDERS[provider], key);
                     self.held_write(st, c, &ws, |w| status::provisioned(w, instance.clone(), &now), log)
                 }
                 Reply::Ok(_) => {
@@ -1016,8 +1025,8 @@ impl SwitchModel {
         let now = time(at);
         match then {
             Then::Retarget => {
-                let id = format!("op{}", st.next_op);
-                st.next_op += 1;
+                // A retarget keeps the epoch: its new id extends the old one.
+                let id = format!("{}r", ws.op().map(|o| o.id.as_str()).unwrap_or("op"));
                 self.held_write(st, c, ws, |w| status::retargeted(w, &id, &now), log);
             }
             Then::Finish => self.held_write(st, c, ws, |w| status::finished_without_compute(w, &now), log),
@@ -1301,6 +1310,33 @@ impl SwitchModel {
         }
         Self::at_rest(&st)
     }
+}
+
+/// The state after a step, in one line for traces: the API server's object, the live
+/// instances, the providers' fences and the calls in flight.
+pub fn brief(st: &State) -> String {
+    let o = st.latest();
+    let live: Vec<String> = st.live().iter().map(|(p, i)| format!("{} on {}", i.id, PROVIDERS[*p])).collect();
+    let fences: Vec<String> = st
+        .provs
+        .iter()
+        .enumerate()
+        .map(|(p, pr)| format!("{}={}", PROVIDERS[p], pr.fence.map_or("-".into(), |f| f.to_string())))
+        .collect();
+    let net: Vec<String> = st
+        .net
+        .iter()
+        .map(|m| format!("#{} {:?} to {} at epoch {}", m.id, m.call, PROVIDERS[m.provider], m.epoch))
+        .collect();
+    format!(
+        "rv {} spec.provider {}: {} | live: [{}] | fences {} | in flight: [{}]",
+        o.rv,
+        o.provider,
+        summary(o),
+        live.join(", "),
+        fences.join(" "),
+        net.join("; ")
+    )
 }
 
 /// The status in a few words, for traces.
