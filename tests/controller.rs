@@ -353,6 +353,40 @@ async fn stop_failure_releases_the_claim_and_recovers() {
     assert_invariants(&s.api, &s.clouds).await;
 }
 
+/// A stop takes effect but its answer is lost, and the provider allows one attempt, so the stop
+/// fails past its budget while the compute is in fact gone; then the user switches back. The workspace must not read Ready on
+/// compute that no longer runs: the instance is marked unconfirmed, the provider is asked, and
+/// the workspace is provisioned afresh, named by its status. (Found by the model checker.)
+#[tokio::test]
+async fn a_stop_that_took_effect_unanswered_is_not_mistaken_for_running_compute() {
+    let s = Scenario::running_on_a("ctl-lost-stop").await;
+    // One attempt per claim: a retry would look the instance up and see it stopped.
+    let policy = serde_json::json!({"spec": {"stopPolicy": {"maxAttempts": 1, "initialBackoffMs": 1}}}).to_string();
+    let out = kubectl(&["patch", "computeprovider", &s.a, "--type", "merge", "-p", &policy]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.clouds.cloud(&s.a).set_faults(Faults { drop_stop_response: 1, ..Faults::default() });
+    let _x = s.start("lost-stop-x");
+    switch_with_kubectl(&s.ns, "ws", &s.b);
+    let stalled = wait_for(&s.api, "ws", "Stalled=True StopFailed", CONVERGE, |ws| {
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::STOP_FAILED.into()))
+    })
+    .await;
+    let before = status(&stalled).instance.expect("still recorded");
+    assert!(before.unconfirmed, "its stop may have happened");
+    assert!(s.live().is_empty(), "the stop did take effect");
+    s.clouds.cloud(&s.a).set_faults(Faults::default());
+    switch_with_kubectl(&s.ns, "ws", &s.a);
+    let ws = wait_for(&s.api, "ws", "Ready on a with running compute", CONVERGE, |ws| {
+        is_ready_on(ws, &s.a) && status(ws).instance.is_some_and(|i| i.id != before.id && !i.unconfirmed)
+    })
+    .await;
+    let named = status(&ws).instance.expect("instance");
+    let live = s.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].1, named.id, "status names the compute that runs");
+    assert_invariants(&s.api, &s.clouds).await;
+}
+
 /// Failing stops retried past the claim lease: the holder renews its claim before each
 /// retry, so a second instance (no leader election) never takes it over, and every stop call
 /// carries one epoch. Time is driven explicitly, not raced: both instances read a clock that

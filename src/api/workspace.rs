@@ -190,6 +190,11 @@ pub struct Instance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub location: Option<String>,
+    /// A stop of this instance was sent and its outcome is unknown (it failed past its budget,
+    /// perhaps after taking effect): the instance may be stopped. Before the workspace counts
+    /// as running on it again, the provider is asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
 }
 
 /// The claim on a workspace's compute: who may act, on what, and how far it got.

@@ -155,7 +155,13 @@ mod tests {
     }
 
     fn instance(provider: &str) -> Instance {
-        Instance { id: format!("i-{provider}"), provider: provider.into(), key: "k".into(), location: None }
+        Instance {
+            id: format!("i-{provider}"),
+            provider: provider.into(),
+            key: "k".into(),
+            location: None,
+            unconfirmed: false,
+        }
     }
 
     /// Ready on `a` at generation 1, then spec.provider patched to `b` (generation 2).

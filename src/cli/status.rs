@@ -240,7 +240,13 @@ mod tests {
 
     fn running(name: &str, provider: &str) -> Workspace {
         let mut w = ws(name, provider);
-        let instance = Instance { id: format!("i-{name}"), provider: provider.into(), key: "k".into(), location: None };
+        let instance = Instance {
+            id: format!("i-{name}"),
+            provider: provider.into(),
+            key: "k".into(),
+            location: None,
+            unconfirmed: false,
+        };
         w.status = Some(status::provisioned(&w, instance, &at(0)));
         w
     }
@@ -324,7 +330,8 @@ mod tests {
     #[test]
     fn the_detail_shows_the_last_switch() {
         let mut w = switching_with_error("ws-2");
-        let instance = Instance { id: "i-9".into(), provider: "gcp".into(), key: "k2".into(), location: None };
+        let instance =
+            Instance { id: "i-9".into(), provider: "gcp".into(), key: "k2".into(), location: None, unconfirmed: false };
         w.status = Some(status::provisioned(&w, instance, &at(12)));
         let text = detail(&w, at(20).0);
         assert!(text.contains("Instance:     i-9 on gcp (key k2)"), "{text}");

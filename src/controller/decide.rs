@@ -199,6 +199,19 @@ fn without_operation(ws: &Workspace, facts: &Facts, deleting: bool, has_finalize
         };
     }
     match instance {
+        // A stop of it failed, perhaps after taking effect, and the spec is back on its
+        // provider: claim a switch onto the same provider, whose abort asks the provider first
+        // and provisions afresh if the compute is gone.
+        Some(i) if i.unconfirmed && spec.running && i.provider == spec.provider => {
+            match blocked(&facts.source, &i.provider) {
+                Some(stall) => Next::Rest { stall: Some(stall) },
+                None => Next::Claim {
+                    kind: OperationKind::Switch,
+                    from: Some(i.provider.clone()),
+                    to: Some(spec.provider.clone()),
+                },
+            }
+        }
         Some(i) if !spec.running => match blocked(&facts.source, &i.provider) {
             Some(stall) => Next::Rest { stall: Some(stall) },
             None => Next::Claim { kind: OperationKind::Stop, from: Some(i.provider.clone()), to: None },

@@ -118,12 +118,24 @@ struct Ws {
     deleting: bool,
     instance: Option<&'static str>,
     active: Option<&'static str>,
+    /// The instance's last stop failed with its outcome unknown.
+    unconfirmed: bool,
     op: Option<Op>,
 }
 
 /// A running workspace naming `provider`, with our finalizer, no status.
 fn ws(provider: &'static str) -> Ws {
-    Ws { uid: UID, provider, running: true, finalizer: true, deleting: false, instance: None, active: None, op: None }
+    Ws {
+        uid: UID,
+        provider,
+        running: true,
+        finalizer: true,
+        deleting: false,
+        instance: None,
+        active: None,
+        unconfirmed: false,
+        op: None,
+    }
 }
 
 impl Ws {
@@ -147,6 +159,10 @@ impl Ws {
     }
     fn active(mut self, provider: &'static str) -> Self {
         self.active = Some(provider);
+        self
+    }
+    fn unconfirmed(mut self) -> Self {
+        self.unconfirmed = true;
         self
     }
     fn spec(mut self, provider: &'static str) -> Self {
@@ -184,6 +200,9 @@ impl Ws {
         }
         if let Some(p) = self.instance {
             status["instance"] = serde_json::to_value(instance(p)).unwrap();
+            if self.unconfirmed {
+                status["instance"]["unconfirmed"] = json!(true);
+            }
         }
         if let Some(op) = &self.op {
             let mut o = json!({
@@ -226,7 +245,13 @@ impl Ws {
 
 /// The compute on `provider`, provisioned by an earlier operation.
 fn instance(provider: &str) -> Instance {
-    Instance { id: format!("i-{provider}"), provider: provider.to_string(), key: format!("{UID}.op-0"), location: None }
+    Instance {
+        id: format!("i-{provider}"),
+        provider: provider.to_string(),
+        key: format!("{UID}.op-0"),
+        location: None,
+        unconfirmed: false,
+    }
 }
 
 // ---- facts -----------------------------------------------------------------------------------
@@ -1335,6 +1360,46 @@ fn provider_moved() -> Vec<Case> {
     ]
 }
 
+/// The last stop of the instance failed with its outcome unknown (perhaps it took effect and
+/// the answer was lost): before the workspace counts as running on it again, a switch onto the
+/// same provider is claimed, whose abort asks the provider. Elsewhere it is stopped as usual.
+fn unconfirmed_instance() -> Vec<Case> {
+    let switch_to = |p: &str| claim(Switch, Some("a"), Some(p));
+    vec![
+        case(
+            "unconfirmed: back on its provider, checked by a claim",
+            ws("a").on("a").unconfirmed(),
+            facts(),
+            switch_to("a"),
+        ),
+        case(
+            "unconfirmed: back on its provider, after the stop backoff",
+            ws("a").on("a").unconfirmed(),
+            retry_in(7),
+            wait(7, cond::STOP_FAILED),
+        ),
+        case("unconfirmed: still to switch elsewhere", ws("b").on("a").unconfirmed(), facts(), switch_to("b")),
+        case(
+            "unconfirmed: still to stop",
+            ws("a").on("a").unconfirmed().stopped(),
+            facts(),
+            claim(Stop, Some("a"), None),
+        ),
+        case(
+            "unconfirmed: its provider not ready, said so",
+            ws("a").on("a").unconfirmed(),
+            source(not_ready()),
+            stalled(not_ready_stall("a")),
+        ),
+        case(
+            "unconfirmed: our check claim aborts through the provider",
+            ws("a").on("a").unconfirmed().op(op(Switch, Claimed, Some("a"), Some("a"))),
+            facts(),
+            Next::Abort,
+        ),
+    ]
+}
+
 fn all_cases() -> Vec<Case> {
     [
         without_operation(),
@@ -1345,6 +1410,7 @@ fn all_cases() -> Vec<Case> {
         own_roll_forward(),
         invalid_claims(),
         provider_moved(),
+        unconfirmed_instance(),
     ]
     .concat()
 }
@@ -1389,6 +1455,11 @@ fn refuses_claims_no_controller_of_ours_writes() {
 #[test]
 fn sends_nothing_to_a_provider_that_moved_under_the_compute() {
     check(&provider_moved());
+}
+
+#[test]
+fn asks_the_provider_about_compute_whose_stop_may_have_happened() {
+    check(&unconfirmed_instance());
 }
 
 #[test]

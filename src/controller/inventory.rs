@@ -247,7 +247,13 @@ mod tests {
     #[test]
     fn a_named_instance_is_accounted_for_on_its_provider_only() {
         let named = ws(WorkspaceStatus {
-            instance: Some(Instance { id: "i-1".into(), provider: "a".into(), key: "u1.op0".into(), location: None }),
+            instance: Some(Instance {
+                id: "i-1".into(),
+                provider: "a".into(),
+                key: "u1.op0".into(),
+                location: None,
+                unconfirmed: false,
+            }),
             ..Default::default()
         });
         let a = Accounted::of(std::iter::once(&named));

@@ -168,8 +168,13 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
     if let Some(op) = ws.operation() {
         ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), SwitchResult::Aborted);
     }
+    let in_doubt = ws.status.as_ref().and_then(|s| s.instance.as_ref()).is_some_and(|i| i.unconfirmed);
     let flow = held_write(ctx, api, ws, |w| status::aborted(w, now)).await?;
-    let note = "spec returned to the current provider before anything was stopped";
+    let note = if in_doubt {
+        "the provider confirms the compute still runs after a failed stop"
+    } else {
+        "spec returned to the current provider before anything was stopped"
+    };
     event(ctx, ws, EventType::Normal, cond::SWITCH_ABORTED, "Abort", note);
     Ok(flow)
 }
@@ -551,6 +556,7 @@ async fn provision(
         provider: provider_name.to_string(),
         key: key.to_string(),
         location: Some(provider.spec.location()),
+        unconfirmed: false,
     };
     let flow = held_write(ctx, api, ws, |w| status::provisioned(w, instance.clone(), now)).await?;
     if let Flow::Continue(_) = &flow {

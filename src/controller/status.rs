@@ -187,10 +187,14 @@ pub fn finished_without_compute(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     summarize(ws, s, None, now)
 }
 
-/// The claim released without any compute call (spec reverted before the stop).
+/// The claim released without any compute call (spec reverted before the stop); the provider
+/// has just confirmed that the compute runs.
 pub fn aborted(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     release(&mut s);
+    if let Some(instance) = s.instance.as_mut() {
+        instance.unconfirmed = false;
+    }
     summarize(ws, s, None, now)
 }
 
@@ -198,6 +202,10 @@ pub fn aborted(ws: &Workspace, now: &Time) -> WorkspaceStatus {
 pub fn stop_failed(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     let from = s.instance.as_ref().map(|i| i.provider.clone()).unwrap_or_default();
+    // The stop may have taken effect with its answer lost: not known to run any more.
+    if let Some(instance) = s.instance.as_mut() {
+        instance.unconfirmed = true;
+    }
     release(&mut s);
     let stall = Stall::new(cond::STOP_FAILED, format!("stopping the compute on {from} failed: {error}"));
     summarize(ws, s, Some(&stall), now)

@@ -60,6 +60,7 @@ fn instance(provider: &str) -> Instance {
         provider: provider.to_string(),
         key: format!("uid-1.key-{provider}"),
         location: None,
+        unconfirmed: false,
     }
 }
 
@@ -734,9 +735,16 @@ fn stop_failed_releases_the_claim_and_stalls_on_the_old_provider() {
     );
     let s = stop_failed(&ws, "connection refused", &now());
     assert_eq!(s.operation, None, "claim released");
-    assert_eq!(s.instance, Some(instance("a")), "stays on the old provider");
+    let unconfirmed = Instance { unconfirmed: true, ..instance("a") };
+    assert_eq!(s.instance, Some(unconfirmed), "stays on the old provider, which may have stopped it");
     assert_eq!(s.active_provider.as_deref(), Some("a"));
     assert_eq!(s.epoch, 4);
+    // Confirmed running by an abort's lookup: no longer in doubt.
+    let mut checked = ws.clone();
+    let mut st = s.clone();
+    st.operation = Some(operation(Switch, Step::Claimed, Some("a"), Some("a")));
+    checked.status = Some(st);
+    assert_eq!(aborted(&checked, &now()).instance, Some(instance("a")));
     assert_eq!(summary(&s), (false, false, true, Some(Phase::Failed)));
     let stalled = cond_of(&s, cond::STALLED);
     assert_eq!(stalled.reason, cond::STOP_FAILED);

@@ -50,6 +50,8 @@ pub struct Faults {
     pub fail_stop_always: bool,
     /// The next N accepted provisions take effect, then answer `Transient("response lost")`.
     pub drop_provision_response: u32,
+    /// The next N accepted stops take effect, then answer `Transient("response lost")`.
+    pub drop_stop_response: u32,
     /// Calls never return and have no effect (the caller's timeout must fire).
     pub hang: bool,
     /// Every call fails with `Transient`, without effect: the provider is down. provider-sim
@@ -576,6 +578,11 @@ impl Cloud {
             }
             Some(_) | None => Outcome::AlreadyStopped,
         };
+        if st.faults.drop_stop_response > 0 {
+            st.faults.drop_stop_response -= 1;
+            let _ = rec(st, outcome);
+            return Answer::Lost;
+        }
         match rec(st, outcome) {
             Ok(()) => Answer::Reply(Ok(())),
             Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
