@@ -39,9 +39,14 @@ fn a_small_bench_run_produces_a_complete_report() {
     let ceiling = report.ceiling.as_ref().expect("ceiling measured");
     assert_eq!(ceiling.levels.len(), 2);
     assert!(ceiling.best.is_some());
+    // The full request mix too (spec patch, status writes, Event), with no request failing.
+    let full = report.full_mix_ceiling.as_ref().expect("full-mix ceiling measured");
+    assert!(full.levels.iter().all(|l| l.errors == 0 && l.writes > 0), "{:?}", full.levels);
+    assert!(profile.vs_full_mix.is_some(), "controller throughput compared with the full mix");
 
     let markdown = std::fs::read_to_string(out.path().join("bench.md")).expect("bench.md");
     assert!(markdown.contains("switch latency p50"), "{markdown}");
+    assert!(markdown.contains("full-mix ceiling switches/s"), "{markdown}");
     let png = std::fs::read(out.path().join("switch-latency.png")).expect("switch-latency.png");
     assert!(png.starts_with(b"\x89PNG"), "the plot is a PNG");
 }

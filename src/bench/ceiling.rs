@@ -2,6 +2,10 @@
 //! takes from a plain kube client, on the same server and the same objects the controller just
 //! switched. Like the controller, each workspace gets a chain of writes, each guarded by the
 //! resourceVersion the previous one returned; workspaces are written concurrently.
+//!
+//! Two request mixes: [`Mix::Status`] is the status writes alone; [`Mix::Full`] is what a
+//! switch costs the API server in all, from a plain client: the user's spec patch, the chained
+//! status writes, and one Event.
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +37,21 @@ pub struct CeilingLevel {
     pub finished: bool,
 }
 
+/// Which requests make up one workspace's chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mix {
+    /// The guarded status writes only.
+    #[default]
+    Status,
+    /// A spec merge patch, the guarded status writes, one Event: a switch's whole request mix.
+    Full,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Ceiling {
+    #[serde(default)]
+    pub mix: Mix,
     pub namespace: String,
     pub workspaces: usize,
     /// Guarded writes chained per workspace (the controller's status writes per switch).
@@ -47,6 +64,7 @@ pub struct Ceiling {
 /// A workspace and where its write chain stands.
 struct Target {
     name: String,
+    uid: String,
     resource_version: String,
     epoch: i64,
 }
@@ -64,6 +82,7 @@ pub async fn measure(
     client: &Client,
     namespace: &str,
     writes_per_workspace: usize,
+    mix: Mix,
     levels: &[usize],
     timeout: Duration,
     apiserver: Option<u32>,
@@ -81,6 +100,7 @@ pub async fn measure(
             .iter()
             .map(|ws| Target {
                 name: ws.name_any(),
+                uid: ws.uid().unwrap_or_default(),
                 resource_version: ws.resource_version().unwrap_or_default(),
                 epoch: ws.status.as_ref().map(|s| s.epoch).unwrap_or_default(),
             })
@@ -88,7 +108,7 @@ pub async fn measure(
         let cpu_before = CpuSample::take(None, apiserver)?;
         let t0 = Instant::now();
         let run = stream::iter(targets)
-            .map(|t| write_chain(api, t, writes_per_workspace))
+            .map(|t| write_chain(api, t, writes_per_workspace, mix))
             .buffer_unordered(concurrency.max(1))
             .fold(Tally::default(), |mut sum, t| async move {
                 sum.writes += t.writes;
@@ -120,6 +140,7 @@ pub async fn measure(
             conflicts = level.conflicts,
             errors = level.errors,
             writes_per_s = level.writes_per_s,
+            ?mix,
             "ceiling level done"
         );
         results.push(level);
@@ -129,13 +150,25 @@ pub async fn measure(
         .filter(|l| l.finished && l.errors == 0)
         .max_by(|a, b| a.writes_per_s.total_cmp(&b.writes_per_s))
         .cloned();
-    Ok(Ceiling { namespace: namespace.to_string(), workspaces, writes_per_workspace, levels: results, best })
+    Ok(Ceiling { mix, namespace: namespace.to_string(), workspaces, writes_per_workspace, levels: results, best })
 }
 
 /// `n` guarded status writes to one workspace, each on the resourceVersion the previous returned.
 /// Each bumps `status.epoch` (so none is a no-op the server could skip) and rewrites `lastSwitch`.
-async fn write_chain(api: &Api<Workspace>, mut t: Target, n: usize) -> Tally {
+/// With [`Mix::Full`], a spec patch comes first (as the user's switch does) and one Event last.
+async fn write_chain(api: &Api<Workspace>, mut t: Target, n: usize, mix: Mix) -> Tally {
     let mut tally = Tally::default();
+    if mix == Mix::Full {
+        let provider = if t.epoch % 2 == 0 { "ceiling-a" } else { "ceiling-b" };
+        let spec = json!({"spec": {"provider": provider}});
+        match api.patch(&t.name, &PatchParams::default(), &Patch::Merge(&spec)).await {
+            Ok(ws) => t.resource_version = ws.resource_version().unwrap_or_default(),
+            Err(e) => {
+                tally.errors += 1;
+                tally.first_error.get_or_insert_with(|| format!("{}: spec patch: {e}", t.name));
+            }
+        }
+    }
     for _ in 0..n {
         let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let body = json!({
@@ -169,5 +202,45 @@ async fn write_chain(api: &Api<Workspace>, mut t: Target, n: usize) -> Tally {
             }
         }
     }
+    if mix == Mix::Full
+        && let Err(e) = publish_event(api, &t).await
+    {
+        tally.errors += 1;
+        tally.first_error.get_or_insert_with(|| format!("{}: event: {e}", t.name));
+    }
     tally
+}
+
+/// One Event about the workspace, shaped as the controller's (events.k8s.io/v1).
+async fn publish_event(api: &Api<Workspace>, t: &Target) -> kube::Result<()> {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let namespace = api.namespace().unwrap_or_default().to_string();
+    let now = jiff::Timestamp::now();
+    let event = Event {
+        action: Some("Provision".into()),
+        reason: Some("SwitchCompleted".into()),
+        note: Some(format!("switched {} from ceiling-a to ceiling-b", t.name)),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(ObjectReference {
+            api_version: Some("switchyard.dev/v1alpha1".into()),
+            kind: Some("Workspace".into()),
+            name: Some(t.name.clone()),
+            namespace: Some(namespace.clone()),
+            uid: Some(t.uid.clone()),
+            ..Default::default()
+        }),
+        reporting_controller: Some("switchyard.dev/bench-ceiling".into()),
+        reporting_instance: Some("bench".into()),
+        type_: Some("Normal".into()),
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}", t.name, now.as_nanosecond().unsigned_abs())),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let events: Api<Event> = Api::namespaced(api.clone().into_client(), &namespace);
+    events.create(&Default::default(), &event).await.map(|_| ())
 }

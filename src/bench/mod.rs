@@ -208,17 +208,21 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     // The ceiling writes to the last profile's workspaces (its controller is stopped by now),
     // as many guarded writes per workspace as the controller needed per switch.
-    let ceiling = match profiles.last() {
-        Some(last) => {
-            let per_workspace = report::writes_per_switch(&profiles).unwrap_or(3);
-            let (levels, timeout) = (&args.ceiling_concurrency, args.phase_timeout);
+    // Twice: the status writes alone, and a switch's whole request mix (spec patch, status
+    // writes, one Event).
+    let mut ceilings = Vec::new();
+    if let Some(last) = profiles.last() {
+        let per_workspace = report::writes_per_switch(&profiles).unwrap_or(3);
+        let (levels, timeout) = (&args.ceiling_concurrency, args.phase_timeout);
+        for mix in [ceiling::Mix::Status, ceiling::Mix::Full] {
             let measured =
-                ceiling::measure(&env.client, &last.namespace, per_workspace, levels, timeout, env.apiserver_pid);
-            Some(measured.await?)
+                ceiling::measure(&env.client, &last.namespace, per_workspace, mix, levels, timeout, env.apiserver_pid);
+            ceilings.push(measured.await?);
         }
-        None => None,
-    };
-    let report = Report::new(started_at, args, local.is_some(), profiles, ceiling);
+    }
+    let mut ceilings = ceilings.into_iter();
+    let (ceiling, full_mix) = (ceilings.next(), ceilings.next());
+    let report = Report::new(started_at, args, local.is_some(), profiles, ceiling, full_mix);
     report::write_all(&args.out, &report)?;
     if let Some(cp) = local {
         cp.stop().await?;
@@ -315,6 +319,7 @@ async fn run_profile(env: &Env<'_>, profile: Profile) -> Result<ProfileReport, B
         switch,
         controller: usage,
         vs_ceiling: None,
+        vs_full_mix: None,
     })
 }
 

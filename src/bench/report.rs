@@ -206,6 +206,9 @@ pub struct ProfileReport {
     pub switch: Option<PhaseReport>,
     pub controller: ControllerUsage,
     pub vs_ceiling: Option<VsCeiling>,
+    /// Against the full-mix ceiling (spec patch, status writes, one Event per switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_full_mix: Option<VsCeiling>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -262,6 +265,9 @@ pub struct Report {
     pub settings: RunSettings,
     pub profiles: Vec<ProfileReport>,
     pub ceiling: Option<Ceiling>,
+    /// The same chains with a switch's whole request mix: spec patch, status writes, one Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_mix_ceiling: Option<Ceiling>,
 }
 
 impl Report {
@@ -271,23 +277,11 @@ impl Report {
         local_control_plane: bool,
         mut profiles: Vec<ProfileReport>,
         ceiling: Option<Ceiling>,
+        full_mix_ceiling: Option<Ceiling>,
     ) -> Self {
-        if let Some(best) = ceiling.as_ref().and_then(|c| c.best.as_ref().map(|b| (b, c.writes_per_workspace))) {
-            let (best, per_workspace) = best;
-            for p in &mut profiles {
-                p.vs_ceiling = p.switch.as_ref().map(|s| {
-                    let writes_per_s = s.ok_writes_per_s();
-                    let ceiling_switches_per_s = best.writes_per_s / per_workspace.max(1) as f64;
-                    VsCeiling {
-                        writes_per_s,
-                        ceiling_writes_per_s: best.writes_per_s,
-                        writes_fraction: fraction(writes_per_s, best.writes_per_s),
-                        switches_per_s: s.per_second,
-                        ceiling_switches_per_s,
-                        switches_fraction: fraction(s.per_second, ceiling_switches_per_s),
-                    }
-                });
-            }
+        for p in &mut profiles {
+            p.vs_ceiling = vs(p, ceiling.as_ref());
+            p.vs_full_mix = vs(p, full_mix_ceiling.as_ref());
         }
         Self {
             switchyard_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -303,6 +297,7 @@ impl Report {
             },
             profiles,
             ceiling,
+            full_mix_ceiling,
         }
     }
 
@@ -324,6 +319,23 @@ impl Report {
         }
         (!why.is_empty()).then(|| why.join("; "))
     }
+}
+
+/// The profile's switch phase against the best level of `ceiling`.
+fn vs(p: &ProfileReport, ceiling: Option<&Ceiling>) -> Option<VsCeiling> {
+    let ceiling = ceiling?;
+    let best = ceiling.best.as_ref()?;
+    let s = p.switch.as_ref()?;
+    let writes_per_s = s.ok_writes_per_s();
+    let ceiling_switches_per_s = best.writes_per_s / ceiling.writes_per_workspace.max(1) as f64;
+    Some(VsCeiling {
+        writes_per_s,
+        ceiling_writes_per_s: best.writes_per_s,
+        writes_fraction: fraction(writes_per_s, best.writes_per_s),
+        switches_per_s: s.per_second,
+        ceiling_switches_per_s,
+        switches_fraction: fraction(s.per_second, ceiling_switches_per_s),
+    })
 }
 
 fn fraction(a: f64, b: f64) -> f64 {
@@ -467,6 +479,16 @@ pub fn markdown(r: &Report) -> String {
             )
         })
     });
+    row(&mut out, "switches/s ÷ full-mix ceiling switches/s", ps, |p| {
+        p.vs_full_mix.as_ref().map(|v| {
+            format!(
+                "{} ÷ {} = **{}%**",
+                num(v.switches_per_s),
+                num(v.ceiling_switches_per_s),
+                num(v.switches_fraction * 100.0)
+            )
+        })
+    });
     row(&mut out, "controller peak RSS (VmHWM)", ps, |p| Some(mib(p.controller.peak_rss_kib)));
     row(&mut out, "controller RSS: start → all created → end", ps, |p| {
         let c = &p.controller;
@@ -505,34 +527,12 @@ pub fn markdown(r: &Report) -> String {
     }
 
     if let Some(c) = &r.ceiling {
-        out.push_str(&format!(
-            "\n### Ceiling: resourceVersion-guarded status merge patches from a plain kube client\n\n\
-             {} workspaces of `{}`, {} chained writes each, on the same API server in the same run. \
-             Best: **{}**.\n\n\
-             | concurrency | writes | seconds | writes/s | 409s | errors | CPU s: API server / bench |\n\
-             |---:|---:|---:|---:|---:|---:|---:|\n",
-            c.workspaces,
-            c.namespace,
-            c.writes_per_workspace,
-            c.best
-                .as_ref()
-                .map(|b| format!("{} writes/s at concurrency {}", num(b.writes_per_s), b.concurrency))
-                .unwrap_or_else(|| "none".into()),
-        ));
-        for l in &c.levels {
-            let server = l.cpu.apiserver_s.map(num).unwrap_or_else(|| "–".into());
-            let unfinished = if l.finished { "" } else { " (timed out)" };
-            out.push_str(&format!(
-                "| {} | {}{unfinished} | {} | {} | {} | {} | {server} / {} |\n",
-                l.concurrency,
-                l.writes,
-                num(l.seconds),
-                num(l.writes_per_s),
-                l.conflicts,
-                l.errors,
-                num(l.cpu.bench_s)
-            ));
-        }
+        ceiling_table(&mut out, "resourceVersion-guarded status merge patches from a plain kube client", c);
+    }
+    if let Some(c) = &r.full_mix_ceiling {
+        let title = "a switch's whole request mix from a plain kube client (spec patch, the guarded status \
+                     patches, one Event); the switches/s above are compared with both";
+        ceiling_table(&mut out, title, c);
     }
 
     out.push_str("\n### API requests per switch (from the API server's `apiserver_request_total`)\n\n");
@@ -586,6 +586,38 @@ pub fn markdown(r: &Report) -> String {
         out.push_str(&format!("| `{}` | {} |\n", name.trim_end_matches("_sum"), cells.join(" | ")));
     }
     out
+}
+
+/// The table of one ceiling's concurrency levels.
+fn ceiling_table(out: &mut String, title: &str, c: &Ceiling) {
+    out.push_str(&format!(
+        "\n### Ceiling: {title}\n\n\
+         {} workspaces of `{}`, {} chained writes each, on the same API server in the same run. \
+         Best: **{}**.\n\n\
+         | concurrency | writes | seconds | writes/s | 409s | errors | CPU s: API server / bench |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
+        c.workspaces,
+        c.namespace,
+        c.writes_per_workspace,
+        c.best
+            .as_ref()
+            .map(|b| format!("{} writes/s at concurrency {}", num(b.writes_per_s), b.concurrency))
+            .unwrap_or_else(|| "none".into()),
+    ));
+    for l in &c.levels {
+        let server = l.cpu.apiserver_s.map(num).unwrap_or_else(|| "–".into());
+        let unfinished = if l.finished { "" } else { " (timed out)" };
+        out.push_str(&format!(
+            "| {} | {}{unfinished} | {} | {} | {} | {} | {server} / {} |\n",
+            l.concurrency,
+            l.writes,
+            num(l.seconds),
+            num(l.writes_per_s),
+            l.conflicts,
+            l.errors,
+            num(l.cpu.bench_s)
+        ));
+    }
 }
 
 #[cfg(test)]
