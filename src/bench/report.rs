@@ -459,35 +459,16 @@ pub fn markdown(r: &Report) -> String {
     row(&mut out, "status writes per create (409s)", ps, |p| {
         Some(format!("{} ({})", num(p.create.status_writes_per_workspace), p.create.api.conflicts))
     });
+    // "a ÷ b = **c%**": the controller's rate over a ceiling's.
+    let share = |a: f64, b: f64, f: f64| format!("{} ÷ {} = **{}%**", num(a), num(b), num(f * 100.0));
     row(&mut out, "controller status writes/s ÷ ceiling writes/s", ps, |p| {
-        p.vs_ceiling.as_ref().map(|v| {
-            format!(
-                "{} ÷ {} = **{}%**",
-                num(v.writes_per_s),
-                num(v.ceiling_writes_per_s),
-                num(v.writes_fraction * 100.0)
-            )
-        })
+        p.vs_ceiling.as_ref().map(|v| share(v.writes_per_s, v.ceiling_writes_per_s, v.writes_fraction))
     });
     row(&mut out, "switches/s ÷ ceiling switches/s", ps, |p| {
-        p.vs_ceiling.as_ref().map(|v| {
-            format!(
-                "{} ÷ {} = **{}%**",
-                num(v.switches_per_s),
-                num(v.ceiling_switches_per_s),
-                num(v.switches_fraction * 100.0)
-            )
-        })
+        p.vs_ceiling.as_ref().map(|v| share(v.switches_per_s, v.ceiling_switches_per_s, v.switches_fraction))
     });
     row(&mut out, "switches/s ÷ full-mix ceiling switches/s", ps, |p| {
-        p.vs_full_mix.as_ref().map(|v| {
-            format!(
-                "{} ÷ {} = **{}%**",
-                num(v.switches_per_s),
-                num(v.ceiling_switches_per_s),
-                num(v.switches_fraction * 100.0)
-            )
-        })
+        p.vs_full_mix.as_ref().map(|v| share(v.switches_per_s, v.ceiling_switches_per_s, v.switches_fraction))
     });
     row(&mut out, "controller peak RSS (VmHWM)", ps, |p| Some(mib(p.controller.peak_rss_kib)));
     row(&mut out, "controller RSS: start → all created → end", ps, |p| {
