@@ -202,43 +202,40 @@ fn without_operation(ws: &Workspace, facts: &Facts, deleting: bool, has_finalize
         // A stop of it failed, perhaps after taking effect, and the spec is back on its
         // provider: claim a switch onto the same provider, whose abort asks the provider first
         // and provisions afresh if the compute is gone.
-        Some(i) if i.unconfirmed && spec.running && i.provider == spec.provider => {
-            match blocked(&facts.source, &i.provider) {
-                Some(stall) => Next::Rest { stall: Some(stall) },
-                None => Next::Claim {
-                    kind: OperationKind::Switch,
-                    from: Some(i.provider.clone()),
-                    to: Some(spec.provider.clone()),
-                },
-            }
+        Some(i) if i.unconfirmed && spec.running && i.provider == spec.provider => claim_unless(
+            blocked(&facts.source, &i.provider),
+            OperationKind::Switch,
+            Some(i.provider.clone()),
+            Some(spec.provider.clone()),
+        ),
+        Some(i) if !spec.running => {
+            claim_unless(blocked(&facts.source, &i.provider), OperationKind::Stop, Some(i.provider.clone()), None)
         }
-        Some(i) if !spec.running => match blocked(&facts.source, &i.provider) {
-            Some(stall) => Next::Rest { stall: Some(stall) },
-            None => Next::Claim { kind: OperationKind::Stop, from: Some(i.provider.clone()), to: None },
-        },
-        Some(i) if i.provider != spec.provider => {
-            match blocked(&facts.target, &spec.provider).or_else(|| blocked(&facts.source, &i.provider)) {
-                Some(stall) => Next::Rest { stall: Some(stall) },
-                None => Next::Claim {
-                    kind: OperationKind::Switch,
-                    from: Some(i.provider.clone()),
-                    to: Some(spec.provider.clone()),
-                },
-            }
-        }
-        None if spec.running => match blocked(&facts.target, &spec.provider) {
-            Some(stall) => Next::Rest { stall: Some(stall) },
-            None => Next::Claim {
-                kind: OperationKind::Provision,
-                from: status.and_then(|s| s.active_provider.clone()),
-                to: Some(spec.provider.clone()),
-            },
-        },
+        Some(i) if i.provider != spec.provider => claim_unless(
+            blocked(&facts.target, &spec.provider).or_else(|| blocked(&facts.source, &i.provider)),
+            OperationKind::Switch,
+            Some(i.provider.clone()),
+            Some(spec.provider.clone()),
+        ),
+        None if spec.running => claim_unless(
+            blocked(&facts.target, &spec.provider),
+            OperationKind::Provision,
+            status.and_then(|s| s.active_provider.clone()),
+            Some(spec.provider.clone()),
+        ),
         // Running where it should: but compute its provider can no longer reach is worth saying.
         Some(_) => Next::Rest { stall: moved(&facts.source) },
         // Stopped: nothing to call, but a name that points nowhere is worth saying now.
         None if facts.target == ProviderState::Missing => Next::Rest { stall: blocked(&facts.target, &spec.provider) },
         _ => Next::Rest { stall: None },
+    }
+}
+
+/// A claim of `kind`, unless a provider it needs is blocked: then rest, saying why.
+fn claim_unless(stall: Option<Stall>, kind: OperationKind, from: Option<String>, to: Option<String>) -> Next {
+    match stall {
+        Some(stall) => Next::Rest { stall: Some(stall) },
+        None => Next::Claim { kind, from, to },
     }
 }
 
@@ -333,14 +330,11 @@ fn misfit(op: &Operation, instance: Option<&Instance>, deleting: bool) -> Option
     }
     let rolls_forward =
         op.kind == OperationKind::Provision || (op.kind == OperationKind::Switch && op.step == Step::OldStopped);
-    match instance {
-        Some(i) if rolls_forward => {
-            return invalid(format!(
-                "the {:?} claim {} would provision while status.instance names {} on {}",
-                op.kind, op.id, i.id, i.provider
-            ));
-        }
-        _ => {}
+    if let Some(i) = instance.filter(|_| rolls_forward) {
+        return invalid(format!(
+            "the {:?} claim {} would provision while status.instance names {} on {}",
+            op.kind, op.id, i.id, i.provider
+        ));
     }
     if matches!(op.kind, OperationKind::Provision | OperationKind::Switch) && op.to.as_deref().is_none_or(str::is_empty)
     {

@@ -220,9 +220,14 @@ impl Context {
     /// every write of ours is guarded by resourceVersion, so no version in between is unseen.
     /// Dropping these keeps a burst's queue to the work users asked for, in their order.
     fn is_own_write(&self, ws: &Workspace) -> bool {
-        let version = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok());
-        let written = self.memory().written.get(&ObjectRef::from_obj(ws)).copied();
-        matches!((version, written), (Some(v), Some(w)) if v <= w)
+        self.versions(ws).is_some_and(|(seen, written)| seen <= written)
+    }
+
+    /// The resourceVersion of `ws` and that of our last write of it, when both are known.
+    fn versions(&self, ws: &Workspace) -> Option<(u64, u64)> {
+        let seen = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok())?;
+        let written = self.memory().written.get(&ObjectRef::from_obj(ws)).copied()?;
+        Some((seen, written))
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {

@@ -52,9 +52,9 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
     async move {
         // Acting on a copy older than our own last write could repeat a step we already took
         // (a stop under a claim we released, say): read the object afresh instead.
-        let mut ws = if cache_is_behind_our_write(&ctx, &key, &ws) {
+        let mut ws = if cache_is_behind_our_write(&ctx, &ws) {
             match ctx.workspaces(&ws.namespace().unwrap_or_default()).get_opt(&ws.name_any()).await? {
-                Some(fresh) if !cache_is_behind_our_write(&ctx, &key, &fresh) => fresh,
+                Some(fresh) if !cache_is_behind_our_write(&ctx, &fresh) => fresh,
                 // Gone, or the read is behind too: the watch event of our write brings us back.
                 _ => return Ok(Action::requeue(Duration::from_secs(1))),
             }
@@ -802,10 +802,8 @@ pub(super) fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &st
     });
 }
 
-fn cache_is_behind_our_write(ctx: &Context, key: &ObjectRef<Workspace>, ws: &Workspace) -> bool {
-    let cached = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok());
-    let written = ctx.memory().written.get(key).copied();
-    matches!((cached, written), (Some(c), Some(w)) if c < w)
+fn cache_is_behind_our_write(ctx: &Context, ws: &Workspace) -> bool {
+    ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
 }
 
 /// Records the resourceVersion a write of ours returned, so that no later reconcile acts on a

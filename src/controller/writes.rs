@@ -38,7 +38,8 @@ fn must_reread(e: &kube::Error) -> bool {
 /// shrinks the object.
 pub fn too_large(error: &Error) -> Option<&str> {
     let Error::Kube(kube::Error::Api(s)) = error else { return None };
-    let says = |m: &str| s.message.to_ascii_lowercase().contains(m);
+    let message = s.message.to_ascii_lowercase();
+    let says = |m: &str| message.contains(m);
     (s.code == 413 || says("request is too large") || says("request entity too large")).then_some(s.message.as_str())
 }
 
