@@ -94,11 +94,7 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
 
     // Events record outcomes: one Provisioned for the create, one SwitchCompleted naming both
     // providers and the new instance; progress (claims, the stop) is in status only.
-    let events = eventually("the SwitchCompleted event", CONVERGE, || async {
-        let events = events_of(&client, &ns, "ws-1").await;
-        events.iter().any(|(reason, _)| reason == cond::SWITCH_COMPLETED).then_some(events)
-    })
-    .await;
+    let events = wait_for_event(&client, &ns, "ws-1", cond::SWITCH_COMPLETED, CONVERGE).await;
     let reasons: Vec<&str> = events.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(reasons.iter().filter(|r| **r == cond::PROVISIONED).count(), 1, "{events:?}");
     assert_eq!(reasons.iter().filter(|r| **r == cond::SWITCH_COMPLETED).count(), 1, "{events:?}");
@@ -342,10 +338,7 @@ async fn stop_failure_releases_the_claim_and_recovers() {
     assert_eq!(st.instance.as_ref().map(|i| i.provider.as_str()), Some(s.a.as_str()), "still on a");
     assert_eq!(condition(&stalled, cond::READY).map(|c| c.0), Some("False".into()));
     assert!(!s.ledger_has(&s.b, Call::Provision, |_| true), "nothing may be provisioned on b before a stops");
-    eventually("StopFailed event", CONVERGE, || async {
-        events_of(&s.client, &s.ns, "ws").await.iter().any(|(reason, _)| reason == cond::STOP_FAILED).then_some(())
-    })
-    .await;
+    wait_for_event(&s.client, &s.ns, "ws", cond::STOP_FAILED, CONVERGE).await;
 
     s.clouds.cloud(&s.a).set_faults(Faults::default());
     wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
@@ -525,10 +518,7 @@ async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
     })
     .await;
     assert_eq!(condition(&stalled, cond::READY).map(|c| c.0), Some("False".into()));
-    eventually("ProviderNotFound event", CONVERGE, || async {
-        events_of(&client, &ns, "ws").await.iter().any(|(r, _)| r == cond::PROVIDER_NOT_FOUND).then_some(())
-    })
-    .await;
+    wait_for_event(&client, &ns, "ws", cond::PROVIDER_NOT_FOUND, CONVERGE).await;
     assert!(clouds.ledger().is_empty(), "no provider may be called: {:?}", clouds.ledger());
 
     switch_with_kubectl(&ns, "ws", &a);
@@ -730,10 +720,7 @@ async fn the_inventory_stops_compute_no_status_names() {
     assert!(live.contains(&named.id), "the named instance runs on");
     assert!(live.contains(&foreign), "another cluster's instance is never touched");
     assert!(!live.contains(&stray));
-    eventually("LeakCollected event", CONVERGE, || async {
-        events_of(&s.client, &s.ns, "ws").await.iter().any(|(reason, _)| reason == cond::LEAK_COLLECTED).then_some(())
-    })
-    .await;
+    wait_for_event(&s.client, &s.ns, "ws", cond::LEAK_COLLECTED, CONVERGE).await;
     let collected = x.metrics.encode();
     assert!(collected.contains("switchyard_leaks_collected_total{provider=\""), "{collected}");
 }

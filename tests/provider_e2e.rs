@@ -499,14 +499,7 @@ async fn bad_credentials_stall_clearly_and_recover() {
     assert_eq!(s.live().await, vec![(s.a.name.clone(), on_a.id.clone())], "a's instance keeps running");
     assert!(w.ledger().await.is_empty(), "no call may reach a provider without valid credentials");
     // Events are published in the background: wait for it.
-    eventually("a ProviderMisconfigured event", CONVERGE, || async {
-        events_of(&s.client, &s.ns, "ws")
-            .await
-            .iter()
-            .any(|(reason, _)| reason == cond::PROVIDER_MISCONFIGURED)
-            .then_some(())
-    })
-    .await;
+    wait_for_event(&s.client, &s.ns, "ws", cond::PROVIDER_MISCONFIGURED, CONVERGE).await;
 
     // The right token in the Secret: w is probed Ready and the switch goes through.
     put_secret(&s.client, &s.ns, "w-token", serde_json::json!({"token": w.process.token()})).await;

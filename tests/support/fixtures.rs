@@ -314,6 +314,21 @@ pub async fn events_of(client: &Client, namespace: &str, name: &str) -> Vec<(Str
         .collect()
 }
 
+/// Waits until an Event with `reason` is published about workspace `name`; returns its Events.
+pub async fn wait_for_event(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> Vec<(String, String)> {
+    eventually(&format!("a {reason} event on {name}"), timeout, || async {
+        let events = events_of(client, namespace, name).await;
+        events.iter().any(|(r, _)| r == reason).then_some(events)
+    })
+    .await
+}
+
 /// The condition `type_` of a workspace as (status, reason).
 pub fn condition(ws: &Workspace, type_: &str) -> Option<(String, String)> {
     cond::get(&status(ws).conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
