@@ -71,6 +71,10 @@ pub struct PhaseReport {
     pub latency_ms: Option<Percentiles>,
     /// Per workspace, between observed steps.
     pub steps: Vec<StepTiming>,
+    /// How closely the order of claims follows the order of requests: Spearman's rank
+    /// correlation (1 = first come, first served; 0 = no relation).
+    #[serde(default)]
+    pub claim_order: Option<f64>,
     /// From the API server's metrics, over the phase (plus a short settle for trailing writes).
     pub api: ApiCounts,
     /// PATCH workspaces/status (any answer) per workspace.
@@ -135,6 +139,7 @@ impl PhaseReport {
             provider_bound_per_s,
             latency_ms: Percentiles::of(&samples_ms),
             steps,
+            claim_order: rank_correlation(marks.iter().filter_map(|m| m.sent.zip(m.claimed)).collect()),
             status_writes_per_workspace: if n > 0 { api.status_writes as f64 / n as f64 } else { 0.0 },
             api,
             cpu,
@@ -379,6 +384,26 @@ fn pct(p: &Option<Percentiles>) -> Option<String> {
     p.as_ref().map(|p| format!("{} / {} / {} / {} ms", num(p.p50), num(p.p95), num(p.p99), num(p.max)))
 }
 
+/// Spearman's rank correlation of the pairs' first and second members (ties broken by input
+/// order, which is rare with Instants); None for fewer than two pairs.
+fn rank_correlation(mut pairs: Vec<(Instant, Instant)>) -> Option<f64> {
+    let n = pairs.len();
+    if n < 2 {
+        return None;
+    }
+    pairs.sort_by_key(|(sent, _)| *sent);
+    let mut by_second: Vec<usize> = (0..n).collect();
+    by_second.sort_by_key(|&i| pairs[i].1);
+    // d_i = rank by first (i) − rank by second.
+    let mut sum_d2 = 0.0;
+    for (rank, &i) in by_second.iter().enumerate() {
+        let d = i as f64 - rank as f64;
+        sum_d2 += d * d;
+    }
+    let n = n as f64;
+    Some(1.0 - 6.0 * sum_d2 / (n * (n * n - 1.0)))
+}
+
 /// A number with about three significant digits.
 fn num(v: f64) -> String {
     match v.abs() {
@@ -450,6 +475,9 @@ pub fn markdown(r: &Report) -> String {
     row(&mut out, "create latency p50 / p95 / p99 / max", ps, |p| pct(&p.create.latency_ms));
     row(&mut out, "switch: all Ready", ps, |p| sw(p).map(|s| all_ready(&s)));
     row(&mut out, "**switch latency p50 / p95 / p99 / max**", ps, |p| sw(p).and_then(|s| pct(&s.latency_ms)));
+    row(&mut out, "claim order vs request order (Spearman ρ; 1 = first come, first served)", ps, |p| {
+        sw(p).and_then(|s| s.claim_order).map(num)
+    });
     row(&mut out, "provider-latency bound (concurrency ÷ latency)", ps, |p| {
         sw(p).and_then(|s| s.provider_bound_per_s).map(|b| format!("{}/s", num(b)))
     });
@@ -613,5 +641,20 @@ mod tests {
         assert!(Percentiles::of(&[]).is_none());
         let one = Percentiles::of(&[7.0]).expect("one sample");
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
+    }
+
+    #[test]
+    fn rank_correlation_is_one_for_fifo_and_minus_one_for_lifo() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let fifo: Vec<_> = (0..100).map(|i| (at(i), at(1000 + i * 3))).collect();
+        let lifo: Vec<_> = (0..100).map(|i| (at(i), at(1000 - i))).collect();
+        assert!((rank_correlation(fifo).expect("pairs") - 1.0).abs() < 1e-9);
+        assert!((rank_correlation(lifo).expect("pairs") + 1.0).abs() < 1e-9);
+        // Swapping the halves of the claim order is neither.
+        let halves: Vec<_> = (0..100).map(|i| (at(i), at((i + 50) % 100))).collect();
+        let r = rank_correlation(halves).expect("pairs");
+        assert!(r < 0.0 && r > -1.0, "{r}");
+        assert!(rank_correlation(vec![(at(1), at(2))]).is_none());
     }
 }

@@ -9,7 +9,9 @@ mod inventory;
 pub mod leader;
 mod protocol;
 pub mod providers;
+mod queue;
 pub mod status;
+pub mod worker;
 pub mod writes;
 
 use std::collections::HashMap;
@@ -20,7 +22,6 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -29,6 +30,7 @@ use tracing::{info, warn};
 pub use failpoints::{FailPoint, FailPoints};
 pub use leader::{Leadership, LeaseSettings};
 pub use protocol::reconcile;
+pub use worker::Action;
 
 use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, Workspace};
@@ -344,14 +346,14 @@ async fn reconcile_until(
             }
         });
     let own = ctx.clone();
-    let workspace_events = reflector::reflector(writer, workspace_events)
+    let workspace_triggers = reflector::reflector(writer, workspace_events)
         .default_backoff()
         .applied_objects()
-        .try_filter(move |ws| futures::future::ready(!own.is_own_write(ws)));
-    let controller = Controller::for_stream(workspace_events, cached.clone());
+        .try_filter(move |ws| futures::future::ready(!own.is_own_write(ws)))
+        .map_ok(|ws| vec![ObjectRef::from_obj(&ws)]);
     // A provider change re-queues every workspace that names it or runs on it.
     let by_provider = cached.clone();
-    let controller = controller.watches_stream(provider_events, move |p: ComputeProvider| {
+    let provider_triggers = provider_events.map_ok(move |p: ComputeProvider| {
         let name = p.name_any();
         by_provider
             .state()
@@ -360,9 +362,21 @@ async fn reconcile_until(
             .map(|ws| ObjectRef::from_obj(&*ws))
             .collect::<Vec<_>>()
     });
+    let triggers = futures::stream::select(workspace_triggers, provider_triggers)
+        .filter_map(|batch| {
+            futures::future::ready(match batch {
+                Ok(keys) => Some(futures::stream::iter(keys)),
+                // The watcher re-lists on its own, with backoff.
+                Err(error) => {
+                    warn!(%error, "watch failed; retrying");
+                    None
+                }
+            })
+        })
+        .flatten();
 
     let _inventory = AbortOnDrop(tokio::spawn(inventory::run(ctx.clone(), cached.clone(), handles.health.clone())));
-    let _gauges = AbortOnDrop(tokio::spawn(update_gauges(cached, identity, handles.clone())));
+    let _gauges = AbortOnDrop(tokio::spawn(update_gauges(cached.clone(), identity, handles.clone())));
     // In-flight reconciles get this long to finish after the stop signal; each is resumable
     // from its recorded step, so cutting one short is safe.
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
@@ -375,11 +389,12 @@ async fn reconcile_until(
         tokio::time::sleep(SHUTDOWN_DEADLINE).await;
         warn!(deadline_s = SHUTDOWN_DEADLINE.as_secs(), "shutdown deadline passed: leaving reconciles unfinished");
     };
-    let run = controller
-        .with_config(ControllerConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(stop)
-        .run(protocol::reconcile, error_policy, ctx)
-        .for_each(|_| async {});
+    let synced = cached.clone();
+    let ready = async move {
+        // Err only when the writer is dropped, and then the triggers end too.
+        let _ = synced.wait_until_ready().await;
+    };
+    let run = worker::run(triggers, cached, ready, ctx, usize::from(concurrency), stop);
     tokio::select! {
         _ = run => {}
         _ = deadline => {}

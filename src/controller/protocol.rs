@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -25,6 +24,7 @@ use super::decide::{Facts, Next, ProviderState, backoff, decide};
 use super::events::Note;
 use super::failpoints::FailPoint;
 use super::status::{self, Stall};
+use super::worker::Action;
 use super::writes::{self, Written};
 use super::{Context, Error};
 use crate::api::conditions as cond;

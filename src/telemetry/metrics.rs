@@ -84,6 +84,12 @@ pub struct Metrics {
     pub inventory_passes: Counter,
     /// Workspace versions the controller could not decode (skipped and reported).
     pub invalid_objects: Counter,
+    /// Workspaces waiting in the work queue for a free worker (not counting requeue timers).
+    pub queue_depth: Gauge,
+    /// Time from joining the work queue to the start of the reconcile.
+    pub queue_wait: Histogram,
+    /// Reconciles running now.
+    pub reconciles_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,6 +115,9 @@ impl Default for Metrics {
             inventory_errors: Family::default(),
             inventory_passes: Counter::default(),
             invalid_objects: Counter::default(),
+            queue_depth: Gauge::default(),
+            queue_wait: Histogram::new(seconds_buckets()),
+            reconciles_active: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -178,6 +187,17 @@ impl Default for Metrics {
             "Workspace versions that could not be decoded, skipped and reported",
             m.invalid_objects.clone(),
         );
+        registry.register(
+            "queue_depth",
+            "Workspaces waiting in the work queue for a free worker",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from joining the work queue to the start of the reconcile",
+            m.queue_wait.clone(),
+        );
+        registry.register("reconciles_active", "Reconciles running now", m.reconciles_active.clone());
         Self { registry, ..m }
     }
 }
