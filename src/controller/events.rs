@@ -2,10 +2,12 @@
 //!
 //! A step hands its Event to a queue and goes on; a background task publishes it. Events are
 //! a record for people, never an input to the protocol, so a switch must not wait for them.
-//! Repeats of an Event (same workspace, type, reason, action) within `SERIES_WINDOW` update the
-//! first one's `series.count` instead of creating another, as kube's recorder does; unlike it,
-//! the repeat table is pruned once a minute, not scanned on every publish, which at 10k
-//! workspaces was the controller's largest cost. When the queue is full (the API server is far
+//! Repeats of an Event (same workspace, type, reason, action *and note*) within `SERIES_WINDOW`
+//! update the first one's `series.count` instead of creating another. kube's recorder keys on
+//! everything but the note, so `kubectl describe` would show a later, different Event (the
+//! reverse switch, another instance) as "(x3)" of the first one's text; here only identical
+//! notes become a series. Unlike kube's recorder, the repeat table is pruned once a minute, not
+//! scanned on every publish, which at 10k workspaces was the controller's largest cost. When the queue is full (the API server is far
 //! behind), an Event is dropped and counted, like client-go's broadcaster does.
 
 use std::collections::HashMap;
@@ -72,13 +74,15 @@ impl Events {
     }
 }
 
-/// What makes two Events repeats of each other: the object (its uid), type, reason and action.
+/// What makes two Events repeats of each other: the object (its uid), type, reason, action and
+/// the note as published (cut to `NOTE_MAX`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     uid: String,
     type_: &'static str,
     reason: String,
     action: String,
+    note: String,
 }
 
 impl Key {
@@ -88,8 +92,16 @@ impl Key {
             type_: type_name(note.type_),
             reason: note.reason.clone(),
             action: note.action.clone(),
+            note: published_note(&note.note),
         }
     }
+}
+
+/// The API server's limit on an Event's note, in characters.
+const NOTE_MAX: usize = 1024;
+
+fn published_note(note: &str) -> String {
+    note.chars().take(NOTE_MAX).collect()
 }
 
 /// The Event a repeat would update: its name, count and when it was last seen.
@@ -173,7 +185,7 @@ fn new_event(note: &Note, instance: &str) -> Event {
     Event {
         action: Some(note.action.clone()),
         reason: Some(note.reason.clone()),
-        note: Some(note.note.chars().take(1024).collect()),
+        note: Some(published_note(&note.note)),
         event_time: Some(MicroTime(note.at)),
         regarding: Some(note.regarding.clone()),
         reporting_controller: Some(CONTROLLER.to_owned()),
@@ -199,6 +211,35 @@ fn event_name(object: &str, at: Timestamp) -> String {
     let prefix = prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
     let prefix = if prefix.is_empty() { "switchyard" } else { prefix };
     format!("{prefix}.{:x}{:04x}", at.as_nanosecond().unsigned_abs(), rand::random::<u16>())
+}
+
+/// A fresh operation id that also carries when the claim was made, to the millisecond: a
+/// UUIDv7 of `at`. `status.operation.startedAt` is a `Time` and keeps whole seconds only, so a
+/// duration measured from it alone (a switch's, in its Event and in
+/// `switchyard_switch_duration_seconds`) runs up to a second high.
+pub fn operation_id(at: Timestamp) -> String {
+    let secs = u64::try_from(at.as_second()).unwrap_or(0);
+    let nanos = u32::try_from(at.subsec_nanosecond()).unwrap_or(0);
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos)).to_string()
+}
+
+/// How long the operation `id` (started at `started_at`) has run at `now`, in seconds, never
+/// negative. Measured from the claim time in the id when it has one that agrees with
+/// `started_at` (the same second, give or take the rounding of either); otherwise (an id of
+/// another form, such as a retarget's, or of an older build) from `started_at`.
+pub fn seconds_since_claim(id: &str, started_at: Timestamp, now: Timestamp) -> f64 {
+    let claimed = claim_time(id).filter(|t| t.duration_since(started_at).abs() < SignedDuration::from_secs(1));
+    now.duration_since(claimed.unwrap_or(started_at)).as_secs_f64().max(0.0)
+}
+
+/// The time recorded in a UUIDv7 operation id.
+fn claim_time(id: &str) -> Option<Timestamp> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    if uuid.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Timestamp::new(i64::try_from(secs).ok()?, i32::try_from(nanos).ok()?).ok()
 }
 
 #[cfg(test)]
@@ -287,5 +328,47 @@ mod tests {
         let mut n = note("Claimed", Timestamp::UNIX_EPOCH);
         n.note = "x".repeat(5000);
         assert_eq!(new_event(&n, "me").note.map(|s| s.len()), Some(1024));
+    }
+
+    #[test]
+    fn different_notes_are_different_events_and_identical_ones_a_series() {
+        let mut r = Repeats::default();
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
+        let with = |text: &str, at: Timestamp| Note { note: text.into(), ..note("SwitchCompleted", at) };
+        let (first, _) = r.record(&with("from aws to gcp: i-gcp-1", t0), "me");
+        let t1 = t0 + SignedDuration::from_secs(10);
+        let (back, repeat) = r.record(&with("from gcp to aws: i-aws-2", t1), "me");
+        assert!(!repeat, "the reverse switch is an Event of its own");
+        assert_ne!(back.metadata.name, first.metadata.name);
+        assert_eq!(back.note.as_deref(), Some("from gcp to aws: i-aws-2"));
+        let (again, repeat) = r.record(&with("from aws to gcp: i-gcp-1", t1), "me");
+        assert!(repeat, "the very same note is a repeat");
+        assert_eq!(again.metadata.name, first.metadata.name);
+        assert_eq!(again.series.map(|s| s.count), Some(2));
+        // Notes are compared as published: cut to the API's limit.
+        let long = "x".repeat(NOTE_MAX);
+        r.record(&with(&format!("{long}a"), t1), "me");
+        let (_, repeat) = r.record(&with(&format!("{long}b"), t1), "me");
+        assert!(repeat, "notes that publish the same are the same");
+    }
+
+    #[test]
+    fn a_claim_is_timed_from_its_id_to_the_millisecond() {
+        let claimed = Timestamp::UNIX_EPOCH + SignedDuration::from_millis(1_000_000_700);
+        let id = operation_id(claimed);
+        assert_eq!(claim_time(&id), Some(claimed));
+        // startedAt as the API server keeps it: whole seconds.
+        let started_at = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(1_000_000);
+        let now = claimed + SignedDuration::from_millis(250);
+        let took = seconds_since_claim(&id, started_at, now);
+        assert!((took - 0.25).abs() < 1e-9, "took {took}, not 0.95 as from startedAt");
+        // Another id form, or one that disagrees with startedAt: from startedAt.
+        let v4 = uuid::Uuid::new_v4().to_string();
+        assert!((seconds_since_claim(&v4, started_at, now) - 0.95).abs() < 1e-9);
+        let elsewhen = operation_id(claimed + SignedDuration::from_secs(30));
+        assert!((seconds_since_claim(&elsewhen, started_at, now) - 0.95).abs() < 1e-9);
+        assert!((seconds_since_claim("not-a-uuid", started_at, now) - 0.95).abs() < 1e-9);
+        // A clock that went back gives zero, not a negative duration.
+        assert_eq!(seconds_since_claim(&id, started_at, claimed - SignedDuration::from_secs(5)), 0.0);
     }
 }

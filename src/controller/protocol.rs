@@ -308,7 +308,8 @@ async fn claim(
     to: Option<String>,
     now: &Time,
 ) -> Result<Flow, Error> {
-    let id = uuid::Uuid::new_v4().to_string();
+    // The id carries the claim time to the millisecond (startedAt keeps whole seconds).
+    let id = super::events::operation_id(now.0);
     let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, now);
     let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
     match writes::claim(api, ws, &next, is_ours).await? {
@@ -565,7 +566,9 @@ async fn provision(
             let op = ws.operation();
             let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
             ctx.metrics.switch(&from, provider_name, SwitchResult::Completed);
-            let took = op.map(|o| now.0.duration_since(o.started_at.0).as_secs_f64().max(0.0));
+            // Timed at the finish, not at this reconcile's start: the provision call counts too.
+            let finished = ctx.now();
+            let took = op.map(|o| super::events::seconds_since_claim(&o.id, o.started_at.0, finished.0));
             if let Some(took) = took {
                 ctx.metrics.switch_duration.observe(took);
             }
