@@ -159,6 +159,9 @@ pub struct Handles {
 struct Memory {
     /// resourceVersion of our last write, to skip reconciles on a cache that has not caught up.
     written: HashMap<ObjectRef<Workspace>, u64>,
+    /// The newest epoch a provider refused us for: the API server holds a claim at least that
+    /// new, so a cached copy with an older epoch is stale and must not be acted on.
+    fenced: HashMap<ObjectRef<Workspace>, i64>,
     /// Consecutive failed stops and when the next may be tried.
     stop_failures: HashMap<ObjectRef<Workspace>, (u32, jiff::Timestamp)>,
     /// Consecutive reconcile errors, for the error backoff.
@@ -169,6 +172,7 @@ impl Memory {
     /// Drops what is kept about a workspace that is gone, so memory is bounded by live objects.
     fn forget(&mut self, key: &ObjectRef<Workspace>) {
         self.written.remove(key);
+        self.fenced.remove(key);
         self.stop_failures.remove(key);
         self.errors.remove(key);
     }
@@ -176,6 +180,7 @@ impl Memory {
     /// Keeps only what is kept about `live` workspaces.
     fn retain(&mut self, live: &std::collections::HashSet<ObjectRef<Workspace>>) {
         self.written.retain(|k, _| live.contains(k));
+        self.fenced.retain(|k, _| live.contains(k));
         self.stop_failures.retain(|k, _| live.contains(k));
         self.errors.retain(|k, _| live.contains(k));
     }

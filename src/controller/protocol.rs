@@ -51,11 +51,17 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
     let span = info_span!("reconcile", namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any());
     async move {
         // Acting on a copy older than our own last write could repeat a step we already took
-        // (a stop under a claim we released, say): read the object afresh instead.
-        let mut ws = if cache_is_behind_our_write(&ctx, &ws) {
-            match ctx.workspaces(&ws.namespace().unwrap_or_default()).get_opt(&ws.name_any()).await? {
-                Some(fresh) if !cache_is_behind_our_write(&ctx, &fresh) => fresh,
-                // Gone, or the read is behind too: the watch event of our write brings us back.
+        // (a stop under a claim we released, say), and one older than a fence we met would call
+        // a provider again under an epoch already superseded: read the object afresh instead.
+        let mut ws = if cache_is_behind(&ctx, &ws) {
+            let fresh = ctx.workspaces(&ws.namespace().unwrap_or_default()).get_opt(&ws.name_any()).await?;
+            // The read is authoritative for the epoch: a fence is heeded once, not forever (a
+            // provider could name any epoch).
+            ctx.memory().fenced.remove(&key);
+            match fresh {
+                Some(fresh) if !cache_is_behind(&ctx, &fresh) => fresh,
+                // Gone, or the read is behind our write too: the watch event of our write
+                // brings us back.
                 _ => return Ok(Action::requeue(Duration::from_secs(1))),
             }
         } else {
@@ -155,7 +161,7 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
         let running = match ctx.dispatcher.lookup(&provider, &call, &instance.key).await {
             // What runs under the key, whatever id status records (see `stop_named`).
             Ok(found) => found.is_some_and(|i| i.state == InstanceState::Running),
-            Err(e) => return Ok(release_failed(ctx, &e)),
+            Err(e) => return Ok(release_failed(ctx, ws, &e)),
         };
         if !running {
             warn!(instance = %instance.id, provider = %instance.provider, "the compute was already stopped (by a superseded holder): carrying on");
@@ -234,7 +240,7 @@ async fn fence(
             None => format!("ComputeProvider {name:?} does not exist, so it cannot be fenced"),
             Some(provider) => match ctx.dispatcher.fence(&provider, &call).await {
                 Ok(()) => continue,
-                Err(e) if fenced(&e) => return Ok(fenced_off(ctx, &e)),
+                Err(e) if fenced(&e) => return Ok(fenced_off(ctx, ws, &e)),
                 Err(e) => e.to_string(),
             },
         };
@@ -387,7 +393,7 @@ async fn stop_old(
                 last = None;
                 break;
             }
-            Err(e) if fenced(&e) => return Ok(fenced_off(ctx, &e)),
+            Err(e) if fenced(&e) => return Ok(fenced_off(ctx, ws, &e)),
             Err(e) => {
                 warn!(attempt, attempts, error = %e, "stop failed");
                 let error = last.insert(e.to_string());
@@ -548,7 +554,7 @@ async fn provision(
             let error = format!("instance {} under key {key} is {:?}", info.id, info.state);
             return provision_failed(ctx, api, ws, &error, now).await;
         }
-        Err(e) if fenced(&e) => return Ok(fenced_off(ctx, &e)),
+        Err(e) if fenced(&e) => return Ok(fenced_off(ctx, ws, &e)),
         Err(e) => return provision_failed(ctx, api, ws, &e.to_string(), now).await,
     };
     ctx.failpoints.hit(FailPoint::AfterProvision).await;
@@ -618,20 +624,20 @@ async fn release(ctx: &Context, ws: &Workspace, provider_name: &str, key: &str) 
     };
     let found = match ctx.dispatcher.lookup(&provider, &call, key).await {
         Ok(found) => found,
-        Err(e) => return Some(Ok(release_failed(ctx, &e))),
+        Err(e) => return Some(Ok(release_failed(ctx, ws, &e))),
     };
     if let Some(instance) = found.filter(|i| i.state == InstanceState::Running) {
         if let Err(e) = ctx.dispatcher.stop(&provider, &call, &instance.id).await {
-            return Some(Ok(release_failed(ctx, &e)));
+            return Some(Ok(release_failed(ctx, ws, &e)));
         }
         info!(instance = %instance.id, provider = provider_name, "released compute created under the operation's key");
     }
     None
 }
 
-fn release_failed(ctx: &Context, e: &DispatchError) -> Flow {
+fn release_failed(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
     if fenced(e) {
-        return fenced_off(ctx, e);
+        return fenced_off(ctx, ws, e);
     }
     warn!(error = %e, "releasing in-flight compute failed; will retry");
     Flow::Done(Action::requeue(ctx.settings.provision_backoff.0))
@@ -661,8 +667,15 @@ async fn held_write(
     }
 }
 
-/// A provider refused us for a stale epoch: another instance has taken over. Touch nothing more.
-fn fenced_off(ctx: &Context, e: &DispatchError) -> Flow {
+/// A provider refused us for a stale epoch: another instance has taken over. Touch nothing more,
+/// and act on no copy of the workspace older than that epoch (see `cache_is_behind`): our cache
+/// may not have seen the takeover yet, and a trigger already queued would otherwise call again.
+fn fenced_off(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
+    if let DispatchError::Driver { source: DriverError::StaleEpoch { newest, .. }, .. } = e {
+        let mut memory = ctx.memory();
+        let known = memory.fenced.entry(ObjectRef::from_obj(ws)).or_insert(*newest);
+        *known = (*known).max(*newest);
+    }
     ctx.metrics.claims_lost.inc();
     warn!(error = %e, "fenced off by the provider: another instance holds the workspace");
     Flow::Done(Action::await_change())
@@ -805,8 +818,12 @@ pub(super) fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &st
     });
 }
 
-fn cache_is_behind_our_write(ctx: &Context, ws: &Workspace) -> bool {
-    ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
+/// Whether `ws` is older than our own last write of it, or than the epoch a provider last
+/// fenced us at.
+fn cache_is_behind(ctx: &Context, ws: &Workspace) -> bool {
+    let epoch = ws.status.as_ref().map(|s| s.epoch).unwrap_or_default();
+    let fenced = ctx.memory().fenced.get(&ObjectRef::from_obj(ws)).is_some_and(|newest| epoch < *newest);
+    fenced || ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
 }
 
 /// Records the resourceVersion a write of ours returned, so that no later reconcile acts on a
