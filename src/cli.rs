@@ -268,7 +268,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), String> {
             }
         });
     }
-    let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
+    let dispatcher = Dispatcher::new(Clouds::unledgered()).with_client(client.clone());
     let mut settings = args.settings();
     if args.cluster.is_none() {
         match cluster_uid(&client).await {

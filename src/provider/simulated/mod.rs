@@ -207,6 +207,10 @@ pub trait LedgerSink: Send + Sync + fmt::Debug {
 #[derive(Debug, Default)]
 struct Ledger {
     entries: Mutex<Vec<LedgerEntry>>,
+    /// Entries ledgered so far (the next one's seq is one more), kept or not.
+    count: Mutex<u64>,
+    /// Whether entries are kept in memory (see [`Clouds::unledgered`]).
+    forget: bool,
     sink: Mutex<Option<Arc<dyn LedgerSink>>>,
     /// Set once the sink fails: from then on the cloud refuses every call, since effects it
     /// makes could no longer survive a restart.
@@ -217,11 +221,19 @@ impl Ledger {
     /// Appends `entry` under the next sequence number (1, 2, ...), durably if there is a sink.
     /// An entry the sink refused is still kept in memory, so the process stays consistent
     /// with itself; the error says the effect may be lost on restart.
-    fn push(&self, mut entry: LedgerEntry) -> Result<(), String> {
+    fn push(&self, entry: impl FnOnce(u64) -> LedgerEntry) -> Result<(), String> {
         let mut entries = lock(&self.entries);
-        entry.seq = entries.len() as u64 + 1;
-        trace!(seq = entry.seq, provider = %entry.provider, call = %entry.call, outcome = ?entry.outcome, "simulated call");
+        let seq = {
+            let mut count = lock(&self.count);
+            *count = count.saturating_add(1);
+            *count
+        };
         let sink = lock(&self.sink).clone();
+        if self.forget && sink.is_none() {
+            return Ok(());
+        }
+        let entry = entry(seq);
+        trace!(seq = entry.seq, provider = %entry.provider, call = %entry.call, outcome = ?entry.outcome, "simulated call");
         let mut result = Ok(());
         if let Some(sink) = sink.filter(|_| self.broken().is_none())
             && let Err(e) = sink.append(&entry)
@@ -230,7 +242,9 @@ impl Ledger {
             *lock(&self.broken) = Some(msg.clone());
             result = Err(msg);
         }
-        entries.push(entry);
+        if !self.forget {
+            entries.push(entry);
+        }
         result
     }
 
@@ -471,8 +485,8 @@ impl Cloud {
         instance: Option<&str>,
         outcome: Outcome,
     ) -> Result<(), String> {
-        self.ledger.push(LedgerEntry {
-            seq: 0,
+        self.ledger.push(|seq| LedgerEntry {
+            seq,
             at: SystemTime::now(),
             provider: self.provider.clone(),
             caller: ctx.caller.clone(),
@@ -721,6 +735,14 @@ impl Clouds {
         Self::default()
     }
 
+    /// Clouds that keep no ledger in memory: for a controller process whose simulated providers
+    /// nobody inspects (a demo, a benchmark), where a ledger of every call would grow without
+    /// bound. Instances, keys and fences behave the same; `ledger()` is empty.
+    pub fn unledgered() -> Self {
+        let ledger = Ledger { forget: true, ..Ledger::default() };
+        Self { inner: Arc::new(CloudsInner { ledger: Arc::new(ledger), ..CloudsInner::default() }) }
+    }
+
     /// Clouds rebuilt from a ledger they wrote (in seq order): instances, keys, fences and the
     /// ledger itself, as they were. Faults are not part of the ledger and start cleared.
     pub fn restore(entries: Vec<LedgerEntry>) -> Self {
@@ -728,6 +750,7 @@ impl Clouds {
         for e in &entries {
             clouds.cloud(&e.provider).replay(e);
         }
+        *lock(&clouds.inner.ledger.count) = entries.len() as u64;
         *lock(&clouds.inner.ledger.entries) = entries;
         clouds
     }

@@ -50,6 +50,18 @@ async fn provision_is_idempotent_by_key() {
 }
 
 #[tokio::test]
+async fn unledgered_clouds_keep_instances_and_fences_but_no_ledger() {
+    let clouds = Clouds::unledgered();
+    let d = driver(&clouds, "east");
+    let a = d.provision(&ctx(2), "k1", None).await.unwrap();
+    assert_eq!(d.provision(&ctx(2), "k1", None).await.unwrap(), a, "idempotent by key");
+    assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::StaleEpoch { epoch: 1, newest: 2 })));
+    d.stop(&ctx(2), &a.id).await.unwrap();
+    assert_eq!(clouds.cloud("east").instance(&a.id).map(|i| i.state), Some(InstanceState::Stopped));
+    assert!(clouds.ledger().is_empty());
+}
+
+#[tokio::test]
 async fn provision_returns_a_stopped_instance_as_is() {
     let clouds = Clouds::new();
     let d = driver(&clouds, "east");
