@@ -41,11 +41,11 @@ fn workspace_crd() -> CustomResourceDefinition {
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as committed under `crds/`.
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     let mut out = String::new();
     for crd in crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_saphyr::to_string(&crd)?);
     }
     Ok(out)
 }

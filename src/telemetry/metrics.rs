@@ -230,9 +230,9 @@ mod tests {
 
     /// Every `expr` of the shipped PrometheusRule.
     fn exprs() -> Vec<String> {
-        let doc: serde_yaml::Value = serde_yaml::from_str(RULES).expect("prometheusrule.yaml is YAML");
-        let groups = doc["spec"]["groups"].as_sequence().cloned().unwrap_or_default();
-        let rules = groups.iter().flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default());
+        let doc: serde_json::Value = serde_saphyr::from_str(RULES).expect("prometheusrule.yaml is YAML");
+        let groups = doc["spec"]["groups"].as_array().cloned().unwrap_or_default();
+        let rules = groups.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default());
         rules.map(|r| r["expr"].as_str().expect("every rule has an expr").to_owned()).collect()
     }
 
