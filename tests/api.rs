@@ -181,6 +181,12 @@ async fn kubectl_works_as_users_expect() {
     let row: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
     assert_eq!(&row[..5], ["ws-1", "aws", "aws", "Running", "True"]);
 
+    for (kind, expected) in [("workspace", "A unit of compute"), ("computeprovider", "A place compute can run")] {
+        let out = kubectl(&["explain", kind]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains(expected) && !text.contains("Auto-generated"), "{text}");
+    }
     let out = kubectl(&["explain", "workspace.spec.provider"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("Name of the cluster-scoped ComputeProvider"), "{}", stdout(&out));
@@ -189,4 +195,73 @@ async fn kubectl_works_as_users_expect() {
         kubectl(&["patch", "workspace", "ws-1", "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"provider":"gcp"}}"#]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(api.get("ws-1").await.expect("get").spec.provider, "gcp");
+}
+
+/// The template cannot make a workspace approach the API server's object size limit: besides
+/// the per-entry bounds, args and env are bounded in all.
+#[tokio::test]
+async fn template_totals_are_bounded() {
+    let client = client().await;
+    let ns = namespace(&client, "api-template").await;
+    let api: Api<Workspace> = Api::namespaced(client, &ns);
+    let long = "x".repeat(4000);
+    let mut ws = workspace("ws-args", "aws");
+    let template = ws.spec.template.get_or_insert_with(Default::default);
+    template.args = Some(vec![long.clone(); 5]);
+    let err = api.create(&PostParams::default(), &ws).await.expect_err("20000 characters of args");
+    assert!(err.to_string().contains("template.args are at most 16384 characters in all"), "{err}");
+
+    let mut ws = workspace("ws-env", "aws");
+    let template = ws.spec.template.get_or_insert_with(Default::default);
+    template.env = Some((0..5).map(|i| (format!("VAR_{i}"), long.clone())).collect());
+    let err = api.create(&PostParams::default(), &ws).await.expect_err("20000 characters of env");
+    assert!(err.to_string().contains("template.env names and values are at most 16384 characters in all"), "{err}");
+
+    // Up to the totals is fine.
+    let mut ws = workspace("ws-fits", "aws");
+    let template = ws.spec.template.get_or_insert_with(Default::default);
+    template.args = Some(vec![long.clone(); 4]);
+    template.env = Some((0..4).map(|i| (format!("V{i}"), long.clone())).collect());
+    api.create(&PostParams::default(), &ws).await.expect("16000 characters of each");
+}
+
+/// No write to the status subresource gets around the epoch rule by removing the status or
+/// replacing it with null: each is refused with a message naming the rule, and the epoch stays.
+#[tokio::test]
+async fn status_cannot_be_removed_or_replaced_by_null() {
+    let client = client().await;
+    let ns = namespace(&client, "api-null").await;
+    let api: Api<Workspace> = Api::namespaced(client, &ns);
+    api.create(&PostParams::default(), &workspace("ws-null", "aws")).await.expect("create");
+    api.patch_status("ws-null", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 5}})))
+        .await
+        .expect("raise epoch");
+
+    let patch = |kind: &str, body: &str| {
+        let args = ["patch", "workspace", "ws-null", "-n", &ns, "--subresource=status", "--type", kind, "-p", body];
+        kubectl(&args)
+    };
+    let mut without = serde_json::to_value(api.get_status("ws-null").await.expect("get")).expect("json");
+    without.as_object_mut().expect("object").remove("status");
+    let mut null = without.clone();
+    null["status"] = serde_json::Value::Null;
+    let replace = |object: &serde_json::Value| {
+        kubectl_stdin(&["replace", "--subresource=status", "-f", "-"], &object.to_string())
+    };
+    for (what, out) in [
+        ("merge patch status: null", patch("merge", r#"{"status": null}"#)),
+        ("merge patch status.epoch: null", patch("merge", r#"{"status": {"epoch": null}}"#)),
+        ("JSON patch remove /status", patch("json", r#"[{"op": "remove", "path": "/status"}]"#)),
+        (
+            "JSON patch replace /status with null",
+            patch("json", r#"[{"op": "replace", "path": "/status", "value": null}]"#),
+        ),
+        ("update without status", replace(&without)),
+        ("update with status: null", replace(&null)),
+    ] {
+        assert!(!out.status.success(), "{what} was accepted: {}", stdout(&out));
+        let message = stderr(&out);
+        assert!(message.contains("status.epoch must never decrease"), "{what}: {message}");
+    }
+    assert_eq!(api.get_status("ws-null").await.expect("get").status.expect("status").epoch, 5);
 }
