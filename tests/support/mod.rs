@@ -149,6 +149,32 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// A kube client for the test control plane that acts as `user` in `groups` (impersonation by
+/// the cluster-admin of the kubeconfig), so RBAC and admission judge that user.
+pub async fn client_as(user: &str, groups: &[&str]) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    Client::try_from(config).expect("client")
+}
+
+/// `kubectl auth can-i` as `user`; `resource/sub` names a subresource.
+pub fn can_i(user: &str, verb: &str, resource: &str, namespace: &str) -> bool {
+    let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user, "-n", namespace];
+    let sub_flag = sub.map(|s| format!("--subresource={s}"));
+    args.extend(sub_flag.as_deref());
+    let out = kubectl(&args);
+    let answer = stdout(&out);
+    match answer.trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i {verb} {resource} as {user}: {other:?} {}", stderr(&out)),
+    }
+}
+
 /// A fresh namespace for one test.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
