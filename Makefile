@@ -4,7 +4,7 @@ CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
 .PHONY: model-check
-.PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind image-check chaos
+.PHONY: run test testenv build crds chart-files lint unit integration clean bench plugin e2e-kind image-check chaos
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
@@ -39,9 +39,18 @@ plugin: build
 	ln -sfn "$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/switchyard" target/plugin/kubectl-switchyard
 	@echo 'export PATH="$(abspath target/plugin):$$PATH"   # then: kubectl switchyard status'
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ from the Rust types (and the Helm chart's copy)
 crds:
 	$(CARGO) run --quiet -- crd > crds/switchyard.dev.yaml
+	$(MAKE) --no-print-directory chart-files
+
+## chart-files: copy the CRDs, the alerts and the dashboard into the Helm chart (a chart cannot
+##              read files outside its folder; tests/helm.rs fails when a copy drifts)
+CHART := deploy/helm/switchyard
+chart-files:
+	cp crds/switchyard.dev.yaml $(CHART)/files/crds.yaml
+	cp deploy/monitoring/prometheusrule.yaml $(CHART)/files/prometheusrule.yaml
+	cp deploy/monitoring/grafana-dashboard.json $(CHART)/files/grafana-dashboard.json
 
 ## bench: create and switch N workspaces on a local control plane; measure latency, API writes,
 ##        controller memory/CPU and the API server's ceiling (results: target/bench, docs/benchmarks.md).
