@@ -4,7 +4,7 @@ CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
 .PHONY: model-check
-.PHONY: run test testenv build crds chart-files lint unit integration clean bench plugin e2e-kind image-check chaos
+.PHONY: run test testenv krew build crds chart-files static dist lint unit integration clean bench plugin e2e-kind image-check chaos
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
@@ -13,7 +13,7 @@ run: testenv build
 ## test: unit tests and integration tests against a real kube-apiserver (with the chaos scenarios
 ##       and one short seeded campaign of tests/chaos.rs), then the OpenTelemetry
 ##       trace test on the `otel` build (lint: make lint)
-test: testenv
+test: testenv krew
 	$(CARGO) test --all-targets -- --color never --test-threads 4
 	$(CARGO) test --features otel --test otel -- --color never
 
@@ -24,6 +24,10 @@ SEEDS ?= 1 2 3 4 5
 chaos: testenv
 	$(CARGO) build --release --test chaos
 	SWITCHYARD_CHAOS_SEEDS="$(SEEDS)" $(CARGO) test --release --test chaos -- --ignored --nocapture --color never campaign
+
+## krew: build the kubectl plugin manager from tests/krew, for the release-archive test (cached by content hash)
+krew:
+	tests/krew/build.sh target/krew/bin
 
 ## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
 testenv:
@@ -71,12 +75,24 @@ e2e-kind: testenv
 	  --test provider_e2e --test ha --test gitops --test cli -- --test-threads 4; \
 	  status=$$?; $(KIND) delete cluster --name $(KIND_CLUSTER); exit $$status
 
+## static: the release binary, statically linked (glibc; the Dockerfile builds musl), for the
+##         image and the release archive
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_BIN = $${CARGO_TARGET_DIR:-target}/$(STATIC_TARGET)/release/switchyard
+VERSION := $(shell awk -F'"' '$$1 == "version = " { print $$2; exit }' Cargo.toml)
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(STATIC_TARGET)
+
+## dist: target/dist/switchyard_vVERSION_linux_amd64.tar.gz (kubectl-switchyard, LICENSE, README,
+##       completions, man pages) and target/dist/plugins/switchyard.yaml, its krew manifest
+dist: static
+	deploy/dist.sh "$(STATIC_BIN)" target/dist "v$(VERSION)"
+
 ## image-check: the image's runtime contract without Docker (needs root): a static build, alone in
 ##              an empty read-only root filesystem, run as uid 65532, carries a workspace through
 ##              a switch (deploy/image-check.sh). With Docker, build deploy/Dockerfile instead.
-image-check: testenv
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
-	deploy/image-check.sh "$${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/switchyard" $(TESTENV_BIN)
+image-check: testenv static
+	deploy/image-check.sh "$(STATIC_BIN)" $(TESTENV_BIN)
 
 lint:
 	$(CARGO) fmt --check
