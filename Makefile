@@ -4,7 +4,7 @@ CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
 .PHONY: model-check
-.PHONY: run test testenv krew build crds chart-files static dist lint unit integration clean bench plugin e2e-kind image-check chaos
+.PHONY: run test testenv krew build crds chart-files static dist image lint unit integration clean bench plugin e2e-kind image-check chaos
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
@@ -27,7 +27,7 @@ chaos: testenv
 
 ## krew: build the kubectl plugin manager from tests/krew, for the release-archive test (cached by content hash)
 krew:
-	tests/krew/build.sh target/krew/bin
+	deploy/go-tool.sh tests/krew sigs.k8s.io/krew/cmd/krew target/krew/bin/krew
 
 ## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
 testenv:
@@ -88,11 +88,27 @@ static:
 dist: static
 	deploy/dist.sh "$(STATIC_BIN)" target/dist "v$(VERSION)"
 
-## image-check: the image's runtime contract without Docker (needs root): a static build, alone in
-##              an empty read-only root filesystem, run as uid 65532, carries a workspace through
-##              a switch (deploy/image-check.sh). With Docker, build deploy/Dockerfile instead.
-image-check: testenv static
-	deploy/image-check.sh "$(STATIC_BIN)" $(TESTENV_BIN)
+## image: target/image/switchyard-VERSION.oci.tar, an OCI image archive of the static binary built
+##        without a container engine (deploy/image, go-containerregistry): nonroot (65532), no
+##        shell, OCI labels, an SPDX SBOM of the Rust dependencies inside and beside it. Load it
+##        with `skopeo copy oci-archive:…`, `podman load` or `docker load` (25+)
+IMAGE_TOOL := target/image/bin/switchyard-image
+IMAGE := target/image/switchyard-$(VERSION).oci.tar
+image: static
+	deploy/go-tool.sh deploy/image . $(IMAGE_TOOL)
+	$(CARGO) metadata --format-version 1 --locked --filter-platform $(STATIC_TARGET) > target/image/metadata.json
+	$(IMAGE_TOOL) build --binary "$(STATIC_BIN)" --metadata target/image/metadata.json --lock Cargo.lock \
+	  --license LICENSE --version $(VERSION) --revision "$$(git rev-parse HEAD)" \
+	  --created "$$(date -u -d "@$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct)}" +%Y-%m-%dT%H:%M:%SZ)" \
+	  --out $(IMAGE) --sbom-out target/image/switchyard-$(VERSION).spdx.json
+
+## image-check: the image's contract, on the archive `make image` wrote (needs root): unpacked as a
+##              runtime would, its config runs /switchyard as 65532 with no shell in the filesystem,
+##              and that filesystem, mounted read-only, carries a workspace through a switch
+##              (deploy/image-check.sh); the image builder's own tests first
+image-check: testenv image
+	cd deploy/image && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly go test ./...
+	deploy/image-check.sh $(IMAGE) $(TESTENV_BIN) $(IMAGE_TOOL)
 
 lint:
 	$(CARGO) fmt --check
