@@ -265,3 +265,29 @@ async fn status_cannot_be_removed_or_replaced_by_null() {
     }
     assert_eq!(api.get_status("ws-null").await.expect("get").status.expect("status").epoch, 5);
 }
+
+/// Status strings are bounded too: a condition is refused with the field and the rule named when
+/// its message is over the bound, its reason is not a CamelCase identifier or its status is not
+/// True, False or Unknown.
+#[tokio::test]
+async fn status_conditions_are_bounded() {
+    let client = client().await;
+    let ns = namespace(&client, "api-conditions").await;
+    let api: Api<Workspace> = Api::namespaced(client, &ns);
+    api.create(&PostParams::default(), &workspace("ws-cond", "aws")).await.expect("create");
+    let condition = |status: &str, reason: &str, message: String| {
+        json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    };
+    let limit = switchyard::api::conditions::MAX_WORKSPACE_MESSAGE as usize;
+    for (what, patch, says) in [
+        ("a long message", condition("True", "Running", "m".repeat(limit + 1)), "may not be more than 32768"),
+        ("a reason with spaces", condition("True", "it runs", String::new()), "status.conditions[0].reason"),
+        ("an unknown status", condition("Maybe", "Running", String::new()), "Unsupported value: \"Maybe\""),
+    ] {
+        let err = api.patch_status("ws-cond", &PatchParams::default(), &Patch::Merge(patch)).await.expect_err(what);
+        assert!(err.to_string().contains(says), "{what}: {err}");
+    }
+    let fits = condition("True", "Running", "m".repeat(limit));
+    api.patch_status("ws-cond", &PatchParams::default(), &Patch::Merge(fits)).await.expect("a message at the bound");
+}
