@@ -342,6 +342,16 @@ fn helm_install_creates_the_controller_rbac_policy_and_crds() {
     let out = patch(&["--as", sa, "--as-group", "system:serviceaccounts"]);
     assert!(out.status.success(), "the release's ServiceAccount was refused: {}", stderr(&out));
 
+    // An upgrade with other values changes the release in place (the CRDs are templates of it).
+    let chart_path = chart.to_str().expect("utf-8 path");
+    let upgrade =
+        ["upgrade", "sy", chart_path, "-n", "sy-system", "--kubeconfig", kubeconfig, "--set", "replicaCount=3"];
+    let out = helm(&upgrade);
+    assert!(out.status.success(), "helm upgrade failed: {}", stderr(&out));
+    let out =
+        kubectl(&["get", "-n", "sy-system", "deployment/sy-switchyard-controller", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(stdout(&out), "3");
+
     let out = helm(&["uninstall", "sy", "-n", "sy-system", "--kubeconfig", kubeconfig]);
     assert!(out.status.success(), "helm uninstall failed: {}", stderr(&out));
     let out = kubectl(&["get", "crd/workspaces.switchyard.dev", "-o", "name"]);
