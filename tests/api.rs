@@ -17,6 +17,16 @@ fn workspace(name: &str, provider: &str) -> Workspace {
     .expect("workspace")
 }
 
+/// A fresh namespace holding workspace `name` (on provider aws): its API, the namespace, and the
+/// workspace as created.
+async fn with_workspace(prefix: &str, name: &str) -> (Api<Workspace>, String, Workspace) {
+    let client = client().await;
+    let ns = namespace(&client, prefix).await;
+    let api: Api<Workspace> = Api::namespaced(client, &ns);
+    let created = api.create(&PostParams::default(), &workspace(name, "aws")).await.expect("create");
+    (api, ns, created)
+}
+
 #[test]
 fn committed_crds_match_the_rust_types() {
     let committed = std::fs::read_to_string(repo_root().join("crds/switchyard.dev.yaml")).expect("read crds/");
@@ -26,10 +36,7 @@ fn committed_crds_match_the_rust_types() {
 
 #[tokio::test]
 async fn status_merge_patch_with_stale_resource_version_is_refused() {
-    let client = client().await;
-    let ns = namespace(&client, "api-rv").await;
-    let api: Api<Workspace> = Api::namespaced(client, &ns);
-    let created = api.create(&PostParams::default(), &workspace("ws-rv", "aws")).await.expect("create");
+    let (api, _, created) = with_workspace("api-rv", "ws-rv").await;
     let stale_rv = created.metadata.resource_version.clone().expect("rv");
 
     // Someone else writes first: the resourceVersion we hold is now stale.
@@ -63,10 +70,7 @@ async fn status_merge_patch_with_stale_resource_version_is_refused() {
 
 #[tokio::test]
 async fn status_writes_leave_generation_and_spec_writes_bump_it() {
-    let client = client().await;
-    let ns = namespace(&client, "api-gen").await;
-    let api: Api<Workspace> = Api::namespaced(client, &ns);
-    let created = api.create(&PostParams::default(), &workspace("ws-gen", "aws")).await.expect("create");
+    let (api, _, created) = with_workspace("api-gen", "ws-gen").await;
     let generation = created.metadata.generation.expect("generation");
 
     let after_status = api
@@ -90,10 +94,7 @@ async fn status_writes_leave_generation_and_spec_writes_bump_it() {
 
 #[tokio::test]
 async fn status_epoch_never_decreases() {
-    let client = client().await;
-    let ns = namespace(&client, "api-epoch").await;
-    let api: Api<Workspace> = Api::namespaced(client, &ns);
-    api.create(&PostParams::default(), &workspace("ws-epoch", "aws")).await.expect("create");
+    let (api, _, _) = with_workspace("api-epoch", "ws-epoch").await;
     api.patch_status("ws-epoch", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 5}})))
         .await
         .expect("raise epoch");
@@ -157,10 +158,7 @@ async fn invalid_objects_are_rejected_with_a_clear_message() {
 
 #[tokio::test]
 async fn kubectl_works_as_users_expect() {
-    let client = client().await;
-    let ns = namespace(&client, "api-kubectl").await;
-    let api: Api<Workspace> = Api::namespaced(client, &ns);
-    api.create(&PostParams::default(), &workspace("ws-1", "aws")).await.expect("create");
+    let (api, ns, _) = with_workspace("api-kubectl", "ws-1").await;
     api.patch_status(
         "ws-1",
         &PatchParams::default(),
@@ -229,10 +227,7 @@ async fn template_totals_are_bounded() {
 /// replacing it with null: each is refused with a message naming the rule, and the epoch stays.
 #[tokio::test]
 async fn status_cannot_be_removed_or_replaced_by_null() {
-    let client = client().await;
-    let ns = namespace(&client, "api-null").await;
-    let api: Api<Workspace> = Api::namespaced(client, &ns);
-    api.create(&PostParams::default(), &workspace("ws-null", "aws")).await.expect("create");
+    let (api, ns, _) = with_workspace("api-null", "ws-null").await;
     api.patch_status("ws-null", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 5}})))
         .await
         .expect("raise epoch");
@@ -271,10 +266,7 @@ async fn status_cannot_be_removed_or_replaced_by_null() {
 /// True, False or Unknown.
 #[tokio::test]
 async fn status_conditions_are_bounded() {
-    let client = client().await;
-    let ns = namespace(&client, "api-conditions").await;
-    let api: Api<Workspace> = Api::namespaced(client, &ns);
-    api.create(&PostParams::default(), &workspace("ws-cond", "aws")).await.expect("create");
+    let (api, _, _) = with_workspace("api-conditions", "ws-cond").await;
     let condition = |status: &str, reason: &str, message: String| {
         json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": reason, "message": message,
             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
