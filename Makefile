@@ -4,7 +4,7 @@ CARGO ?= cargo
 TESTENV_BIN := target/testenv/bin
 
 .PHONY: model-check
-.PHONY: run test testenv build crds lint unit integration clean bench plugin e2e-kind image-check chaos
+.PHONY: run test testenv krew build crds chart-files static dist image lint unit integration clean bench plugin e2e-kind image-check chaos
 
 ## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
 run: testenv build
@@ -13,7 +13,7 @@ run: testenv build
 ## test: unit tests and integration tests against a real kube-apiserver (with the chaos scenarios
 ##       and one short seeded campaign of tests/chaos.rs), then the OpenTelemetry
 ##       trace test on the `otel` build (lint: make lint)
-test: testenv
+test: testenv krew
 	$(CARGO) test --all-targets -- --color never --test-threads 4
 	$(CARGO) test --features otel --test otel -- --color never
 
@@ -24,6 +24,10 @@ SEEDS ?= 1 2 3 4 5
 chaos: testenv
 	$(CARGO) build --release --test chaos
 	SWITCHYARD_CHAOS_SEEDS="$(SEEDS)" $(CARGO) test --release --test chaos -- --ignored --nocapture --color never campaign
+
+## krew: build the kubectl plugin manager from tests/krew, for the release-archive test (cached by content hash)
+krew:
+	deploy/go-tool.sh tests/krew sigs.k8s.io/krew/cmd/krew target/krew/bin/krew
 
 ## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
 testenv:
@@ -39,9 +43,18 @@ plugin: build
 	ln -sfn "$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/switchyard" target/plugin/kubectl-switchyard
 	@echo 'export PATH="$(abspath target/plugin):$$PATH"   # then: kubectl switchyard status'
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ from the Rust types (and the Helm chart's copy)
 crds:
 	$(CARGO) run --quiet -- crd > crds/switchyard.dev.yaml
+	$(MAKE) --no-print-directory chart-files
+
+## chart-files: copy the CRDs, the alerts and the dashboard into the Helm chart (a chart cannot
+##              read files outside its folder; tests/helm.rs fails when a copy drifts)
+CHART := deploy/helm/switchyard
+chart-files:
+	cp crds/switchyard.dev.yaml $(CHART)/files/crds.yaml
+	cp deploy/monitoring/prometheusrule.yaml $(CHART)/files/prometheusrule.yaml
+	cp deploy/monitoring/grafana-dashboard.json $(CHART)/files/grafana-dashboard.json
 
 ## bench: create and switch N workspaces on a local control plane; measure latency, API writes,
 ##        controller memory/CPU and the API server's ceiling (results: target/bench, docs/benchmarks.md).
@@ -62,12 +75,40 @@ e2e-kind: testenv
 	  --test provider_e2e --test ha --test gitops --test cli -- --test-threads 4; \
 	  status=$$?; $(KIND) delete cluster --name $(KIND_CLUSTER); exit $$status
 
-## image-check: the image's runtime contract without Docker (needs root): a static build, alone in
-##              an empty read-only root filesystem, run as uid 65532, carries a workspace through
-##              a switch (deploy/image-check.sh). With Docker, build deploy/Dockerfile instead.
-image-check: testenv
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
-	deploy/image-check.sh "$${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/switchyard" $(TESTENV_BIN)
+## static: the release binary, statically linked (glibc; the Dockerfile builds musl), for the
+##         image and the release archive
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_BIN = $${CARGO_TARGET_DIR:-target}/$(STATIC_TARGET)/release/switchyard
+VERSION := $(shell awk -F'"' '$$1 == "version = " { print $$2; exit }' Cargo.toml)
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(STATIC_TARGET)
+
+## dist: target/dist/switchyard_vVERSION_linux_amd64.tar.gz (kubectl-switchyard, LICENSE, README,
+##       completions, man pages) and target/dist/plugins/switchyard.yaml, its krew manifest
+dist: static
+	deploy/dist.sh "$(STATIC_BIN)" target/dist "v$(VERSION)"
+
+## image: target/image/switchyard-VERSION.oci.tar, an OCI image archive of the static binary built
+##        without a container engine (deploy/image, go-containerregistry): nonroot (65532), no
+##        shell, OCI labels, an SPDX SBOM of the Rust dependencies inside and beside it. Load it
+##        with `skopeo copy oci-archive:…`, `podman load` or `docker load` (25+)
+IMAGE_TOOL := target/image/bin/switchyard-image
+IMAGE := target/image/switchyard-$(VERSION).oci.tar
+image: static
+	deploy/go-tool.sh deploy/image . $(IMAGE_TOOL)
+	$(CARGO) metadata --format-version 1 --locked --filter-platform $(STATIC_TARGET) > target/image/metadata.json
+	$(IMAGE_TOOL) build --binary "$(STATIC_BIN)" --metadata target/image/metadata.json --lock Cargo.lock \
+	  --license LICENSE --version $(VERSION) --revision "$$(git rev-parse HEAD)" \
+	  --created "$$(date -u -d "@$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct)}" +%Y-%m-%dT%H:%M:%SZ)" \
+	  --out $(IMAGE) --sbom-out target/image/switchyard-$(VERSION).spdx.json
+
+## image-check: the image's contract, on the archive `make image` wrote (needs root): unpacked as a
+##              runtime would, its config runs /switchyard as 65532 with no shell in the filesystem,
+##              and that filesystem, mounted read-only, carries a workspace through a switch
+##              (deploy/image-check.sh); the image builder's own tests first
+image-check: testenv image
+	cd deploy/image && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly go test ./...
+	deploy/image-check.sh $(IMAGE) $(TESTENV_BIN) $(IMAGE_TOOL)
 
 lint:
 	$(CARGO) fmt --check

@@ -5,6 +5,7 @@
 mod connect;
 mod exit;
 mod progress;
+mod shell;
 mod status;
 mod switch;
 
@@ -155,6 +156,10 @@ pub enum Command {
     Switch(switch::SwitchArgs),
     /// Show workspaces as a table, or one in detail (conditions, operation, last switch).
     Status(status::StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(shell::CompletionArgs),
+    /// Print the man page switchyard(1), or write every command's page with --out-dir.
+    Man(shell::ManArgs),
 }
 
 /// The file name under which kubectl finds the plugin (`kubectl switchyard …`).
@@ -182,7 +187,8 @@ pub fn parse() -> Cli {
 
 pub async fn main(cli: Cli) -> ExitCode {
     // `switch` and `status` talk to people on stdout/stderr: logs only when RUST_LOG asks.
-    let user_facing = matches!(cli.command, Command::Switch(_) | Command::Status(_));
+    let user_facing =
+        matches!(cli.command, Command::Switch(_) | Command::Status(_) | Command::Completion(_) | Command::Man(_));
     let telemetry =
         (!user_facing || std::env::var_os("RUST_LOG").is_some()).then(|| crate::telemetry::init(cli.log_format));
     let code = run(cli.command).await;
@@ -225,6 +231,17 @@ async fn run(command: Command) -> ExitCode {
             Err(e) => {
                 eprintln!("switchyard provider-conformance: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Completion(args) => {
+            shell::completion(&args, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man(args) => match shell::man(&args, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard man: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Switch(args) => exit::exit(switch::run(args).await),

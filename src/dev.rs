@@ -11,7 +11,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
-use serde::Deserialize;
 
 use crate::api::{ComputeProvider, SecretKeyRef};
 use crate::provider::Dispatcher;
@@ -33,7 +32,7 @@ pub enum DevError {
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
     #[error("yaml in {file}: {source}")]
-    Yaml { file: PathBuf, source: serde_yaml::Error },
+    Yaml { file: PathBuf, source: Box<serde_saphyr::Error> },
     #[error("CRD {0} was not established in time")]
     NotEstablished(String),
     #[error("{0}")]
@@ -127,6 +126,20 @@ pub async fn install_crds(client: &Client) -> Result<(), DevError> {
     Ok(())
 }
 
+/// The Kubernetes objects of a multi-document YAML `text` read from `file` (empty documents are
+/// skipped).
+pub fn objects(file: &Path, text: &str) -> Result<Vec<DynamicObject>, DevError> {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| DevError::Yaml { file: file.to_owned(), source: Box::new(e) })?;
+    docs.into_iter()
+        .filter(|doc| !doc.is_null())
+        .map(|doc| {
+            serde_json::from_value(doc)
+                .map_err(|e| DevError::Other(format!("{}: not a Kubernetes object: {e}", file.display())))
+        })
+        .collect()
+}
+
 /// Server-side applies every YAML document of every `.yaml` file in `dir` (sorted by name).
 pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
     let discovery = Discovery::new(client.clone()).run().await?;
@@ -139,14 +152,7 @@ pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
     let mut applied = 0;
     for file in files {
         let text = std::fs::read_to_string(&file)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value =
-                serde_yaml::Value::deserialize(doc).map_err(|source| DevError::Yaml { file: file.clone(), source })?;
-            if value.is_null() {
-                continue;
-            }
-            let obj: DynamicObject =
-                serde_yaml::from_value(value).map_err(|source| DevError::Yaml { file: file.clone(), source })?;
+        for obj in objects(&file, &text)? {
             let gvk = obj
                 .types
                 .as_ref()
@@ -273,3 +279,26 @@ async fn register_provider(client: &Client, sim: &ProviderSimProcess) -> Result<
 }
 
 const DEV_NAMESPACE: &str = "switchyard-system";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The samples `make run` applies parse into objects, comments and document markers aside.
+    #[test]
+    fn sample_files_parse_into_objects() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/samples");
+        for file in [dir.join("workspaces.yaml"), dir.join("simulated/providers.yaml")] {
+            let text = std::fs::read_to_string(&file).expect("read sample");
+            let objs = objects(&file, &text).expect("parse sample");
+            assert!(!objs.is_empty(), "{}", file.display());
+            assert!(objs.iter().all(|o| o.types.is_some() && o.metadata.name.is_some()), "{objs:?}");
+        }
+        let objs =
+            objects(Path::new("x.yaml"), "---\n# nothing\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
+                .expect("parse");
+        assert_eq!(objs.len(), 1);
+        let err = objects(Path::new("x.yaml"), "a: [").expect_err("broken YAML");
+        assert!(err.to_string().contains("x.yaml"), "{err}");
+    }
+}

@@ -314,3 +314,37 @@ async fn kubectl_runs_the_binary_as_its_switchyard_plugin() {
     assert!(stdout(&out).contains(&*plugin.to_string_lossy()), "{}", shown(&out));
     assert!(Path::new(&plugin).exists());
 }
+
+/// `source <(switchyard completion bash)` completes subcommands, flags and values in a real bash.
+#[test]
+fn bash_completion_completes_commands_flags_and_values() {
+    let script = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["completion", "bash"])
+        .output()
+        .expect("run switchyard completion bash");
+    assert!(script.status.success(), "{}", shown(&script));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("switchyard.bash");
+    std::fs::write(&path, &script.stdout).expect("write the script");
+    // What bash sets before it calls a completion function, for the words typed so far.
+    let complete = |words: &[&str]| {
+        let words: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let probe = format!(
+            "source {}; complete -p switchyard >/dev/null || exit 9; COMP_WORDS=({}); COMP_CWORD={}; \
+             _switchyard switchyard \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            path.display(),
+            words.join(" "),
+            words.len() - 1
+        );
+        let out = std::process::Command::new("bash").args(["--norc", "-c", &probe]).output().expect("run bash");
+        assert!(out.status.success(), "{}", shown(&out));
+        stdout(&out).lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(complete(&["switchyard", "sw"]), ["switch"]);
+    assert_eq!(complete(&["switchyard", "controller", "--claim"]), ["--claim-lease"]);
+    let shells = complete(&["switchyard", "completion", ""]);
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(shells.iter().any(|s| s == shell), "{shells:?}");
+    }
+}

@@ -3,37 +3,46 @@
 
 mod support;
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use support::fixtures::{self, Instance};
 use support::*;
+use switchyard::api::Workspace;
+use switchyard::provider::simulated::Clouds;
 
 const SA: &str = "system:serviceaccount:switchyard-system:switchyard";
+/// The groups the API server gives the controller's ServiceAccount token.
+const SA_GROUPS: [&str; 3] =
+    ["system:serviceaccounts", "system:serviceaccounts:switchyard-system", "system:authenticated"];
+const BREAK_GLASS: &str = "switchyard:break-glass";
 
-/// `kubectl auth can-i` as the controller's ServiceAccount; `resource/sub` names a subresource.
-fn can_i(verb: &str, resource: &str, namespace: &str) -> bool {
-    let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
-    let mut args = vec!["auth", "can-i", verb, resource, "--as", SA, "-n", namespace];
-    let sub_flag = sub.map(|s| format!("--subresource={s}"));
-    args.extend(sub_flag.as_deref());
-    let out = kubectl(&args);
-    let answer = stdout(&out);
-    match answer.trim() {
-        "yes" => true,
-        "no" => false,
-        other => panic!("kubectl auth can-i {verb} {resource}: {other:?} {}", stderr(&out)),
-    }
+/// `kubectl apply -k deploy/`, once per test binary; its output.
+fn deployed() -> &'static str {
+    static APPLIED: OnceLock<String> = OnceLock::new();
+    APPLIED.get_or_init(|| {
+        let dir = repo_root().join("deploy");
+        let out = kubectl(&["apply", "-k", dir.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "kubectl apply -k deploy/ failed: {}", stderr(&out));
+        stdout(&out)
+    })
 }
 
 #[test]
 fn deploy_applies_and_rbac_is_least_privilege() {
-    let dir = repo_root().join("deploy");
-    let out = kubectl(&["apply", "-k", dir.to_str().expect("utf-8 path")]);
-    assert!(out.status.success(), "kubectl apply -k deploy/ failed: {}", stderr(&out));
+    let applied = deployed();
     for expected in [
         "deployment.apps/switchyard-controller",
         "poddisruptionbudget.policy/switchyard-controller",
         "service/switchyard-metrics",
         "networkpolicy.networking.k8s.io/switchyard-controller",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/switchyard-status-writers",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/switchyard-status-writers",
     ] {
-        assert!(stdout(&out).contains(expected), "{expected} not applied: {}", stdout(&out));
+        assert!(applied.contains(expected), "{expected} not applied: {applied}");
     }
     let out = kubectl(&[
         "get",
@@ -60,7 +69,7 @@ fn deploy_applies_and_rbac_is_least_privilege() {
         ("get", "secrets", "switchyard-system"),
     ];
     for (verb, resource, ns) in allowed {
-        assert!(can_i(verb, resource, ns), "the controller needs {verb} {resource} in {ns:?}");
+        assert!(can_i(SA, verb, resource, ns), "the controller needs {verb} {resource} in {ns:?}");
     }
     let denied = [
         ("create", "workspaces.switchyard.dev", "team-a"),
@@ -81,7 +90,7 @@ fn deploy_applies_and_rbac_is_least_privilege() {
         ("*", "*", "team-a"),
     ];
     for (verb, resource, ns) in denied {
-        assert!(!can_i(verb, resource, ns), "the controller must not {verb} {resource} in {ns:?}");
+        assert!(!can_i(SA, verb, resource, ns), "the controller must not {verb} {resource} in {ns:?}");
     }
 }
 
@@ -96,4 +105,118 @@ fn monitoring_overlay_renders() {
     for kind in ["kind: ServiceMonitor", "kind: PrometheusRule", "alert: SwitchyardNoLeader"] {
         assert!(yaml.contains(kind), "{kind} missing from:\n{yaml}");
     }
+}
+
+/// A merge patch of a workspace's status by `user` (in `groups`) with kubectl, as a person would
+/// write it; kubectl's output.
+fn patch_status_as(
+    user: &str,
+    groups: &[&str],
+    ns: &str,
+    name: &str,
+    status: serde_json::Value,
+) -> std::process::Output {
+    let patch = json!({"status": status}).to_string();
+    let mut args = vec!["patch", "workspace", name, "-n", ns, "--subresource=status", "--type", "merge", "-p", &patch];
+    args.extend(["--as", user]);
+    for group in groups {
+        args.extend(["--as-group", group]);
+    }
+    kubectl(&args)
+}
+
+const REFUSED: &str = "workspaces/status is written only by the Switchyard controller";
+
+/// The admission policy keeps workspaces/status to the controller's ServiceAccount and the
+/// break-glass group: a cluster admin and a user whose RBAC allows the write are refused with a
+/// message that says why and where to look; the escape hatch of the README works.
+#[tokio::test]
+async fn only_the_controller_and_break_glass_write_workspace_status() {
+    deployed();
+    let client = client().await;
+    let ns = namespace(&client, "admission").await;
+    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &fixtures::workspace("ws", "aws")).await.expect("create");
+    // Someone RBAC lets write status, who is not the controller.
+    let rbac = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: status-writer, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [switchyard.dev], resources: [workspaces, workspaces/status], verbs: [get, patch]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: status-writer, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: status-writer}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n"
+    );
+    let out = kubectl_stdin(&["apply", "-f", "-"], &rbac);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(can_i("alice", "patch", "workspaces.switchyard.dev/status", &ns), "RBAC lets alice write status");
+
+    // The policy is enforced once the API server has loaded it: wait for the first refusal.
+    let admin = eventually("the admission policy refuses a cluster admin", Duration::from_secs(60), || async {
+        let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"epoch": 7}));
+        (!out.status.success()).then(|| stderr(&out))
+    })
+    .await;
+    assert!(admin.contains(REFUSED) && admin.contains("admin is neither") && admin.contains("Escape hatch"), "{admin}");
+    let out = patch_status_as("alice", &[], &ns, "ws", json!({"epoch": 7}));
+    assert!(!out.status.success(), "alice wrote status");
+    assert!(stderr(&out).contains(REFUSED) && stderr(&out).contains("alice is neither"), "{}", stderr(&out));
+    assert_eq!(api.get_status("ws").await.expect("get").status.unwrap_or_default().epoch, 0, "a refused write landed");
+
+    // The controller's ServiceAccount may.
+    let out = patch_status_as(SA, &SA_GROUPS, &ns, "ws", json!({"epoch": 3, "operation": null}));
+    assert!(out.status.success(), "the controller's write was refused: {}", stderr(&out));
+
+    // The README's escape hatch: a guarded write in the break-glass group, by someone whose own
+    // RBAC does not reach workspaces (the shipped binding gives the group what it needs).
+    assert!(!can_i("bob", "patch", "workspaces.switchyard.dev/status", &ns));
+    let rv = api.get("ws").await.expect("get").metadata.resource_version.expect("rv");
+    let patch =
+        json!({"metadata": {"resourceVersion": rv}, "status": {"operation": null, "unfenced": ["aws"]}}).to_string();
+    let out = kubectl(&[
+        "patch",
+        "ws",
+        "ws",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+        "--as=bob",
+        &format!("--as-group={BREAK_GLASS}"),
+    ]);
+    assert!(out.status.success(), "the escape hatch was refused: {}", stderr(&out));
+    let status = api.get_status("ws").await.expect("get").status.expect("status");
+    assert_eq!((status.epoch, status.unfenced), (3, vec!["aws".to_string()]));
+
+    // Spec stays anyone's whom RBAC allows.
+    let out = kubectl(&["patch", "ws", "ws", "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"provider":"gcp"}}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// With the shipped RBAC and admission policy in place, the controller acting as its
+/// ServiceAccount places a workspace and switches it: every read, write and Event it needs is
+/// allowed.
+#[tokio::test]
+async fn the_controller_works_as_its_service_account() {
+    deployed();
+    let admin = client().await;
+    let ns = namespace(&admin, "as-sa").await;
+    let (a, b) = (fixtures::unique("sa-a"), fixtures::unique("sa-b"));
+    fixtures::simulated_provider(&admin, &a, 0, 0).await;
+    fixtures::simulated_provider(&admin, &b, 0, 0).await;
+    let admin_api: Api<Workspace> = Api::namespaced(admin.clone(), &ns);
+    admin_api.create(&PostParams::default(), &fixtures::workspace("ws", &a)).await.expect("create");
+
+    let controller = client_as(SA, &SA_GROUPS).await;
+    let _instance = Instance::start(&controller, fixtures::settings("as-sa", &ns), &Clouds::new());
+    fixtures::wait_ready_on(&admin_api, "ws", &a, Duration::from_secs(60)).await;
+    fixtures::patch_spec(&admin_api, "ws", json!({"provider": b})).await;
+    let ws = fixtures::wait_ready_on(&admin_api, "ws", &b, Duration::from_secs(60)).await;
+    assert!(ws.finalizers().iter().any(|f| f == switchyard::api::FINALIZER), "the finalizer was added");
+    fixtures::wait_for_event(&admin, &ns, "ws", switchyard::api::conditions::SWITCH_COMPLETED, Duration::from_secs(30))
+        .await;
+    // And nobody else could have written that status: the admin's own write is refused.
+    let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"phase": "Stopped"}));
+    assert!(stderr(&out).contains(REFUSED), "{}", stderr(&out));
 }

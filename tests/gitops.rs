@@ -64,12 +64,12 @@ fn health_lua() -> String {
 
 fn health_tests() -> HealthTests {
     let text = std::fs::read_to_string(health_dir().join("health_test.yaml")).expect("read health_test.yaml");
-    serde_yaml::from_str(&text).expect("parse health_test.yaml")
+    serde_saphyr::from_str(&text).expect("parse health_test.yaml")
 }
 
 fn test_case_object(input_path: &str) -> Value {
     let text = std::fs::read_to_string(health_dir().join(input_path)).expect("read test case object");
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{input_path}: {e}"))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{input_path}: {e}"))
 }
 
 /// Runs health.lua on `obj` as Argo CD does: `obj` a global, the script's return value the
@@ -160,7 +160,7 @@ fn argocd_health_check_passes_its_test_cases() {
 #[test]
 fn argocd_cm_snippet_carries_health_lua_verbatim() {
     let text = std::fs::read_to_string(repo_root().join(ARGOCD_CM_SNIPPET)).expect("read snippet");
-    let cm: Value = serde_yaml::from_str(&text).expect("parse snippet");
+    let cm: Value = serde_saphyr::from_str(&text).expect("parse snippet");
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "argocd-cm");
     let script = cm["data"][ARGOCD_CM_KEY].as_str().unwrap_or_else(|| panic!("data.{ARGOCD_CM_KEY} missing"));

@@ -100,3 +100,58 @@ pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == "True")
 }
+
+/// The most characters of a Workspace condition's message (metav1.Condition's own bound). Its
+/// messages can quote a ComputeProvider's, so that bound is lower.
+pub const MAX_WORKSPACE_MESSAGE: u64 = 32768;
+/// The most characters of a ComputeProvider condition's message.
+pub const MAX_PROVIDER_MESSAGE: u64 = 16384;
+/// The most conditions a status holds (the controller writes three).
+const MAX_CONDITIONS: u64 = 8;
+
+/// `status.conditions` of a Workspace: see [`bounded`].
+pub(crate) fn workspace_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded(generator, MAX_WORKSPACE_MESSAGE)
+}
+
+/// `status.conditions` of a ComputeProvider: see [`bounded`].
+pub(crate) fn provider_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded(generator, MAX_PROVIDER_MESSAGE)
+}
+
+/// A list of metav1.Conditions with the validation the upstream type declares in Go markers but
+/// k8s-openapi's schema lacks: type and reason patterns and lengths, status True/False/Unknown,
+/// observedGeneration >= 0, and a bounded message, so no condition can grow an object without limit.
+fn bounded(generator: &mut schemars::SchemaGenerator, max_message: u64) -> schemars::Schema {
+    let mut item = generator.subschema_for::<Condition>();
+    let bounds = [
+        (
+            "type",
+            serde_json::json!({"maxLength": 316,
+            "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"}),
+        ),
+        ("status", serde_json::json!({"enum": ["True", "False", "Unknown"]})),
+        ("observedGeneration", serde_json::json!({"minimum": 0})),
+        (
+            "reason",
+            serde_json::json!({"minLength": 1, "maxLength": 1024,
+            "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"}),
+        ),
+        ("message", serde_json::json!({"maxLength": max_message})),
+    ];
+    let properties = item.get_mut("properties").and_then(serde_json::Value::as_object_mut);
+    if let Some(properties) = properties {
+        for (field, extra) in bounds {
+            if let (Some(schema), Some(extra)) =
+                (properties.get_mut(field).and_then(serde_json::Value::as_object_mut), extra.as_object())
+            {
+                schema.extend(extra.clone());
+            }
+        }
+    }
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": MAX_CONDITIONS,
+        "items": item,
+    })
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
     group = "switchyard.dev",
     version = "v1alpha1",
     kind = "ComputeProvider",
+    doc = "A place compute can run, and the driver that reaches it. Cluster-scoped: Workspaces name one in spec.provider, the way a PersistentVolumeClaim names a StorageClass.",
     shortname = "cprov",
     category = "switchyard",
     status = "ComputeProviderStatus",
@@ -120,8 +121,11 @@ pub const PROVIDER_TOKEN_LABEL: &str = "switchyard.dev/provider-token";
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Namespace of the Secret (the controller reads Secrets only where its RBAC allows: by
+    /// default its own namespace).
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     /// Key within the Secret's data.
@@ -192,10 +196,11 @@ pub struct StopPolicy {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeProviderStatus {
+    /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready reflects the last health probe.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(schema_with = "super::conditions::provider_schema")]
     pub conditions: Vec<Condition>,
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     group = "switchyard.dev",
     version = "v1alpha1",
     kind = "Workspace",
+    doc = "A unit of compute that Switchyard places on the ComputeProvider named in spec.provider, and moves (stopping the old compute before recording the new provider) when that name changes.",
     namespaced,
     shortname = "ws",
     category = "switchyard",
@@ -65,6 +66,8 @@ fn default_running() -> bool {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.args) || has(self.image)").message("template.args requires template.image"))]
 #[x_kube(validation = Rule::new("!has(self.env) || self.env.all(k, size(k) <= 256)").message("template.env names are at most 256 characters"))]
+#[x_kube(validation = Rule::new("!has(self.args) || self.args.map(a, size(a)).sum() <= 16384").message("template.args are at most 16384 characters in all"))]
+#[x_kube(validation = Rule::new("!has(self.env) || self.env.map(k, size(k) + size(self.env[k])).sum() <= 16384").message("template.env names and values are at most 16384 characters in all"))]
 pub struct WorkspaceTemplate {
     /// Container or machine image to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,13 +78,14 @@ pub struct WorkspaceTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Size>,
 
-    /// Arguments passed to the image's entrypoint (at most 64, each at most 4096 characters).
+    /// Arguments passed to the image's entrypoint (at most 64, each at most 4096 characters,
+    /// 16384 in all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub args: Option<Vec<String>>,
 
     /// Environment variables for the workload (at most 64; names up to 256, values up to 4096
-    /// characters).
+    /// characters, names and values 16384 in all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub env: Option<BTreeMap<String, String>>,
@@ -140,7 +144,7 @@ pub struct WorkspaceStatus {
 
     /// Ready, Reconciling and Stalled, with kstatus polarity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(schema_with = "super::conditions::workspace_schema")]
     pub conditions: Vec<Condition>,
 }
 
@@ -204,6 +208,7 @@ pub struct Operation {
     /// Fresh per claim; a writer recognises its own claim by this id.
     #[schemars(length(min = 1, max = 64))]
     pub id: String,
+    /// What the claim does to the compute: Provision, Switch, Stop or Delete.
     pub kind: OperationKind,
     /// Provider the compute is leaving (absent for a first provision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,10 +284,14 @@ pub enum Step {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LastSwitch {
+    /// Provider the compute left.
     #[schemars(length(max = 63))]
     pub from: String,
+    /// Provider the compute went to.
     #[schemars(length(max = 63))]
     pub to: String,
+    /// When the switch was claimed.
     pub started_at: Time,
+    /// When the compute was Ready on the new provider.
     pub completed_at: Time,
 }

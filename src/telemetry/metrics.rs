@@ -227,13 +227,36 @@ mod tests {
     use super::*;
 
     const RULES: &str = include_str!("../../deploy/monitoring/prometheusrule.yaml");
+    const DASHBOARD: &str = include_str!("../../deploy/monitoring/grafana-dashboard.json");
 
     /// Every `expr` of the shipped PrometheusRule.
-    fn exprs() -> Vec<String> {
-        let doc: serde_yaml::Value = serde_yaml::from_str(RULES).expect("prometheusrule.yaml is YAML");
-        let groups = doc["spec"]["groups"].as_sequence().cloned().unwrap_or_default();
-        let rules = groups.iter().flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default());
+    fn rule_exprs() -> Vec<String> {
+        let doc: serde_json::Value = serde_saphyr::from_str(RULES).expect("prometheusrule.yaml is YAML");
+        let groups = doc["spec"]["groups"].as_array().cloned().unwrap_or_default();
+        let rules = groups.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default());
         rules.map(|r| r["expr"].as_str().expect("every rule has an expr").to_owned()).collect()
+    }
+
+    /// Every query of the shipped Grafana dashboard: each panel's targets (rows nest panels) and
+    /// the template variables'.
+    fn dashboard_exprs() -> Vec<String> {
+        fn panels(list: &serde_json::Value, out: &mut Vec<String>) {
+            for panel in list.as_array().into_iter().flatten() {
+                panels(&panel["panels"], out);
+                for target in panel["targets"].as_array().into_iter().flatten() {
+                    let title = &panel["title"];
+                    out.push(
+                        target["expr"].as_str().unwrap_or_else(|| panic!("{title}: a target without expr")).into(),
+                    );
+                }
+            }
+        }
+        let doc: serde_json::Value = serde_json::from_str(DASHBOARD).expect("grafana-dashboard.json is JSON");
+        let mut out = Vec::new();
+        panels(&doc["panels"], &mut out);
+        let variables = doc["templating"]["list"].as_array().cloned().unwrap_or_default();
+        out.extend(variables.iter().filter_map(|v| v["query"]["query"].as_str().map(str::to_owned)));
+        out
     }
 
     /// Identifiers starting with `switchyard_` in a PromQL expression.
@@ -242,30 +265,83 @@ mod tests {
         expr.split(|c: char| !is_ident(c)).filter(|w| w.starts_with("switchyard_")).map(str::to_owned).collect()
     }
 
-    #[test]
-    fn alert_rules_name_only_exported_metrics_and_results() {
+    /// The exposition of a registry where every family has a sample, so that each exported name
+    /// (with its `_total`, `_bucket`, `_sum`, `_count` suffixes) shows.
+    fn exposition() -> String {
         let m = Metrics::default();
         for result in SwitchResult::ALL {
             m.switch("a", "b", result);
         }
         let call = CallLabels { provider: "a".into(), operation: "stop".into(), result: "ok".into() };
         m.provider_calls.get_or_create(&call).observe(0.1);
-        let exposition = m.encode();
+        for family in [&m.fence_failures, &m.fences_skipped, &m.leaks_collected, &m.inventory_errors] {
+            Metrics::count(family, "a");
+        }
+        m.encode()
+    }
+
+    /// Fails unless every expression reads a Switchyard metric, every metric it names is
+    /// exported, and every switch result it names exists.
+    fn assert_only_exported(what: &str, exprs: &[String]) {
+        let exposition = exposition();
         let exported: Vec<&str> =
             exposition.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
-
-        let exprs = exprs();
-        assert!(exprs.len() >= 5, "rules: {exprs:?}");
-        for expr in &exprs {
+        for expr in exprs {
             let names = metric_names(expr);
-            assert!(!names.is_empty(), "a rule that reads no Switchyard metric: {expr}");
+            assert!(!names.is_empty(), "{what}: a query that reads no Switchyard metric: {expr}");
             for name in names {
-                assert!(exported.contains(&name.as_str()), "{name} (in `{expr}`) is not exported:\n{exposition}");
+                assert!(
+                    exported.contains(&name.as_str()),
+                    "{what}: {name} (in `{expr}`) is not exported:\n{exposition}"
+                );
             }
-            for (_, rest) in expr.match_indices("switchyard_switches_total{result=\"").map(|(i, _)| expr.split_at(i)) {
-                let value = rest.split('"').nth(1).unwrap_or_default();
-                assert!(SwitchResult::ALL.iter().any(|r| r.label() == value), "no switch result {value:?} in `{expr}`");
+            for (_, rest) in expr.match_indices("switchyard_switches_total{").map(|(i, _)| expr.split_at(i)) {
+                let selector = rest.split('}').next().unwrap_or_default();
+                for (_, value) in selector.match_indices("result=\"").map(|(i, _)| selector.split_at(i)) {
+                    let value = value.split('"').nth(1).unwrap_or_default();
+                    let known = SwitchResult::ALL.iter().any(|r| r.label() == value);
+                    assert!(known, "{what}: no switch result {value:?} in `{expr}`");
+                }
             }
         }
+    }
+
+    #[test]
+    fn alert_rules_name_only_exported_metrics_and_results() {
+        let exprs = rule_exprs();
+        assert!(exprs.len() >= 5, "rules: {exprs:?}");
+        assert_only_exported("prometheusrule.yaml", &exprs);
+    }
+
+    #[test]
+    fn dashboard_panels_query_only_exported_metrics() {
+        let exprs = dashboard_exprs();
+        assert_only_exported("grafana-dashboard.json", &exprs);
+        // What people look at: switches (rate, duration, results), claims, takeovers, stalled
+        // workspaces, provider calls (latency, errors) and the reconcile queue.
+        let queried: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+        for needed in [
+            "switchyard_switches_total",
+            "switchyard_switch_duration_seconds_bucket",
+            "switchyard_claims_won_total",
+            "switchyard_claims_lost_total",
+            "switchyard_takeovers_total",
+            "switchyard_stalled_workspaces",
+            "switchyard_provider_call_duration_seconds_bucket",
+            "switchyard_provider_call_duration_seconds_count",
+            "switchyard_queue_depth",
+            "switchyard_queue_wait_seconds_bucket",
+        ] {
+            assert!(queried.iter().any(|q| q == needed), "no panel shows {needed}");
+        }
+    }
+
+    #[test]
+    fn a_query_of_a_metric_that_does_not_exist_is_caught() {
+        let typo = vec!["sum(rate(switchyard_switch_total[5m]))".to_string()];
+        let caught = std::panic::catch_unwind(|| assert_only_exported("test", &typo));
+        assert!(caught.is_err(), "a misspelt metric passed");
+        let bad_result = vec![r#"switchyard_switches_total{result="done"}"#.to_string()];
+        assert!(std::panic::catch_unwind(|| assert_only_exported("test", &bad_result)).is_err());
     }
 }

@@ -52,6 +52,12 @@ pub fn control_plane() -> &'static ControlPlane {
     })
 }
 
+/// A control plane of its own, without the CRDs, for a test that installs everything itself
+/// (stopped when dropped). Ignores `SWITCHYARD_TEST_KUBECONFIG`: an existing cluster has them.
+pub fn bare_control_plane() -> ControlPlane {
+    start_control_plane()
+}
+
 fn start_control_plane() -> ControlPlane {
     let dir = tempfile::Builder::new().prefix("switchyard-testenv-").tempdir().expect("temp dir");
     let logs = repo_root().join("target/testenv/logs");
@@ -98,7 +104,8 @@ fn install_crds(kubeconfig: &Path) {
     assert!(out.status.success(), "CRDs not established: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Output {
+/// Runs the real kubectl against the cluster of `kubeconfig`.
+pub fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(testenv_bin("kubectl")).arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("run kubectl")
 }
 
@@ -109,10 +116,15 @@ pub fn kubectl(args: &[&str]) -> Output {
 
 /// Runs kubectl with `input` on stdin.
 pub fn kubectl_stdin(args: &[&str], input: &str) -> Output {
+    kubectl_stdin_with(&control_plane().kubeconfig, args, input)
+}
+
+/// [`kubectl_stdin`] against the cluster of `kubeconfig`.
+pub fn kubectl_stdin_with(kubeconfig: &Path, args: &[&str], input: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new(testenv_bin("kubectl"))
         .arg("--kubeconfig")
-        .arg(&control_plane().kubeconfig)
+        .arg(kubeconfig)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -147,6 +159,37 @@ pub async fn client() -> Client {
     let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
     Client::try_from(config).expect("client")
+}
+
+/// A kube client for the test control plane that acts as `user` in `groups` (impersonation by
+/// the cluster-admin of the kubeconfig), so RBAC and admission judge that user.
+pub async fn client_as(user: &str, groups: &[&str]) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    Client::try_from(config).expect("client")
+}
+
+/// `kubectl auth can-i` as `user`; `resource/sub` names a subresource.
+pub fn can_i(user: &str, verb: &str, resource: &str, namespace: &str) -> bool {
+    can_i_on(&control_plane().kubeconfig, user, verb, resource, namespace)
+}
+
+/// [`can_i`] on the cluster of `kubeconfig`.
+pub fn can_i_on(kubeconfig: &Path, user: &str, verb: &str, resource: &str, namespace: &str) -> bool {
+    let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user, "-n", namespace];
+    let sub_flag = sub.map(|s| format!("--subresource={s}"));
+    args.extend(sub_flag.as_deref());
+    let out = kubectl_with(kubeconfig, &args);
+    let answer = stdout(&out);
+    match answer.trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i {verb} {resource} as {user}: {other:?} {}", stderr(&out)),
+    }
 }
 
 /// A fresh namespace for one test.

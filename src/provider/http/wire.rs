@@ -298,18 +298,18 @@ mod tests {
     /// The specification and these types must not drift apart.
     #[test]
     fn the_openapi_document_matches_the_wire_types() {
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(include_str!("../../../docs/provider-protocol.yaml")).expect("valid YAML");
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(include_str!("../../../docs/provider-protocol.yaml")).expect("valid YAML");
         let codes: Vec<ErrorCode> =
-            serde_yaml::from_value(doc["components"]["schemas"]["ErrorCode"]["enum"].clone()).expect("codes");
+            serde_json::from_value(doc["components"]["schemas"]["ErrorCode"]["enum"].clone()).expect("codes");
         for code in &codes {
             assert_ne!(*code, ErrorCode::Unknown, "the document names a code the wire types lack");
             let response = code.status().to_string();
             let documented = doc["paths"]
-                .as_mapping()
+                .as_object()
                 .expect("paths")
                 .values()
-                .any(|p| p.as_mapping().expect("ops").values().any(|op| op["responses"].get(&response).is_some()));
+                .any(|p| p.as_object().expect("ops").values().any(|op| op["responses"].get(&response).is_some()));
             assert!(documented, "{code:?} answers {response}, which no operation documents");
         }
         assert_eq!(codes.len(), 7);
@@ -323,7 +323,7 @@ mod tests {
             assert!(doc["paths"].get(path).is_some(), "{path} is undocumented");
         }
         let instance: Vec<String> =
-            serde_yaml::from_value(doc["components"]["schemas"]["Instance"]["required"].clone()).expect("fields");
+            serde_json::from_value(doc["components"]["schemas"]["Instance"]["required"].clone()).expect("fields");
         let wire = serde_json::to_value(Instance {
             id: "i".into(),
             key: "k".into(),
@@ -367,17 +367,17 @@ mod tests {
             let wire = wire.expect("json");
             let object = wire.as_object().expect("object");
             let schema = &doc["components"]["schemas"][schema];
-            let properties = schema["properties"].as_mapping().unwrap_or_else(|| panic!("{schema:?} has properties"));
+            let properties = schema["properties"].as_object().unwrap_or_else(|| panic!("{schema:?} has properties"));
             for field in object.keys() {
                 assert!(properties.contains_key(field.as_str()), "{field} is undocumented in {schema:?}");
             }
-            let required: Vec<String> = serde_yaml::from_value(schema["required"].clone()).unwrap_or_default();
+            let required: Vec<String> = serde_json::from_value(schema["required"].clone()).unwrap_or_default();
             for field in required {
                 assert!(object.contains_key(&field), "documented {field} is not on the wire");
             }
         }
         let list_params: Vec<String> = doc["paths"]["/v1/instances"]["get"]["parameters"]
-            .as_sequence()
+            .as_array()
             .expect("parameters")
             .iter()
             .filter_map(|p| p["name"].as_str().map(str::to_owned))
