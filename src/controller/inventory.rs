@@ -25,6 +25,7 @@
 //! - A provider that cannot list is skipped and counted (`inventory_errors`); its instances
 //!   keep their place in the grace period until it answers again.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,7 +33,7 @@ use std::time::Instant;
 
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use tracing::{debug, info, warn};
 
 use super::Context;
@@ -58,22 +59,22 @@ pub async fn run(ctx: Arc<Context>, cached: Store<Workspace>, health: Arc<Health
             continue;
         }
         pass(&ctx, &cached, &mut unaccounted).await;
-        let live: HashSet<_> = cached.state().iter().map(|ws| ObjectRef::from_obj(&**ws)).collect();
-        ctx.memory().retain(&live);
+        ctx.memory().retain(|key| cached.get(key).is_some());
     }
 }
 
-/// What the cached statuses account for.
+/// What the cached statuses account for. Borrows from them: at tens of thousands of workspaces a
+/// copy of every name would be megabytes per pass.
 #[derive(Default)]
-struct Accounted {
+struct Accounted<'a> {
     /// (provider, instance id) named by a status.
-    named: HashSet<(String, String)>,
-    /// Provision keys of operations in flight, and of named instances.
-    keys: HashSet<String>,
+    named: HashSet<(&'a str, &'a str)>,
+    /// Provision keys of named instances, and of operations in flight.
+    keys: HashSet<Cow<'a, str>>,
 }
 
-impl Accounted {
-    fn of<'a>(workspaces: impl Iterator<Item = &'a Workspace>) -> Self {
+impl<'a> Accounted<'a> {
+    fn of(workspaces: impl Iterator<Item = &'a Workspace>) -> Self {
         let mut a = Self::default();
         for ws in workspaces {
             a.add(ws);
@@ -81,50 +82,57 @@ impl Accounted {
         a
     }
 
-    fn add(&mut self, ws: &Workspace) {
+    fn add(&mut self, ws: &'a Workspace) {
         let Some(status) = ws.status.as_ref() else { return };
         if let Some(i) = &status.instance {
-            self.named.insert((i.provider.clone(), i.id.clone()));
-            self.keys.insert(i.key.clone());
+            self.named.insert((i.provider.as_str(), i.id.as_str()));
+            self.keys.insert(Cow::Borrowed(i.key.as_str()));
         }
         if let (Some(op), Some(uid)) = (&status.operation, ws.metadata.uid.as_deref()) {
-            self.keys.insert(provision_key(uid, &op.id));
+            self.keys.insert(Cow::Owned(provision_key(uid, &op.id)));
         }
     }
 
     fn covers(&self, provider: &str, item: &ListedInstance) -> bool {
-        self.keys.contains(&item.key) || self.named.contains(&(provider.to_string(), item.id.clone()))
+        self.keys.contains(item.key.as_str()) || self.named.contains(&(provider, item.id.as_str()))
     }
 }
 
 /// One pass over every provider. `unaccounted` keeps when each unaccounted instance was first
-/// seen, across passes.
+/// seen, across passes. Pages are handled as they arrive, so a pass holds one page at a time.
 async fn pass(ctx: &Context, cached: &Store<Workspace>, unaccounted: &mut HashMap<(String, String), Instant>) {
     let state = cached.state();
     let accounted = Accounted::of(state.iter().map(|w| &**w));
     let mut still = HashSet::new();
     for provider in ctx.providers.state() {
         let name = provider.name_any();
-        let items = match list_all(ctx, &provider).await {
-            Ok(items) => items,
-            Err(error) => {
-                Metrics::count(&ctx.metrics.inventory_errors, &name);
-                warn!(provider = %name, %error, "inventory: listing failed; trying again next pass");
-                still.extend(unaccounted.keys().filter(|(p, _)| *p == name).cloned());
-                continue;
+        let mut page: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let got = match list_page(ctx, &provider, page.as_deref()).await {
+                Ok(got) => got,
+                Err(error) => {
+                    Metrics::count(&ctx.metrics.inventory_errors, &name);
+                    warn!(provider = %name, %error, "inventory: listing failed; trying again next pass");
+                    still.extend(unaccounted.keys().filter(|(p, _)| *p == name).cloned());
+                    break;
+                }
+            };
+            for item in got.items.into_iter().filter(|i| i.state == InstanceState::Running) {
+                if accounted.covers(&name, &item) {
+                    continue;
+                }
+                let at = (name.clone(), item.id.clone());
+                let first = *unaccounted.entry(at.clone()).or_insert_with(Instant::now);
+                still.insert(at);
+                if first.elapsed() >= ctx.settings.inventory_grace {
+                    collect(ctx, &provider, &item).await;
+                } else {
+                    debug!(provider = %name, instance = %item.id, key = %item.key, "inventory: unaccounted instance in its grace period");
+                }
             }
-        };
-        for item in items.into_iter().filter(|i| i.state == InstanceState::Running) {
-            if accounted.covers(&name, &item) {
-                continue;
-            }
-            let at = (name.clone(), item.id.clone());
-            let first = *unaccounted.entry(at.clone()).or_insert_with(Instant::now);
-            still.insert(at);
-            if first.elapsed() >= ctx.settings.inventory_grace {
-                collect(ctx, &provider, &item).await;
-            } else {
-                debug!(provider = %name, instance = %item.id, key = %item.key, "inventory: unaccounted instance in its grace period");
+            match got.next {
+                Some(next) if !next.is_empty() => page = Some(next),
+                _ => break,
             }
         }
     }
@@ -132,16 +140,21 @@ async fn pass(ctx: &Context, cached: &Store<Workspace>, unaccounted: &mut HashMa
     ctx.metrics.inventory_passes.inc();
 }
 
+/// One page of `provider`'s instances for this cluster.
+async fn list_page(
+    ctx: &Context,
+    provider: &ComputeProvider,
+    page: Option<&str>,
+) -> Result<crate::provider::InstancePage, String> {
+    ctx.dispatcher.list(provider, &ctx.settings.cluster, page, PAGE).await.map_err(|e| e.to_string())
+}
+
 /// Every page of `provider`'s instances for this cluster.
 pub(super) async fn list_all(ctx: &Context, provider: &ComputeProvider) -> Result<Vec<ListedInstance>, String> {
     let mut items = Vec::new();
     let mut page: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        let got = ctx
-            .dispatcher
-            .list(provider, &ctx.settings.cluster, page.as_deref(), PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+        let got = list_page(ctx, provider, page.as_deref()).await?;
         items.extend(got.items);
         match got.next {
             Some(next) if !next.is_empty() => page = Some(next),

@@ -24,7 +24,7 @@ use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 pub use failpoints::{FailPoint, FailPoints};
@@ -177,12 +177,12 @@ impl Memory {
         self.errors.remove(key);
     }
 
-    /// Keeps only what is kept about `live` workspaces.
-    fn retain(&mut self, live: &std::collections::HashSet<ObjectRef<Workspace>>) {
-        self.written.retain(|k, _| live.contains(k));
-        self.fenced.retain(|k, _| live.contains(k));
-        self.stop_failures.retain(|k, _| live.contains(k));
-        self.errors.retain(|k, _| live.contains(k));
+    /// Keeps only what is kept about workspaces that are `live`.
+    fn retain(&mut self, live: impl Fn(&ObjectRef<Workspace>) -> bool) {
+        self.written.retain(|k, _| live(k));
+        self.fenced.retain(|k, _| live(k));
+        self.stop_failures.retain(|k, _| live(k));
+        self.errors.retain(|k, _| live(k));
     }
 }
 
@@ -226,14 +226,22 @@ impl Context {
     /// triggers nothing: the reconcile that wrote it already decided on that very object, and
     /// every write of ours is guarded by resourceVersion, so no version in between is unseen.
     /// Dropping these keeps a burst's queue to the work users asked for, in their order.
+    ///
+    /// Called with each version the cache has just stored: once that is our write or newer,
+    /// the cache has caught up and our write need not be remembered any more (so memory holds
+    /// only writes still on their way, not one entry per workspace).
     fn is_own_write(&self, ws: &Workspace) -> bool {
-        self.versions(ws).is_some_and(|(seen, written)| seen <= written)
+        let Some((seen, written)) = self.versions(ws) else { return false };
+        if seen >= written {
+            self.memory().written.remove(&workspace_key(ws));
+        }
+        seen <= written
     }
 
     /// The resourceVersion of `ws` and that of our last write of it, when both are known.
     fn versions(&self, ws: &Workspace) -> Option<(u64, u64)> {
         let seen = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok())?;
-        let written = self.memory().written.get(&ObjectRef::from_obj(ws)).copied()?;
+        let written = self.memory().written.get(&workspace_key(ws)).copied()?;
         Some((seen, written))
     }
 
@@ -355,7 +363,7 @@ async fn reconcile_until(
         .default_backoff()
         .applied_objects()
         .try_filter(move |ws| futures::future::ready(!own.is_own_write(ws)))
-        .map_ok(|ws| vec![ObjectRef::from_obj(&ws)]);
+        .map_ok(|ws| vec![workspace_key(&ws)]);
     // A provider change re-queues every workspace that names it or runs on it.
     let by_provider = cached.clone();
     let provider_triggers = provider_events.map_ok(move |p: ComputeProvider| {
@@ -364,7 +372,7 @@ async fn reconcile_until(
             .state()
             .into_iter()
             .filter(|ws| names_provider(ws, &name))
-            .map(|ws| ObjectRef::from_obj(&*ws))
+            .map(|ws| workspace_key(&ws))
             .collect::<Vec<_>>()
     });
     let triggers = futures::stream::select(workspace_triggers, provider_triggers)
@@ -429,6 +437,17 @@ async fn update_gauges(cached: Store<Workspace>, identity: String, handles: Hand
     }
 }
 
+/// The key a workspace is queued and remembered under: namespace and name only. (kube's
+/// `ObjectRef::from_obj` also copies the uid and resourceVersion, which no lookup needs and
+/// every queued or remembered key would carry.)
+pub(crate) fn workspace_key(ws: &Workspace) -> ObjectRef<Workspace> {
+    let key = ObjectRef::new(ws.meta().name.as_deref().unwrap_or_default());
+    match ws.meta().namespace.as_deref() {
+        Some(ns) => key.within(ns),
+        None => key,
+    }
+}
+
 fn names_provider(ws: &Workspace, name: &str) -> bool {
     let status = ws.status.as_ref();
     ws.spec.provider == name
@@ -439,7 +458,7 @@ fn names_provider(ws: &Workspace, name: &str) -> bool {
 /// Per-workspace exponential backoff on errors: 1s, 2s, 4s … capped at 5 minutes.
 fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.inc();
-    let key = ObjectRef::from_obj(&*ws);
+    let key = workspace_key(&ws);
     let failures = {
         let mut memory = ctx.memory();
         let n = memory.errors.entry(key).or_insert(0);

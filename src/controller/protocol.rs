@@ -26,7 +26,7 @@ use super::failpoints::FailPoint;
 use super::status::{self, Stall};
 use super::worker::Action;
 use super::writes::{self, Written};
-use super::{Context, Error};
+use super::{Context, Error, workspace_key};
 use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
@@ -34,8 +34,6 @@ use crate::telemetry::SwitchResult;
 
 /// Steps one reconcile may take before yielding (a full switch takes five).
 const MAX_STEPS: usize = 12;
-/// Even at rest, look again now and then: providers may change without an event.
-const RESYNC: Duration = Duration::from_secs(600);
 
 /// What to do after a step.
 enum Flow {
@@ -47,7 +45,7 @@ enum Flow {
 
 pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
-    let key = ObjectRef::from_obj(&*ws);
+    let key = workspace_key(&ws);
     let span = info_span!("reconcile", namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any());
     async move {
         // Acting on a copy older than our own last write could repeat a step we already took
@@ -93,7 +91,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
     let now = ctx.now();
     match next {
         Next::Nothing => {
-            ctx.memory().forget(&ObjectRef::from_obj(ws));
+            ctx.memory().forget(&workspace_key(ws));
             Ok(Flow::Done(Action::await_change()))
         }
         Next::AddFinalizer => {
@@ -107,7 +105,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
             let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
             writes::set_finalizers(&api, ws, finalizers).await?;
             // The object goes away with its finalizer: forget it.
-            ctx.memory().forget(&ObjectRef::from_obj(ws));
+            ctx.memory().forget(&workspace_key(ws));
             info!("compute released; finalizer removed");
             Ok(Flow::Done(Action::await_change()))
         }
@@ -297,10 +295,11 @@ async fn rest(
             Err(e) => return Err(e.into()),
         }
     }
+    // At rest, the resync sweep (`super::resync`) looks again now and then.
     Ok(Flow::Done(if stall.is_some() {
         Action::requeue(ctx.settings.provision_backoff.1)
     } else {
-        Action::requeue(RESYNC)
+        Action::await_change()
     }))
 }
 
@@ -417,7 +416,7 @@ async fn stop_old(
     if let Some(error) = last {
         return stop_failed(ctx, api, ws, &error, now).await;
     }
-    ctx.memory().stop_failures.remove(&ObjectRef::from_obj(ws));
+    ctx.memory().stop_failures.remove(&workspace_key(ws));
     info!(instance = %instance.id, provider = %instance.provider, "old compute stopped");
     // A switch's stop is part of its outcome (SwitchCompleted); a stop or delete's is the outcome.
     if kind != OperationKind::Switch {
@@ -502,7 +501,7 @@ async fn stop_failed(
     error: &str,
     now: &Time,
 ) -> Result<Flow, Error> {
-    let key = ObjectRef::from_obj(ws);
+    let key = workspace_key(ws);
     let (first, cap) = ctx.settings.stop_retry;
     let delay = {
         let mut memory = ctx.memory();
@@ -673,7 +672,7 @@ async fn held_write(
 fn fenced_off(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
     if let DispatchError::Driver { source: DriverError::StaleEpoch { newest, .. }, .. } = e {
         let mut memory = ctx.memory();
-        let known = memory.fenced.entry(ObjectRef::from_obj(ws)).or_insert(*newest);
+        let known = memory.fenced.entry(workspace_key(ws)).or_insert(*newest);
         *known = (*known).max(*newest);
     }
     ctx.metrics.claims_lost.inc();
@@ -768,7 +767,7 @@ async fn source_state(ctx: &Context, instance: Option<&Instance>) -> Result<Prov
 
 async fn facts(ctx: &Context, ws: &Workspace) -> Result<Facts, Error> {
     let source = source_state(ctx, ws.status.as_ref().and_then(|s| s.instance.as_ref())).await?;
-    let retry_at = ctx.memory().stop_failures.get(&ObjectRef::from_obj(ws)).map(|(_, at)| *at);
+    let retry_at = ctx.memory().stop_failures.get(&workspace_key(ws)).map(|(_, at)| *at);
     Ok(Facts {
         me: ctx.settings.identity.clone(),
         now: ctx.now().0,
@@ -822,7 +821,7 @@ pub(super) fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &st
 /// fenced us at.
 fn cache_is_behind(ctx: &Context, ws: &Workspace) -> bool {
     let epoch = ws.status.as_ref().map(|s| s.epoch).unwrap_or_default();
-    let fenced = ctx.memory().fenced.get(&ObjectRef::from_obj(ws)).is_some_and(|newest| epoch < *newest);
+    let fenced = ctx.memory().fenced.get(&workspace_key(ws)).is_some_and(|newest| epoch < *newest);
     fenced || ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
 }
 
@@ -830,6 +829,6 @@ fn cache_is_behind(ctx: &Context, ws: &Workspace) -> bool {
 /// cached copy older than it. Every write calls this, including those that end a reconcile.
 fn remember_write(ctx: &Context, ws: &Workspace) {
     if let Some(rv) = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok()) {
-        ctx.memory().written.insert(ObjectRef::from_obj(ws), rv);
+        ctx.memory().written.insert(workspace_key(ws), rv);
     }
 }

@@ -64,6 +64,14 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         self.line.push_back((key, now));
     }
 
+    /// A look now and then (the resync sweep): `key` joins the line only if nothing at all is
+    /// pending for it, so a sweep never cuts short a wait it asked for.
+    pub fn add_if_idle(&mut self, key: K, now: Instant) {
+        if !self.waiting.contains(&key) && !self.active.contains_key(&key) && !self.due.contains_key(&key) {
+            self.add(key, now);
+        }
+    }
+
     /// A requeue: `key` should be reconciled at `at`, unless something brings it sooner. An
     /// active key asks through `done` instead, so it is ignored here.
     pub fn add_after(&mut self, key: K, at: Instant) {
@@ -220,6 +228,25 @@ mod tests {
         assert_eq!(q.timers(), 0);
         assert_eq!(drain(&mut q, now), vec![1]);
         assert_eq!(drain(&mut q, now + Duration::from_secs(30)), Vec::<u32>::new(), "no stale timer fires");
+    }
+
+    #[test]
+    fn a_sweep_adds_only_idle_keys() {
+        let now = t0();
+        let mut q = Queue::default();
+        q.add_after(1, now + Duration::from_secs(30));
+        q.add(2, now);
+        q.add(3, now);
+        assert_eq!(q.pop(now).map(|(k, _)| k), Some(2));
+        for k in [1, 2, 3, 4] {
+            q.add_if_idle(k, now);
+        }
+        assert_eq!(q.next_due(), Some(now + Duration::from_secs(30)), "the wait of 1 stands");
+        assert_eq!(q.pop(now).map(|(k, _)| k), Some(3));
+        assert_eq!(q.pop(now).map(|(k, _)| k), Some(4));
+        assert_eq!(q.pop(now), None, "2 is active and was not marked dirty");
+        q.done(2, None, now);
+        assert_eq!(q.pop(now), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use super::queue::Queue;
-use super::{Context, error_policy, protocol};
+use super::{Context, error_policy, protocol, workspace_key};
 use crate::api::Workspace;
 
 /// What a reconcile asks for next.
@@ -43,6 +43,28 @@ impl Action {
 /// After a reconcile panicked (a bug): try again after this long.
 const AFTER_PANIC: Duration = Duration::from_secs(5);
 
+/// At rest a workspace waits for a change, yet it is still looked at once per `RESYNC` (a
+/// provider can change without an event): the sweep puts a slice of the cache into the line
+/// each `SWEEP_TICK`. No timer per workspace, and no burst ahead of users' work.
+const RESYNC: Duration = Duration::from_secs(600);
+const SWEEP_TICK: Duration = Duration::from_secs(1);
+
+/// Adds the next slice of the cache from `cursor` (idle keys only); returns the next cursor.
+fn sweep(store: &Store<Workspace>, queue: &mut Queue<ObjectRef<Workspace>>, cursor: usize, now: Instant) -> usize {
+    let state = store.state();
+    if state.is_empty() {
+        return 0;
+    }
+    let ticks = usize::try_from(RESYNC.as_secs() / SWEEP_TICK.as_secs().max(1)).unwrap_or(1).max(1);
+    let slice = state.len().div_ceil(ticks);
+    for i in 0..slice {
+        if let Some(ws) = state.get((cursor + i) % state.len()) {
+            queue.add_if_idle(workspace_key(ws), now);
+        }
+    }
+    (cursor + slice) % state.len()
+}
+
 /// Serves `triggers` until `stop` resolves or they end, then lets running reconciles finish.
 /// Nothing starts before `ready` (the cache's first complete list).
 pub async fn run(
@@ -60,6 +82,7 @@ pub async fn run(
     let mut ready = std::pin::pin!(ready.fuse());
     let mut stop = std::pin::pin!(stop.fuse());
     let (mut is_ready, mut stopping) = (false, false);
+    let (mut cursor, mut next_sweep) = (0, Instant::now() + SWEEP_TICK);
     loop {
         let now = Instant::now();
         while is_ready && !stopping && running.len() < concurrency.max(1) {
@@ -117,6 +140,10 @@ pub async fn run(
                 }
             },
             () = &mut ready, if !is_ready => is_ready = true,
+            () = tokio::time::sleep_until(next_sweep.into()), if is_ready && !stopping => {
+                cursor = sweep(&store, &mut queue, cursor, Instant::now());
+                next_sweep = Instant::now() + SWEEP_TICK;
+            }
             () = &mut stop, if !stopping => stopping = true,
             () = timer => {}
         }
