@@ -11,6 +11,7 @@
 //! behind), an Event is dropped and counted, like client-go's broadcaster does.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
@@ -75,25 +76,22 @@ impl Events {
 }
 
 /// What makes two Events repeats of each other: the object (its uid), type, reason, action and
-/// the note as published (cut to `NOTE_MAX`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    uid: String,
-    type_: &'static str,
-    reason: String,
-    action: String,
-    note: String,
-}
+/// the note as published (cut to `NOTE_MAX`). Kept as a 128-bit fingerprint, not the strings:
+/// a burst of thousands of switches keeps an entry per workspace for `SERIES_WINDOW`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key(u64, u64);
 
 impl Key {
     fn of(note: &Note) -> Self {
-        Key {
-            uid: note.regarding.uid.clone().unwrap_or_default(),
-            type_: type_name(note.type_),
-            reason: note.reason.clone(),
-            action: note.action.clone(),
-            note: published_note(&note.note),
-        }
+        let uid = note.regarding.uid.as_deref().unwrap_or_default();
+        let published = published_note(&note.note);
+        let parts = (uid, type_name(note.type_), note.reason.as_str(), note.action.as_str(), published.as_str());
+        let hash = |seed: u8| {
+            let mut h = std::hash::DefaultHasher::new();
+            (seed, parts).hash(&mut h);
+            h.finish()
+        };
+        Key(hash(1), hash(2))
     }
 }
 
