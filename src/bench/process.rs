@@ -43,7 +43,22 @@ impl ControllerProcess {
         let stderr = file.try_clone().map_err(|source| BenchError::Write { path: log.clone(), source })?;
         let metrics_addr =
             free_loopback_port().map_err(|source| BenchError::SpawnController { path: bin.to_path_buf(), source })?;
-        let child = Command::new(bin)
+        // SWITCHYARD_BENCH_WRAPPER (e.g. "heaptrack -o target/bench/heap") runs the controller
+        // under a profiler; the memory and CPU read from /proc are then the wrapper's.
+        let wrapper: Vec<String> = std::env::var("SWITCHYARD_BENCH_WRAPPER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("controller")
             .args(["--namespace", namespace, "--concurrency", &concurrency.to_string()])
             .args(["--metrics-addr", &metrics_addr.to_string()])
