@@ -1,7 +1,9 @@
 // Command switchyard-testenv runs a real single-node Kubernetes control plane on loopback:
 // an embedded etcd and kube-apiserver in one process, with RBAC on and a cluster-admin
-// kubeconfig written to DIR/kubeconfig once /readyz answers. It runs until SIGINT/SIGTERM,
-// then stops both and removes DIR's data unless --keep is given.
+// kubeconfig written to DIR/kubeconfig once /readyz answers. With --nodes N it also runs
+// kube-controller-manager, kube-scheduler and KWOK with N fake nodes (cluster.go), and is ready
+// once those nodes are. It runs until SIGINT/SIGTERM, then stops everything and removes DIR's
+// data unless --keep is given.
 package main
 
 import (
@@ -41,6 +43,8 @@ type options struct {
 	keep          bool
 	stdinLifeline bool
 	verbosity     int
+	nodes         int
+	binDir        string
 }
 
 func main() {
@@ -50,6 +54,8 @@ func main() {
 	flag.IntVar(&o.etcdPort, "etcd-port", 0, "etcd client port on 127.0.0.1 (0 picks a free one)")
 	flag.BoolVar(&o.keep, "keep", false, "keep DIR's etcd data and certificates after shutdown")
 	flag.IntVar(&o.verbosity, "v", 0, "kube-apiserver log verbosity")
+	flag.IntVar(&o.nodes, "nodes", 0, fmt.Sprintf("also run kube-controller-manager, kube-scheduler and KWOK with this many fake nodes (0-%d; 0: the bare control plane)", maxNodes))
+	flag.StringVar(&o.binDir, "bin-dir", "", "folder of kube-controller-manager, kube-scheduler and kwok for --nodes (default: this program's folder)")
 	flag.BoolVar(&o.stdinLifeline, "stdin-lifeline", false, "shut down when standard input closes (so a test process that dies takes the control plane with it)")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -61,6 +67,9 @@ func main() {
 func run(o options) error {
 	if o.dir == "" {
 		return errors.New("--dir is required")
+	}
+	if o.nodes < 0 || o.nodes > maxNodes {
+		return fmt.Errorf("--nodes must be 0-%d, not %d", maxNodes, o.nodes)
 	}
 	dir, err := filepath.Abs(o.dir)
 	if err != nil {
@@ -113,6 +122,9 @@ func run(o options) error {
 	}()
 
 	server := fmt.Sprintf("https://%s:%d", host, apiPort)
+	// The garbage collector runs only in the fuller cluster's controller manager; the apiserver's
+	// flag must agree with it (it decides whether deletes may orphan dependents).
+	gc := "--enable-garbage-collector=" + strconv.FormatBool(o.nodes > 0)
 	// The apiserver owns SIGINT/SIGTERM handling; when it returns, etcd is closed above.
 	cmd := app.NewAPIServerCommand()
 	cmd.SetArgs([]string{
@@ -130,7 +142,7 @@ func run(o options) error {
 		"--token-auth-file=" + filepath.Join(pki, "tokens.csv"),
 		"--authorization-mode=RBAC",
 		"--disable-admission-plugins=ServiceAccount",
-		"--enable-garbage-collector=false",
+		gc,
 		"--v=" + strconv.Itoa(o.verbosity),
 	})
 
@@ -151,10 +163,25 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("ready %s\n", filepath.Join(dir, "kubeconfig"))
 	case code := <-exited:
 		return fmt.Errorf("kube-apiserver exited with code %d before it was ready", code)
 	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if o.nodes > 0 {
+		cluster, err := startFullerCluster(o, dir, pki, kubeconfig)
+		if err != nil {
+			genericapiserver.RequestShutdown()
+			<-exited
+			return err
+		}
+		stopping := make(chan struct{})
+		cluster.watch(stopping)
+		defer func() {
+			close(stopping)
+			cluster.stop()
+		}()
+	}
+	fmt.Printf("ready %s\n", kubeconfig)
 	if code := <-exited; code != 0 {
 		return fmt.Errorf("kube-apiserver exited with code %d", code)
 	}
