@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -88,23 +89,34 @@ func (c *component) stop() {
 // fullerCluster is what --nodes adds to the control plane.
 type fullerCluster struct {
 	components []*component
+	stopOnce   sync.Once
+	// stopping is closed when stop begins.
+	stopping chan struct{}
 }
 
+// stop stops the components, once, however often it is called.
 func (f *fullerCluster) stop() {
-	// Reverse order: KWOK and the scheduler before the controller manager.
-	for i := len(f.components) - 1; i >= 0; i-- {
-		f.components[i].stop()
-	}
+	f.stopOnce.Do(func() {
+		close(f.stopping)
+		// Reverse order: KWOK and the scheduler before the controller manager.
+		for i := len(f.components) - 1; i >= 0; i-- {
+			f.components[i].stop()
+		}
+	})
 }
 
 // watch reports on stderr any component that exits before stop: the cluster is then not whole.
-func (f *fullerCluster) watch(stopping <-chan struct{}) {
+func (f *fullerCluster) watch() {
 	for _, c := range f.components {
 		go func(c *component) {
 			select {
 			case <-c.done:
-				fmt.Fprintf(os.Stderr, "switchyard-testenv: %s exited unexpectedly: %v\n", c.name, c.err)
-			case <-stopping:
+				select {
+				case <-f.stopping: // it was asked to
+				default:
+					fmt.Fprintf(os.Stderr, "switchyard-testenv: %s exited unexpectedly: %v\n", c.name, c.err)
+				}
+			case <-f.stopping:
 			}
 		}(c)
 	}
@@ -154,7 +166,7 @@ func startFullerCluster(o options, dir, pki, kubeconfig string) (*fullerCluster,
 			"--node-lease-duration-seconds=40",
 		}},
 	}
-	f := &fullerCluster{}
+	f := &fullerCluster{stopping: make(chan struct{})}
 	for _, s := range specs {
 		c, err := startComponent(binDir, s.name, s.args)
 		if err != nil {

@@ -23,8 +23,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -146,10 +149,29 @@ func run(o options) error {
 		"--v=" + strconv.Itoa(o.verbosity),
 	})
 
+	// The fuller cluster, once it runs. Its components hold watches open, and the apiserver's
+	// graceful shutdown waits (up to a minute) for their connections to close: so on a shutdown
+	// request they are stopped first.
+	var cluster atomic.Pointer[fullerCluster]
+	stopCluster := func() {
+		if c := cluster.Load(); c != nil {
+			c.stop()
+		}
+	}
 	if o.stdinLifeline {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
+			stopCluster()
 			genericapiserver.RequestShutdown()
+		}()
+	}
+	if o.nodes > 0 {
+		// The apiserver handles these signals itself; this only stops the components as well.
+		signals := make(chan os.Signal, 1)
+		signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+		go func() {
+			<-signals
+			stopCluster()
 		}()
 	}
 
@@ -168,18 +190,15 @@ func run(o options) error {
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if o.nodes > 0 {
-		cluster, err := startFullerCluster(o, dir, pki, kubeconfig)
+		started, err := startFullerCluster(o, dir, pki, kubeconfig)
 		if err != nil {
 			genericapiserver.RequestShutdown()
 			<-exited
 			return err
 		}
-		stopping := make(chan struct{})
-		cluster.watch(stopping)
-		defer func() {
-			close(stopping)
-			cluster.stop()
-		}()
+		started.watch()
+		cluster.Store(started)
+		defer started.stop()
 	}
 	fmt.Printf("ready %s\n", kubeconfig)
 	if code := <-exited; code != 0 {
