@@ -214,8 +214,19 @@ pub async fn main(cli: Cli) -> ExitCode {
             | Command::Man(_)
             | Command::ProviderSim(ProviderSimArgs { action: Some(ProviderSimAction::Ledger(_)), .. })
     );
-    let telemetry =
-        (!user_facing || std::env::var_os("RUST_LOG").is_some()).then(|| crate::telemetry::init(cli.log_format));
+    // `dev` prints the commands to try: its logs go to a file, so they do not bury them.
+    let log_file = match &cli.command {
+        Command::Dev(args) => {
+            if !args.keep_data {
+                // A fresh run starts a fresh log; a missing one is fine.
+                let _ = std::fs::remove_file(args.log_file());
+            }
+            Some(args.log_file())
+        }
+        _ => None,
+    };
+    let telemetry = (!user_facing || std::env::var_os("RUST_LOG").is_some())
+        .then(|| crate::telemetry::init_to(cli.log_format, log_file.as_deref()));
     let code = run(cli.command).await;
     if let Some(telemetry) = telemetry {
         telemetry.shutdown().await;
