@@ -338,30 +338,26 @@ struct PodEvent {
 /// it: the API server delivers its events in etcd order.
 struct PodWatch {
     task: tokio::task::JoinHandle<Vec<PodEvent>>,
-    stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// What a watch must have seen before it ends.
+type Until = Box<dyn Fn(&[PodEvent]) -> bool + Send>;
+
 impl PodWatch {
-    /// Watches the Pods of workspace `uid` through `client`; on every ADDED, reads `check` (a
-    /// Pod on another cluster, say) and records whether it still existed.
-    async fn start(client: &Client, uid: &str, check: Option<(Api<Pod>, String)>) -> Self {
+    /// Watches the Pods of workspace `uid` through `client` until `until` holds for what it has
+    /// seen; on every ADDED, reads `check` (a Pod on another cluster, say) and records whether
+    /// it still existed.
+    async fn start(client: &Client, uid: &str, check: Option<(Api<Pod>, String)>, until: Until) -> Self {
         let pods: Api<Pod> = Api::all(client.clone());
         let selector = format!("{LABEL_WORKSPACE_UID}={uid}");
         let listed = pods.list(&ListParams::default().labels(&selector)).await.expect("list pods");
         let version = listed.metadata.resource_version.expect("list resourceVersion");
         let stream = pods.watch(&WatchParams::default().labels(&selector).timeout(280), &version).await.expect("watch");
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut seen = Vec::new();
             let mut stream = stream.boxed();
-            loop {
-                let event = tokio::select! {
-                    _ = &mut stopped => break,
-                    event = stream.try_next() => match event.expect("watch event") {
-                        Some(event) => event,
-                        None => break,
-                    },
-                };
+            while !until(&seen) {
+                let Some(event) = stream.try_next().await.expect("watch event") else { break };
                 let (kind, pod) = match event {
                     WatchEvent::Added(p) => ("ADDED", p),
                     WatchEvent::Modified(p) => ("MODIFIED", p),
@@ -384,13 +380,32 @@ impl PodWatch {
             }
             seen
         });
-        Self { task, stop }
+        Self { task }
     }
 
+    /// What the watch saw, once it has seen what it waits for (the watch may lag behind the
+    /// API server: waiting on a condition, not a time, keeps the verdict independent of load).
     async fn finish(self) -> Vec<PodEvent> {
-        let _ = self.stop.send(());
-        self.task.await.expect("pod watch")
+        tokio::time::timeout(Duration::from_secs(120), self.task)
+            .await
+            .expect("the watch did not see what it waits for within 120s")
+            .expect("pod watch")
     }
+}
+
+/// Until Pod `namespace/name` was DELETED.
+fn until_deleted(namespace: &str, name: &str) -> Until {
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    Box::new(move |seen| position(seen, "DELETED", &namespace, Some(&name)).is_some())
+}
+
+/// Until a Pod was ADDED in `namespace` (and, with `ready`, seen Running and Ready there).
+fn until_added(namespace: &str, ready: bool) -> Until {
+    let namespace = namespace.to_string();
+    Box::new(move |seen| {
+        position(seen, "ADDED", &namespace, None).is_some()
+            && (!ready || seen.iter().any(|e| e.namespace == namespace && e.ready))
+    })
 }
 
 /// The position of the first event of `kind` about Pod `namespace/name` (any name if None).
@@ -477,7 +492,8 @@ async fn a_switch_between_two_namespaces_removes_the_old_pod_before_creating_the
     let ws = api.get("dev").await.expect("workspace");
     assert_eq!(fixtures::status(&ws).instance.map(|i| i.id), Some(format!("{ns_a}/{old_name}")));
 
-    let watch = PodWatch::start(&client, &uid, None).await;
+    let (gone, added) = (until_deleted(&ns_a, &old_name), until_added(&ns_b, true));
+    let watch = PodWatch::start(&client, &uid, None, Box::new(move |seen| gone(seen) && added(seen))).await;
     fixtures::switch_with_kubectl(&ws_ns, "dev", &pb);
     let ws = fixtures::wait_ready_on(&api, "dev", &pb, Duration::from_secs(60)).await;
     let new = the_pod(&client, &ns_b, &uid).await;
@@ -529,9 +545,9 @@ async fn a_switch_between_two_clusters_removes_the_old_pod_before_creating_the_n
     let (api, controller, uid) = ready_workspace(&client, &ws_ns, "kube-clusters", &pa).await;
     let old_name = the_pod(&client, &ns_a, &uid).await.name_any();
 
-    let here = PodWatch::start(&client, &uid, None).await;
+    let here = PodWatch::start(&client, &uid, None, until_deleted(&ns_a, &old_name)).await;
     let old_pod = (Api::<Pod>::namespaced(client.clone(), &ns_a), old_name.clone());
-    let there = PodWatch::start(&remote_client, &uid, Some(old_pod)).await;
+    let there = PodWatch::start(&remote_client, &uid, Some(old_pod), until_added(&ns_b, false)).await;
     fixtures::switch_with_kubectl(&ws_ns, "dev", &pb);
     let ws = fixtures::wait_ready_on(&api, "dev", &pb, Duration::from_secs(60)).await;
     let new = the_pod(&remote_client, &ns_b, &uid).await;
@@ -567,15 +583,18 @@ async fn a_pod_that_never_becomes_ready_stalls_the_workspace_with_the_reason() {
     let uid = fresh_uid();
     let template =
         switchyard::api::WorkspaceTemplate { image: Some("unpullable.invalid/devbox:1".into()), ..Default::default() };
-    let err = d
-        .provision(&provider, &call(&uid, 1), &provision_key(&uid, "op-1"), Some(&template))
-        .await
-        .expect_err("never ready");
-    let err = driver_error(err);
-    assert!(
-        matches!(&err, DriverError::Transient(m) if m.contains("ImagePullBackOff") && m.contains("unpullable.invalid/devbox:1") && m.contains(&format!("{ns}/ws-alice-"))),
-        "{err:?}"
-    );
+    // Retried as the controller would: an attempt may end before the node reports the pull
+    // (what it says then is checked too); every attempt adopts the same Pod.
+    let key = provision_key(&uid, "op-1");
+    let err = support::eventually("a provision error naming the image pull", Duration::from_secs(60), || async {
+        let err = d.provision(&provider, &call(&uid, 1), &key, Some(&template)).await.expect_err("never ready");
+        let DriverError::Transient(m) = driver_error(err) else { panic!("a transient error expected") };
+        assert!(m.contains(&format!("{ns}/ws-alice-")) && m.contains("not Running and Ready"), "{m}");
+        m.contains("ImagePullBackOff").then_some(m)
+    })
+    .await;
+    assert!(err.contains("unpullable.invalid/devbox:1"), "{err}");
+    assert_eq!(pods_of(&client, &ns, &uid).await.len(), 1, "retries adopt the one Pod");
 
     // Through the controller: Stalled ProvisionFailed, the reason in the message, one Pod.
     let mut settings = fixtures::settings("kube-notready", &ws_ns);
@@ -585,14 +604,14 @@ async fn a_pod_that_never_becomes_ready_stalls_the_workspace_with_the_reason() {
     let mut ws = fixtures::workspace("dev", &p);
     ws.spec.template = Some(template);
     api.create(&PostParams::default(), &ws).await.expect("create workspace");
-    let ws = fixtures::wait_for(&api, "dev", "Stalled ProvisionFailed", Duration::from_secs(90), |ws| {
-        fixtures::condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVISION_FAILED.into()))
-    })
-    .await;
-    let stalled =
-        switchyard::api::conditions::get(&fixtures::status(&ws).conditions, cond::STALLED).cloned().expect("Stalled");
-    assert!(stalled.message.contains("ImagePullBackOff"), "{}", stalled.message);
-    let out = support::kubectl(&["wait", "-n", &ws_ns, "--for=condition=Stalled", "workspace/dev", "--timeout=10s"]);
+    let stalled_on_pull = |ws: &Workspace| {
+        cond::get(&fixtures::status(ws).conditions, cond::STALLED).is_some_and(|c| {
+            c.status == "True" && c.reason == cond::PROVISION_FAILED && c.message.contains("ImagePullBackOff")
+        })
+    };
+    let what = "Stalled ProvisionFailed: ImagePullBackOff";
+    let ws = fixtures::wait_for(&api, "dev", what, Duration::from_secs(90), stalled_on_pull).await;
+    let out = support::kubectl(&["wait", "-n", &ws_ns, "--for=condition=Stalled", "workspace/dev", "--timeout=60s"]);
     assert!(out.status.success(), "kubectl wait: {}", support::stderr(&out));
     let ws_uid = ws.uid().expect("uid");
     let pod = the_pod(&client, &ns, &ws_uid).await;
@@ -657,9 +676,9 @@ async fn a_switch_away_from_a_lost_node_waits_until_its_pod_is_gone() {
     let old = the_pod(&remote_client, &ns_there, &uid).await;
     let node = old.spec.as_ref().and_then(|s| s.node_name.clone()).expect("the Pod is on a node");
 
-    let there = PodWatch::start(&remote_client, &uid, None).await;
+    let there = PodWatch::start(&remote_client, &uid, None, until_deleted(&ns_there, &old.name_any())).await;
     let old_pod = (Api::<Pod>::namespaced(remote_client.clone(), &ns_there), old.name_any());
-    let here = PodWatch::start(&client, &uid, Some(old_pod)).await;
+    let here = PodWatch::start(&client, &uid, Some(old_pod), until_added(&ns_here, false)).await;
     let out = support::kubectl_with(&remote.kubeconfig, &["delete", "node", &node, "--wait=true"]);
     assert!(out.status.success(), "kubectl delete node: {}", support::stderr(&out));
     fixtures::switch_with_kubectl(&ws_ns, "dev", &p_here);
