@@ -10,7 +10,7 @@
 //!   within the call's budget, until it is Running and Ready; past that it answers a transient
 //!   error naming what the Pod waits for (a node, an image pull, readiness), so the controller
 //!   retries and, after a few attempts, reports it. Lookups and the inventory count any Pod that
-//!   exists and is not being deleted as compute, ready or not.
+//!   exists as compute, ready or not, terminating or not.
 //! - **Stop** deletes with `uid` and `resourceVersion` preconditions, then waits until the Pod is
 //!   gone (after its graceful termination), so the old Pod has left the cluster before the
 //!   caller provisions the new one.
