@@ -32,7 +32,8 @@ chaos: testenv
 krew:
 	deploy/go-tool.sh tests/krew sigs.k8s.io/krew/cmd/krew target/krew/bin/krew
 
-## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
+## testenv: build kube-apiserver+etcd, kube-controller-manager, kube-scheduler and kubectl from
+##          tests/testenv, and KWOK and helm from their own modules (each cached by content hash)
 testenv:
 	tests/testenv/build.sh $(TESTENV_BIN)
 
