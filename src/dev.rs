@@ -65,10 +65,13 @@ pub struct DevArgs {
     pub keep_data: bool,
 }
 
+/// The controller's log, in `--dir`.
+const LOG_FILE: &str = "switchyard.log";
+
 impl DevArgs {
     /// Where the controller's logs go: they would bury the printed commands in the terminal.
     pub fn log_file(&self) -> PathBuf {
-        self.dir.join("switchyard.log")
+        self.dir.join(LOG_FILE)
     }
 }
 
@@ -291,7 +294,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
          \x20 kubectl get pods -A -l app.kubernetes.io/managed-by=switchyard -w     # and in a third terminal:\n\
          \x20 kubectl patch workspace ws-pod --type merge -p '{{\"spec\":{{\"provider\":\"{west}\"}}}}'\n\
          \x20 kubectl patch workspace ws-1 --type merge -p '{{\"spec\":{{\"provider\":\"gcp\"}}}}'\n\
-         \x20 kubectl wait --for=condition=Ready workspace/ws-1 --timeout=60s\n\
+         \x20 kubectl wait --for=jsonpath='{{.status.instance.provider}}'=gcp workspace/ws-1 --timeout=60s   # switched\n\
          \x20 {exe} switch ws-2 --to gcp --wait          # the same, with live progress\n\
          \x20 {exe} status\n\
          \x20 kubectl get workspace ws-1 -o yaml\n\
@@ -307,7 +310,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         west = KUBERNETES_PROVIDERS[1].0,
         west_ns = KUBERNETES_PROVIDERS[1].1,
         samples = samples.display(),
-        log = args.log_file().display(),
+        log = dir.join(LOG_FILE).display(),
         cp_log = dir.join("control-plane.log").display(),
         kc = cp.kubeconfig.display(),
         bin = testenv_bin.display(),
