@@ -6,9 +6,12 @@ TESTENV_BIN := target/testenv/bin
 .PHONY: model-check
 .PHONY: run test testenv krew build crds chart-files static dist image lint unit integration clean bench plugin e2e-kind image-check chaos
 
-## run: a local control plane, simulated providers, the controller and sample workspaces (Ctrl-C stops all)
+## run: a local cluster (NODES fake nodes, default 2), simulated providers, the controller and sample
+##      workspaces, one of them a Pod on the cluster (Ctrl-C stops all). Every run starts fresh;
+##      KEEP=1 starts from the data the previous KEEP=1 run kept. Logs: target/dev/switchyard.log
+NODES ?= 2
 run: testenv build
-	./target/debug/switchyard dev --testenv-bin $(TESTENV_BIN)
+	"$${CARGO_TARGET_DIR:-target}/debug/switchyard" dev --testenv-bin $(TESTENV_BIN) --nodes $(NODES) $(if $(KEEP),--keep-data)
 
 ## test: unit tests and integration tests against a real kube-apiserver (with the chaos scenarios
 ##       and one short seeded campaign of tests/chaos.rs), then the OpenTelemetry
@@ -29,7 +32,8 @@ chaos: testenv
 krew:
 	deploy/go-tool.sh tests/krew sigs.k8s.io/krew/cmd/krew target/krew/bin/krew
 
-## testenv: build kube-apiserver+etcd and kubectl from tests/testenv (cached by content hash)
+## testenv: build kube-apiserver+etcd, kube-controller-manager, kube-scheduler and kubectl from
+##          tests/testenv, and KWOK and helm from their own modules (each cached by content hash)
 testenv:
 	tests/testenv/build.sh $(TESTENV_BIN)
 

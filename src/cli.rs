@@ -4,6 +4,7 @@
 
 mod connect;
 mod exit;
+mod ledger;
 mod progress;
 mod shell;
 mod status;
@@ -148,8 +149,9 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Benchmark the controller against the API server's own limit (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
-    /// Serve the simulated cloud over the http provider protocol (docs/provider-guide.md).
-    ProviderSim(crate::provider::http::SimArgs),
+    /// Serve the simulated cloud over the http provider protocol (docs/provider-guide.md); or,
+    /// with `ledger`, show a running provider-sim's ledger.
+    ProviderSim(ProviderSimArgs),
     /// Check a provider against the http provider protocol; exits non-zero on any failure.
     ProviderConformance(crate::provider::http::ConformanceArgs),
     /// Switch a workspace to another provider; with --wait, follow it step by step until Ready.
@@ -160,6 +162,22 @@ pub enum Command {
     Completion(shell::CompletionArgs),
     /// Print the man page switchyard(1), or write every command's page with --out-dir.
     Man(shell::ManArgs),
+}
+
+/// `switchyard provider-sim [OPTIONS]` serves; `switchyard provider-sim ledger …` reads one.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ProviderSimArgs {
+    #[command(subcommand)]
+    pub action: Option<ProviderSimAction>,
+    #[command(flatten)]
+    pub serve: Option<crate::provider::http::SimArgs>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProviderSimAction {
+    /// Print a running provider-sim's ledger: every call, as a table (or JSON lines).
+    Ledger(ledger::LedgerArgs),
 }
 
 /// The file name under which kubectl finds the plugin (`kubectl switchyard …`).
@@ -186,11 +204,29 @@ pub fn parse() -> Cli {
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
-    // `switch` and `status` talk to people on stdout/stderr: logs only when RUST_LOG asks.
-    let user_facing =
-        matches!(cli.command, Command::Switch(_) | Command::Status(_) | Command::Completion(_) | Command::Man(_));
-    let telemetry =
-        (!user_facing || std::env::var_os("RUST_LOG").is_some()).then(|| crate::telemetry::init(cli.log_format));
+    // `switch`, `status`, `completion`, `man` and `provider-sim ledger` talk to people on
+    // stdout/stderr: logs only when RUST_LOG asks.
+    let user_facing = matches!(
+        cli.command,
+        Command::Switch(_)
+            | Command::Status(_)
+            | Command::Completion(_)
+            | Command::Man(_)
+            | Command::ProviderSim(ProviderSimArgs { action: Some(ProviderSimAction::Ledger(_)), .. })
+    );
+    // `dev` prints the commands to try: its logs go to a file, so they do not bury them.
+    let log_file = match &cli.command {
+        Command::Dev(args) => {
+            if !args.keep_data {
+                // A fresh run starts a fresh log; a missing one is fine.
+                let _ = std::fs::remove_file(args.log_file());
+            }
+            Some(args.log_file())
+        }
+        _ => None,
+    };
+    let telemetry = (!user_facing || std::env::var_os("RUST_LOG").is_some())
+        .then(|| crate::telemetry::init_to(cli.log_format, log_file.as_deref()));
     let code = run(cli.command).await;
     if let Some(telemetry) = telemetry {
         telemetry.shutdown().await;
@@ -218,13 +254,28 @@ async fn run(command: Command) -> ExitCode {
             }
         },
         Command::Bench(args) => crate::bench::main(args).await,
-        Command::ProviderSim(args) => match crate::provider::http::server::run(args, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("switchyard provider-sim: {e}");
-                ExitCode::FAILURE
+        Command::ProviderSim(ProviderSimArgs { action: Some(ProviderSimAction::Ledger(args)), .. }) => {
+            match ledger::run(&args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard provider-sim ledger: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
+        Command::ProviderSim(ProviderSimArgs { serve: Some(args), .. }) => {
+            match crate::provider::http::server::run(args, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard provider-sim: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ProviderSim(_) => {
+            eprintln!("switchyard provider-sim: --token-file is required (see --help)");
+            ExitCode::from(2)
+        }
         Command::ProviderConformance(args) => match crate::provider::http::conformance::run(&args).await {
             Ok(report) if report.failed() == 0 => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,

@@ -1,5 +1,6 @@
-//! `switchyard dev`: the whole system on one machine — a local control plane built from
-//! `tests/testenv`, the CRDs, simulated providers, the controller and sample workspaces.
+//! `switchyard dev`: the whole system on one machine — a local cluster built from
+//! `tests/testenv` (with KWOK's fake nodes, so Pods run), the CRDs, simulated providers,
+//! `kubernetes` providers on that cluster, the controller and sample workspaces.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -42,15 +43,36 @@ pub enum DevError {
 /// Options of `switchyard dev`.
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Folder holding `switchyard-testenv` and `kubectl` (built by `make testenv`).
+    /// Folder holding `switchyard-testenv`, `kubectl` and the cluster's other programs (built
+    /// by `make testenv`).
     #[arg(long, default_value = "target/testenv/bin")]
     pub testenv_bin: PathBuf,
-    /// Folder for the control plane's data, certificates and kubeconfig.
+    /// Folder for the cluster's data, certificates and kubeconfig, the provider-sims' state and
+    /// the logs (`switchyard.log`: the controller's).
     #[arg(long, default_value = "target/dev")]
     pub dir: PathBuf,
     /// Manifests applied after the CRDs and providers (every .yaml directly in the folder).
     #[arg(long, default_value = "deploy/samples")]
     pub samples: PathBuf,
+    /// Fake nodes (KWOK) of the local cluster, on which the `kubernetes` providers' Pods run;
+    /// 0 runs the bare control plane (no scheduler, no controller manager: Pods never run).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=20))]
+    pub nodes: u8,
+    /// Start from the data the previous run kept (cluster and provider-sims), and keep this
+    /// run's; samples that already exist are left as they are. Without it every run starts
+    /// fresh.
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+/// The controller's log, in `--dir`.
+const LOG_FILE: &str = "switchyard.log";
+
+impl DevArgs {
+    /// Where the controller's logs go: they would bury the printed commands in the terminal.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
 }
 
 /// A running local control plane; stops when dropped (its stdin closes).
@@ -60,15 +82,27 @@ pub struct LocalControlPlane {
 }
 
 impl LocalControlPlane {
+    /// The bare control plane (kube-apiserver and etcd), its data removed when it stops.
     pub async fn start(testenv_bin: &Path, dir: &Path) -> Result<Self, DevError> {
+        Self::start_with(testenv_bin, dir, 0, false).await
+    }
+
+    /// The control plane with `nodes` fake nodes (0: bare); `keep` keeps its data when it stops.
+    pub async fn start_with(testenv_bin: &Path, dir: &Path, nodes: u8, keep: bool) -> Result<Self, DevError> {
         std::fs::create_dir_all(dir)?;
         let dir = std::fs::canonicalize(dir)?;
         let log_path = dir.join("control-plane.log");
         let log = std::fs::File::create(&log_path)?;
         let path = testenv_bin.join("switchyard-testenv");
-        let mut child = Command::new(&path)
+        let mut command = Command::new(&path);
+        if keep {
+            command.arg("--keep");
+        }
+        let mut child = command
             .arg("--dir")
             .arg(dir.join("cluster"))
+            .arg("--nodes")
+            .arg(nodes.to_string())
             .arg("--stdin-lifeline")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -140,8 +174,10 @@ pub fn objects(file: &Path, text: &str) -> Result<Vec<DynamicObject>, DevError> 
         .collect()
 }
 
-/// Server-side applies every YAML document of every `.yaml` file in `dir` (sorted by name).
-pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
+/// Server-side applies every YAML document of every `.yaml` file in `dir` (sorted by name); with
+/// `only_new`, only the objects that do not exist yet (so a kept workspace keeps its provider).
+/// Returns how many were applied.
+pub async fn apply_dir(client: &Client, dir: &Path, only_new: bool) -> Result<usize, DevError> {
     let discovery = Discovery::new(client.clone()).run().await?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -167,6 +203,9 @@ pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
                 }
                 Scope::Cluster => Api::all_with(client.clone(), &resource),
             };
+            if only_new && api.get_opt(&obj.name_any()).await?.is_some() {
+                continue;
+            }
             api.patch(&obj.name_any(), &params, &Patch::Apply(&obj)).await?;
             applied += 1;
         }
@@ -175,8 +214,22 @@ pub async fn apply_dir(client: &Client, dir: &Path) -> Result<usize, DevError> {
 }
 
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
-    eprintln!("starting the local control plane (kube-apiserver + etcd) in {}", args.dir.display());
-    let cp = LocalControlPlane::start(&args.testenv_bin, &args.dir).await?;
+    // Absolute paths: the printed commands must work from any folder.
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let testenv_bin = std::fs::canonicalize(&args.testenv_bin)
+        .map_err(|e| DevError::Other(format!("{}: {e} (run `make testenv`)", args.testenv_bin.display())))?;
+    if !args.keep_data {
+        for stale in ["cluster", "providers"] {
+            match std::fs::remove_dir_all(dir.join(stale)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    let what = if args.nodes > 0 { format!("with {} fake nodes", args.nodes) } else { "bare".to_string() };
+    eprintln!("starting the local cluster ({what}) in {}", dir.display());
+    let cp = LocalControlPlane::start_with(&testenv_bin, &dir, args.nodes, args.keep_data).await?;
     let client = cp.client().await?;
     install_crds(&client).await?;
 
@@ -184,15 +237,24 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let exe = std::env::current_exe()?;
     let mut clouds = Vec::new();
     for name in ["aws", "gcp"] {
-        let dir = std::fs::canonicalize(&args.dir)?.join("providers").join(name);
-        let mut options = ProviderSimOptions::new(&exe, name, &dir);
+        let mut options = ProviderSimOptions::new(&exe, name, dir.join("providers").join(name));
+        if args.keep_data {
+            // A ComputeProvider's endpoint is immutable: a kept one must be served where it was.
+            if let Some(listen) = previous_endpoint(&client, name).await? {
+                options.listen = listen;
+            }
+        }
         options.provision_latency = Duration::from_millis(300);
         options.stop_latency = Duration::from_millis(150);
         let sim = ProviderSimProcess::start(options).await.map_err(|e| DevError::Other(e.to_string()))?;
         register_provider(&client, &sim).await?;
         clouds.push(sim);
     }
-    let applied = apply_dir(&client, &args.samples).await?;
+    // And Pods on the local cluster's fake nodes, in two namespaces.
+    for (provider, namespace) in KUBERNETES_PROVIDERS {
+        register_kubernetes_provider(&client, provider, namespace).await?;
+    }
+    let applied = apply_dir(&client, &args.samples, args.keep_data).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -212,44 +274,86 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let controller =
         tokio::spawn(crate::controller::run(client.clone(), settings, dispatcher, handles, stopped(stop_rx.clone())));
 
-    let bin = args.testenv_bin.display();
-    let kc = cp.kubeconfig.display();
     let ledger = |sim: &ProviderSimProcess| {
         format!(
-            "curl -s -H \"Authorization: Bearer $(cat {})\" {}/v1/admin/ledger",
-            sim.token_file().display(),
-            sim.endpoint()
+            "{} provider-sim ledger --endpoint {} --token-file {}",
+            exe.display(),
+            sim.endpoint(),
+            sim.token_file().display()
         )
     };
+    let samples = std::fs::canonicalize(&args.samples).unwrap_or_else(|_| args.samples.clone());
     println!(
-        "\nSwitchyard is up: local control plane, provider-sims aws ({aws}) and gcp ({gcp}), the controller,\n\
-         and {applied} sample workspaces from {samples}.\n\n\
-         Try, in another terminal:\n\
-         \x20 export KUBECONFIG={kc} PATH=$PWD/{bin}:$PATH\n\
+        "\nSwitchyard is up: a local cluster ({what}), provider-sims aws ({aws}) and gcp ({gcp}),\n\
+         kubernetes providers {east} and {west} (Pods in namespaces {east_ns} and {west_ns}), the\n\
+         controller, and {applied} objects applied from {samples}.\n\
+         Logs: the controller {log}, the cluster {cp_log}.\n\n\
+         Try, in another terminal (from any folder):\n\
+         \x20 export KUBECONFIG={kc} PATH={bin}:$PATH\n\
          \x20 kubectl get computeproviders,workspaces\n\
+         \x20 kubectl get pods -A -l app.kubernetes.io/managed-by=switchyard -w     # and in a third terminal:\n\
+         \x20 kubectl patch workspace ws-pod --type merge -p '{{\"spec\":{{\"provider\":\"{west}\"}}}}'\n\
          \x20 kubectl patch workspace ws-1 --type merge -p '{{\"spec\":{{\"provider\":\"gcp\"}}}}'\n\
-         \x20 kubectl wait --for=condition=Ready workspace/ws-1 --timeout=60s\n\
+         \x20 kubectl wait --for=jsonpath='{{.status.instance.provider}}'=gcp workspace/ws-1 --timeout=60s   # switched\n\
          \x20 {exe} switch ws-2 --to gcp --wait          # the same, with live progress\n\
          \x20 {exe} status\n\
          \x20 kubectl get workspace ws-1 -o yaml\n\
          \x20 kubectl events --for workspace/ws-1\n\
          \x20 curl -s http://{metrics_addr}/metrics | grep switchyard_switches\n\
          \x20 {aws_ledger}\n\n\
-         Ctrl-C stops everything.",
+         Ctrl-C stops everything. The next run starts fresh; `make run KEEP=1` (--keep-data) would\n\
+         start from this run's data instead.",
         aws = clouds[0].endpoint(),
         gcp = clouds[1].endpoint(),
-        samples = args.samples.display(),
+        east = KUBERNETES_PROVIDERS[0].0,
+        east_ns = KUBERNETES_PROVIDERS[0].1,
+        west = KUBERNETES_PROVIDERS[1].0,
+        west_ns = KUBERNETES_PROVIDERS[1].1,
+        samples = samples.display(),
+        log = dir.join(LOG_FILE).display(),
+        cp_log = dir.join("control-plane.log").display(),
+        kc = cp.kubeconfig.display(),
+        bin = testenv_bin.display(),
         aws_ledger = ledger(&clouds[0]),
         exe = exe.display(),
     );
     crate::cli::shutdown_signal().await;
-    eprintln!("stopping the controller, the provider-sims and the control plane");
+    eprintln!("stopping the controller, the provider-sims and the cluster");
     stop_tx.send_replace(true);
     let _ = controller.await;
     for mut sim in clouds {
         let _ = sim.terminate().await;
     }
     cp.stop().await
+}
+
+/// The loopback address ComputeProvider `name` (an `http` one) points at, if it exists.
+async fn previous_endpoint(client: &Client, name: &str) -> Result<Option<std::net::SocketAddr>, DevError> {
+    let Some(provider) = Api::<ComputeProvider>::all(client.clone()).get_opt(name).await? else { return Ok(None) };
+    let endpoint = provider.spec.http.map(|h| h.endpoint).unwrap_or_default();
+    let url = reqwest::Url::parse(&endpoint).ok();
+    let host = url.as_ref().and_then(|u| u.host_str()).and_then(|h| h.parse::<std::net::IpAddr>().ok());
+    Ok(host.zip(url.and_then(|u| u.port())).map(std::net::SocketAddr::from).filter(|a| a.ip().is_loopback()))
+}
+
+/// The `kubernetes` ComputeProviders of `switchyard dev`: (name, namespace of its Pods).
+pub const KUBERNETES_PROVIDERS: [(&str, &str); 2] =
+    [("kube-east", "workspaces-east"), ("kube-west", "workspaces-west")];
+
+/// Creates (or updates) namespace `namespace` and a `kubernetes` ComputeProvider `name` that runs
+/// its Pods there, in the controller's own cluster.
+async fn register_kubernetes_provider(client: &Client, name: &str, namespace: &str) -> Result<(), DevError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let params = PatchParams::apply("switchyard-dev").force();
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+    Api::<Namespace>::all(client.clone()).patch(namespace, &params, &Patch::Apply(&ns)).await?;
+    let provider = serde_json::json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
+        "metadata": {"name": name},
+        "spec": {"driver": "kubernetes", "kubernetes": {"namespace": namespace}, "callTimeoutSeconds": 20},
+    });
+    Api::<ComputeProvider>::all(client.clone()).patch(name, &params, &Patch::Apply(&provider)).await?;
+    Ok(())
 }
 
 /// Creates (or updates) the token Secret and the `http` ComputeProvider of a provider-sim.

@@ -89,7 +89,7 @@ pub fn table(workspaces: &[Workspace], with_namespace: bool) -> String {
 
 /// Rows as lines of left-aligned columns, each line prefixed with `indent`; a column empty in
 /// every row is left out.
-fn align<const N: usize>(rows: &[[String; N]], indent: &str, gap: &str) -> String {
+pub(crate) fn align<const N: usize>(rows: &[[String; N]], indent: &str, gap: &str) -> String {
     let widths = (0..N).map(|col| rows.iter().map(|r| r[col].chars().count()).max().unwrap_or(0));
     let widths: Vec<usize> = widths.collect();
     let mut out = String::new();
@@ -194,7 +194,8 @@ fn dash(value: Option<String>) -> String {
     value.filter(|v| !v.is_empty()).unwrap_or_else(|| "-".to_string())
 }
 
-fn cut(text: &str, width: usize) -> String {
+/// `text` cut to `width` characters, an ellipsis marking the cut.
+pub(crate) fn cut(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
     }

@@ -6,11 +6,14 @@
 //!   idempotency check: AlreadyExists means "already provisioned under this key".
 //! - **Instance id.** `<namespace>/<pod name>`. The namespace is part of the id so that a stop
 //!   still finds the Pod after the provider's `spec.kubernetes.namespace` was edited.
-//! - **Provisioned = created.** A Pod that exists and is not being deleted is reported
-//!   `Running`; scheduling and image pulls are the cluster's business. (On the local test
-//!   control plane Pods are never scheduled at all, so creation is all there is to observe.)
+//! - **Provisioned = Running and Ready.** A provision creates (or adopts) the Pod, then waits,
+//!   within the call's budget, until it is Running and Ready; past that it answers a transient
+//!   error naming what the Pod waits for (a node, an image pull, readiness), so the controller
+//!   retries and, after a few attempts, reports it. Lookups and the inventory count any Pod that
+//!   exists as compute, ready or not, terminating or not.
 //! - **Stop** deletes with `uid` and `resourceVersion` preconditions, then waits until the Pod is
-//!   gone, so the old Pod has left the cluster before the caller provisions the new one.
+//!   gone (after its graceful termination), so the old Pod has left the cluster before the
+//!   caller provisions the new one.
 //! - **Fencing.** Each workspace has a fence in the target namespace: a ConfigMap named
 //!   [`fence_name`] holding the newest epoch any call brought, raised with a resourceVersion
 //!   compare-and-swap. Every call first passes it (refused with `StaleEpoch` if older, raising it
@@ -71,6 +74,9 @@ const NAME_PREFIX_MAX: usize = 30;
 const CONFLICT_RETRIES: usize = 5;
 /// Grace period of workspace Pods: how long a stopping workspace may take to shut down.
 pub const TERMINATION_GRACE_SECONDS: i64 = 20;
+/// Longest piece of a Pod's status (a condition's or a container's message) quoted in an error:
+/// the status is written by others, and errors end up in the workspace's status.
+const STATUS_MESSAGE_MAX: usize = 200;
 
 /// The deterministic Pod name of the instance provisioned under `key` for a workspace: a
 /// readable prefix of the workspace name, then a hash of the workspace UID and the key.
@@ -283,9 +289,82 @@ fn check_epoch(pod: &Pod, call: &CallContext) -> Result<(), DriverError> {
     }
 }
 
-/// A Pod being deleted no longer counts as the workspace's compute.
-fn pod_state(pod: &Pod) -> InstanceState {
-    if pod.metadata.deletion_timestamp.is_some() { InstanceState::Stopped } else { InstanceState::Running }
+/// A Pod is the workspace's compute until it is gone: one being deleted still runs its graceful
+/// termination (or sits on a lost node), so only a stop that waits until it is gone stops it.
+fn pod_state(_pod: &Pod) -> InstanceState {
+    InstanceState::Running
+}
+
+/// Whether a Pod is Running and its Ready condition is True: a provision is done then.
+pub fn is_running_and_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `text` cut to [`STATUS_MESSAGE_MAX`] characters.
+fn bounded(text: &str) -> String {
+    let mut cut: String = text.chars().take(STATUS_MESSAGE_MAX).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
+}
+
+/// "reason: message", or whichever of the two is there.
+fn reason_message(reason: Option<&str>, message: Option<&str>) -> String {
+    match (reason.filter(|r| !r.is_empty()), message.filter(|m| !m.is_empty())) {
+        (Some(r), Some(m)) => format!("{}: {}", bounded(r), bounded(m)),
+        (Some(one), None) | (None, Some(one)) => bounded(one),
+        (None, None) => "no reason given".to_string(),
+    }
+}
+
+/// What keeps a Pod from being Running and Ready, as kubectl would show it: not scheduled (and
+/// why), a container waiting (an image pull, a crash loop), or the Ready condition's reason.
+pub fn waiting_for(pod: &Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let conditions = status.conditions.unwrap_or_default();
+    let condition = |t: &str| conditions.iter().find(|c| c.type_ == t);
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+    if pod.metadata.deletion_timestamp.is_some() {
+        return "it is being deleted".to_string();
+    }
+    if matches!(phase, "Failed" | "Succeeded") {
+        return format!(
+            "it has ended ({phase}: {})",
+            reason_message(status.reason.as_deref(), status.message.as_deref())
+        );
+    }
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty());
+    let Some(node) = node else {
+        return match condition("PodScheduled").filter(|c| c.status == "False") {
+            Some(c) => format!("it is not scheduled ({})", reason_message(c.reason.as_deref(), c.message.as_deref())),
+            None => "it waits for a node (not scheduled yet)".to_string(),
+        };
+    };
+    for c in status.container_statuses.iter().flatten() {
+        let state = c.state.clone().unwrap_or_default();
+        if let Some(w) = state.waiting {
+            let why = reason_message(w.reason.as_deref(), w.message.as_deref());
+            return format!("container {} on node {node} is waiting ({why})", c.name);
+        }
+        if let Some(t) = state.terminated {
+            let why = reason_message(t.reason.as_deref(), t.message.as_deref());
+            return format!("container {} on node {node} terminated with exit code {} ({why})", c.name, t.exit_code);
+        }
+    }
+    match condition("Ready") {
+        Some(c) if c.status != "True" => {
+            format!(
+                "it is {phase} on node {node}, not Ready ({})",
+                reason_message(c.reason.as_deref(), c.message.as_deref())
+            )
+        }
+        _ => format!("it is {phase} on node {node}"),
+    }
 }
 
 fn info(pod: &Pod, key: &str) -> InstanceInfo {
@@ -495,13 +574,14 @@ pub struct KubernetesDriver {
     /// The controller's own cluster: the default target, and where kubeconfig Secrets live.
     local: Option<Client>,
     targets: Targets,
-    /// How long a stop waits for its Pod to disappear before reporting a transient failure.
-    stop_wait: Duration,
+    /// How long a provision waits for its Pod to be Ready, and a stop for its Pod to be gone,
+    /// before reporting a transient failure that says what the Pod waits for.
+    wait: Duration,
 }
 
 impl KubernetesDriver {
-    /// `call_timeout` is the dispatcher's bound on one call; a stop gives up waiting a little
-    /// earlier so its error says what it was waiting for.
+    /// `call_timeout` is the dispatcher's bound on one call; a provision or a stop gives up
+    /// waiting a little earlier so its error says what it was waiting for.
     pub fn new(
         provider: &str,
         settings: Option<KubernetesSettings>,
@@ -509,8 +589,8 @@ impl KubernetesDriver {
         targets: Targets,
         call_timeout: Duration,
     ) -> Self {
-        let stop_wait = call_timeout.mul_f64(0.9);
-        Self { provider: provider.to_string(), settings, local, targets, stop_wait }
+        let wait = call_timeout.mul_f64(0.9);
+        Self { provider: provider.to_string(), settings, local, targets, wait }
     }
 
     /// The target client and the provider's namespace.
@@ -647,7 +727,37 @@ impl KubernetesDriver {
         }
     }
 
-    /// Polls until no Pod `name` with `uid` exists, or the stop's wait budget is spent.
+    /// Reads Pod `name` until `settled` says what became of it, or the wait budget is spent:
+    /// then the error says what the Pod was still waiting for (`what` of the last Pod read).
+    async fn poll_pod<T>(
+        &self,
+        pods: &Api<Pod>,
+        pod_ref: &str,
+        name: &str,
+        settled: impl Fn(Option<&Pod>) -> Option<T>,
+        what: impl Fn(Option<&Pod>) -> String,
+    ) -> Result<T, DriverError> {
+        let deadline = Instant::now() + self.wait;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let current = get_pod(pods, name, pod_ref).await?;
+            if let Some(outcome) = settled(current.as_ref()) {
+                return Ok(outcome);
+            }
+            if Instant::now() + delay > deadline {
+                return Err(DriverError::Transient(format!(
+                    "pod {pod_ref}: {} after {}s",
+                    what(current.as_ref()),
+                    self.wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until no Pod `name` with `uid` exists: the stop is done once its graceful
+    /// termination is over.
     async fn wait_gone(
         &self,
         pods: &Api<Pod>,
@@ -655,31 +765,68 @@ impl KubernetesDriver {
         name: &str,
         uid: Option<&str>,
     ) -> Result<(), DriverError> {
-        let deadline = Instant::now() + self.stop_wait;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let current = get_pod(pods, name, pod_ref).await?;
-            // A Pod with another UID under the same name is not ours: ours is gone.
-            if current.as_ref().is_none_or(|p| p.metadata.uid.as_deref() != uid) {
-                return Ok(());
+        // A Pod with another UID under the same name is not ours: ours is gone.
+        let gone = |pod: Option<&Pod>| pod.is_none_or(|p| p.metadata.uid.as_deref() != uid).then_some(());
+        let what = |pod: Option<&Pod>| match pod.and_then(|p| p.spec.as_ref()?.node_name.clone()) {
+            Some(node) => format!("still terminating on node {node}"),
+            None => "still terminating".to_string(),
+        };
+        self.poll_pod(pods, pod_ref, name, gone, what).await
+    }
+
+    /// Waits until the Pod `created` is Running and Ready. A Pod that ended (Failed or
+    /// Succeeded: evicted, or its node lost) is deleted, so that the next attempt, under the
+    /// same key and so the same name, creates it afresh.
+    async fn wait_ready(&self, pods: &Api<Pod>, pod_ref: &str, created: &Pod) -> Result<(), DriverError> {
+        enum Settled {
+            Ready,
+            Gone,
+            Ended(String),
+        }
+        let uid = created.metadata.uid.as_deref();
+        let name = created.name_any();
+        let settled = |pod: Option<&Pod>| match pod.filter(|p| p.metadata.uid.as_deref() == uid) {
+            None => Some(Settled::Gone),
+            Some(p) if p.metadata.deletion_timestamp.is_some() => Some(Settled::Gone),
+            Some(p) if is_running_and_ready(p) => Some(Settled::Ready),
+            Some(p) if matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) => {
+                Some(Settled::Ended(waiting_for(p)))
             }
-            if Instant::now() + delay > deadline {
-                return Err(DriverError::Transient(format!(
-                    "pod {pod_ref} is still terminating after {}s",
-                    self.stop_wait.as_secs()
-                )));
+            Some(_) => None,
+        };
+        let what = |pod: Option<&Pod>| match pod {
+            Some(p) => format!("not Running and Ready: {}", waiting_for(p)),
+            None => "gone".to_string(),
+        };
+        match self.poll_pod(pods, pod_ref, &name, settled, what).await? {
+            Settled::Ready => Ok(()),
+            Settled::Gone => Err(DriverError::Transient(format!(
+                "pod {pod_ref} was deleted before it was Ready (by someone else, or its node went away)"
+            ))),
+            Settled::Ended(why) => {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions { uid: uid.map(str::to_string), resource_version: None }),
+                    ..Default::default()
+                };
+                match pods.delete(&name, &params).await {
+                    Ok(_) => {
+                        info!(provider = %self.provider, pod = %pod_ref, reason = %why, "deleted a pod that ended before it was ready")
+                    }
+                    Err(e) if matches!(api_code(&e), Some(404 | 409)) => {}
+                    Err(e) => return Err(map_error(&format!("delete pod {pod_ref}"), &e)),
+                }
+                Err(DriverError::Transient(format!(
+                    "pod {pod_ref}: {why}; deleted it so that the next attempt creates it again"
+                )))
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
 }
 
 #[async_trait]
 impl Driver for KubernetesDriver {
-    /// Creates the Pod for `key`, or returns the one already created under `key`. The Pod counts
-    /// as provisioned once it exists: whether and when it is scheduled is up to the cluster
-    /// (on the local test control plane, never).
+    /// Creates the Pod for `key`, or adopts the one already created under `key`, and waits
+    /// until it is Running and Ready.
     async fn provision(
         &self,
         call: &CallContext,
@@ -702,6 +849,8 @@ impl Driver for KubernetesDriver {
                 Ok(created) => {
                     info!(provider = %self.provider, pod = %pod_ref, key, epoch = call.epoch, "pod created");
                     self.recheck_after_create(&client, &pods, namespace, &created, call).await?;
+                    self.wait_ready(&pods, &pod_ref, &created).await?;
+                    info!(provider = %self.provider, pod = %pod_ref, key, "pod running and ready");
                     return Ok(info(&created, key));
                 }
                 Err(e) if api_code(&e) == Some(409) => {}
@@ -725,6 +874,7 @@ impl Driver for KubernetesDriver {
                 .map_err(|e| map_error(&format!("annotate pod {pod_ref}"), &e))?
             {
                 debug!(provider = %self.provider, pod = %pod_ref, key, epoch = call.epoch, "pod already provisioned under key");
+                self.wait_ready(&pods, &pod_ref, &existing).await?;
                 return Ok(info(&existing, key));
             }
         }
@@ -1039,13 +1189,67 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_being_deleted_is_not_running() {
+    fn a_pod_being_deleted_still_runs_until_it_is_gone() {
         let mut pod = build_pod(&call(1), "compute", "k", None);
         assert_eq!(info(&pod, "k").state, InstanceState::Running);
         assert_eq!(info(&pod, "k").id, format!("compute/{}", pod.name_any()));
         pod.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-        assert_eq!(info(&pod, "k").state, InstanceState::Stopped);
+        assert_eq!(info(&pod, "k").state, InstanceState::Running, "its graceful termination is still running");
+        assert_eq!(listed(&pod, &HashMap::new()).state, InstanceState::Running);
+    }
+
+    fn pod_status(status: serde_json::Value) -> Pod {
+        let mut pod = build_pod(&call(1), "compute", "k", None);
+        pod.status = Some(serde_json::from_value(status).expect("status"));
+        pod
+    }
+
+    #[test]
+    fn only_a_running_and_ready_pod_is_provisioned() {
+        let ready = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+        assert!(is_running_and_ready(&pod_status(ready)));
+        let unready = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]});
+        assert!(!is_running_and_ready(&pod_status(unready)));
+        let pending = json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "True"}]});
+        assert!(!is_running_and_ready(&pod_status(pending)));
+        assert!(!is_running_and_ready(&build_pod(&call(1), "compute", "k", None)), "no status yet");
+    }
+
+    #[test]
+    fn what_a_pod_waits_for_is_said_as_kubectl_would() {
+        let unscheduled = pod_status(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient cpu."}]}));
+        assert_eq!(
+            waiting_for(&unscheduled),
+            "it is not scheduled (Unschedulable: 0/2 nodes are available: 2 Insufficient cpu.)"
+        );
+        assert_eq!(waiting_for(&pod_status(json!({"phase": "Pending"}))), "it waits for a node (not scheduled yet)");
+
+        let mut pulling =
+            pod_status(json!({"phase": "Pending", "containerStatuses": [{"name": "workspace", "image": "x",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}}]}));
+        pulling.spec.get_or_insert_default().node_name = Some("node-1".into());
+        assert_eq!(
+            waiting_for(&pulling),
+            "container workspace on node node-1 is waiting (ImagePullBackOff: Back-off pulling image \"x\")"
+        );
+
+        let mut unready = pod_status(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False",
+            "reason": "ContainersNotReady", "message": "containers with unready status: [workspace]"}]}));
+        unready.spec.get_or_insert_default().node_name = Some("node-1".into());
+        assert_eq!(
+            waiting_for(&unready),
+            "it is Running on node node-1, not Ready (ContainersNotReady: containers with unready status: [workspace])"
+        );
+        let ended =
+            pod_status(json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."}));
+        assert_eq!(waiting_for(&ended), "it has ended (Failed: Evicted: The node was low on memory.)");
+
+        // Others write Pod status: what is quoted from it is bounded.
+        let long = pod_status(json!({"phase": "Failed", "reason": "Evicted", "message": "m".repeat(10_000)}));
+        assert!(waiting_for(&long).len() < 2 * STATUS_MESSAGE_MAX + 100, "{}", waiting_for(&long).len());
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Logs: `tracing` with structured fields, as text for people or JSON for collectors; with the
 //! `otel` feature, the same spans also go to an OpenTelemetry collector (see `traces`).
 
+use std::path::Path;
+use std::sync::Mutex;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -33,12 +37,40 @@ impl Telemetry {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level of the logs.
 pub fn init(format: LogFormat) -> Telemetry {
+    init_to(format, None)
+}
+
+/// [`init`], the logs appended to `file` instead of stderr when it names one (and stderr, with
+/// a warning, if the file cannot be opened).
+pub fn init_to(format: LogFormat, file: Option<&Path>) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let opened = file.map(|path| {
+        let opened = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(path));
+        (path, opened)
+    });
+    let (writer, problem) = match opened {
+        Some((_, Ok(file))) => (BoxMakeWriter::new(Mutex::new(file)), None),
+        Some((path, Err(e))) => (BoxMakeWriter::new(std::io::stderr), Some(format!("{}: {e}", path.display()))),
+        None => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     let logs = match format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(file.is_none()).with_writer(writer).boxed(),
+        LogFormat::Json => fmt::layer().json().flatten_event(true).with_writer(writer).boxed(),
     }
-    .with_filter(filter);
+    .with_filter(filter)
+    .boxed();
+    let telemetry = install(logs);
+    if let Some(problem) = problem {
+        tracing::warn!(%problem, "cannot write the log file; logging to stderr");
+    }
+    telemetry
+}
+
+/// Installs `logs` (and, with the `otel` feature, the trace layer) as the global subscriber.
+fn install(logs: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>) -> Telemetry {
     let registry = tracing_subscriber::registry().with(logs);
 
     #[cfg(feature = "otel")]

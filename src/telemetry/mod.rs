@@ -7,7 +7,7 @@ mod server;
 #[cfg(feature = "otel")]
 mod traces;
 
-pub use logs::{LogFormat, Telemetry, init};
+pub use logs::{LogFormat, Telemetry, init, init_to};
 pub use metrics::{CallLabels, Metrics, SwitchLabels, SwitchResult};
 pub use server::{Health, serve};
 #[cfg(feature = "otel")]

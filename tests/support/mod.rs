@@ -1,13 +1,19 @@
 //! Test harness: one real control plane (etcd + kube-apiserver from `tests/testenv`) per test
 //! binary, or the cluster named by `SWITCHYARD_TEST_KUBECONFIG`; the CRDs applied once; a fresh
-//! namespace per test (a bare apiserver never finishes deleting one, so none is deleted).
+//! namespace per test.
+//!
+//! The control plane is bare (no controller manager, no scheduler, no nodes: fast) unless the
+//! binary's tests ask for the fuller cluster with [`fuller_client`]: then it also runs
+//! kube-controller-manager, kube-scheduler and KWOK with [`FULLER_NODES`] fake nodes, and the
+//! namespaces of [`scoped_namespace`] are deleted, and waited for, when a test ends. A bare
+//! apiserver never finishes deleting a namespace, so there they are left alone.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod fixtures;
@@ -20,12 +26,20 @@ use kube::{Client, Config};
 
 pub struct ControlPlane {
     pub kubeconfig: PathBuf,
+    /// Whether the cluster runs a controller manager, a scheduler and nodes: true for the
+    /// fuller testenv and for a cluster named by `SWITCHYARD_TEST_KUBECONFIG`.
+    pub fuller: bool,
     // Held for the life of the test binary: the control plane exits when its stdin closes.
     _child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Fake nodes of the fuller cluster: two, so that a Pod can land elsewhere when one goes away.
+pub const FULLER_NODES: usize = 2;
+
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+/// Set by [`fuller_client`] before the control plane starts.
+static WANT_FULLER: AtomicBool = AtomicBool::new(false);
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -40,35 +54,55 @@ pub fn testenv_bin(name: &str) -> PathBuf {
     path
 }
 
-/// The control plane of this test binary, started on first use.
+/// The control plane of this test binary, started on first use: bare, unless a test of the
+/// binary asked for the fuller cluster first ([`fuller_client`]).
 pub fn control_plane() -> &'static ControlPlane {
     CONTROL_PLANE.get_or_init(|| {
         let cp = match std::env::var_os("SWITCHYARD_TEST_KUBECONFIG") {
-            Some(path) => ControlPlane { kubeconfig: PathBuf::from(path), _child: None, _dir: None },
-            None => start_control_plane(),
+            Some(path) => ControlPlane { kubeconfig: PathBuf::from(path), fuller: true, _child: None, _dir: None },
+            None => start_cluster(if WANT_FULLER.load(Ordering::SeqCst) { FULLER_NODES } else { 0 }, ""),
         };
         install_crds(&cp.kubeconfig);
         cp
     })
 }
 
+/// The fuller control plane of this test binary (controller manager, scheduler, KWOK nodes).
+/// Every test of a binary that needs it must ask for it this way, so that whichever test runs
+/// first starts the right cluster.
+pub fn fuller_control_plane() -> &'static ControlPlane {
+    WANT_FULLER.store(true, Ordering::SeqCst);
+    let cp = control_plane();
+    assert!(cp.fuller, "this test binary's control plane was started bare; ask for the fuller one in every test");
+    cp
+}
+
+/// A client of the fuller control plane ([`fuller_control_plane`]).
+pub async fn fuller_client() -> Client {
+    client_for(fuller_control_plane()).await
+}
+
 /// A control plane of its own, without the CRDs, for a test that installs everything itself
 /// (stopped when dropped). Ignores `SWITCHYARD_TEST_KUBECONFIG`: an existing cluster has them.
 pub fn bare_control_plane() -> ControlPlane {
-    start_control_plane()
+    start_cluster(0, "-own")
 }
 
-fn start_control_plane() -> ControlPlane {
+/// Starts `switchyard-testenv` (with `nodes` fake nodes, 0 for the bare control plane); its log
+/// is target/testenv/logs/<binary>-<pid><suffix>.log.
+pub fn start_cluster(nodes: usize, log_suffix: &str) -> ControlPlane {
     let dir = tempfile::Builder::new().prefix("switchyard-testenv-").tempdir().expect("temp dir");
     let logs = repo_root().join("target/testenv/logs");
     std::fs::create_dir_all(&logs).expect("log dir");
     let exe = std::env::current_exe().ok();
     let binary = exe.as_deref().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("test");
-    let log_path = logs.join(format!("{binary}-{}.log", std::process::id()));
+    let log_path = logs.join(format!("{binary}-{}{log_suffix}.log", std::process::id()));
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(testenv_bin("switchyard-testenv"))
         .arg("--dir")
         .arg(dir.path())
+        .arg("--nodes")
+        .arg(nodes.to_string())
         .arg("--stdin-lifeline")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -87,7 +121,7 @@ fn start_control_plane() -> ControlPlane {
     let kubeconfig = rx
         .recv_timeout(Duration::from_secs(180))
         .unwrap_or_else(|_| panic!("control plane not ready within 180s; see {}", log_path.display()));
-    ControlPlane { kubeconfig, _child: Some(child), _dir: Some(dir) }
+    ControlPlane { kubeconfig, fuller: nodes > 0, _child: Some(child), _dir: Some(dir) }
 }
 
 fn install_crds(kubeconfig: &Path) {
@@ -156,7 +190,12 @@ pub fn controller_process(
 
 /// A kube client for the test control plane, bound to the calling test's runtime.
 pub async fn client() -> Client {
-    let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
+    client_for(control_plane()).await
+}
+
+/// A kube client for `cp`, bound to the calling test's runtime.
+pub async fn client_for(cp: &ControlPlane) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
     Client::try_from(config).expect("client")
 }
@@ -190,6 +229,49 @@ pub fn can_i_on(kubeconfig: &Path, user: &str, verb: &str, resource: &str, names
         "no" => false,
         other => panic!("kubectl auth can-i {verb} {resource} as {user}: {other:?} {}", stderr(&out)),
     }
+}
+
+/// A namespace of one test that is deleted when the test ends, on a cluster that can delete
+/// one (the fuller cluster): the drop waits until it is gone, and fails the test if it is not
+/// within [`NAMESPACE_DELETE_TIMEOUT`] (something in it could not be cleaned up: a finalizer
+/// no controller removes, say). On the bare control plane it is left, like [`namespace`]'s.
+pub struct ScopedNamespace {
+    pub name: String,
+    kubeconfig: Option<PathBuf>,
+}
+
+/// How long the deletion of a test's namespace may take on the fuller cluster.
+pub const NAMESPACE_DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl std::ops::Deref for ScopedNamespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for ScopedNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for ScopedNamespace {
+    fn drop(&mut self) {
+        let Some(kubeconfig) = self.kubeconfig.take() else { return };
+        // The real kubectl, blocking: a Drop cannot await, and this is what users run.
+        let timeout = format!("--timeout={}s", NAMESPACE_DELETE_TIMEOUT.as_secs());
+        let out = kubectl_with(&kubeconfig, &["delete", "namespace", &self.name, "--wait=true", &timeout]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("namespace {} was not deleted: {}", self.name, stderr(&out));
+        }
+    }
+}
+
+/// A fresh namespace for one test on `cp`, deleted when the test ends if `cp` can delete one.
+pub async fn scoped_namespace(client: &Client, cp: &ControlPlane, prefix: &str) -> ScopedNamespace {
+    let name = namespace(client, prefix).await;
+    ScopedNamespace { name, kubeconfig: cp.fuller.then(|| cp.kubeconfig.clone()) }
 }
 
 /// A fresh namespace for one test.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds switchyard-testenv, kubectl and kstatus into OUT (default target/testenv/bin), skipping the
-# build when a hash of go.mod, go.sum and the Go sources matches the last successful build; then
-# helm from its own module (helm/), cached by its own hash, so that neither build forces the other.
+# Builds switchyard-testenv, kube-controller-manager, kube-scheduler, kubectl and kstatus into OUT
+# (default target/testenv/bin), skipping the build when a hash of go.mod, go.sum and the sources
+# of cmd/ matches the last successful build; then helm (helm/) and KWOK (kwok/), each from its own
+# module and cached by its own hash, so that no build forces another.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../../target/testenv/bin}
@@ -11,15 +12,19 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly
 
 # The control plane and kubectl: kube-apiserver + etcd from the pinned Kubernetes module.
 k8s_version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$here/go.mod")
-hash=$(cd "$here" && { echo "$k8s_version"; cat go.mod go.sum; find . -path ./helm -prune -o -name '*.go' -print | LC_ALL=C sort | xargs cat; } | sha256sum | cut -d' ' -f1)
-if [ -f "$out/.hash" ] && [ "$(cat "$out/.hash")" = "$hash" ] && [ -x "$out/switchyard-testenv" ] && [ -x "$out/kubectl" ] && [ -x "$out/kstatus" ]; then
+hash=$(cd "$here" && { echo "$k8s_version"; cat go.mod go.sum; find cmd -type f | LC_ALL=C sort | xargs cat; } | sha256sum | cut -d' ' -f1)
+main_bins="switchyard-testenv kube-controller-manager kube-scheduler kubectl kstatus"
+have_all() { for b in "$@"; do [ -x "$out/$b" ] || return 1; done; }
+if [ -f "$out/.hash" ] && [ "$(cat "$out/.hash")" = "$hash" ] && have_all $main_bins; then
   echo "testenv: up to date ($k8s_version, ${hash:0:12})"
 else
   minor=$(echo "$k8s_version" | cut -d. -f2)
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-  echo "testenv: building kube-apiserver+etcd and kubectl $k8s_version (several minutes when cold)"
+  echo "testenv: building kube-apiserver+etcd, kube-controller-manager, kube-scheduler and kubectl $k8s_version (several minutes when cold)"
   (cd "$here" &&
     go build -trimpath -ldflags "$ldflags" -o "$out/switchyard-testenv" ./cmd/switchyard-testenv &&
+    go build -trimpath -ldflags "$ldflags" -o "$out/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager &&
+    go build -trimpath -ldflags "$ldflags" -o "$out/kube-scheduler" k8s.io/kubernetes/cmd/kube-scheduler &&
     go build -trimpath -ldflags "$ldflags" -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl &&
     # kstatus: Flux's status rules (sigs.k8s.io/cli-utils), for the GitOps tests.
     go build -trimpath -o "$out/kstatus" ./cmd/kstatus)
@@ -39,4 +44,18 @@ else
       -o "$out/helm" helm.sh/helm/v3/cmd/helm)
   echo "$helm_hash" > "$out/.hash-helm"
   echo "testenv: helm built into $out"
+fi
+
+# KWOK, the fake nodes of `switchyard-testenv --nodes N`: its own module, because it pins newer
+# dependencies (OpenTelemetry, gRPC, …) than ../go.mod.
+kwok_version=$(awk '$1 == "sigs.k8s.io/kwok" { print $2; exit }' "$here/kwok/go.mod")
+kwok_hash=$(cd "$here/kwok" && { echo "$kwok_version"; cat go.mod go.sum; } | sha256sum | cut -d' ' -f1)
+if [ -f "$out/.hash-kwok" ] && [ "$(cat "$out/.hash-kwok")" = "$kwok_hash" ] && [ -x "$out/kwok" ]; then
+  echo "testenv: kwok up to date ($kwok_version, ${kwok_hash:0:12})"
+else
+  echo "testenv: building kwok $kwok_version"
+  (cd "$here/kwok" &&
+    go build -trimpath -ldflags "-s -w" -o "$out/kwok" sigs.k8s.io/kwok/cmd/kwok)
+  echo "$kwok_hash" > "$out/.hash-kwok"
+  echo "testenv: kwok built into $out"
 fi

@@ -177,6 +177,7 @@ impl Outcome {
 pub struct LedgerEntry {
     /// Global across all providers of one [`Clouds`]: seq order is the order effects happened in.
     pub seq: u64,
+    #[serde(with = "rfc3339")]
     pub at: SystemTime,
     pub provider: String,
     pub caller: String,
@@ -194,6 +195,37 @@ pub struct LedgerEntry {
     /// The instance created, returned, found or targeted, if any.
     pub instance: Option<String>,
     pub outcome: Outcome,
+}
+
+/// A ledger time as RFC 3339 in UTC, to the nanosecond (`2026-12-06T20:18:36.752881Z`), which
+/// people and tools read. Journals written before stored serde's `{secs_since_epoch,
+/// nanos_since_epoch}`; those still read.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de, ser};
+
+    pub fn serialize<S: Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let at = jiff::Timestamp::try_from(*at).map_err(ser::Error::custom)?;
+        s.collect_str(&at)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Rfc3339(String),
+        SinceEpoch(SystemTime),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        match Written::deserialize(d)? {
+            Written::Rfc3339(text) => text
+                .parse::<jiff::Timestamp>()
+                .map(SystemTime::from)
+                .map_err(|e| de::Error::custom(format!("{text:?}: {e}"))),
+            Written::SinceEpoch(at) => Ok(at),
+        }
+    }
 }
 
 /// Where a durable cloud writes every ledger entry before the call answers (provider-sim's

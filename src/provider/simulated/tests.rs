@@ -1184,3 +1184,32 @@ async fn merged_ledgers_of_two_clouds_are_checked_together() {
     assert!(matches!(v.as_slice(), [Violation::MultipleLive { .. }]), "{v:?}");
     assert!(check_ledger(&east.ledger()).is_empty() && check_ledger(&west.ledger()).is_empty());
 }
+
+#[test]
+fn ledger_times_are_rfc3339_and_old_journals_still_read() {
+    let entry = LedgerEntry {
+        seq: 1,
+        at: std::time::UNIX_EPOCH + Duration::new(1_796_000_000, 123_456_789),
+        provider: "aws".into(),
+        caller: "c".into(),
+        operation_id: "op".into(),
+        cluster: String::new(),
+        call: Call::Fence,
+        workspace_uid: "u".into(),
+        namespace: "ns".into(),
+        name: "ws".into(),
+        epoch: 1,
+        key: None,
+        instance: None,
+        outcome: Outcome::FenceRaised,
+    };
+    let json = serde_json::to_value(&entry).expect("serialize");
+    assert_eq!(json["at"], "2026-11-30T00:53:20.123456789Z");
+    assert_eq!(serde_json::from_value::<LedgerEntry>(json.clone()).expect("read back"), entry);
+    let mut old = json;
+    old["at"] = serde_json::json!({"secs_since_epoch": 1_796_000_000u64, "nanos_since_epoch": 123_456_789u32});
+    assert_eq!(serde_json::from_value::<LedgerEntry>(old).expect("an old journal's entry"), entry);
+    let mut garbled = serde_json::to_value(&entry).expect("serialize");
+    garbled["at"] = "yesterday".into();
+    assert!(serde_json::from_value::<LedgerEntry>(garbled).is_err());
+}

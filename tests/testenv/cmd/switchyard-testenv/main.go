@@ -1,7 +1,9 @@
 // Command switchyard-testenv runs a real single-node Kubernetes control plane on loopback:
 // an embedded etcd and kube-apiserver in one process, with RBAC on and a cluster-admin
-// kubeconfig written to DIR/kubeconfig once /readyz answers. It runs until SIGINT/SIGTERM,
-// then stops both and removes DIR's data unless --keep is given.
+// kubeconfig written to DIR/kubeconfig once /readyz answers. With --nodes N it also runs
+// kube-controller-manager, kube-scheduler and KWOK with N fake nodes (cluster.go), and is ready
+// once those nodes are. It runs until SIGINT/SIGTERM, then stops everything and removes DIR's
+// data unless --keep is given.
 package main
 
 import (
@@ -21,8 +23,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -41,6 +46,8 @@ type options struct {
 	keep          bool
 	stdinLifeline bool
 	verbosity     int
+	nodes         int
+	binDir        string
 }
 
 func main() {
@@ -50,6 +57,8 @@ func main() {
 	flag.IntVar(&o.etcdPort, "etcd-port", 0, "etcd client port on 127.0.0.1 (0 picks a free one)")
 	flag.BoolVar(&o.keep, "keep", false, "keep DIR's etcd data and certificates after shutdown")
 	flag.IntVar(&o.verbosity, "v", 0, "kube-apiserver log verbosity")
+	flag.IntVar(&o.nodes, "nodes", 0, fmt.Sprintf("also run kube-controller-manager, kube-scheduler and KWOK with this many fake nodes (0-%d; 0: the bare control plane)", maxNodes))
+	flag.StringVar(&o.binDir, "bin-dir", "", "folder of kube-controller-manager, kube-scheduler and kwok for --nodes (default: this program's folder)")
 	flag.BoolVar(&o.stdinLifeline, "stdin-lifeline", false, "shut down when standard input closes (so a test process that dies takes the control plane with it)")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -61,6 +70,9 @@ func main() {
 func run(o options) error {
 	if o.dir == "" {
 		return errors.New("--dir is required")
+	}
+	if o.nodes < 0 || o.nodes > maxNodes {
+		return fmt.Errorf("--nodes must be 0-%d, not %d", maxNodes, o.nodes)
 	}
 	dir, err := filepath.Abs(o.dir)
 	if err != nil {
@@ -113,6 +125,9 @@ func run(o options) error {
 	}()
 
 	server := fmt.Sprintf("https://%s:%d", host, apiPort)
+	// The garbage collector runs only in the fuller cluster's controller manager; the apiserver's
+	// flag must agree with it (it decides whether deletes may orphan dependents).
+	gc := "--enable-garbage-collector=" + strconv.FormatBool(o.nodes > 0)
 	// The apiserver owns SIGINT/SIGTERM handling; when it returns, etcd is closed above.
 	cmd := app.NewAPIServerCommand()
 	cmd.SetArgs([]string{
@@ -130,14 +145,33 @@ func run(o options) error {
 		"--token-auth-file=" + filepath.Join(pki, "tokens.csv"),
 		"--authorization-mode=RBAC",
 		"--disable-admission-plugins=ServiceAccount",
-		"--enable-garbage-collector=false",
+		gc,
 		"--v=" + strconv.Itoa(o.verbosity),
 	})
 
+	// The fuller cluster, once it runs. Its components hold watches open, and the apiserver's
+	// graceful shutdown waits (up to a minute) for their connections to close: so on a shutdown
+	// request they are stopped first.
+	var cluster atomic.Pointer[fullerCluster]
+	stopCluster := func() {
+		if c := cluster.Load(); c != nil {
+			c.stop()
+		}
+	}
 	if o.stdinLifeline {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
+			stopCluster()
 			genericapiserver.RequestShutdown()
+		}()
+	}
+	if o.nodes > 0 {
+		// The apiserver handles these signals itself; this only stops the components as well.
+		signals := make(chan os.Signal, 1)
+		signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+		go func() {
+			<-signals
+			stopCluster()
 		}()
 	}
 
@@ -151,10 +185,22 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("ready %s\n", filepath.Join(dir, "kubeconfig"))
 	case code := <-exited:
 		return fmt.Errorf("kube-apiserver exited with code %d before it was ready", code)
 	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if o.nodes > 0 {
+		started, err := startFullerCluster(o, dir, pki, kubeconfig)
+		if err != nil {
+			genericapiserver.RequestShutdown()
+			<-exited
+			return err
+		}
+		started.watch()
+		cluster.Store(started)
+		defer started.stop()
+	}
+	fmt.Printf("ready %s\n", kubeconfig)
 	if code := <-exited; code != 0 {
 		return fmt.Errorf("kube-apiserver exited with code %d", code)
 	}
