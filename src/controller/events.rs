@@ -102,9 +102,11 @@ fn published_note(note: &str) -> String {
     note.chars().take(NOTE_MAX).collect()
 }
 
-/// The Event a repeat would update: its name, count and when it was last seen.
+/// The Event a repeat would update: what its name was made of (the object's name is in the
+/// note), its count and when it was last seen.
 struct Seen {
-    name: String,
+    first: Timestamp,
+    salt: u16,
     count: i32,
     last: Timestamp,
 }
@@ -129,13 +131,14 @@ impl Repeats {
             Some(seen) if now.duration_since(seen.last) < SERIES_WINDOW => {
                 seen.count += 1;
                 seen.last = now;
-                event.metadata.name = Some(seen.name.clone());
+                event.metadata.name = Some(event_name(object_name(note), seen.first, seen.salt));
                 event.series = Some(EventSeries { count: seen.count, last_observed_time: MicroTime(now) });
                 (event, true)
             }
             _ => {
-                let name = event.metadata.name.clone().unwrap_or_default();
-                self.seen.insert(key, Seen { name, count: 1, last: now });
+                let salt = rand::random::<u16>();
+                event.metadata.name = Some(event_name(object_name(note), now, salt));
+                self.seen.insert(key, Seen { first: now, salt, count: 1, last: now });
                 (event, false)
             }
         }
@@ -178,8 +181,13 @@ fn type_name(t: EventType) -> &'static str {
 }
 
 /// A new Event for `note`, named like kubectl and kube name theirs: `<object>.<hex time>`.
+/// The name of the object an Event is about, as its own name begins.
+fn object_name(note: &Note) -> &str {
+    note.regarding.name.as_deref().unwrap_or("switchyard")
+}
+
+/// The Event for `note`, without its name (`Repeats::record` names it).
 fn new_event(note: &Note, instance: &str) -> Event {
-    let object = note.regarding.name.as_deref().unwrap_or("switchyard");
     Event {
         action: Some(note.action.clone()),
         reason: Some(note.reason.clone()),
@@ -189,11 +197,7 @@ fn new_event(note: &Note, instance: &str) -> Event {
         reporting_controller: Some(CONTROLLER.to_owned()),
         reporting_instance: Some(instance.chars().take(128).collect()),
         type_: Some(type_name(note.type_).to_owned()),
-        metadata: ObjectMeta {
-            namespace: note.regarding.namespace.clone(),
-            name: Some(event_name(object, note.at)),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { namespace: note.regarding.namespace.clone(), ..Default::default() },
         ..Default::default()
     }
 }
@@ -202,13 +206,13 @@ fn new_event(note: &Note, instance: &str) -> Event {
 /// must still fit the 253 characters of a DNS subdomain when the object's own name uses them all.
 const NAME_PREFIX_MAX: usize = 253 - 1 - 36;
 
-/// `<object>.<hex time><hex random>`, cut so that it is a valid name whatever the object's is.
-fn event_name(object: &str, at: Timestamp) -> String {
+/// `<object>.<hex time><hex salt>`, cut so that it is a valid name whatever the object's is.
+fn event_name(object: &str, at: Timestamp, salt: u16) -> String {
     let prefix: String = object.chars().take(NAME_PREFIX_MAX).collect();
     // A cut may end the prefix in '.' or '-', which may not precede the '.'.
     let prefix = prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
     let prefix = if prefix.is_empty() { "switchyard" } else { prefix };
-    format!("{prefix}.{:x}{:04x}", at.as_nanosecond().unsigned_abs(), rand::random::<u16>())
+    format!("{prefix}.{:x}{salt:04x}", at.as_nanosecond().unsigned_abs())
 }
 
 /// A fresh operation id that also carries when the claim was made, to the millisecond: a
@@ -308,7 +312,7 @@ mod tests {
     fn event_names_fit_whatever_the_object_name() {
         let late = Timestamp::MAX;
         for object in ["ws".to_string(), "a".repeat(253), format!("{}-.b", "x".repeat(214)), "-".repeat(253)] {
-            let name = event_name(&object, late);
+            let name = event_name(&object, late, u16::MAX);
             assert!(name.len() <= 253, "{} characters: {name}", name.len());
             let dns = name.split('.').all(|label| {
                 !label.is_empty()
@@ -318,7 +322,7 @@ mod tests {
             });
             assert!(dns, "a DNS subdomain: {name}");
         }
-        assert!(event_name("ws", Timestamp::UNIX_EPOCH).starts_with("ws."));
+        assert!(event_name("ws", Timestamp::UNIX_EPOCH, 0).starts_with("ws."));
     }
 
     #[test]
