@@ -6,7 +6,7 @@ pub mod invariants;
 
 pub use invariants::{Violation, check_ledger, check_live, check_live_instances, merge_ledgers};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -307,24 +307,6 @@ pub struct Instance {
     pub cluster: String,
 }
 
-impl Instance {
-    fn info(&self) -> InstanceInfo {
-        InstanceInfo { id: self.id.clone(), key: self.key.clone(), state: self.state }
-    }
-
-    fn listed(&self, fence: Option<i64>) -> ListedInstance {
-        ListedInstance {
-            id: self.id.clone(),
-            key: self.key.clone(),
-            workspace_uid: self.workspace_uid.clone(),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            state: self.state,
-            fence,
-        }
-    }
-}
-
 /// A Running instance of some provider.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -335,29 +317,110 @@ pub struct LiveInstance {
     pub workspace_uid: String,
 }
 
+/// An instance as a cloud keeps it: the id and key shared with the key index, the namespace and
+/// cluster shared by all instances that have them. A benchmark's controller process holds tens
+/// of thousands of these in its in-process clouds.
+#[derive(Debug)]
+struct Stored {
+    key: Arc<str>,
+    workspace_uid: Arc<str>,
+    namespace: Arc<str>,
+    name: Box<str>,
+    cluster: Arc<str>,
+    state: InstanceState,
+}
+
+impl Stored {
+    fn info(&self, id: &str) -> InstanceInfo {
+        InstanceInfo { id: id.to_owned(), key: self.key.to_string(), state: self.state }
+    }
+
+    fn instance(&self, id: &str) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            key: self.key.to_string(),
+            workspace_uid: self.workspace_uid.to_string(),
+            state: self.state,
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            cluster: self.cluster.to_string(),
+        }
+    }
+
+    fn listed(&self, id: &str, fence: Option<i64>) -> ListedInstance {
+        ListedInstance {
+            id: id.to_owned(),
+            key: self.key.to_string(),
+            workspace_uid: self.workspace_uid.to_string(),
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            state: self.state,
+            fence,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct CloudState {
-    instances: BTreeMap<String, Instance>,
-    by_key: HashMap<String, String>,
+    /// By id.
+    instances: BTreeMap<Arc<str>, Stored>,
+    /// Key to id.
+    by_key: HashMap<Arc<str>, Arc<str>>,
+    /// Namespaces and clusters, one copy each.
+    shared: HashSet<Arc<str>>,
     /// Highest epoch admitted per workspace_uid: the fence.
-    fences: HashMap<String, i64>,
+    fences: HashMap<Arc<str>, i64>,
     faults: Faults,
     next_id: u64,
 }
 
 impl CloudState {
     fn insert(&mut self, inst: Instance) {
-        self.by_key.insert(inst.key.clone(), inst.id.clone());
-        self.instances.insert(inst.id.clone(), inst);
+        let (id, key): (Arc<str>, Arc<str>) = (inst.id.into(), inst.key.into());
+        let stored = Stored {
+            key: key.clone(),
+            workspace_uid: self.uid(&inst.workspace_uid),
+            namespace: self.share(&inst.namespace),
+            name: inst.name.into(),
+            cluster: self.share(&inst.cluster),
+            state: inst.state,
+        };
+        self.by_key.insert(key, id.clone());
+        self.instances.insert(id, stored);
+    }
+
+    /// The workspace uid as the fence map holds it (a created instance passed the fence).
+    fn uid(&self, uid: &str) -> Arc<str> {
+        self.fences.get_key_value(uid).map_or_else(|| uid.into(), |(shared, _)| shared.clone())
+    }
+
+    fn share(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.shared.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = s.into();
+        self.shared.insert(shared.clone());
+        shared
+    }
+
+    /// The instance created under `key`, with its id.
+    fn by_key(&self, key: &str) -> Option<(&str, &Stored)> {
+        let id = self.by_key.get(key)?;
+        self.instances.get_key_value(&**id).map(|(id, stored)| (&**id, stored))
     }
 
     /// Admits `call` if its epoch is not older than the newest seen for its workspace, and makes
     /// it the newest; otherwise returns the newest.
     fn admit(&mut self, call: &CallContext) -> Result<(), i64> {
-        match self.fences.get(&call.workspace_uid) {
+        match self.fences.get(call.workspace_uid.as_str()) {
             Some(&newest) if call.epoch < newest => Err(newest),
             _ => {
-                self.fences.insert(call.workspace_uid.clone(), call.epoch);
+                match self.fences.get_mut(call.workspace_uid.as_str()) {
+                    Some(newest) => *newest = call.epoch,
+                    None => {
+                        self.fences.insert(call.workspace_uid.as_str().into(), call.epoch);
+                    }
+                }
                 Ok(())
             }
         }
@@ -435,11 +498,11 @@ impl Cloud {
 
     /// Every instance ever created, by id.
     pub fn instances(&self) -> Vec<Instance> {
-        lock(&self.state).instances.values().cloned().collect()
+        lock(&self.state).instances.iter().map(|(id, i)| i.instance(id)).collect()
     }
 
     pub fn instance(&self, id: &str) -> Option<Instance> {
-        lock(&self.state).instances.get(id).cloned()
+        lock(&self.state).instances.get(id).map(|i| i.instance(id))
     }
 
     /// The fence of `workspace_uid`: the newest epoch admitted for it, if any call was.
@@ -555,15 +618,14 @@ impl Cloud {
         if let Some(msg) = self.injected(st, Call::Provision) {
             return failed_after_fence(rec(st, None, Outcome::FailedAfterFence(msg.clone())), msg);
         }
-        let existing = st.by_key.get(key).and_then(|id| st.instances.get(id));
+        let existing = st.by_key(key).map(|(id, inst)| (inst.workspace_uid.to_string(), inst.info(id)));
         let (info, created) = match existing {
-            Some(inst) if inst.workspace_uid != ctx.workspace_uid => {
-                let msg = format!("key {key} belongs to workspace {}", inst.workspace_uid);
-                let id = inst.id.clone();
-                let _ = rec(st, Some(&id), Outcome::Rejected(msg.clone()));
+            Some((owner, info)) if owner != ctx.workspace_uid => {
+                let msg = format!("key {key} belongs to workspace {owner}");
+                let _ = rec(st, Some(&info.id), Outcome::Rejected(msg.clone()));
                 return Answer::Reply(Err(DriverError::Rejected(msg)));
             }
-            Some(inst) => (inst.info(), false),
+            Some((_, info)) => (info, false),
             None => {
                 st.next_id += 1;
                 let inst = Instance {
@@ -575,7 +637,7 @@ impl Cloud {
                     name: ctx.name.clone(),
                     cluster: ctx.cluster.clone(),
                 };
-                let info = inst.info();
+                let info = InstanceInfo { id: inst.id.clone(), key: inst.key.clone(), state: inst.state };
                 st.insert(inst);
                 (info, true)
             }
@@ -597,7 +659,7 @@ impl Cloud {
     pub fn stop_now(&self, ctx: &CallContext, id: &str) -> Answer<()> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
-        let key = st.instances.get(id).map(|i| i.key.clone());
+        let key = st.instances.get(id).map(|i| i.key.to_string());
         let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Stop, key.as_deref(), Some(id), outcome);
         if let Some(injected) = self.unreachable(st) {
             return self.preempted(st, injected, |st, outcome| {
@@ -613,7 +675,7 @@ impl Cloud {
         }
         let outcome = match st.instances.get_mut(id) {
             // A stop must never reach another workspace's instance, whatever the caller thinks.
-            Some(inst) if inst.workspace_uid != ctx.workspace_uid => {
+            Some(inst) if *inst.workspace_uid != *ctx.workspace_uid => {
                 let msg = format!("instance {id} belongs to workspace {}", inst.workspace_uid);
                 let _ = rec(st, Outcome::Rejected(msg.clone()));
                 return Answer::Reply(Err(DriverError::Rejected(msg)));
@@ -654,7 +716,7 @@ impl Cloud {
         if let Some(msg) = self.injected(st, Call::Lookup) {
             return failed_after_fence(rec(st, None, Outcome::FailedAfterFence(msg.clone())), msg);
         }
-        let found = st.by_key.get(key).and_then(|id| st.instances.get(id)).map(Instance::info);
+        let found = st.by_key(key).map(|(id, inst)| inst.info(id));
         let (instance, outcome) = match &found {
             Some(info) => (Some(info.id.as_str()), Outcome::Found),
             None => (None, Outcome::NotFound),
@@ -703,13 +765,16 @@ impl Cloud {
         }
         let limit = clamp_limit(limit) as usize;
         let after = match page {
-            Some(p) => std::ops::Bound::Excluded(p.to_owned()),
+            Some(p) => std::ops::Bound::Excluded(p),
             None => std::ops::Bound::Unbounded,
         };
         let mut matching =
-            st.instances.range((after, std::ops::Bound::Unbounded)).map(|(_, i)| i).filter(|i| i.cluster == cluster);
-        let items: Vec<ListedInstance> =
-            matching.by_ref().take(limit).map(|i| i.listed(st.fences.get(&i.workspace_uid).copied())).collect();
+            st.instances.range::<str, _>((after, std::ops::Bound::Unbounded)).filter(|(_, i)| *i.cluster == *cluster);
+        let items: Vec<ListedInstance> = matching
+            .by_ref()
+            .take(limit)
+            .map(|(id, i)| i.listed(id, st.fences.get(&*i.workspace_uid).copied()))
+            .collect();
         let next = match (items.last(), matching.next()) {
             (Some(last), Some(_)) => Some(last.id.clone()),
             _ => None,
@@ -723,7 +788,7 @@ impl Cloud {
     fn replay(&self, e: &LedgerEntry) {
         let mut st = lock(&self.state);
         if e.call.is_fenced() && e.outcome.passed_fence() {
-            let newest = st.fences.entry(e.workspace_uid.clone()).or_insert(e.epoch);
+            let newest = st.fences.entry(e.workspace_uid.as_str().into()).or_insert(e.epoch);
             *newest = (*newest).max(e.epoch);
         }
         match (e.call, &e.outcome, &e.key, &e.instance) {
@@ -740,7 +805,7 @@ impl Cloud {
                 });
             }
             (Call::Stop, Outcome::Stopped, _, Some(id)) => {
-                if let Some(inst) = st.instances.get_mut(id) {
+                if let Some(inst) = st.instances.get_mut(id.as_str()) {
                     inst.state = InstanceState::Stopped;
                 }
             }
