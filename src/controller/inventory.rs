@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn an_instance_under_an_in_flight_key_is_accounted_for() {
-        let in_flight = ws(WorkspaceStatus { operation: Some(op("op1")), ..Default::default() });
+        let in_flight = ws(WorkspaceStatus { operation: Some(Box::new(op("op1"))), ..Default::default() });
         let a = Accounted::of(std::iter::once(&in_flight));
         assert!(a.covers("b", &listed("i-7", "u1.op1")));
         assert!(!a.covers("b", &listed("i-8", "u1.op0")), "a key of an earlier operation is not in flight");

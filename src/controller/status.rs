@@ -41,7 +41,7 @@ pub fn claimed(
     let mut s = current(ws);
     s.epoch = s.epoch.saturating_add(1);
     let reach = providers(from.iter().chain(to.iter()));
-    s.operation = Some(Operation {
+    s.operation = Some(Box::new(Operation {
         id: id.to_string(),
         kind,
         from,
@@ -56,7 +56,7 @@ pub fn claimed(
         retry_at: None,
         reach,
         unfenced: std::mem::take(&mut s.unfenced),
-    });
+    }));
     summarize(ws, s, None, now)
 }
 
@@ -220,7 +220,7 @@ fn bounded(error: &str) -> String {
 }
 
 /// Removes the operation; providers it had still to fence stay recorded for the next claim.
-fn release(s: &mut WorkspaceStatus) -> Option<Operation> {
+fn release(s: &mut WorkspaceStatus) -> Option<Box<Operation>> {
     let op = s.operation.take()?;
     s.unfenced = providers(s.unfenced.iter().chain(op.unfenced.iter()));
     Some(op)

@@ -116,7 +116,7 @@ fn status(
         active_provider: active.map(String::from),
         instance: instance_on.map(instance),
         epoch: 4,
-        operation: op,
+        operation: op.map(Box::new),
         last_switch: None,
         unfenced: vec![],
         conditions,
@@ -504,7 +504,7 @@ fn taken_over_keeps_the_operation_under_a_new_holder_and_epoch() {
             epoch: o.epoch,
             renewed_at: o.renewed_at.clone(),
             unfenced: o.unfenced.clone(),
-            ..before
+            ..*before
         };
         assert_eq!(o, &unchanged, "{name}: id, kind, step, from, to, attempts, retryAt, startedAt kept");
         assert_eq!(s.instance, old.instance, "{name}");
@@ -742,7 +742,7 @@ fn stop_failed_releases_the_claim_and_stalls_on_the_old_provider() {
     // Confirmed running by an abort's lookup: no longer in doubt.
     let mut checked = ws.clone();
     let mut st = s.clone();
-    st.operation = Some(operation(Switch, Step::Claimed, Some("a"), Some("a")));
+    st.operation = Some(Box::new(operation(Switch, Step::Claimed, Some("a"), Some("a"))));
     checked.status = Some(st);
     assert_eq!(aborted(&checked, &now()).instance, Some(instance("a")));
     assert_eq!(summary(&s), (false, false, true, Some(Phase::Failed)));

@@ -139,7 +139,7 @@ fn hash_status<H: Hasher>(s: &WorkspaceStatus, h: &mut H) {
 
 impl Obj {
     fn op(&self) -> Option<&switchyard::api::Operation> {
-        self.status.as_ref().and_then(|s| s.operation.as_ref())
+        self.status.as_ref().and_then(|s| s.operation.as_deref())
     }
 }
 
