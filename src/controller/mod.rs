@@ -1,6 +1,7 @@
 //! The Workspace controller: wiring (watches, Context, error policy). The protocol itself is
 //! in `protocol`; the decision it follows in `decide`; the status it writes in `status`.
 
+pub mod client;
 pub mod decide;
 mod decode;
 mod events;
