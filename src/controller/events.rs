@@ -25,8 +25,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Events waiting to be published before new ones are dropped.
-const QUEUE: usize = 8192;
+/// Events waiting to be published before new ones are dropped: a few times client-go's 1000,
+/// so that a burst of thousands of switches loses few, and bounded, because a full queue is
+/// the controller's largest transient allocation (some 500 bytes a note).
+const QUEUE: usize = 4096;
 /// Events in flight to the API server at once.
 const CONCURRENCY: usize = 8;
 /// A repeat within this window becomes a series on the first Event.
@@ -40,8 +42,8 @@ const CONTROLLER: &str = "switchyard.dev/controller";
 #[derive(Clone, Debug)]
 pub struct Note {
     pub type_: EventType,
-    pub reason: String,
-    pub action: String,
+    pub reason: &'static str,
+    pub action: &'static str,
     pub note: String,
     pub regarding: ObjectReference,
     /// When it happened (not when it is published).
@@ -85,7 +87,7 @@ impl Key {
     fn of(note: &Note) -> Self {
         let uid = note.regarding.uid.as_deref().unwrap_or_default();
         let published = published_note(&note.note);
-        let parts = (uid, type_name(note.type_), note.reason.as_str(), note.action.as_str(), published.as_str());
+        let parts = (uid, type_name(note.type_), note.reason, note.action, published.as_str());
         let hash = |seed: u8| {
             let mut h = std::hash::DefaultHasher::new();
             (seed, parts).hash(&mut h);
@@ -189,8 +191,8 @@ fn object_name(note: &Note) -> &str {
 /// The Event for `note`, without its name (`Repeats::record` names it).
 fn new_event(note: &Note, instance: &str) -> Event {
     Event {
-        action: Some(note.action.clone()),
-        reason: Some(note.reason.clone()),
+        action: Some(note.action.to_string()),
+        reason: Some(note.reason.to_string()),
         note: Some(published_note(&note.note)),
         event_time: Some(MicroTime(note.at)),
         regarding: Some(note.regarding.clone()),
@@ -248,11 +250,11 @@ fn claim_time(id: &str) -> Option<Timestamp> {
 mod tests {
     use super::*;
 
-    fn note(reason: &str, at: Timestamp) -> Note {
+    fn note(reason: &'static str, at: Timestamp) -> Note {
         Note {
             type_: EventType::Normal,
-            reason: reason.into(),
-            action: "Switch".into(),
+            reason,
+            action: "Switch",
             note: "n".into(),
             regarding: ObjectReference {
                 namespace: Some("ns".into()),
@@ -304,7 +306,7 @@ mod tests {
             events.publish(note(reason, Timestamp::UNIX_EPOCH));
         }
         assert_eq!(events.dropped.get(), 2);
-        let queued: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).map(|n| n.reason).collect();
+        let queued: Vec<&str> = std::iter::from_fn(|| rx.try_recv().ok()).map(|n| n.reason).collect();
         assert_eq!(queued, ["A", "B"], "the first ones stay, in order");
     }
 

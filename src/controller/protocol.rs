@@ -806,11 +806,18 @@ pub(super) fn report_too_large(ctx: Arc<Context>, ws: Arc<Workspace>, answer: &s
 }
 
 /// Queues an Event about `ws` (published in the background; see `events`).
-pub(super) fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, action: &str, note: &str) {
+pub(super) fn event(
+    ctx: &Context,
+    ws: &Workspace,
+    type_: EventType,
+    reason: &'static str,
+    action: &'static str,
+    note: &str,
+) {
     ctx.events.publish(Note {
         type_,
-        reason: reason.into(),
-        action: action.into(),
+        reason,
+        action,
         note: note.into(),
         regarding: writes::reference(ws),
         at: Timestamp::now(),
