@@ -137,11 +137,12 @@ impl LocalControlPlane {
     }
 }
 
-/// A client for the cluster a kubeconfig file names (its current context).
+/// A client for the cluster a kubeconfig file names (its current context), over HTTP/2 like the
+/// controller's: the bench's ceiling is then measured with the controller's own transport.
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, DevError> {
     let kubeconfig = Kubeconfig::read_from(path)?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
+    Ok(crate::controller::client::http2(config)?)
 }
 
 /// Server-side applies every CRD and waits until each is established.

@@ -6,11 +6,16 @@
 //! Two request mixes: [`Mix::Status`] is the status writes alone; [`Mix::Full`] is what a
 //! switch costs the API server in all, from a plain client: the user's spec patch, the chained
 //! status writes, and one Event.
+//!
+//! While a ceiling is measured, as many watches of the namespace are open as during a profile
+//! (the controller's and the bench's own): the API server sends every write to each watcher,
+//! and that fan-out is part of what a switch costs it.
 
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -77,6 +82,43 @@ struct Tally {
     first_error: Option<String>,
 }
 
+/// Watches of the workspaces open during a profile: the controller's and the bench's.
+const WATCHES: usize = 2;
+
+/// Watches that take in every event and do nothing with it, standing for the watchers a
+/// profile has.
+struct Watches(Vec<tokio::task::JoinHandle<()>>);
+
+impl Watches {
+    /// Opens `n` watches and returns once each has listed (so the lists are outside the clock).
+    async fn open(api: &Api<Workspace>, n: usize) -> Self {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (synced, listed) = tokio::sync::oneshot::channel();
+            let mut events = watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
+            tasks.push(tokio::spawn(async move {
+                let mut synced = Some(synced);
+                while let Some(event) = events.next().await {
+                    if let Ok(watcher::Event::InitDone) = event
+                        && let Some(tx) = synced.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                }
+            }));
+            // A watch that cannot list leaves the ceiling without its fan-out, not stuck.
+            let _ = tokio::time::timeout(Duration::from_secs(60), listed).await;
+        }
+        Self(tasks)
+    }
+
+    fn close(self) {
+        for task in self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Runs every concurrency level in `levels` over the workspaces of `namespace`.
 pub async fn measure(
     client: &Client,
@@ -88,6 +130,7 @@ pub async fn measure(
     apiserver: Option<u32>,
 ) -> Result<Ceiling, BenchError> {
     let api: Api<Workspace> = Api::namespaced(client.clone(), namespace);
+    let watches = Watches::open(&api, WATCHES).await;
     let api = &api;
     let mut results = Vec::new();
     let mut workspaces = 0;
@@ -145,6 +188,7 @@ pub async fn measure(
         );
         results.push(level);
     }
+    watches.close();
     let best = results
         .iter()
         .filter(|l| l.finished && l.errors == 0)
