@@ -270,7 +270,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         stopped(stop_rx.clone()),
     ));
     let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
-    let settings = crate::controller::Settings::new(crate::cli::default_identity());
+    let settings = crate::controller::Settings::new(crate::runtime::default_identity());
     let controller =
         tokio::spawn(crate::controller::run(client.clone(), settings, dispatcher, handles, stopped(stop_rx.clone())));
 
@@ -317,7 +317,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         aws_ledger = ledger(&clouds[0]),
         exe = exe.display(),
     );
-    crate::cli::shutdown_signal().await;
+    crate::runtime::shutdown_signal().await;
     eprintln!("stopping the controller, the provider-sims and the cluster");
     stop_tx.send_replace(true);
     let _ = controller.await;

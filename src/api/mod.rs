@@ -77,7 +77,7 @@ mod tests {
             "metadata": {"name": "p"}, "spec": {"driver": "quantum"}
         }))
         .expect("decodes");
-        assert_eq!(p.spec.driver, Driver::Unknown);
+        assert_eq!(p.spec.driver, DriverKind::Unknown);
         // Of the enums, only a condition's status offers "Unknown" (metav1's own value).
         for (path, node, _) in schema_nodes() {
             let values = node["enum"].as_array().cloned().unwrap_or_default();

@@ -136,7 +136,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32, 64, 128])]
     pub ceiling_concurrency: Vec<usize>,
     /// Give up on a phase (all created Ready, all switched Ready, one ceiling level) after this long.
-    #[arg(long, default_value = "30m", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = crate::runtime::parse_duration)]
     pub phase_timeout: Duration,
     /// RUST_LOG of the controller process (its log goes to OUT/controller-PROFILE.log).
     #[arg(long, default_value = "info,kube=warn")]

@@ -34,7 +34,7 @@ pub struct SwitchArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: stop waiting after this long (500ms, 30s, 5m, 1h); the switch goes on.
-    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::runtime::parse_duration)]
     pub timeout: Duration,
     #[command(flatten)]
     pub cluster: ClusterArgs,

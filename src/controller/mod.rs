@@ -45,8 +45,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("workspace {0}: too many conflicting writes in a row")]
     TooManyConflicts(String),
-    #[error("workspace {0} has no uid")]
-    NoUid(String),
 }
 
 /// Tunables of one controller instance.

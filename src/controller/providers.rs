@@ -122,7 +122,7 @@ fn same(a: &ComputeProviderStatus, b: &ComputeProviderStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Driver;
+    use crate::api::DriverKind;
 
     #[test]
     fn readiness_separates_misconfiguration_from_outages() {
@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(reason, cond::PROVIDER_MISCONFIGURED);
         assert!(message.contains("secret default/token not found"));
 
-        let unsupported = Err(DispatchError::Unsupported { provider: "p".into(), driver: Driver::Http });
+        let unsupported = Err(DispatchError::Unsupported { provider: "p".into(), driver: DriverKind::Http });
         assert_eq!(readiness(&unsupported).1, cond::PROVIDER_MISCONFIGURED);
 
         let down =

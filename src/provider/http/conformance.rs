@@ -32,7 +32,7 @@ pub struct ConformanceArgs {
     #[arg(long)]
     pub ca_bundle_file: Option<PathBuf>,
     /// Bound of each request.
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::runtime::parse_duration)]
     pub timeout: Duration,
 }
 

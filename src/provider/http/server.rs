@@ -51,10 +51,10 @@ pub struct SimArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Latency of each create (e.g. 200ms).
-    #[arg(long, default_value = "0ms", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "0ms", value_parser = crate::runtime::parse_duration)]
     pub provision_latency: Duration,
     /// Latency of each stop.
-    #[arg(long, default_value = "0ms", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "0ms", value_parser = crate::runtime::parse_duration)]
     pub stop_latency: Duration,
     /// PEM certificate chain: serve https instead of http.
     #[arg(long, requires = "tls_key_file")]
