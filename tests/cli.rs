@@ -139,7 +139,7 @@ async fn status_shows_a_table_and_one_workspace_in_detail() {
     let missing = unique("nope");
     s.api.create(&PostParams::default(), &workspace("ws-2", &missing)).await.expect("create ws-2");
     wait_for(&s.api, "ws-2", "ws-2 stalled", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_NOT_FOUND.into()))
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderNotFound.as_str().into()))
     })
     .await;
 

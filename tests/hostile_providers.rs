@@ -408,7 +408,11 @@ async fn probed(client: &Client, dispatcher: &Dispatcher, name: &str) -> (String
 }
 
 fn misconfigured(ready: &(String, String, String), needle: &str) {
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", cond::PROVIDER_MISCONFIGURED), "{ready:?}");
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("False", cond::ConditionReason::ProviderMisconfigured.as_str()),
+        "{ready:?}"
+    );
     assert!(ready.2.contains(needle), "{needle:?} not in {:?}", ready.2);
     assert!(!ready.2.contains(TOKEN), "the token in a condition: {:?}", ready.2);
 }
@@ -466,7 +470,11 @@ async fn the_token_never_travels_over_plain_http_to_a_remote_host() {
             .await
             .expect("opt in");
         let ready = probed(&client, &d, &name).await;
-        assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+        assert_eq!(
+            (ready.0.as_str(), ready.1.as_str()),
+            ("True", cond::ConditionReason::Healthy.as_str()),
+            "{ready:?}"
+        );
         let seen = fake.seen();
         assert!(
             !seen.is_empty()
@@ -480,7 +488,7 @@ async fn the_token_never_travels_over_plain_http_to_a_remote_host() {
     let open = unique("insecure-open");
     create_provider(&client, &open, http_spec(json!({"endpoint": endpoint}))).await;
     let ready = probed(&client, &d, &open).await;
-    assert_ne!(ready.1, cond::PROVIDER_MISCONFIGURED, "{ready:?}");
+    assert_ne!(ready.1, cond::ConditionReason::ProviderMisconfigured.as_str(), "{ready:?}");
 }
 
 /// 2b: only Secrets marked as provider tokens are read, and nothing is sent before.
@@ -519,7 +527,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     let label = json!({"metadata": {"labels": {PROVIDER_TOKEN_LABEL: "true"}}});
     secrets.patch("db-password", &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
     let ready = probed(&client, &d, &name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
     d.provision(&p, &call("u1", 1), "u1.op1", None).await.expect("provision with a labelled Secret");
     let ledger = sim.ledger().await;
     assert_eq!(ledger.iter().filter(|e| e.call == Call::Provision).count(), 1, "{ledger:?}");
@@ -539,7 +547,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     )
     .await;
     let ready = probed(&client, &d, &typed_name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 
     // Bound to the first provider only: the second may no longer use it, even with the token
     // already read (the cache is per provider), and nothing is sent.
@@ -597,7 +605,7 @@ async fn only_marked_kubeconfig_secrets_are_used() {
     let bound_here = json!({"metadata": {"annotations": {CREDENTIAL_PROVIDERS_ANNOTATION: name}}});
     secrets.patch("admin", &PatchParams::default(), &Patch::Merge(&bound_here)).await.expect("bind");
     let ready = probed(&client, &d, &name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 }
 
 /// 2c: what is wrong with the credentials or the TLS setup is ProviderMisconfigured, precisely.
@@ -665,7 +673,7 @@ async fn credential_and_tls_problems_are_misconfigurations() {
     let settings = tls_sim.http_settings(Some(secret_ref(&ns, "tls-token")));
     create_provider(&client, &good, json!({"driver": "http", "callTimeoutSeconds": 5, "http": settings})).await;
     let ready = probed(&client, &d, &good).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
     assert!(tls_sim.ledger().await.expect("ledger").is_empty(), "no call went through an untrusted channel");
 
     // An answer past the cap, through the probe: ProviderMisconfigured, saying so.
@@ -688,11 +696,15 @@ async fn a_provider_being_deleted_gets_no_new_work() {
     let hold = json!({"metadata": {"finalizers": ["hostile-providers.test/hold"]}});
     api.patch(&sim.name, &PatchParams::default(), &Patch::Merge(&hold)).await.expect("finalizer");
     let ready = probed(&client, &d, &sim.name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 
     api.delete(&sim.name, &DeleteParams::default()).await.expect("delete provider");
     let ready = probed(&client, &d, &sim.name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", cond::PROVIDER_DELETING), "{ready:?}");
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("False", cond::ConditionReason::ProviderDeleting.as_str()),
+        "{ready:?}"
+    );
     assert!(ready.2.contains("is being deleted") && ready.2.contains(&sim.name), "{ready:?}");
 
     // A new workspace naming it stalls before any claim; the provider sees no call.

@@ -195,8 +195,10 @@ mod tests {
             stage(&stopped, &t).lines(),
             vec!["old compute stopped on a; active provider is now b", "provisioning on b"]
         );
-        let failed =
-            on(stopped.clone(), status::step_failed(&stopped, cond::PROVISION_FAILED, "quota", 3, &now(), &now()));
+        let failed = on(
+            stopped.clone(),
+            status::step_failed(&stopped, cond::ConditionReason::ProvisionFailed, "quota", 3, &now(), &now()),
+        );
         assert_eq!(stage(&failed, &t), stage(&stopped, &t), "a failed attempt is not a new stage");
         assert_eq!(last_error(&failed), Some((1, "quota".to_string())));
         let ready = on(stopped.clone(), status::provisioned(&stopped, instance("b"), &now()));
@@ -207,12 +209,12 @@ mod tests {
     #[test]
     fn stalled_is_a_failure_with_reason_and_message() {
         let w = patched_to_b();
-        let stall = Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist");
+        let stall = Stall::new(cond::ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist");
         let stalled = on(w.clone(), status::at_rest(&w, Some(&stall), &now()));
         assert_eq!(
             stage(&stalled, &target("b", 2)),
             Stage::Stalled {
-                reason: cond::PROVIDER_NOT_FOUND.into(),
+                reason: cond::ConditionReason::ProviderNotFound.as_str().into(),
                 message: "ComputeProvider \"b\" does not exist".into()
             }
         );
@@ -238,7 +240,10 @@ mod tests {
     #[test]
     fn a_version_from_before_the_patch_is_not_progress() {
         let before = ws("a", 1);
-        let stalled = on(before.clone(), status::at_rest(&before, Some(&Stall::new(cond::STOP_FAILED, "x")), &now()));
+        let stalled = on(
+            before.clone(),
+            status::at_rest(&before, Some(&Stall::new(cond::ConditionReason::StopFailed, "x")), &now()),
+        );
         assert_eq!(stage(&stalled, &target("b", 2)), Stage::NotObserved);
     }
 

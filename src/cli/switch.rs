@@ -227,7 +227,7 @@ async fn warn_about_provider(client: &kube::Client, name: &str) {
     match providers.get_opt(name).await {
         Ok(None) => eprintln!(
             "warning: ComputeProvider {name:?} does not exist; the workspace will be Stalled ({}) until it is created",
-            cond::PROVIDER_NOT_FOUND
+            cond::ConditionReason::ProviderNotFound
         ),
         Ok(Some(provider)) => {
             let conditions = provider.status.map(|s| s.conditions).unwrap_or_default();

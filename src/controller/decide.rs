@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::status::Stall;
-use crate::api::conditions as cond;
+use crate::api::conditions::{ConditionReason, WaitReason};
 use crate::api::{FINALIZER, Instance, MAX_EPOCH, Operation, OperationKind, Step, Workspace};
 
 /// Whether a provider can be called right now.
@@ -15,7 +15,7 @@ pub enum ProviderState {
     Usable,
     Missing,
     NotReady {
-        reason: &'static str,
+        reason: ConditionReason,
         message: String,
     },
     /// The provider no longer says what it said when it created the instance (`location`): a
@@ -61,7 +61,7 @@ pub enum Next {
     /// Wait without writing; reconcile again after the delay.
     Wait {
         after: Duration,
-        why: &'static str,
+        why: WaitReason,
     },
     Claim {
         kind: OperationKind,
@@ -139,7 +139,7 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     match next {
         Next::Claim { .. } | Next::TakeOver if !(0..MAX_EPOCH).contains(&epoch) => Next::Rest {
             stall: Some(Stall::new(
-                cond::EPOCH_OUT_OF_RANGE,
+                ConditionReason::EpochOutOfRange,
                 format!("status.epoch {epoch} leaves no room for a new claim (0 to {MAX_EPOCH}); nothing is done"),
             )),
         },
@@ -160,7 +160,7 @@ fn decide_unbounded(ws: &Workspace, facts: &Facts) -> Next {
             let age = elapsed(op.renewed_at.0, facts.now);
             let forged = until(facts.now, op.renewed_at.0) > facts.claim_lease;
             if age < facts.claim_lease && !facts.leader && !forged {
-                return Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE };
+                return Next::Wait { after: facts.claim_lease - age, why: WaitReason::ClaimHeldElsewhere };
             }
         }
         // A claim no controller of ours could have written is not carried out, nor taken over.
@@ -179,7 +179,7 @@ fn decide_unbounded(ws: &Workspace, facts: &Facts) -> Next {
     // A stop that failed past its budget is tried again only after its backoff.
     match (&next, facts.retry_at) {
         (Next::Claim { kind, .. }, Some(at)) if *kind != OperationKind::Provision && at > facts.now => {
-            Next::Wait { after: until(facts.now, at), why: cond::STOP_FAILED }
+            Next::Wait { after: until(facts.now, at), why: WaitReason::StopFailed }
         }
         _ => next,
     }
@@ -324,7 +324,8 @@ fn next_step(
 /// Carrying such a claim out could double or strand compute, so it is not; it stalls with
 /// InvalidClaim until someone clears it (README: Operations, the escape hatch).
 fn misfit(op: &Operation, instance: Option<&Instance>, deleting: bool) -> Option<Stall> {
-    let invalid = |why: String| Some(Stall::new(cond::INVALID_CLAIM, format!("{why}; it is not carried out")));
+    let invalid =
+        |why: String| Some(Stall::new(ConditionReason::InvalidClaim, format!("{why}; it is not carried out")));
     if op.kind == OperationKind::Unknown || op.step == Step::Unknown {
         return Some(unknown_claim(op));
     }
@@ -348,7 +349,7 @@ fn misfit(op: &Operation, instance: Option<&Instance>, deleting: bool) -> Option
 
 fn unknown_claim(op: &Operation) -> Stall {
     Stall::new(
-        cond::INVALID_CLAIM,
+        ConditionReason::InvalidClaim,
         format!(
             "claim {} has a kind or step this controller does not know (a newer Switchyard's?); \
              it is not carried out: upgrade the controller, or clear the claim",
@@ -360,7 +361,7 @@ fn unknown_claim(op: &Operation) -> Stall {
 /// The stall of compute whose provider has moved under it, if it has.
 fn moved(state: &ProviderState) -> Option<Stall> {
     match state {
-        ProviderState::Moved { message } => Some(Stall::new(cond::PROVIDER_CHANGED, message.clone())),
+        ProviderState::Moved { message } => Some(Stall::new(ConditionReason::ProviderChanged, message.clone())),
         _ => None,
     }
 }
@@ -378,7 +379,7 @@ fn waiting(op: &Operation, facts: &Facts) -> Option<Next> {
     if age >= renew_every {
         return Some(Next::Renew);
     }
-    let why = if op.unfenced.is_empty() { cond::BACKOFF } else { cond::FENCE_FAILED };
+    let why = if op.unfenced.is_empty() { WaitReason::Backoff } else { WaitReason::FenceFailed };
     Some(Next::Wait { after: retry_in.min(renew_every - age), why })
 }
 
@@ -387,10 +388,10 @@ fn blocked(state: &ProviderState, name: &str) -> Option<Stall> {
     match state {
         ProviderState::Usable => None,
         ProviderState::Missing => {
-            Some(Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider {name:?} does not exist")))
+            Some(Stall::new(ConditionReason::ProviderNotFound, format!("ComputeProvider {name:?} does not exist")))
         }
         ProviderState::NotReady { reason, message } => {
-            Some(Stall::new(reason, format!("ComputeProvider {name:?} is not ready: {message}")))
+            Some(Stall::new(*reason, format!("ComputeProvider {name:?} is not ready: {message}")))
         }
         ProviderState::Moved { .. } => moved(state),
     }

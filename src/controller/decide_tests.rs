@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
 use super::{Facts, Next, ProviderState, backoff, decide};
-use crate::api::conditions as cond;
+use crate::api::conditions::{ConditionReason, WaitReason};
 use crate::api::{FINALIZER, Instance, OperationKind, Step, Workspace};
 use crate::controller::status::Stall;
 
@@ -290,25 +290,31 @@ fn retry_in(secs: i64) -> Facts {
 const MISSING: ProviderState = ProviderState::Missing;
 
 fn not_ready() -> ProviderState {
-    ProviderState::NotReady { reason: cond::PROVIDER_NOT_READY, message: "endpoint unreachable".to_string() }
+    ProviderState::NotReady { reason: ConditionReason::ProviderNotReady, message: "endpoint unreachable".to_string() }
 }
 
 fn misconfigured() -> ProviderState {
-    ProviderState::NotReady { reason: cond::PROVIDER_MISCONFIGURED, message: "secret missing".to_string() }
+    ProviderState::NotReady { reason: ConditionReason::ProviderMisconfigured, message: "secret missing".to_string() }
 }
 
 // ---- expected decisions ----------------------------------------------------------------------
 
 fn missing_stall(provider: &str) -> Stall {
-    Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider \"{provider}\" does not exist"))
+    Stall::new(ConditionReason::ProviderNotFound, format!("ComputeProvider \"{provider}\" does not exist"))
 }
 
 fn not_ready_stall(provider: &str) -> Stall {
-    Stall::new(cond::PROVIDER_NOT_READY, format!("ComputeProvider \"{provider}\" is not ready: endpoint unreachable"))
+    Stall::new(
+        ConditionReason::ProviderNotReady,
+        format!("ComputeProvider \"{provider}\" is not ready: endpoint unreachable"),
+    )
 }
 
 fn misconfigured_stall(provider: &str) -> Stall {
-    Stall::new(cond::PROVIDER_MISCONFIGURED, format!("ComputeProvider \"{provider}\" is not ready: secret missing"))
+    Stall::new(
+        ConditionReason::ProviderMisconfigured,
+        format!("ComputeProvider \"{provider}\" is not ready: secret missing"),
+    )
 }
 
 fn rest() -> Next {
@@ -323,7 +329,7 @@ fn claim(kind: OperationKind, from: Option<&str>, to: Option<&str>) -> Next {
     Next::Claim { kind, from: from.map(String::from), to: to.map(String::from) }
 }
 
-fn wait(secs: u64, why: &'static str) -> Next {
+fn wait(secs: u64, why: WaitReason) -> Next {
     Next::Wait { after: Duration::from_secs(secs), why }
 }
 
@@ -518,7 +524,9 @@ fn without_operation() -> Vec<Case> {
             "stopped, no compute, target missing: nothing to call, but the bad name is reported",
             ws("b").stopped(),
             target(MISSING),
-            Next::Rest { stall: Some(Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist")) },
+            Next::Rest {
+                stall: Some(Stall::new(ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist")),
+            },
         ),
         // Switch.
         case("compute on a, spec b: claim Switch a→b", ws("b").on("a"), facts(), claim(Switch, Some("a"), Some("b"))),
@@ -562,13 +570,15 @@ fn without_operation() -> Vec<Case> {
             "switch a→b, stop backoff pending: wait without claiming",
             ws("b").on("a"),
             retry_in(30),
-            wait(30, cond::STOP_FAILED),
+            wait(30, WaitReason::StopFailed),
         ),
         case(
             "switch a→b, stop backoff pending, target missing: nothing can be claimed, so the stall shows",
             ws("b").on("a"),
             Facts { target: MISSING, ..retry_in(30) },
-            Next::Rest { stall: Some(Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist")) },
+            Next::Rest {
+                stall: Some(Stall::new(ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist")),
+            },
         ),
         case("spec back on a, stop backoff pending: nothing to stop, at rest", ws("a").on("a"), retry_in(30), rest()),
         case(
@@ -624,7 +634,7 @@ fn without_operation() -> Vec<Case> {
             "stopped spec, stop backoff pending: wait without writing",
             ws("a").on("a").stopped(),
             retry_in(90),
-            wait(90, cond::STOP_FAILED),
+            wait(90, WaitReason::StopFailed),
         ),
         case(
             "stopped spec, stop backoff elapsed: claim Stop again",
@@ -665,7 +675,7 @@ fn all_operations() -> Vec<Op> {
 /// A claim held by another instance: left alone while fresh, taken over once stale, whatever
 /// the workspace and the providers look like.
 fn claims_of_others() -> Vec<Case> {
-    let held_elsewhere = cond::CLAIM_HELD_ELSEWHERE;
+    let held_elsewhere = WaitReason::ClaimHeldElsewhere;
     let mut cases = Vec::new();
     for op in all_operations() {
         let theirs = op.clone().held_by(OTHER);
@@ -1086,7 +1096,7 @@ fn own_roll_forward() -> Vec<Case> {
         let base = || ws("b").active("b").op(op.clone());
         let failed =
             |attempts: i32, retry_in: i64| ws("b").active("b").op(op.clone().attempts(attempts).retry_in(retry_in));
-        let bo = cond::BACKOFF;
+        let bo = WaitReason::Backoff;
         cases.extend([
             case(format!("{l}, spec b: provision on b under the key"), base(), facts(), provision_on("b")),
             case(
@@ -1219,7 +1229,7 @@ fn own_roll_forward() -> Vec<Case> {
                 format!("{l}, unfenced, fence retry in 4s: wait"),
                 ws("b").active("b").op(op.clone().unfenced(&["b"]).attempts(1).retry_in(4)),
                 facts(),
-                wait(4, cond::FENCE_FAILED),
+                wait(4, WaitReason::FenceFailed),
             ),
             case(
                 format!("{l}, unfenced, stopped spec: fence before releasing anything"),
@@ -1265,7 +1275,7 @@ fn invalid_stall(needle: &str) -> Stall {
         ),
         why => format!("{why}; it is not carried out"),
     };
-    Stall::new(cond::INVALID_CLAIM, message)
+    Stall::new(ConditionReason::InvalidClaim, message)
 }
 
 /// Claims no controller of this version writes: a kind or step it does not know, a step that
@@ -1324,13 +1334,13 @@ fn invalid_claims() -> Vec<Case> {
         "a fresh unknown claim of another holder is waited out",
         ws("b").on("a").op(op(OperationKind::Unknown, Claimed, Some("a"), Some("b")).held_by(OTHER).renewed(10)),
         facts(),
-        wait(50, cond::CLAIM_HELD_ELSEWHERE),
+        wait(50, WaitReason::ClaimHeldElsewhere),
     ));
     cases
 }
 
 fn moved_stall() -> Stall {
-    Stall::new(cond::PROVIDER_CHANGED, "moved")
+    Stall::new(ConditionReason::ProviderChanged, "moved")
 }
 
 /// The provider holding the compute no longer says where it lives: nothing is sent to it, at
@@ -1376,7 +1386,7 @@ fn unconfirmed_instance() -> Vec<Case> {
             "unconfirmed: back on its provider, after the stop backoff",
             ws("a").on("a").unconfirmed(),
             retry_in(7),
-            wait(7, cond::STOP_FAILED),
+            wait(7, WaitReason::StopFailed),
         ),
         case("unconfirmed: still to switch elsewhere", ws("b").on("a").unconfirmed(), facts(), switch_to("b")),
         case(
@@ -1500,7 +1510,7 @@ fn every_kind_and_step_is_covered() {
 #[test]
 fn delete_claim_waits_for_the_stop_backoff() {
     let ws = ws("a").on("a").deleting().build();
-    assert_eq!(decide(&ws, &retry_in(30)), wait(30, cond::STOP_FAILED));
+    assert_eq!(decide(&ws, &retry_in(30)), wait(30, WaitReason::StopFailed));
 }
 
 #[test]
@@ -1538,7 +1548,7 @@ fn a_foreign_claim_is_waited_out_exactly_to_the_end_of_the_lease() {
         let ws = holding(switch(Claimed).held_by(OTHER).renewed(age)).build();
         let got = decide(&ws, &facts());
         if age < 60 {
-            assert_eq!(got, wait(60 - age as u64, cond::CLAIM_HELD_ELSEWHERE), "renewed {age}s ago");
+            assert_eq!(got, wait(60 - age as u64, WaitReason::ClaimHeldElsewhere), "renewed {age}s ago");
         } else {
             assert_eq!(got, Next::TakeOver, "renewed {age}s ago");
         }
@@ -1560,7 +1570,7 @@ fn provision_waits_exactly_until_retry_at_renewing_on_the_way() {
             } else if renewed_ago >= renew_every {
                 Next::Renew
             } else {
-                wait(retry_in.min(renew_every - renewed_ago) as u64, cond::BACKOFF)
+                wait(retry_in.min(renew_every - renewed_ago) as u64, WaitReason::Backoff)
             };
             assert_eq!(got, expected, "retry in {retry_in}s, renewed {renewed_ago}s ago");
         }
@@ -1583,7 +1593,7 @@ fn a_taken_over_operation_fences_before_any_other_call() {
 fn a_claim_renewed_in_the_future_is_taken_over() {
     for op in all_operations() {
         let slightly = holding(op.clone().held_by(OTHER).renewed(-30)).build();
-        assert_eq!(decide(&slightly, &facts()), wait(60, cond::CLAIM_HELD_ELSEWHERE), "{}: clock skew", op.label());
+        assert_eq!(decide(&slightly, &facts()), wait(60, WaitReason::ClaimHeldElsewhere), "{}: clock skew", op.label());
         let forged = holding(op.clone().held_by(OTHER).renewed(-3600)).build();
         assert_eq!(decide(&forged, &facts()), Next::TakeOver, "{}: an hour ahead", op.label());
     }
@@ -1615,7 +1625,7 @@ fn no_claim_past_the_epoch_bound() {
         claiming.status.as_mut().unwrap().epoch = epoch;
         let got = decide(&claiming, &facts());
         assert!(
-            matches!(&got, Next::Rest { stall: Some(s) } if s.reason == cond::EPOCH_OUT_OF_RANGE),
+            matches!(&got, Next::Rest { stall: Some(s) } if s.reason == ConditionReason::EpochOutOfRange),
             "epoch {epoch}: {got:?}"
         );
         let mut stale = holding(switch(Claimed).held_by(OTHER).renewed(3600)).build();

@@ -37,7 +37,7 @@ use kube::runtime::reflector::Store;
 use tracing::{debug, info, warn};
 
 use super::Context;
-use crate::api::conditions as cond;
+use crate::api::conditions::{EventAction, EventReason};
 use crate::api::{ComputeProvider, Workspace};
 use crate::provider::{CallContext, InstanceState, ListedInstance, provision_key};
 use crate::telemetry::{Health, Metrics};
@@ -202,7 +202,14 @@ async fn collect(ctx: &Context, provider: &ComputeProvider, item: &ListedInstanc
             if let Some(ws) = &fresh {
                 let note =
                     format!("stopped {} on {name}: no status named it (created under key {})", item.id, item.key);
-                super::protocol::event(ctx, ws, EventType::Warning, cond::LEAK_COLLECTED, "Collect", &note);
+                super::protocol::event(
+                    ctx,
+                    ws,
+                    EventType::Warning,
+                    EventReason::LeakCollected,
+                    EventAction::Collect,
+                    &note,
+                );
             }
         }
         Err(error) => {

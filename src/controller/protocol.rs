@@ -27,7 +27,7 @@ use super::status::{self, Stall};
 use super::worker::Action;
 use super::writes::{self, Written};
 use super::{Context, Error, workspace_key};
-use crate::api::conditions as cond;
+use crate::api::conditions::{self as cond, ConditionReason, EventAction, EventReason};
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
 use crate::telemetry::SwitchResult;
@@ -111,7 +111,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         }
         Next::Rest { stall } => rest(ctx, &api, ws, stall, &now).await,
         Next::Wait { after, why } => {
-            debug!(after_ms = after.as_millis() as u64, why, "waiting");
+            debug!(after_ms = after.as_millis() as u64, %why, "waiting");
             Ok(Flow::Done(Action::requeue(after)))
         }
         Next::Claim { kind, from, to } => claim(ctx, &api, ws, kind, from, to, &now).await,
@@ -131,7 +131,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
             let flow = held_write(ctx, &api, ws, |w| status::retargeted(w, &id, &now)).await?;
             let note =
                 format!("target changed to {} after the old compute stopped; released {provider}", ws.spec.provider);
-            event(ctx, ws, EventType::Normal, cond::RETARGETED, "Retarget", &note);
+            event(ctx, ws, EventType::Normal, EventReason::Retargeted, EventAction::Retarget, &note);
             Ok(flow)
         }
         Next::FinishWithoutCompute { release: in_flight } => {
@@ -179,7 +179,7 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
     } else {
         "spec returned to the current provider before anything was stopped"
     };
-    event(ctx, ws, EventType::Normal, cond::SWITCH_ABORTED, "Abort", note);
+    event(ctx, ws, EventType::Normal, EventReason::SwitchAborted, EventAction::Abort, note);
     Ok(flow)
 }
 
@@ -190,7 +190,7 @@ async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall,
         .is_none_or(|c| c.status != "True" || c.reason != stall.reason);
     let flow = step_failed(ctx, api, ws, stall.reason, &stall.message, 0, now).await?;
     if changed && matches!(flow, Flow::Continue(_)) {
-        event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message);
+        event(ctx, ws, EventType::Warning, EventReason::Stalled(stall.reason), EventAction::Hold, &stall.message);
     }
     Ok(flow)
 }
@@ -200,7 +200,7 @@ async fn step_failed(
     ctx: &Context,
     api: &Api<Workspace>,
     ws: &Workspace,
-    reason: &'static str,
+    reason: ConditionReason,
     error: &str,
     stall_after: i32,
     now: &Time,
@@ -231,7 +231,7 @@ async fn fence(
             let note =
                 format!("provider {name} left unfenced (annotation {SKIP_FENCE}); the inventory is the backstop");
             warn!(provider = %name, "fence skipped on request");
-            event(ctx, ws, EventType::Warning, cond::FENCE_SKIPPED, "Fence", &note);
+            event(ctx, ws, EventType::Warning, EventReason::FenceSkipped, EventAction::Fence, &note);
             continue;
         }
         let error = match lookup_provider(ctx, name).await? {
@@ -250,9 +250,16 @@ async fn fence(
         warn!(provider = %name, %error, "fence failed: the operation waits");
         let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
         let stall_after = ctx.settings.stall_after;
-        let flow = step_failed(ctx, api, ws, cond::FENCE_FAILED, &message, stall_after, now).await?;
+        let flow = step_failed(ctx, api, ws, ConditionReason::FenceFailed, &message, stall_after, now).await?;
         if attempts == 1 || attempts == stall_after {
-            event(ctx, ws, EventType::Warning, cond::FENCE_FAILED, "Fence", &message);
+            event(
+                ctx,
+                ws,
+                EventType::Warning,
+                EventReason::Stalled(ConditionReason::FenceFailed),
+                EventAction::Fence,
+                &message,
+            );
         }
         return Ok(flow);
     }
@@ -286,7 +293,14 @@ async fn rest(
                     let changed = cond::get(&current.conditions, cond::STALLED)
                         .is_none_or(|c| c.reason != stall.reason || c.status != "True");
                     if changed {
-                        event(ctx, ws, EventType::Warning, stall.reason, "Validate", &stall.message);
+                        event(
+                            ctx,
+                            ws,
+                            EventType::Warning,
+                            EventReason::Stalled(stall.reason),
+                            EventAction::Validate,
+                            &stall.message,
+                        );
                     }
                 }
             }
@@ -356,7 +370,7 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
             ctx.metrics.status_writes.inc();
             info!(%previous, epoch, "took over a stale claim");
             let note = format!("claim of {previous} was stale; resumed under epoch {epoch}");
-            event(ctx, &fresh, EventType::Normal, cond::TOOK_OVER, "TakeOver", &note);
+            event(ctx, &fresh, EventType::Normal, EventReason::TookOver, EventAction::TakeOver, &note);
             Ok(Flow::Continue(fresh))
         }
     }
@@ -377,7 +391,7 @@ async fn stop_old(
         Some(p) => p,
         None => {
             let stall = Stall::new(
-                cond::PROVIDER_NOT_FOUND,
+                ConditionReason::ProviderNotFound,
                 format!("ComputeProvider {:?} holding the old compute does not exist", instance.provider),
             );
             return hold(ctx, api, ws, stall, now).await;
@@ -421,7 +435,7 @@ async fn stop_old(
     // A switch's stop is part of its outcome (SwitchCompleted); a stop or delete's is the outcome.
     if kind != OperationKind::Switch {
         let note = format!("stopped {} on {}", instance.id, instance.provider);
-        event(ctx, ws, EventType::Normal, cond::COMPUTE_STOPPED, "Stop", &note);
+        event(ctx, ws, EventType::Normal, EventReason::ComputeStopped, EventAction::Stop, &note);
     }
     ctx.failpoints.hit(FailPoint::AfterStop).await;
     match kind {
@@ -480,7 +494,7 @@ async fn stop_named(
                 "{} on {} (key {:?}) is unknown to the provider; stopped what it runs for this workspace instead: {ours:?}",
                 instance.id, instance.provider, instance.key
             );
-            event(ctx, ws, EventType::Warning, cond::INSTANCE_NOT_FOUND, "Stop", &note);
+            event(ctx, ws, EventType::Warning, EventReason::InstanceNotFound, EventAction::Stop, &note);
             Ok(())
         }
     }
@@ -519,8 +533,8 @@ async fn stop_failed(
         ctx,
         ws,
         EventType::Warning,
-        cond::STOP_FAILED,
-        "Stop",
+        EventReason::Stalled(ConditionReason::StopFailed),
+        EventAction::Stop,
         &format!("{error}; claim released, retrying in {}s", delay.as_secs()),
     );
     Ok(match flow {
@@ -542,7 +556,8 @@ async fn provision(
         return Ok(Flow::Done(Action::await_change()));
     };
     let Some(provider) = lookup_provider(ctx, provider_name).await? else {
-        let stall = Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider {provider_name:?} does not exist"));
+        let stall =
+            Stall::new(ConditionReason::ProviderNotFound, format!("ComputeProvider {provider_name:?} does not exist"));
         return hold(ctx, api, ws, stall, now).await;
     };
     ctx.failpoints.hit(FailPoint::BeforeProvision).await;
@@ -582,10 +597,10 @@ async fn provision(
                 took.unwrap_or_default(),
                 instance.id
             );
-            event(ctx, ws, EventType::Normal, cond::SWITCH_COMPLETED, "Provision", &note);
+            event(ctx, ws, EventType::Normal, EventReason::SwitchCompleted, EventAction::Provision, &note);
         } else {
             let note = format!("running on {provider_name}: {}", instance.id);
-            event(ctx, ws, EventType::Normal, cond::PROVISIONED, "Provision", &note);
+            event(ctx, ws, EventType::Normal, EventReason::Provisioned, EventAction::Provision, &note);
         }
     }
     Ok(flow)
@@ -601,12 +616,19 @@ async fn provision_failed(
 ) -> Result<Flow, Error> {
     warn!(%error, "provision failed");
     let stall_after = ctx.settings.stall_after;
-    let flow = step_failed(ctx, api, ws, cond::PROVISION_FAILED, error, stall_after, now).await?;
+    let flow = step_failed(ctx, api, ws, ConditionReason::ProvisionFailed, error, stall_after, now).await?;
     if let Flow::Continue(fresh) = &flow {
         let attempts = fresh.operation().map(|o| o.attempts).unwrap_or(1);
         if attempts == 1 || attempts == stall_after {
             let note = format!("{error} (attempt {attempts})");
-            event(ctx, ws, EventType::Warning, cond::PROVISION_FAILED, "Provision", &note);
+            event(
+                ctx,
+                ws,
+                EventType::Warning,
+                EventReason::Stalled(ConditionReason::ProvisionFailed),
+                EventAction::Provision,
+                &note,
+            );
         }
     }
     Ok(flow)
@@ -730,10 +752,10 @@ fn readiness(p: &ComputeProvider) -> ProviderState {
     let conditions = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     match cond::get(conditions, cond::READY) {
         Some(c) if c.status == "False" => {
-            let reason = if c.reason == cond::PROVIDER_MISCONFIGURED {
-                cond::PROVIDER_MISCONFIGURED
+            let reason = if c.reason == ConditionReason::ProviderMisconfigured {
+                ConditionReason::ProviderMisconfigured
             } else {
-                cond::PROVIDER_NOT_READY
+                ConditionReason::ProviderNotReady
             };
             ProviderState::NotReady { reason, message: c.message.clone() }
         }
@@ -791,12 +813,19 @@ pub(super) fn report_too_large(ctx: Arc<Context>, ws: Arc<Workspace>, answer: &s
          until it shrinks: remove finalizers, annotations or labels that are not needed"
     );
     warn!(namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any(), "workspace too large to write");
-    event(&ctx, &ws, EventType::Warning, cond::OBJECT_TOO_LARGE, "Write", &message);
+    event(
+        &ctx,
+        &ws,
+        EventType::Warning,
+        EventReason::Stalled(ConditionReason::ObjectTooLarge),
+        EventAction::Write,
+        &message,
+    );
     if failures > 1 {
         return;
     }
     tokio::spawn(async move {
-        let stall = Stall::new(cond::OBJECT_TOO_LARGE, message);
+        let stall = Stall::new(ConditionReason::ObjectTooLarge, message);
         let next = status::at_rest(&ws, Some(&stall), &ctx.now());
         let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
         if let Err(error) = writes::patch_status(&api, &ws, &next).await {
@@ -810,8 +839,8 @@ pub(super) fn event(
     ctx: &Context,
     ws: &Workspace,
     type_: EventType,
-    reason: &'static str,
-    action: &'static str,
+    reason: EventReason,
+    action: EventAction,
     note: &str,
 ) {
     ctx.events.publish(Note {

@@ -872,7 +872,7 @@ impl SwitchModel {
         st: &mut State,
         c: usize,
         obj: &Arc<Obj>,
-        reason: &'static str,
+        reason: cond::ConditionReason,
         error: &str,
         stall_after: i32,
         at: u8,
@@ -931,7 +931,7 @@ impl SwitchModel {
                 }
                 _ => {
                     let msg = "cannot fence a provider a superseded operation could still call";
-                    self.step_failed(st, c, &ws, cond::FENCE_FAILED, msg, STALL_AFTER, at, log)
+                    self.step_failed(st, c, &ws, cond::ConditionReason::FenceFailed, msg, STALL_AFTER, at, log)
                 }
             },
             Job::Stop { ws, instance, attempt } => {
@@ -988,9 +988,11 @@ impl SwitchModel {
                 }
                 Reply::Ok(_) => {
                     let error = format!("instance under key {key} is not running");
-                    self.step_failed(st, c, &ws, cond::PROVISION_FAILED, &error, STALL_AFTER, at, log)
+                    self.step_failed(st, c, &ws, cond::ConditionReason::ProvisionFailed, &error, STALL_AFTER, at, log)
                 }
-                Reply::Failed(e) => self.step_failed(st, c, &ws, cond::PROVISION_FAILED, e, STALL_AFTER, at, log),
+                Reply::Failed(e) => {
+                    self.step_failed(st, c, &ws, cond::ConditionReason::ProvisionFailed, e, STALL_AFTER, at, log)
+                }
                 Reply::Stale => {}
             },
             Job::ReleaseLookup { ws, provider, then } => match reply {
