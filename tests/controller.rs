@@ -17,6 +17,7 @@ use switchyard::controller::Clock;
 use switchyard::controller::FailPoint;
 use switchyard::controller::FailPoints;
 use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
+use switchyard::runtime::Backoff;
 use switchyard::telemetry::{Metrics, SwitchLabels};
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -625,7 +626,7 @@ async fn a_waiting_holder_writes_once_per_wait_and_keeps_its_claim() {
     let patient = |identity: &str| {
         let mut st = settings(identity, &s.ns);
         st.claim_lease = Duration::from_secs(6);
-        st.provision_backoff = (Duration::from_secs(1), Duration::from_secs(12));
+        st.provision_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(12));
         Instance::start(&s.client, st, &s.clouds)
     };
     s.clouds.cloud(&s.b).set_faults(Faults { fail_provision_always: true, ..Faults::default() });

@@ -55,6 +55,19 @@ impl Workspace {
     pub fn operation(&self) -> Option<&Operation> {
         self.status.as_ref().and_then(|s| s.operation.as_deref())
     }
+
+    /// The provision key of the claim in flight, if any: whatever that operation may have
+    /// created on its target is found under it.
+    pub fn in_flight_key(&self) -> Option<String> {
+        let op = self.operation()?;
+        Some(provision_key(self.metadata.uid.as_deref().unwrap_or_default(), &op.id))
+    }
+}
+
+/// The provision key of an operation: derived from the workspace and the claim, so a retried
+/// or resumed provision returns the same instance instead of creating a second one.
+pub fn provision_key(workspace_uid: &str, operation_id: &str) -> String {
+    format!("{workspace_uid}.{operation_id}")
 }
 
 fn default_running() -> bool {

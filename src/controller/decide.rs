@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use super::status::Stall;
 use crate::api::conditions::{ConditionReason, WaitReason};
 use crate::api::{FINALIZER, Instance, MAX_EPOCH, Operation, OperationKind, Step, Workspace};
+use crate::runtime::Backoff;
 
 /// Whether a provider can be called right now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +40,9 @@ pub struct Facts {
     pub source: ProviderState,
     /// A failed stop is not retried before this time (growing backoff, kept in memory).
     pub retry_at: Option<Timestamp>,
-    /// Backoff between attempts of a step (provision, fence): base doubled per attempt, capped.
-    /// A `retryAt` further ahead than the cap is not trusted.
-    pub provision_backoff: (Duration, Duration),
+    /// Backoff between attempts of a step (provision, fence). A `retryAt` further ahead than
+    /// its cap is not trusted.
+    pub provision_backoff: Backoff,
     /// Whether this instance holds the leader Lease. Of two holders of a claim, the one that
     /// is not the leader is presumed gone (a leader that died), so the leader need not wait.
     pub leader: bool,
@@ -249,7 +250,7 @@ fn continue_operation(
 ) -> Next {
     let spec = &ws.spec;
     // Whatever this operation's key may have created on its target.
-    let key = crate::provider::provision_key(ws.metadata.uid.as_deref().unwrap_or_default(), &op.id);
+    let key = ws.in_flight_key().unwrap_or_default();
 
     if deleting && op.kind != OperationKind::Delete {
         return Next::ConvertToDelete;
@@ -319,6 +320,29 @@ fn next_step(
     }
 }
 
+/// What follows a confirmed stop of the old compute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterStop {
+    /// A switch records its new provider.
+    Commit,
+    /// A stop or delete ends with no compute; `release` (provider, key) names what a delete
+    /// must stop first: whatever its key may have created on its target.
+    Finish { release: Option<(String, String)> },
+}
+
+/// What follows a stop of the old compute that the provider confirmed, for `ws` as our last
+/// write left it.
+pub fn after_stop(ws: &Workspace) -> AfterStop {
+    let op = ws.operation();
+    match op.map(|o| o.kind) {
+        Some(OperationKind::Switch) => AfterStop::Commit,
+        Some(OperationKind::Delete) => {
+            AfterStop::Finish { release: op.and_then(|o| o.to.clone()).zip(ws.in_flight_key()) }
+        }
+        _ => AfterStop::Finish { release: None },
+    }
+}
+
 /// Why a claim cannot be one a Switchyard controller of this version wrote, if it cannot: a
 /// kind or step this build does not know, or a step that contradicts the recorded compute.
 /// Carrying such a claim out could double or strand compute, so it is not; it stalls with
@@ -371,7 +395,7 @@ fn moved(state: &ProviderState) -> Option<Stall> {
 /// one per third of a lease.
 fn waiting(op: &Operation, facts: &Facts) -> Option<Next> {
     let retry_in = op.retry_at.as_ref().map(|t| until(facts.now, t.0)).filter(|d| !d.is_zero())?;
-    if retry_in > facts.provision_backoff.1 {
+    if retry_in > facts.provision_backoff.cap {
         return None;
     }
     let renew_every = facts.claim_lease / 3;
@@ -395,12 +419,6 @@ fn blocked(state: &ProviderState, name: &str) -> Option<Stall> {
         }
         ProviderState::Moved { .. } => moved(state),
     }
-}
-
-/// Backoff before attempt `attempts + 1`: base × 2^(attempts-1), capped.
-pub fn backoff(attempts: i32, (base, cap): (Duration, Duration)) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(16);
-    base.saturating_mul(1 << exp).min(cap)
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {

@@ -8,10 +8,11 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
-use super::{Facts, Next, ProviderState, backoff, decide};
+use super::{Facts, Next, ProviderState, decide};
 use crate::api::conditions::{ConditionReason, WaitReason};
 use crate::api::{FINALIZER, Instance, OperationKind, Step, Workspace};
 use crate::controller::status::Stall;
+use crate::runtime::Backoff;
 
 use OperationKind::{Delete, Provision, Stop, Switch};
 use Step::{Claimed, OldStopped};
@@ -265,7 +266,7 @@ fn facts() -> Facts {
         target: ProviderState::Usable,
         source: ProviderState::Usable,
         retry_at: None,
-        provision_backoff: (BASE, CAP),
+        provision_backoff: Backoff::new(BASE, CAP),
         leader: false,
     }
 }
@@ -1599,23 +1600,6 @@ fn a_claim_renewed_in_the_future_is_taken_over() {
     }
 }
 
-#[test]
-fn backoff_doubles_from_the_base_up_to_the_cap() {
-    let policy = (Duration::from_millis(500), Duration::from_secs(10));
-    let ms = |attempts| backoff(attempts, policy).as_millis();
-    assert_eq!(ms(0), 500, "no failure yet: the base");
-    assert_eq!(ms(1), 500);
-    assert_eq!(ms(2), 1_000);
-    assert_eq!(ms(3), 2_000);
-    assert_eq!(ms(5), 8_000);
-    assert_eq!(ms(6), 10_000, "capped");
-    assert_eq!(ms(100), 10_000, "capped");
-    assert_eq!(ms(i32::MAX), 10_000, "no overflow");
-    assert_eq!(ms(-3), 500, "negative counts as none");
-    let huge = (Duration::MAX, Duration::MAX);
-    assert_eq!(backoff(40, huge), Duration::MAX, "saturates instead of overflowing");
-}
-
 /// An epoch at its bound (or below zero) leaves no room for a claim or a takeover: the status
 /// says why and nothing is claimed.
 #[test]
@@ -1635,4 +1619,23 @@ fn no_claim_past_the_epoch_bound() {
     let mut below = ws("b").on("a").build();
     below.status.as_mut().unwrap().epoch = crate::api::MAX_EPOCH - 1;
     assert_eq!(decide(&below, &facts()), claim(Switch, Some("a"), Some("b")));
+}
+
+/// After a confirmed stop: a switch commits; a stop finishes; a delete finishes after releasing
+/// what its key may have created on its target (only a converted switch or provision has one).
+#[test]
+fn what_follows_a_stop_depends_on_the_operation() {
+    use super::{AfterStop, after_stop};
+    let release = |p: &str| AfterStop::Finish { release: Some((p.to_string(), KEY.to_string())) };
+    let cases = [
+        ("switch", ws("b").on("a").op(switch(Claimed)), AfterStop::Commit),
+        ("stop", ws("a").on("a").stopped().op(stop(Claimed)), AfterStop::Finish { release: None }),
+        ("delete", ws("a").on("a").deleting().op(delete(Claimed, None)), AfterStop::Finish { release: None }),
+        ("converted delete", ws("a").on("a").deleting().op(delete(Claimed, Some("b"))), release("b")),
+        ("provision (never stops)", ws("b").op(provision(Claimed)), AfterStop::Finish { release: None }),
+        ("no operation", ws("a").on("a"), AfterStop::Finish { release: None }),
+    ];
+    for (what, ws, expected) in cases {
+        assert_eq!(after_stop(&ws.build()), expected, "{what}");
+    }
 }

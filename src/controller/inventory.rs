@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use super::Context;
 use crate::api::conditions::{EventAction, EventReason};
 use crate::api::{ComputeProvider, Workspace};
-use crate::provider::{CallContext, InstanceState, ListedInstance, provision_key};
+use crate::provider::{CallContext, InstanceState, ListedInstance};
 use crate::telemetry::{Health, Metrics};
 
 /// Instances asked for per page, and pages read per provider and pass at most.
@@ -88,8 +88,8 @@ impl<'a> Accounted<'a> {
             self.named.insert((i.provider.as_str(), i.id.as_str()));
             self.keys.insert(Cow::Borrowed(i.key.as_str()));
         }
-        if let (Some(op), Some(uid)) = (&status.operation, ws.metadata.uid.as_deref()) {
-            self.keys.insert(Cow::Owned(provision_key(uid, &op.id)));
+        if let Some(key) = ws.in_flight_key().filter(|_| ws.metadata.uid.is_some()) {
+            self.keys.insert(Cow::Owned(key));
         }
     }
 

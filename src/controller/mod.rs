@@ -36,6 +36,7 @@ pub use worker::Action;
 use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, Workspace};
 use crate::provider::Dispatcher;
+use crate::runtime::Backoff;
 use crate::telemetry::{Health, Metrics};
 
 /// What can go wrong in a reconcile. Every variant is retried with per-workspace backoff.
@@ -58,16 +59,16 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Workspaces reconciled at once.
     pub concurrency: u16,
-    /// Provision retries: first backoff and cap.
-    pub provision_backoff: (Duration, Duration),
+    /// Retries of a step under our claim (provision, fence).
+    pub provision_backoff: Backoff,
     /// Failed provision attempts before the workspace reports Stalled (it keeps retrying).
     pub stall_after: i32,
-    /// Stop attempts within one claim, and the first backoff between them, unless the
-    /// provider's stopPolicy says otherwise.
+    /// Stop attempts within one claim, and the first backoff between them (doubling, no cap),
+    /// unless the provider's stopPolicy says otherwise.
     pub stop_attempts: u32,
     pub stop_backoff: Duration,
-    /// After a stop failed past its budget: first delay before claiming again, and cap.
-    pub stop_retry: (Duration, Duration),
+    /// After a stop failed past its budget: the delay before claiming again.
+    pub stop_retry: Backoff,
     /// Reconcile only while leading this Lease (None: always).
     pub leader_election: Option<LeaseSettings>,
     /// Who owns the instances this controller creates: providers list and record instances by
@@ -116,11 +117,11 @@ impl Settings {
             claim_lease: Duration::from_secs(60),
             namespace: None,
             concurrency: 64,
-            provision_backoff: (Duration::from_secs(1), Duration::from_secs(30)),
+            provision_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             stall_after: 3,
             stop_attempts: 3,
             stop_backoff: Duration::from_millis(200),
-            stop_retry: (Duration::from_secs(5), Duration::from_secs(300)),
+            stop_retry: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
             leader_election: None,
             cluster: "default".to_string(),
             inventory_interval: Some(Duration::from_secs(30)),
@@ -454,7 +455,10 @@ fn names_provider(ws: &Workspace, name: &str) -> bool {
         || status.and_then(|s| s.instance.as_ref()).is_some_and(|i| i.provider == name)
 }
 
-/// Per-workspace exponential backoff on errors: 1s, 2s, 4s … capped at 5 minutes.
+/// The backoff on reconcile errors, per workspace.
+const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+
+/// A reconcile failed: try again after 2s, 4s, 8s … capped at 5 minutes, jittered.
 fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.inc();
     let key = workspace_key(&ws);
@@ -464,7 +468,8 @@ fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action 
         *n += 1;
         *n
     };
-    let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
+    // failures + 1: the first error waits two bases.
+    let delay = ERROR_BACKOFF.jittered(failures.saturating_add(1));
     if let Some(answer) = writes::too_large(error) {
         protocol::report_too_large(ctx.clone(), ws.clone(), answer, failures);
     }

@@ -20,7 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::decide::{Facts, Next, ProviderState, backoff, decide};
+use super::decide::{AfterStop, Facts, Next, ProviderState, after_stop, decide};
 use super::events::Note;
 use super::failpoints::FailPoint;
 use super::status::{self, Stall};
@@ -30,6 +30,7 @@ use super::{Context, Error, workspace_key};
 use crate::api::conditions::{self as cond, ConditionReason, EventAction, EventReason};
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
+use crate::runtime::Backoff;
 use crate::telemetry::SwitchResult;
 
 /// Steps one reconcile may take before yielding (a full switch takes five).
@@ -134,14 +135,7 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
             event(ctx, ws, EventType::Normal, EventReason::Retargeted, EventAction::Retarget, &note);
             Ok(flow)
         }
-        Next::FinishWithoutCompute { release: in_flight } => {
-            if let Some((provider, key)) = in_flight
-                && let Some(stop) = release(ctx, ws, &provider, &key).await
-            {
-                return stop;
-            }
-            held_write(ctx, &api, ws, |w| status::finished_without_compute(w, &now)).await
-        }
+        Next::FinishWithoutCompute { release } => finish_without_compute(ctx, &api, ws, release, &now).await,
         Next::Hold { stall } => hold(ctx, &api, ws, stall, &now).await,
     }
 }
@@ -206,7 +200,8 @@ async fn step_failed(
     now: &Time,
 ) -> Result<Flow, Error> {
     let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
-    let delay = backoff(attempts, ctx.settings.provision_backoff);
+    // Exact, not jittered: the time is recorded in status (`retryAt`) and judged by `decide`.
+    let delay = ctx.settings.provision_backoff.delay(u32::try_from(attempts).unwrap_or(0));
     let retry_at = Time(now.0 + jiff::SignedDuration::try_from(delay).unwrap_or_default());
     held_write(ctx, api, ws, |w| status::step_failed(w, reason, error, stall_after, &retry_at, now)).await
 }
@@ -311,7 +306,7 @@ async fn rest(
     }
     // At rest, the resync sweep (`super::resync`) looks again now and then.
     Ok(Flow::Done(if stall.is_some() {
-        Action::requeue(ctx.settings.provision_backoff.1)
+        Action::requeue(ctx.settings.provision_backoff.cap)
     } else {
         Action::await_change()
     }))
@@ -376,7 +371,8 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
     }
 }
 
-/// Stop the old compute, with bounded retries; then commit (Switch) or finish (Stop, Delete).
+/// Stop the old compute, with bounded retries; then what `after_stop` says (commit a switch,
+/// finish a stop or delete).
 async fn stop_old(
     ctx: &Context,
     api: &Api<Workspace>,
@@ -397,39 +393,14 @@ async fn stop_old(
             return hold(ctx, api, ws, stall, now).await;
         }
     };
-    let (attempts, mut delay) = stop_policy(ctx, &provider);
-    let mut last = None;
-    let mut current = ws.clone();
-    for attempt in 1..=attempts {
-        match stop_named(ctx, ws, &provider, &call, &instance).await {
-            Ok(()) => {
-                last = None;
-                break;
-            }
-            Err(e) if fenced(&e) => return Ok(fenced_off(ctx, ws, &e)),
-            Err(e) => {
-                warn!(attempt, attempts, error = %e, "stop failed");
-                let error = last.insert(e.to_string());
-                if !e.is_retryable() || attempt == attempts {
-                    break;
-                }
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-                // Slow failing calls could outlast the claim lease: renew it before retrying.
-                match held_write(ctx, api, &current, |w| status::retrying(w, error, &ctx.now())).await? {
-                    Flow::Continue(fresh) => current = *fresh,
-                    done @ Flow::Done(_) => return Ok(done),
-                }
-            }
-        }
-    }
+    let ws = match stop_with_retries(ctx, api, ws, &provider, &call, &instance).await? {
+        Stopped::Yes(after) => after,
+        Stopped::No(after, error) => return stop_failed(ctx, api, &after, &error, &ctx.now()).await,
+        Stopped::Ended(flow) => return Ok(flow),
+    };
     // The writes below describe the workspace and the time after the stop.
-    let ws = &current;
-    let after = ctx.now();
-    let now = &after;
-    if let Some(error) = last {
-        return stop_failed(ctx, api, ws, &error, now).await;
-    }
+    let ws = &ws;
+    let now = &ctx.now();
     ctx.memory().stop_failures.remove(&workspace_key(ws));
     info!(instance = %instance.id, provider = %instance.provider, "old compute stopped");
     // A switch's stop is part of its outcome (SwitchCompleted); a stop or delete's is the outcome.
@@ -438,21 +409,53 @@ async fn stop_old(
         event(ctx, ws, EventType::Normal, EventReason::ComputeStopped, EventAction::Stop, &note);
     }
     ctx.failpoints.hit(FailPoint::AfterStop).await;
-    match kind {
-        OperationKind::Switch => commit(ctx, api, ws, now).await,
-        OperationKind::Delete => {
-            // Anything the operation's key may have created is released too.
-            let op = ws.operation();
-            if let Some(to) = op.and_then(|o| o.to.clone()) {
-                let key = crate::provider::provision_key(&call.workspace_uid, &call.operation_id);
-                if let Some(stop) = release(ctx, ws, &to, &key).await {
-                    return stop;
-                }
-            }
-            held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await
-        }
-        _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
+    match after_stop(ws) {
+        AfterStop::Commit => commit(ctx, api, ws, now).await,
+        AfterStop::Finish { release } => finish_without_compute(ctx, api, ws, release, now).await,
     }
+}
+
+/// How a stop with retries ended, with the workspace as our last write left it.
+enum Stopped {
+    Yes(Workspace),
+    /// Failed past its budget (or for good), with the last error.
+    No(Workspace, String),
+    /// The reconcile must end (fenced off, or the claim lost while renewing it).
+    Ended(Flow),
+}
+
+/// The stop of `instance`, retried with backoff up to the policy's attempts. Slow failing calls
+/// could outlast the claim lease, so the claim is renewed before each retry.
+async fn stop_with_retries(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    provider: &ComputeProvider,
+    call: &CallContext,
+    instance: &Instance,
+) -> Result<Stopped, Error> {
+    let (attempts, backoff) = stop_policy(ctx, provider);
+    let mut current = ws.clone();
+    for attempt in 1..=attempts {
+        let e = match stop_named(ctx, ws, provider, call, instance).await {
+            Ok(()) => return Ok(Stopped::Yes(current)),
+            Err(e) if fenced(&e) => return Ok(Stopped::Ended(fenced_off(ctx, ws, &e))),
+            Err(e) => e,
+        };
+        warn!(attempt, attempts, error = %e, "stop failed");
+        let error = e.to_string();
+        if !e.is_retryable() || attempt == attempts {
+            return Ok(Stopped::No(current, error));
+        }
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        match held_write(ctx, api, &current, |w| status::retrying(w, &error, &ctx.now())).await? {
+            Flow::Continue(fresh) => current = *fresh,
+            done @ Flow::Done(_) => return Ok(Stopped::Ended(done)),
+        }
+    }
+    // Only a policy of zero attempts (below the schema's minimum of one) gets here: it calls
+    // nothing and carries on.
+    Ok(Stopped::Yes(current))
 }
 
 /// Stops the compute `instance` names, as the provider knows it: the instance created under its
@@ -500,6 +503,23 @@ async fn stop_named(
     }
 }
 
+/// End the operation with no compute, releasing first what its key may have created on its
+/// target (`release`: provider and key).
+async fn finish_without_compute(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    in_flight: Option<(String, String)>,
+    now: &Time,
+) -> Result<Flow, Error> {
+    if let Some((provider, key)) = in_flight
+        && let Some(stop) = release(ctx, ws, &provider, &key).await
+    {
+        return stop;
+    }
+    held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await
+}
+
 /// The commit: only now, with the old compute confirmed stopped, is the new provider recorded.
 async fn commit(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
     let flow = held_write(ctx, api, ws, |w| status::committed(w, now)).await?;
@@ -516,11 +536,10 @@ async fn stop_failed(
     now: &Time,
 ) -> Result<Flow, Error> {
     let key = workspace_key(ws);
-    let (first, cap) = ctx.settings.stop_retry;
     let delay = {
         let mut memory = ctx.memory();
         let failures = memory.stop_failures.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
-        let delay = backoff(i32::try_from(failures).unwrap_or(i32::MAX), (first, cap));
+        let delay = ctx.settings.stop_retry.jittered(failures);
         let at = ctx.now().0 + jiff::SignedDuration::try_from(delay).unwrap_or_default();
         memory.stop_failures.insert(key, (failures, at));
         delay
@@ -661,7 +680,7 @@ fn release_failed(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
         return fenced_off(ctx, ws, e);
     }
     warn!(error = %e, "releasing in-flight compute failed; will retry");
-    Flow::Done(Action::requeue(ctx.settings.provision_backoff.0))
+    Flow::Done(Action::requeue(ctx.settings.provision_backoff.base))
 }
 
 /// A write under our claim. Lost means someone took the workspace over: stop here.
@@ -723,11 +742,14 @@ fn call_context(ctx: &Context, ws: &Workspace) -> Option<(CallContext, Operation
     ))
 }
 
-fn stop_policy(ctx: &Context, provider: &ComputeProvider) -> (u32, Duration) {
-    match &provider.spec.stop_policy {
+/// Attempts of a stop within one claim, and the backoff between them (doubling, no cap: the
+/// attempts are few).
+fn stop_policy(ctx: &Context, provider: &ComputeProvider) -> (u32, Backoff) {
+    let (attempts, base) = match &provider.spec.stop_policy {
         Some(p) => (p.max_attempts, Duration::from_millis(p.initial_backoff_ms)),
         None => (ctx.settings.stop_attempts, ctx.settings.stop_backoff),
-    }
+    };
+    (attempts, Backoff::new(base, Duration::MAX))
 }
 
 /// A provider by name: from the cache, confirmed by a read when the cache has not seen it

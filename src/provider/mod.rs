@@ -138,11 +138,8 @@ pub trait Driver: Send + Sync {
     }
 }
 
-/// The provision key of an operation: derived from the workspace and the claim, so a retried
-/// or resumed provision returns the same instance instead of creating a second one.
-pub fn provision_key(workspace_uid: &str, operation_id: &str) -> String {
-    format!("{workspace_uid}.{operation_id}")
-}
+/// Drivers receive keys made by this (see `Workspace::in_flight_key`).
+pub use crate::api::provision_key;
 
 /// Binds a provider credential to the ComputeProviders that may use it: a comma-separated list
 /// of their names. A Secret without it may serve any ComputeProvider that names it.

@@ -2,7 +2,11 @@
 //! line): who this process is, when it should stop, and how durations are written on a
 //! command line. Kept below `cli` so that nothing else has to import the command line.
 
+mod backoff;
+
 use std::time::Duration;
+
+pub use backoff::Backoff;
 
 /// Pod name (or hostname) plus a random suffix, so two processes never share an identity.
 pub fn default_identity() -> String {

@@ -17,6 +17,7 @@ use switchyard::api::{ComputeProvider, Workspace, WorkspaceStatus};
 use switchyard::controller::{self, FailPoints, Handles, Settings};
 use switchyard::provider::Dispatcher;
 use switchyard::provider::simulated::{Clouds, LedgerEntry, check_ledger, check_live};
+use switchyard::runtime::Backoff;
 use switchyard::telemetry::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -54,10 +55,10 @@ pub fn settings(identity: &str, namespace: &str) -> Settings {
     let mut s = Settings::new(identity);
     s.namespace = Some(namespace.to_string());
     s.claim_lease = Duration::from_secs(2);
-    s.provision_backoff = (Duration::from_millis(100), Duration::from_millis(800));
+    s.provision_backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
     s.stop_attempts = 2;
     s.stop_backoff = Duration::from_millis(50);
-    s.stop_retry = (Duration::from_millis(300), Duration::from_secs(1));
+    s.stop_retry = Backoff::new(Duration::from_millis(300), Duration::from_secs(1));
     // Off, so that a leak shows in the ledger checks instead of being collected; the
     // inventory's own tests turn it on.
     s.inventory_interval = None;
