@@ -8,6 +8,7 @@ mod events;
 pub mod failpoints;
 mod inventory;
 pub mod leader;
+mod outcome;
 mod protocol;
 pub mod providers;
 mod queue;

@@ -4,11 +4,33 @@
 //!
 //!   validate → claim → (fence, after a takeover) → stop old → commit → provision (idempotency key) → finish
 //!
-//! A step makes its provider calls (a stop with its bounded retries, a release's lookup and
-//! stop, one fence call per provider to fence), then at most one guarded status write, except
-//! that a retried stop renews the claim before each retry. A lost claim or a fenced provider call
-//! ends the reconcile at once: no further call, no further write. Every write is remembered
-//! (`remember_write`), so no later reconcile acts on a cached copy older than it.
+//! | step | decision (`decide`) | provider calls | status transition (`status`) | failpoint | Event reason |
+//! |---|---|---|---|---|---|
+//! | nothing | deleting, without our finalizer | – | – | – | – |
+//! | add_finalizer | no operation, not deleting, no finalizer | – | finalizer added | – | – |
+//! | remove_finalizer | deleting, no compute, no operation | – | finalizer removed | – | – |
+//! | rest | nothing to change, or nothing can be claimed (a provider blocks it, the epoch is at its bound, the claim in status is invalid) | – | `at_rest`, only if it reads differently | – | the stall's reason (Warning), once |
+//! | wait | a live claim elsewhere, or a backoff running | – | – | – | – |
+//! | claim | compute differs from the spec | – | `claimed` (epoch + 1) | AfterClaim | – |
+//! | take_over | another holder's claim is stale | – | `taken_over` (epoch + 1) | – | TookOver |
+//! | fence | a superseded operation left providers unfenced | fence at each, unless skipped | `fenced`, or `step_failed` | – | FenceSkipped, FenceFailed |
+//! | renew | waiting, the claim would soon look stale | – | `renewed` | – | – |
+//! | convert_to_delete | deleting during another operation | – | `converted_to_delete` | – | – |
+//! | abort | spec back on the compute's provider before the stop | lookup under the instance's key | `aborted`; if the compute is gone, `committed` or `finished_without_compute` | AfterCommit, if it commits | SwitchAborted |
+//! | stop_old | compute to stop | lookup under the key (or list), stop; retried | `retrying` before each retry; then `committed` or `finished_without_compute` (a delete first releases its key's compute: lookup, stop), or `stop_failed` | AfterStop, AfterCommit | ComputeStopped (stop, delete), InstanceNotFound, StopFailed; ProviderNotFound as hold |
+//! | commit | a switch with nothing to stop | – | `committed` | AfterCommit | – |
+//! | provision | rolling forward, target usable | provision under the key | `provisioned`, or `step_failed` | BeforeProvision, AfterProvision | SwitchCompleted or Provisioned, ProvisionFailed; ProviderNotFound as hold |
+//! | retarget | target changed after the stop | lookup, stop under the old key | `retargeted` (new operation id) | – | Retargeted |
+//! | finish_without_compute | no compute wanted any more | lookup, stop under the key, if it may have created any | `finished_without_compute` | – | – |
+//! | hold | our operation cannot progress | – | `step_failed` (Stalled) | – | the stall's reason (Warning), once |
+//!
+//! A step makes its provider calls, then at most one write, guarded by the resourceVersion it
+//! read (`writes`); `stop_old` also renews the claim before each retry of its stop, and `abort`
+//! and `stop_old` go on to commit or finish in the same step. A lost claim or a fenced provider
+//! call ends the reconcile at once: no further call, no further write.
+//! Every write is remembered (`remember_write`), so no later reconcile acts on a cached copy
+//! older than it. What a step did that users and operators hear of (Events, metrics, logs) it
+//! reports as an [`Outcome`]; `outcome::report` decides what each says.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,20 +40,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::decide::{AfterStop, Facts, Next, ProviderState, after_stop, decide};
 use super::events::Note;
 use super::failpoints::FailPoint;
+use super::outcome::{Outcome, Switched, publish};
 use super::status::{self, Stall};
 use super::worker::Action;
 use super::writes::{self, Written};
 use super::{Context, Error, workspace_key};
-use crate::api::conditions::{self as cond, ConditionReason, EventAction, EventReason};
+use crate::api::conditions::{self as cond, ConditionReason, EventAction, EventReason, WaitReason};
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
 use crate::runtime::Backoff;
-use crate::telemetry::SwitchResult;
 
 /// Steps one reconcile may take before yielding (a full switch takes five).
 const MAX_STEPS: usize = 12;
@@ -91,30 +113,11 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
     let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
     let now = ctx.now();
     match next {
-        Next::Nothing => {
-            ctx.memory().forget(&workspace_key(ws));
-            Ok(Flow::Done(Action::await_change()))
-        }
-        Next::AddFinalizer => {
-            let mut finalizers = ws.finalizers().to_vec();
-            finalizers.push(FINALIZER.to_string());
-            let fresh = writes::set_finalizers(&api, ws, finalizers).await?;
-            remember_write(ctx, &fresh);
-            Ok(Flow::Continue(Box::new(fresh)))
-        }
-        Next::RemoveFinalizer => {
-            let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-            writes::set_finalizers(&api, ws, finalizers).await?;
-            // The object goes away with its finalizer: forget it.
-            ctx.memory().forget(&workspace_key(ws));
-            info!("compute released; finalizer removed");
-            Ok(Flow::Done(Action::await_change()))
-        }
+        Next::Nothing => Ok(nothing(ctx, ws)),
+        Next::AddFinalizer => add_finalizer(ctx, &api, ws).await,
+        Next::RemoveFinalizer => remove_finalizer(ctx, &api, ws).await,
         Next::Rest { stall } => rest(ctx, &api, ws, stall, &now).await,
-        Next::Wait { after, why } => {
-            debug!(after_ms = after.as_millis() as u64, %why, "waiting");
-            Ok(Flow::Done(Action::requeue(after)))
-        }
+        Next::Wait { after, why } => Ok(wait(after, why)),
         Next::Claim { kind, from, to } => claim(ctx, &api, ws, kind, from, to, &now).await,
         Next::TakeOver => take_over(ctx, &api, ws, &now).await,
         Next::Fence { providers } => fence(ctx, &api, ws, &providers, &now).await,
@@ -124,20 +127,60 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         Next::StopOld { instance } => stop_old(ctx, &api, ws, instance, &now).await,
         Next::Commit => commit(ctx, &api, ws, &now).await,
         Next::Provision { provider, key } => provision(ctx, &api, ws, &provider, &key, &now).await,
-        Next::Retarget { provider, key } => {
-            if let Some(stop) = release(ctx, ws, &provider, &key).await {
-                return stop;
-            }
-            let id = uuid::Uuid::new_v4().to_string();
-            let flow = held_write(ctx, &api, ws, |w| status::retargeted(w, &id, &now)).await?;
-            let note =
-                format!("target changed to {} after the old compute stopped; released {provider}", ws.spec.provider);
-            event(ctx, ws, EventType::Normal, EventReason::Retargeted, EventAction::Retarget, &note);
-            Ok(flow)
-        }
+        Next::Retarget { provider, key } => retarget(ctx, &api, ws, &provider, &key, &now).await,
         Next::FinishWithoutCompute { release } => finish_without_compute(ctx, &api, ws, release, &now).await,
         Next::Hold { stall } => hold(ctx, &api, ws, stall, &now).await,
     }
+}
+
+/// Not ours to touch: forget it.
+fn nothing(ctx: &Context, ws: &Workspace) -> Flow {
+    ctx.memory().forget(&workspace_key(ws));
+    Flow::Done(Action::await_change())
+}
+
+/// Our finalizer first, so that no compute is created for a workspace that could vanish without us.
+async fn add_finalizer(ctx: &Context, api: &Api<Workspace>, ws: &Workspace) -> Result<Flow, Error> {
+    let mut finalizers = ws.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let fresh = writes::set_finalizers(api, ws, finalizers).await?;
+    remember_write(ctx, &fresh);
+    Ok(Flow::Continue(Box::new(fresh)))
+}
+
+/// The compute is released: let the workspace go.
+async fn remove_finalizer(ctx: &Context, api: &Api<Workspace>, ws: &Workspace) -> Result<Flow, Error> {
+    let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    writes::set_finalizers(api, ws, finalizers).await?;
+    // The object goes away with its finalizer: forget it.
+    ctx.memory().forget(&workspace_key(ws));
+    publish(ctx, ws, Outcome::FinalizerRemoved);
+    Ok(Flow::Done(Action::await_change()))
+}
+
+/// Wait without writing; the reconcile comes back after `after`.
+fn wait(after: Duration, why: WaitReason) -> Flow {
+    debug!(after_ms = after.as_millis() as u64, %why, "waiting");
+    Flow::Done(Action::requeue(after))
+}
+
+/// The target changed after the old compute stopped: release what the old key created, then
+/// provision under a new operation id (hence a new key).
+async fn retarget(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    provider: &str,
+    key: &str,
+    now: &Time,
+) -> Result<Flow, Error> {
+    if let Some(stop) = release(ctx, ws, provider, key).await {
+        return stop;
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let flow = held_write(ctx, api, ws, |w| status::retargeted(w, &id, now)).await?;
+    publish(ctx, ws, Outcome::Retargeted { target: ws.spec.provider.clone(), released: provider.to_string() });
+    Ok(flow)
 }
 
 /// The spec went back to where the compute is, before our stop: release the claim. A holder
@@ -156,24 +199,19 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
             Err(e) => return Ok(release_failed(ctx, ws, &e)),
         };
         if !running {
-            warn!(instance = %instance.id, provider = %instance.provider, "the compute was already stopped (by a superseded holder): carrying on");
+            publish(ctx, ws, Outcome::AlreadyStopped { instance });
             return match kind {
                 OperationKind::Switch => commit(ctx, api, ws, now).await,
                 _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
             };
         }
     }
-    if let Some(op) = ws.operation() {
-        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), SwitchResult::Aborted);
-    }
     let in_doubt = ws.status.as_ref().and_then(|s| s.instance.as_ref()).is_some_and(|i| i.unconfirmed);
+    let op = ws.operation();
+    let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
+    let to = op.and_then(|o| o.to.clone()).unwrap_or_default();
     let flow = held_write(ctx, api, ws, |w| status::aborted(w, now)).await?;
-    let note = if in_doubt {
-        "the provider confirms the compute still runs after a failed stop"
-    } else {
-        "spec returned to the current provider before anything was stopped"
-    };
-    event(ctx, ws, EventType::Normal, EventReason::SwitchAborted, EventAction::Abort, note);
+    publish(ctx, ws, Outcome::Aborted { from, to, in_doubt });
     Ok(flow)
 }
 
@@ -184,7 +222,7 @@ async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall,
         .is_none_or(|c| c.status != "True" || c.reason != stall.reason);
     let flow = step_failed(ctx, api, ws, stall.reason, &stall.message, 0, now).await?;
     if changed && matches!(flow, Flow::Continue(_)) {
-        event(ctx, ws, EventType::Warning, EventReason::Stalled(stall.reason), EventAction::Hold, &stall.message);
+        publish(ctx, ws, Outcome::Held { stall });
     }
     Ok(flow)
 }
@@ -222,11 +260,9 @@ async fn fence(
     let skip = skipped_fences(ws);
     for name in providers {
         if skip.contains(&name.as_str()) {
-            crate::telemetry::Metrics::count(&ctx.metrics.fences_skipped, name);
-            let note =
+            let message =
                 format!("provider {name} left unfenced (annotation {SKIP_FENCE}); the inventory is the backstop");
-            warn!(provider = %name, "fence skipped on request");
-            event(ctx, ws, EventType::Warning, EventReason::FenceSkipped, EventAction::Fence, &note);
+            publish(ctx, ws, Outcome::FenceSkipped { provider: name.clone(), message });
             continue;
         }
         let error = match lookup_provider(ctx, name).await? {
@@ -237,28 +273,18 @@ async fn fence(
                 Err(e) => e.to_string(),
             },
         };
-        crate::telemetry::Metrics::count(&ctx.metrics.fence_failures, name);
         let message = format!(
             "cannot fence {name}, which a superseded operation could still call: {error}; \
              retrying (annotate the workspace {SKIP_FENCE}={name} to go on without it)"
         );
-        warn!(provider = %name, %error, "fence failed: the operation waits");
         let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
         let stall_after = ctx.settings.stall_after;
         let flow = step_failed(ctx, api, ws, ConditionReason::FenceFailed, &message, stall_after, now).await?;
-        if attempts == 1 || attempts == stall_after {
-            event(
-                ctx,
-                ws,
-                EventType::Warning,
-                EventReason::Stalled(ConditionReason::FenceFailed),
-                EventAction::Fence,
-                &message,
-            );
-        }
+        let notify = attempts == 1 || attempts == stall_after;
+        publish(ctx, ws, Outcome::FenceFailed { provider: name.clone(), error, message, notify });
         return Ok(flow);
     }
-    info!(providers = ?providers, "fenced the providers of the superseded operation");
+    publish(ctx, ws, Outcome::Fenced { providers: providers.to_vec() });
     held_write(ctx, api, ws, |w| status::fenced(w, now)).await
 }
 
@@ -283,21 +309,12 @@ async fn rest(
         match writes::patch_status(api, ws, &next).await {
             Ok(fresh) => {
                 remember_write(ctx, &fresh);
-                ctx.metrics.status_writes.inc();
-                if let Some(stall) = &stall {
-                    let changed = cond::get(&current.conditions, cond::STALLED)
-                        .is_none_or(|c| c.reason != stall.reason || c.status != "True");
-                    if changed {
-                        event(
-                            ctx,
-                            ws,
-                            EventType::Warning,
-                            EventReason::Stalled(stall.reason),
-                            EventAction::Validate,
-                            &stall.message,
-                        );
-                    }
-                }
+                // A stall is told once, when the Stalled condition comes to say it.
+                let told = stall.clone().filter(|stall| {
+                    cond::get(&current.conditions, cond::STALLED)
+                        .is_none_or(|c| c.reason != stall.reason || c.status != "True")
+                });
+                publish(ctx, ws, Outcome::Rested { stall: told });
             }
             // Someone wrote first; their event brings us back with the fresh object.
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -328,17 +345,13 @@ async fn claim(
     let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
-            ctx.metrics.claims_lost.inc();
-            info!(?kind, "claim lost to another writer: no further action");
+            publish(ctx, ws, Outcome::ClaimLost { kind });
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
             remember_write(ctx, &fresh);
-            ctx.metrics.claims_won.inc();
-            ctx.metrics.status_writes.inc();
             let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
-            // No Event: status (Reconciling, operation) shows a claim; Events record outcomes.
-            info!(operation = %id, ?kind, ?from, ?to, epoch, "claimed");
+            publish(ctx, ws, Outcome::Claimed { id, kind, from, to, epoch });
             ctx.failpoints.hit(FailPoint::AfterClaim).await;
             Ok(Flow::Continue(fresh))
         }
@@ -356,16 +369,12 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
     };
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
-            ctx.metrics.claims_lost.inc();
+            publish(ctx, ws, Outcome::TakeOverLost);
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
             remember_write(ctx, &fresh);
-            ctx.metrics.takeovers.inc();
-            ctx.metrics.status_writes.inc();
-            info!(%previous, epoch, "took over a stale claim");
-            let note = format!("claim of {previous} was stale; resumed under epoch {epoch}");
-            event(ctx, &fresh, EventType::Normal, EventReason::TookOver, EventAction::TakeOver, &note);
+            publish(ctx, &fresh, Outcome::TookOver { previous, epoch });
             Ok(Flow::Continue(fresh))
         }
     }
@@ -402,12 +411,7 @@ async fn stop_old(
     let ws = &ws;
     let now = &ctx.now();
     ctx.memory().stop_failures.remove(&workspace_key(ws));
-    info!(instance = %instance.id, provider = %instance.provider, "old compute stopped");
-    // A switch's stop is part of its outcome (SwitchCompleted); a stop or delete's is the outcome.
-    if kind != OperationKind::Switch {
-        let note = format!("stopped {} on {}", instance.id, instance.provider);
-        event(ctx, ws, EventType::Normal, EventReason::ComputeStopped, EventAction::Stop, &note);
-    }
+    publish(ctx, ws, Outcome::Stopped { instance, kind });
     ctx.failpoints.hit(FailPoint::AfterStop).await;
     match after_stop(ws) {
         AfterStop::Commit => commit(ctx, api, ws, now).await,
@@ -492,12 +496,7 @@ async fn stop_named(
             for id in &ours {
                 ctx.dispatcher.stop(provider, call, id).await?;
             }
-            warn!(instance = %instance.id, key = %instance.key, provider = %instance.provider, stopped = ?ours, "the provider knows no instance under the recorded key: stopped what it runs for this workspace");
-            let note = format!(
-                "{} on {} (key {:?}) is unknown to the provider; stopped what it runs for this workspace instead: {ours:?}",
-                instance.id, instance.provider, instance.key
-            );
-            event(ctx, ws, EventType::Warning, EventReason::InstanceNotFound, EventAction::Stop, &note);
+            publish(ctx, ws, Outcome::InstanceNotFound { instance: instance.clone(), stopped: ours });
             Ok(())
         }
     }
@@ -544,18 +543,13 @@ async fn stop_failed(
         memory.stop_failures.insert(key, (failures, at));
         delay
     };
-    if let Some(op) = ws.operation().filter(|o| o.kind == OperationKind::Switch) {
-        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), SwitchResult::StopFailed);
-    }
+    let switch = ws
+        .operation()
+        .filter(|o| o.kind == OperationKind::Switch)
+        .map(|o| (o.from.clone().unwrap_or_default(), o.to.clone().unwrap_or_default()));
     let flow = held_write(ctx, api, ws, |w| status::stop_failed(w, error, now)).await?;
-    event(
-        ctx,
-        ws,
-        EventType::Warning,
-        EventReason::Stalled(ConditionReason::StopFailed),
-        EventAction::Stop,
-        &format!("{error}; claim released, retrying in {}s", delay.as_secs()),
-    );
+    let error = error.to_string();
+    publish(ctx, ws, Outcome::StopFailed { switch, error, retry_in_secs: delay.as_secs() });
     Ok(match flow {
         Flow::Continue(_) => Flow::Done(Action::requeue(delay)),
         done => done,
@@ -600,27 +594,16 @@ async fn provision(
     };
     let flow = held_write(ctx, api, ws, |w| status::provisioned(w, instance.clone(), now)).await?;
     if let Flow::Continue(_) = &flow {
-        info!(instance = %instance.id, provider = provider_name, "provisioned; operation finished");
-        if kind == OperationKind::Switch {
+        let switched = (kind == OperationKind::Switch).then(|| {
             let op = ws.operation();
-            let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
-            ctx.metrics.switch(&from, provider_name, SwitchResult::Completed);
             // Timed at the finish, not at this reconcile's start: the provision call counts too.
             let finished = ctx.now();
-            let took = op.map(|o| super::events::seconds_since_claim(&o.id, o.started_at.0, finished.0));
-            if let Some(took) = took {
-                ctx.metrics.switch_duration.observe(took);
+            Switched {
+                from: op.and_then(|o| o.from.clone()).unwrap_or_default(),
+                took: op.map(|o| super::events::seconds_since_claim(&o.id, o.started_at.0, finished.0)),
             }
-            let note = format!(
-                "switched from {from} to {provider_name} in {:.1}s: compute on {from} stopped, then {} started",
-                took.unwrap_or_default(),
-                instance.id
-            );
-            event(ctx, ws, EventType::Normal, EventReason::SwitchCompleted, EventAction::Provision, &note);
-        } else {
-            let note = format!("running on {provider_name}: {}", instance.id);
-            event(ctx, ws, EventType::Normal, EventReason::Provisioned, EventAction::Provision, &note);
-        }
+        });
+        publish(ctx, ws, Outcome::Provisioned { instance, switched });
     }
     Ok(flow)
 }
@@ -633,23 +616,15 @@ async fn provision_failed(
     error: &str,
     now: &Time,
 ) -> Result<Flow, Error> {
-    warn!(%error, "provision failed");
     let stall_after = ctx.settings.stall_after;
     let flow = step_failed(ctx, api, ws, ConditionReason::ProvisionFailed, error, stall_after, now).await?;
-    if let Flow::Continue(fresh) = &flow {
-        let attempts = fresh.operation().map(|o| o.attempts).unwrap_or(1);
-        if attempts == 1 || attempts == stall_after {
-            let note = format!("{error} (attempt {attempts})");
-            event(
-                ctx,
-                ws,
-                EventType::Warning,
-                EventReason::Stalled(ConditionReason::ProvisionFailed),
-                EventAction::Provision,
-                &note,
-            );
-        }
-    }
+    // Told on the first attempt and when the workspace stalls, if the failure was recorded.
+    let attempts = match &flow {
+        Flow::Continue(fresh) => fresh.operation().map(|o| o.attempts).unwrap_or(1),
+        Flow::Done(_) => 0,
+    };
+    let notify = attempts == 1 || attempts == stall_after;
+    publish(ctx, ws, Outcome::ProvisionFailed { error: error.to_string(), attempts, notify });
     Ok(flow)
 }
 
@@ -670,7 +645,7 @@ async fn release(ctx: &Context, ws: &Workspace, provider_name: &str, key: &str) 
         if let Err(e) = ctx.dispatcher.stop(&provider, &call, &instance.id).await {
             return Some(Ok(release_failed(ctx, ws, &e)));
         }
-        info!(instance = %instance.id, provider = provider_name, "released compute created under the operation's key");
+        publish(ctx, ws, Outcome::Released { instance: instance.id, provider: provider_name.to_string() });
     }
     None
 }
@@ -679,7 +654,7 @@ fn release_failed(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
     if fenced(e) {
         return fenced_off(ctx, ws, e);
     }
-    warn!(error = %e, "releasing in-flight compute failed; will retry");
+    publish(ctx, ws, Outcome::ReleaseFailed { error: e.to_string() });
     Flow::Done(Action::requeue(ctx.settings.provision_backoff.base))
 }
 
@@ -696,12 +671,11 @@ async fn held_write(
     match writes::under_claim(api, ws, &op_id, transition).await? {
         Written::Landed(fresh) => {
             remember_write(ctx, &fresh);
-            ctx.metrics.status_writes.inc();
+            publish(ctx, ws, Outcome::Written);
             Ok(Flow::Continue(fresh))
         }
         Written::Lost => {
-            ctx.metrics.claims_lost.inc();
-            info!(operation = %op_id, "operation taken over by another instance: no further action");
+            publish(ctx, ws, Outcome::OperationLost { operation: op_id });
             Ok(Flow::Done(Action::await_change()))
         }
     }
@@ -716,8 +690,7 @@ fn fenced_off(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
         let known = memory.fenced.entry(workspace_key(ws)).or_insert(*newest);
         *known = (*known).max(*newest);
     }
-    ctx.metrics.claims_lost.inc();
-    warn!(error = %e, "fenced off by the provider: another instance holds the workspace");
+    publish(ctx, ws, Outcome::FencedOff { error: e.to_string() });
     Flow::Done(Action::await_change())
 }
 
@@ -834,15 +807,8 @@ pub(super) fn report_too_large(ctx: Arc<Context>, ws: Arc<Workspace>, answer: &s
         "the workspace is too large for the API server to store another write ({answer}); nothing is done \
          until it shrinks: remove finalizers, annotations or labels that are not needed"
     );
-    warn!(namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any(), "workspace too large to write");
-    event(
-        &ctx,
-        &ws,
-        EventType::Warning,
-        EventReason::Stalled(ConditionReason::ObjectTooLarge),
-        EventAction::Write,
-        &message,
-    );
+    let (namespace, name) = (ws.namespace().unwrap_or_default(), ws.name_any());
+    publish(&ctx, &ws, Outcome::TooLarge { namespace, name, message: message.clone() });
     if failures > 1 {
         return;
     }
