@@ -105,14 +105,14 @@ pub enum Command {
     /// Run the Workspace controller against the cluster of the current kubeconfig.
     Controller(ControllerArgs),
     /// Run everything locally: a control plane, simulated providers, the controller, samples.
-    Dev(crate::dev::DevArgs),
+    Dev(crate::tools::dev::DevArgs),
     /// Benchmark the controller against the API server's own limit (see docs/benchmarks.md).
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// Serve the simulated cloud over the http provider protocol (docs/provider-guide.md); or,
     /// with `ledger`, show a running provider-sim's ledger.
     ProviderSim(ProviderSimArgs),
     /// Check a provider against the http provider protocol; exits non-zero on any failure.
-    ProviderConformance(crate::provider::http::ConformanceArgs),
+    ProviderConformance(crate::tools::ConformanceArgs),
     /// Switch a workspace to another provider; with --wait, follow it step by step until Ready.
     Switch(switch::SwitchArgs),
     /// Show workspaces as a table, or one in detail (conditions, operation, last switch).
@@ -130,7 +130,7 @@ pub struct ProviderSimArgs {
     #[command(subcommand)]
     pub action: Option<ProviderSimAction>,
     #[command(flatten)]
-    pub serve: Option<crate::provider::http::SimArgs>,
+    pub serve: Option<crate::tools::provider_sim::SimArgs>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,7 +212,7 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Bench(args) => crate::bench::main(args).await,
+        Command::Bench(args) => crate::tools::bench::main(args).await,
         Command::ProviderSim(ProviderSimArgs { action: Some(ProviderSimAction::Ledger(args)), .. }) => {
             match ledger::run(&args).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -223,7 +223,7 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::ProviderSim(ProviderSimArgs { serve: Some(args), .. }) => {
-            match crate::provider::http::server::run(args, shutdown_signal()).await {
+            match crate::tools::provider_sim::server::run(args, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard provider-sim: {e}");
@@ -235,7 +235,7 @@ async fn run(command: Command) -> ExitCode {
             eprintln!("switchyard provider-sim: --token-file is required (see --help)");
             ExitCode::from(2)
         }
-        Command::ProviderConformance(args) => match crate::provider::http::conformance::run(&args).await {
+        Command::ProviderConformance(args) => match crate::tools::conformance::run(&args).await {
             Ok(report) if report.failed() == 0 => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,
             Err(e) => {
@@ -256,7 +256,7 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Switch(args) => exit::exit(switch::run(args).await),
         Command::Status(args) => exit::exit(status::run(args).await),
-        Command::Dev(args) => match crate::dev::run(args).await {
+        Command::Dev(args) => match crate::tools::dev::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard dev: {e}");

@@ -4,10 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod bench;
 pub mod cli;
+pub mod computeprovider;
 pub mod controller;
-pub mod dev;
 pub mod provider;
 pub mod runtime;
 pub mod telemetry;
+pub mod tools;

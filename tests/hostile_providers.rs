@@ -27,15 +27,14 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, HttpSettings, PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE, Workspace};
-use switchyard::controller::providers;
-use switchyard::provider::http::{
-    BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, SimTls, TokenSource,
-};
+use switchyard::computeprovider;
+use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::kubernetes::LABEL_WORKSPACE_UID;
 use switchyard::provider::simulated::{Call, Clouds};
 use switchyard::provider::{
     CREDENTIAL_PROVIDERS_ANNOTATION, CallContext, DispatchError, Dispatcher, Driver, DriverError,
 };
+use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -400,7 +399,7 @@ fn http_spec(http: serde_json::Value) -> serde_json::Value {
 async fn probed(client: &Client, dispatcher: &Dispatcher, name: &str) -> (String, String, String) {
     let api: Api<ComputeProvider> = Api::all(client.clone());
     let current = api.get(name).await.expect("get provider");
-    providers::probe(&api, &current, dispatcher).await.expect("record the probe");
+    computeprovider::probe(&api, &current, dispatcher).await.expect("record the probe");
     let after = api.get(name).await.expect("get provider");
     let conditions = after.status.map(|s| s.conditions).unwrap_or_default();
     let ready = cond::get(&conditions, cond::READY).cloned().expect("a Ready condition");

@@ -12,11 +12,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use switchyard::api::{ComputeProvider, HttpSettings};
-use switchyard::provider::http::{
-    BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, SimTls, TokenSource,
-};
+use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::simulated::{Clouds, Faults, Outcome, Violation, check_ledger, merge_ledgers};
 use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState};
+use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -4,13 +4,9 @@
 pub mod client;
 pub mod decide;
 mod decode;
-mod events;
-pub mod failpoints;
 mod inventory;
-pub mod leader;
 mod outcome;
 mod protocol;
-pub mod providers;
 mod queue;
 pub mod status;
 pub mod worker;
@@ -29,8 +25,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-pub use failpoints::{FailPoint, FailPoints};
-pub use leader::{Leadership, LeaseSettings};
+pub use crate::runtime::failpoints::{FailPoint, FailPoints};
+pub use crate::runtime::leader::{Leadership, LeaseSettings};
 pub use protocol::reconcile;
 pub use worker::Action;
 
@@ -138,7 +134,7 @@ pub struct Context {
     pub settings: Settings,
     pub dispatcher: Dispatcher,
     pub providers: Store<ComputeProvider>,
-    pub events: events::Events,
+    pub events: crate::runtime::events::Events,
     pub failpoints: FailPoints,
     pub metrics: Arc<Metrics>,
     /// Whether this instance won leader election (false when there is none: without an
@@ -198,7 +194,7 @@ impl Context {
         // Reconciles run only while leading, so this holds for the Context's whole life.
         let leading = settings.leader_election.is_some();
         Arc::new(Self {
-            events: events::Events::start(
+            events: crate::runtime::events::Events::start(
                 client.clone(),
                 settings.identity.clone(),
                 handles.metrics.events_dropped.clone(),
@@ -277,7 +273,8 @@ pub async fn run(
     };
 
     let (tx, mut rx) = tokio::sync::watch::channel(Leadership::Unknown);
-    let elector = AbortOnDrop(tokio::spawn(leader::elect(client.clone(), lease, settings.identity.clone(), tx)));
+    let elector =
+        AbortOnDrop(tokio::spawn(crate::runtime::leader::elect(client.clone(), lease, settings.identity.clone(), tx)));
     let mut shutdown = Box::pin(shutdown);
     // Stand by until we lead (or are told to stop).
     loop {
@@ -341,8 +338,11 @@ async fn reconcile_until(
     let identity = settings.identity.clone();
     info!(%identity, namespace = ?settings.namespace, "controller starting");
     let dispatcher = dispatcher.with_metrics(handles.metrics.clone());
-    let _probes =
-        AbortOnDrop(tokio::spawn(providers::probe_forever(client.clone(), providers.clone(), dispatcher.clone())));
+    let _probes = AbortOnDrop(tokio::spawn(crate::computeprovider::probe_forever(
+        client.clone(),
+        providers.clone(),
+        dispatcher.clone(),
+    )));
     let ctx = Context::new(client, settings, dispatcher, providers, &handles);
 
     // Our own reflector, so that the first complete list marks the caches synced without a

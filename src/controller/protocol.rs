@@ -43,8 +43,6 @@ use kube::{Api, ResourceExt};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::decide::{AfterStop, Facts, Next, ProviderState, after_stop, decide};
-use super::events::Note;
-use super::failpoints::FailPoint;
 use super::outcome::{Outcome, Switched, publish};
 use super::status::{self, Stall};
 use super::worker::Action;
@@ -54,6 +52,8 @@ use crate::api::conditions::{self as cond, ConditionReason, EventAction, EventRe
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
 use crate::runtime::Backoff;
+use crate::runtime::events::Note;
+use crate::runtime::failpoints::FailPoint;
 
 /// Steps one reconcile may take before yielding (a full switch takes five).
 const MAX_STEPS: usize = 12;
@@ -340,7 +340,7 @@ async fn claim(
     now: &Time,
 ) -> Result<Flow, Error> {
     // The id carries the claim time to the millisecond (startedAt keeps whole seconds).
-    let id = super::events::operation_id(now.0);
+    let id = crate::runtime::events::operation_id(now.0);
     let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, now);
     let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
     match writes::claim(api, ws, &next, is_ours).await? {
@@ -600,7 +600,7 @@ async fn provision(
             let finished = ctx.now();
             Switched {
                 from: op.and_then(|o| o.from.clone()).unwrap_or_default(),
-                took: op.map(|o| super::events::seconds_since_claim(&o.id, o.started_at.0, finished.0)),
+                took: op.map(|o| crate::runtime::events::seconds_since_claim(&o.id, o.started_at.0, finished.0)),
             }
         });
         publish(ctx, ws, Outcome::Provisioned { instance, switched });

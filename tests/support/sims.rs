@@ -6,8 +6,8 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchyard::api::{ComputeProvider, SecretKeyRef, Workspace};
-use switchyard::provider::http::{ProviderSimOptions, ProviderSimProcess};
 use switchyard::provider::simulated::{LedgerEntry, LiveInstance, check_ledger, check_live_instances, merge_ledgers};
+use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess};
 
 use super::fixtures::named_instances;
 

@@ -11,9 +11,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::debug;
 
-use super::client::{BearerToken, Endpoint};
-use super::driver::{HttpDriver, TokenSource};
 use crate::api::{HttpSettings, SecretKeyRef};
+use crate::provider::http::client::{BearerToken, Endpoint};
+use crate::provider::http::driver::{HttpDriver, TokenSource};
 use crate::provider::simulated::{Faults, Instance, LedgerEntry, LiveInstance};
 use crate::provider::{DriverError, InstanceState};
 

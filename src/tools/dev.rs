@@ -15,8 +15,8 @@ use kube::{Client, Config, ResourceExt};
 
 use crate::api::{ComputeProvider, SecretKeyRef};
 use crate::provider::Dispatcher;
-use crate::provider::http::{ProviderSimOptions, ProviderSimProcess};
 use crate::provider::simulated::Clouds;
+use crate::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

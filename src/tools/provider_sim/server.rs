@@ -24,14 +24,14 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::client::BearerToken;
 use super::journal::{Journal, JournalError};
-use super::wire::{
+use crate::api::SimulatedSettings;
+use crate::provider::http::client::BearerToken;
+use crate::provider::http::wire::{
     CALLER_HEADER, CLUSTER_HEADER, CreateInstance, DEFAULT_PAGE_LIMIT, EPOCH_HEADER, ErrorBody, ErrorCode, Fence,
     Health, Instance, InstanceList, InventoryPage, OPERATION_HEADER, RaiseFence, StopInstance, Stopped, VERSION,
     valid_key,
 };
-use crate::api::SimulatedSettings;
 use crate::provider::simulated::{self, Answer, Cloud, Clouds, Faults, LedgerEntry};
 use crate::provider::{CallContext, DriverError, InstanceState, PAGE_TOKEN_MAX};
 

@@ -27,7 +27,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::{ComputeProvider, OperationKind, Workspace};
-use crate::dev::{self, DevError, LocalControlPlane};
+use crate::tools::dev::{self, DevError, LocalControlPlane};
 use process::{ControllerProcess, CpuSample};
 pub use report::Report;
 use report::{ControllerUsage, PhaseReport, ProfileReport};
