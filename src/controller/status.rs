@@ -80,10 +80,7 @@ pub fn fenced(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
         op.unfenced.clear();
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        progressed(op, now);
     }
     summarize(ws, s, None, now)
 }
@@ -97,6 +94,23 @@ pub fn renewed(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     }
     // Phase and conditions stay as they read: a renewal is not news.
     s
+}
+
+/// The operation moved on to a new step: the claim is renewed and the failures of the step
+/// before no longer count.
+fn progressed(op: &mut Operation, now: &Time) {
+    op.renewed_at = now.clone();
+    op.attempts = 0;
+    op.last_error = None;
+    op.retry_at = None;
+}
+
+/// Past the old compute's stop, bound for the provider the spec names now (which the operation
+/// may call from here on).
+fn onto_target(op: &mut Operation, ws: &Workspace) {
+    op.step = Step::OldStopped;
+    op.to = Some(ws.spec.provider.clone());
+    op.reach = providers(op.reach.iter().chain(op.to.iter()));
 }
 
 /// The sorted, de-duplicated provider names of `names` (bounded like the schema).
@@ -117,10 +131,7 @@ pub fn converted_to_delete(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
         op.kind = OperationKind::Delete;
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        progressed(op, now);
     }
     summarize(ws, s, None, now)
 }
@@ -130,13 +141,8 @@ pub fn committed(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     s.instance = None;
     if let Some(op) = s.operation.as_mut() {
-        op.step = Step::OldStopped;
-        op.to = Some(ws.spec.provider.clone());
-        op.reach = providers(op.reach.iter().chain(op.to.iter()));
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        onto_target(op, ws);
+        progressed(op, now);
         s.active_provider = op.to.clone();
     }
     summarize(ws, s, None, now)
@@ -148,13 +154,8 @@ pub fn retargeted(ws: &Workspace, new_id: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
         op.id = new_id.to_string();
-        op.to = Some(ws.spec.provider.clone());
-        op.reach = providers(op.reach.iter().chain(op.to.iter()));
-        op.step = Step::OldStopped;
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        onto_target(op, ws);
+        progressed(op, now);
         s.active_provider = op.to.clone();
     }
     summarize(ws, s, None, now)
