@@ -102,7 +102,7 @@ async fn switch_wait_shows_each_step_until_ready_on_the_new_provider() {
     assert_eq!(lines.len(), 5, "{text}");
     assert!(lines.iter().all(|l| l.starts_with('[') && l.contains("s] ")), "{text}");
     let ws = s.api.get("ws-1").await.expect("get ws-1");
-    assert!(is_ready_on(&ws, &s.b), "the command returned before the workspace was Ready on {}", s.b);
+    assert!(ws.settled_on(&s.b), "the command returned before the workspace was Ready on {}", s.b);
 
     // Again: a no-op that says so and does not touch the object.
     let version = ws.metadata.resource_version.clone();

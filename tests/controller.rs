@@ -64,7 +64,7 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
                 continue;
             }
             status_writes += 1;
-            if is_ready_on(&ws, &b) {
+            if ws.settled_on(&b) {
                 return ws;
             }
         }
@@ -372,7 +372,7 @@ async fn a_stop_that_took_effect_unanswered_is_not_mistaken_for_running_compute(
     s.clouds.cloud(&s.a).set_faults(Faults::default());
     switch_with_kubectl(&s.ns, "ws", &s.a);
     let ws = wait_for(&s.api, "ws", "Ready on a with running compute", CONVERGE, |ws| {
-        is_ready_on(ws, &s.a) && status(ws).instance.is_some_and(|i| i.id != before.id && !i.unconfirmed)
+        ws.settled_on(&s.a) && status(ws).instance.is_some_and(|i| i.id != before.id && !i.unconfirmed)
     })
     .await;
     let named = status(&ws).instance.expect("instance");

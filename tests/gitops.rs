@@ -411,7 +411,7 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
     .expect("kubectl wait");
     let ws = api.get("ws").await.expect("get");
     assert!(out.status.success(), "kubectl wait failed: {}; status: {:?}", stderr(&out), ws.status);
-    assert!(is_ready_on(&ws, &b), "kubectl wait returned before the switch finished: {:?}", ws.status);
+    assert!(ws.settled_on(&b), "kubectl wait returned before the switch finished: {:?}", ws.status);
 
     let out = kubectl(&["delete", "workspace", "ws", "-n", &ns, "--wait=false"]);
     assert!(out.status.success(), "{}", stderr(&out));

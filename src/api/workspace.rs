@@ -62,6 +62,29 @@ impl Workspace {
         let op = self.operation()?;
         Some(provision_key(self.metadata.uid.as_deref().unwrap_or_default(), &op.id))
     }
+
+    /// Whether the workspace is settled on `provider`, running or stopped as its spec says
+    /// (see [`WorkspaceStatus::settled`]).
+    pub fn settled_on(&self, provider: &str) -> bool {
+        self.status.as_ref().is_some_and(|s| s.settled(provider, self.spec.running, self.metadata.generation))
+    }
+}
+
+impl WorkspaceStatus {
+    /// Whether this status says the workspace has converged (DESIGN.md §3.5) on `provider`,
+    /// with compute there exactly when it should be `running`: no operation, Ready, and written
+    /// for the object's `generation`.
+    pub fn settled(&self, provider: &str, running: bool, generation: Option<i64>) -> bool {
+        let compute_as_wanted = match &self.instance {
+            Some(i) => running && i.provider == provider,
+            None => !running,
+        };
+        self.operation.is_none()
+            && self.active_provider.as_deref() == Some(provider)
+            && compute_as_wanted
+            && super::conditions::is_true(&self.conditions, super::conditions::READY)
+            && self.observed_generation == generation
+    }
 }
 
 /// The provision key of an operation: derived from the workspace and the claim, so a retried

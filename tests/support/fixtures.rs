@@ -135,19 +135,10 @@ pub fn status(ws: &Workspace) -> WorkspaceStatus {
     ws.status.clone().unwrap_or_default()
 }
 
-pub fn is_ready_on(ws: &Workspace, provider: &str) -> bool {
-    let s = status(ws);
-    s.operation.is_none()
-        && s.active_provider.as_deref() == Some(provider)
-        && s.instance.as_ref().is_some_and(|i| i.provider == provider)
-        && cond::is_true(&s.conditions, cond::READY)
-        && s.observed_generation == ws.metadata.generation
-}
-
 /// Waits until `name` is Ready, with its compute on `provider`.
 pub async fn wait_ready_on(api: &Api<Workspace>, name: &str, provider: &str, timeout: Duration) -> Workspace {
     eventually(&format!("{name} ready on {provider}"), timeout, || async {
-        api.get(name).await.ok().filter(|ws| is_ready_on(ws, provider))
+        api.get(name).await.ok().filter(|ws| ws.settled_on(provider))
     })
     .await
 }
@@ -168,15 +159,11 @@ pub async fn wait_for(
 pub async fn wait_all_converged(api: &Api<Workspace>, names: &[String], timeout: Duration) {
     eventually("all workspaces converged", timeout, || async {
         let list = api.list(&Default::default()).await.ok()?;
-        let converged =
-            list.items.iter().filter(|ws| names.contains(&ws.metadata.name.clone().unwrap_or_default())).all(|ws| {
-                let s = status(ws);
-                s.operation.is_none()
-                    && s.active_provider.as_deref() == Some(ws.spec.provider.as_str())
-                    && s.instance.is_some() == ws.spec.running
-                    && cond::is_true(&s.conditions, cond::READY)
-                    && s.observed_generation == ws.metadata.generation
-            });
+        let converged = list
+            .items
+            .iter()
+            .filter(|ws| names.contains(&ws.metadata.name.clone().unwrap_or_default()))
+            .all(|ws| ws.settled_on(&ws.spec.provider));
         (converged && list.items.len() >= names.len()).then_some(())
     })
     .await

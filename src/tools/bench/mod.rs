@@ -415,16 +415,6 @@ fn workspace(provider: &str) -> Result<Workspace, BenchError> {
     }))?)
 }
 
-/// True when `ws` is at rest on `provider`: compute there, no operation, Ready for its generation.
-pub fn is_ready_on(ws: &Workspace, provider: &str) -> bool {
-    let Some(s) = ws.status.as_ref() else { return false };
-    s.operation.is_none()
-        && s.active_provider.as_deref() == Some(provider)
-        && s.instance.as_ref().is_some_and(|i| i.provider == provider)
-        && crate::api::conditions::is_true(&s.conditions, crate::api::conditions::READY)
-        && s.observed_generation == ws.metadata.generation
-}
-
 fn read_text(path: &Path) -> Result<String, BenchError> {
     std::fs::read_to_string(path).map_err(|source| BenchError::Read { path: path.to_path_buf(), source })
 }
