@@ -68,6 +68,37 @@ impl Workspace {
     pub fn settled_on(&self, provider: &str) -> bool {
         self.status.as_ref().is_some_and(|s| s.settled(provider, self.spec.running, self.metadata.generation))
     }
+
+    /// How this object, as observed, breaks the kstatus rules (DESIGN.md §3.7), if it does:
+    /// Ready present once the controller has written status, Ready=False whenever Reconciling
+    /// or Stalled is True, at most one of those two True, observedGeneration not ahead of
+    /// generation. The schema-defaulted status of a new object breaks none.
+    pub fn kstatus_breach(&self) -> Option<String> {
+        use super::conditions as cond;
+        let s = self.status.as_ref()?;
+        if s.conditions.is_empty() && s.phase.is_none() {
+            return None; // never written by the controller yet
+        }
+        let reconciling = cond::is_true(&s.conditions, cond::RECONCILING);
+        let stalled = cond::is_true(&s.conditions, cond::STALLED);
+        let name = kube::ResourceExt::name_any(self);
+        let Some(ready) = cond::get(&s.conditions, cond::READY) else {
+            return Some(format!("{name}: Ready missing"));
+        };
+        if (reconciling || stalled) && ready.status != "False" {
+            return Some(format!("{name}: Ready={} while Reconciling={reconciling} Stalled={stalled}", ready.status));
+        }
+        if reconciling && stalled {
+            return Some(format!("{name}: Reconciling and Stalled both True"));
+        }
+        if s.observed_generation > self.metadata.generation {
+            return Some(format!(
+                "{name}: observedGeneration {:?} > generation {:?}",
+                s.observed_generation, self.metadata.generation
+            ));
+        }
+        None
+    }
 }
 
 impl WorkspaceStatus {

@@ -247,10 +247,13 @@ fn status_of<'a>(s: &'a WorkspaceStatus, type_: &str) -> Option<&'a Condition> {
     cond::get(&s.conditions, type_)
 }
 
-/// The kstatus rules of DESIGN.md §3.7, and what the conditions say about time and generation.
-/// Returns every rule `new` breaks.
+/// The kstatus rules of DESIGN.md §3.7 (`Workspace::kstatus_breach`), and, stricter for a status
+/// the controller writes, what its conditions say about time, generation and phase. Returns
+/// every rule `new` breaks.
 fn kstatus_violations(ws: &Workspace, old: Option<&WorkspaceStatus>, new: &WorkspaceStatus) -> Vec<String> {
-    let mut v = Vec::new();
+    let mut observed = ws.clone();
+    observed.status = Some(new.clone());
+    let mut v: Vec<String> = observed.kstatus_breach().into_iter().collect();
     let generation = ws.metadata.generation;
     if new.observed_generation != generation {
         v.push(format!("observedGeneration {:?} != generation {generation:?}", new.observed_generation));
@@ -288,12 +291,6 @@ fn kstatus_violations(ws: &Workspace, old: Option<&WorkspaceStatus>, new: &Works
     }
     let is_true = |t| cond::is_true(&new.conditions, t);
     let (ready, reconciling, stalled) = (is_true(cond::READY), is_true(cond::RECONCILING), is_true(cond::STALLED));
-    if ready && (reconciling || stalled) {
-        v.push("Ready=True while Reconciling or Stalled is True".into());
-    }
-    if reconciling && stalled {
-        v.push("Reconciling and Stalled both True".into());
-    }
     if !ready && !reconciling && !stalled {
         v.push("neither Ready, Reconciling nor Stalled is True: the state says nothing".into());
     }

@@ -198,34 +198,6 @@ pub fn ledger_of(clouds: &Clouds, uid: &str) -> Vec<LedgerEntry> {
     clouds.ledger().into_iter().filter(|e| e.workspace_uid == uid).collect()
 }
 
-/// DESIGN.md §3.7 for one observed status; the description of the breach, if any.
-pub fn kstatus_breach(ws: &Workspace) -> Option<String> {
-    let s = ws.status.as_ref()?;
-    if s.conditions.is_empty() && s.phase.is_none() {
-        return None; // never written by the controller yet
-    }
-    let ready = cond::get(&s.conditions, cond::READY);
-    let reconciling = cond::is_true(&s.conditions, cond::RECONCILING);
-    let stalled = cond::is_true(&s.conditions, cond::STALLED);
-    let name = ws.name_any();
-    let Some(ready) = ready else {
-        return Some(format!("{name}: Ready missing"));
-    };
-    if (reconciling || stalled) && ready.status != "False" {
-        return Some(format!("{name}: Ready={} while Reconciling={reconciling} Stalled={stalled}", ready.status));
-    }
-    if reconciling && stalled {
-        return Some(format!("{name}: Reconciling and Stalled both True"));
-    }
-    if s.observed_generation > ws.metadata.generation {
-        return Some(format!(
-            "{name}: observedGeneration {:?} > generation {:?}",
-            s.observed_generation, ws.metadata.generation
-        ));
-    }
-    None
-}
-
 /// Watches every workspace in a namespace and records each version seen; checks §3.7 on each.
 pub struct StatusWatch {
     task: JoinHandle<Seen>,
@@ -255,7 +227,7 @@ impl StatusWatch {
                     ev = stream.next() => match ev {
                         Some(Ok(watcher::Event::Apply(ws))) | Some(Ok(watcher::Event::InitApply(ws))) => {
                             versions += 1;
-                            if let Some(b) = kstatus_breach(&ws) { breaches.push(b); }
+                            if let Some(b) = ws.kstatus_breach() { breaches.push(b); }
                             if let Some(op) = status(&ws).operation {
                                 let seen = claims.entry(ws.uid().unwrap_or_default()).or_default();
                                 if !seen.contains(&(op.holder.clone(), op.epoch)) { seen.push((op.holder, op.epoch)); }
