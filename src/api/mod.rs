@@ -1,9 +1,11 @@
 //! The Switchyard API (`switchyard.dev/v1alpha1`): the CRD types and their condition vocabulary.
 
+mod builder;
 pub mod conditions;
 mod provider;
 mod workspace;
 
+pub use builder::WorkspaceBuilder;
 pub use provider::*;
 pub use workspace::*;
 

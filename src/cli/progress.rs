@@ -132,7 +132,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::api::{Instance, WorkspaceSpec};
+    use crate::api::Instance;
     use crate::controller::status::{self, Stall};
 
     fn now() -> Time {
@@ -140,9 +140,7 @@ mod tests {
     }
 
     fn ws(provider: &str, generation: i64) -> Workspace {
-        let mut ws = Workspace::new("ws-1", WorkspaceSpec { provider: provider.into(), running: true, template: None });
-        ws.metadata.generation = Some(generation);
-        ws
+        Workspace::builder("ws-1", provider).generation(generation).build()
     }
 
     fn on(mut ws: Workspace, status: crate::api::WorkspaceStatus) -> Workspace {

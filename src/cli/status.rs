@@ -225,7 +225,7 @@ fn span(d: SignedDuration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Instance, OperationKind, WorkspaceSpec};
+    use crate::api::{Instance, OperationKind};
     use crate::controller::status::{self, Stall};
 
     fn at(secs: i64) -> Time {
@@ -233,10 +233,7 @@ mod tests {
     }
 
     fn ws(name: &str, provider: &str) -> Workspace {
-        let mut ws = Workspace::new(name, WorkspaceSpec { provider: provider.into(), running: true, template: None });
-        ws.metadata.namespace = Some("dev".into());
-        ws.metadata.generation = Some(1);
-        ws
+        Workspace::builder(name, provider).namespace("dev").generation(1).build()
     }
 
     fn running(name: &str, provider: &str) -> Workspace {

@@ -222,7 +222,7 @@ async fn collect(ctx: &Context, provider: &ComputeProvider, item: &ListedInstanc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Instance, Operation, OperationKind, Step, WorkspaceSpec, WorkspaceStatus};
+    use crate::api::{Instance, Operation, OperationKind, Step, WorkspaceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn listed(id: &str, key: &str) -> ListedInstance {
@@ -238,10 +238,7 @@ mod tests {
     }
 
     fn ws(status: WorkspaceStatus) -> Workspace {
-        let mut ws = Workspace::new("ws", WorkspaceSpec { provider: "a".into(), running: true, template: None });
-        ws.metadata.uid = Some("u1".into());
-        ws.status = Some(status);
-        ws
+        Workspace::builder("ws", "a").uid("u1").status(status).build()
     }
 
     fn op(id: &str) -> Operation {

@@ -3,7 +3,6 @@
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use serde_json::json;
 
 use super::*;
 use crate::api::conditions::{self as cond, ConditionReason};
@@ -31,20 +30,14 @@ fn now() -> Time {
 
 /// A workspace at `generation` 7 whose status was last written for generation 5.
 fn workspace(provider: &str, running: bool, status: Option<WorkspaceStatus>) -> Workspace {
-    let mut ws: Workspace = serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "Workspace",
-        "metadata": {
-            "name": "ws-1",
-            "namespace": "default",
-            "uid": "uid-1",
-            "generation": GENERATION,
-            "resourceVersion": "42",
-            "finalizers": [crate::api::FINALIZER],
-        },
-        "spec": { "provider": provider, "running": running },
-    }))
-    .expect("a valid Workspace");
+    let mut ws = Workspace::builder("ws-1", provider)
+        .namespace("default")
+        .uid("uid-1")
+        .generation(GENERATION)
+        .resource_version("42")
+        .finalizers(&[])
+        .running(running)
+        .build();
     ws.status = status;
     ws
 }

@@ -41,13 +41,9 @@ pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, 
     Api::<ComputeProvider>::all(client.clone()).create(&PostParams::default(), &p).await.expect("create provider");
 }
 
+/// A running workspace `name` on `provider`, with the tests' template.
 pub fn workspace(name: &str, provider: &str) -> Workspace {
-    serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
-        "metadata": {"name": name},
-        "spec": {"provider": provider, "template": {"image": "busybox", "size": "small"}}
-    }))
-    .expect("workspace")
+    Workspace::builder(name, provider).busybox().build()
 }
 
 /// Test-speed settings: short lease and backoffs, one namespace.

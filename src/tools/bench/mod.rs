@@ -263,7 +263,7 @@ async fn run_profile(env: &Env<'_>, profile: Profile) -> Result<ProfileReport, B
     let start = process::memory(controller.pid)?;
 
     let names: Vec<String> = (0..n).map(|i| format!("ws-{i:05}")).collect();
-    let template = workspace(&from)?;
+    let template = Workspace::builder("template", &from).busybox().build();
     let create = {
         let api = api.clone();
         let spec = Phase { kind: OperationKind::Provision, target: &from, bound: bound(env, provision_ms) };
@@ -404,15 +404,6 @@ async fn create_provider(client: &Client, name: &str, provision_ms: u64, stop_ms
         .await
         .doing(|| format!("create ComputeProvider {name}"))?;
     Ok(())
-}
-
-/// The workspace every bench run creates (its name is set per copy).
-fn workspace(provider: &str) -> Result<Workspace, BenchError> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
-        "metadata": {"name": "template"},
-        "spec": {"provider": provider, "template": {"image": "busybox", "size": "small"}}
-    }))?)
 }
 
 fn read_text(path: &Path) -> Result<String, BenchError> {
