@@ -1,5 +1,6 @@
-//! ComputeProvider health: probe each provider through its driver and keep `Ready` on its
-//! status current, so workspaces that name an unhealthy provider stall instead of calling it.
+//! The ComputeProvider reconciler: probes each provider's health through its driver and keeps
+//! `Ready` on its status current, so workspaces that name an unhealthy provider stall instead
+//! of calling it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

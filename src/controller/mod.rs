@@ -1,5 +1,6 @@
-//! The Workspace controller: wiring (watches, Context, error policy). The protocol itself is
-//! in `protocol`; the decision it follows in `decide`; the status it writes in `status`.
+//! The Workspace reconciler: wiring (watches, Context, error policy). The protocol itself is
+//! in `protocol`, what its outcomes tell in `outcome`; the decision it follows in `decide`; the
+//! status it writes in `status`.
 
 pub mod client;
 pub mod decide;
