@@ -3,7 +3,14 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{FINALIZER, Size, Workspace, WorkspaceSpec, WorkspaceStatus, WorkspaceTemplate};
+use super::{FINALIZER, Instance, Size, Workspace, WorkspaceSpec, WorkspaceStatus, WorkspaceTemplate};
+
+impl Instance {
+    /// Instance `id` on `provider`, created under `key`; no location recorded, its state known.
+    pub fn new(id: impl Into<String>, provider: impl Into<String>, key: impl Into<String>) -> Self {
+        Self { id: id.into(), provider: provider.into(), key: key.into(), location: None, unconfirmed: false }
+    }
+}
 
 /// A [`Workspace`] under construction; see [`Workspace::builder`].
 #[derive(Clone, Debug)]

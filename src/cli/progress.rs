@@ -153,13 +153,7 @@ mod tests {
     }
 
     fn instance(provider: &str) -> Instance {
-        Instance {
-            id: format!("i-{provider}"),
-            provider: provider.into(),
-            key: "k".into(),
-            location: None,
-            unconfirmed: false,
-        }
+        Instance::new(format!("i-{provider}"), provider, "k")
     }
 
     /// Ready on `a` at generation 1, then spec.provider patched to `b` (generation 2).

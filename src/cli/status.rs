@@ -238,13 +238,7 @@ mod tests {
 
     fn running(name: &str, provider: &str) -> Workspace {
         let mut w = ws(name, provider);
-        let instance = Instance {
-            id: format!("i-{name}"),
-            provider: provider.into(),
-            key: "k".into(),
-            location: None,
-            unconfirmed: false,
-        };
+        let instance = Instance::new(format!("i-{name}"), provider, "k");
         w.status = Some(status::provisioned(&w, instance, &at(0)));
         w
     }

@@ -246,13 +246,7 @@ impl Ws {
 
 /// The compute on `provider`, provisioned by an earlier operation.
 fn instance(provider: &str) -> Instance {
-    Instance {
-        id: format!("i-{provider}"),
-        provider: provider.to_string(),
-        key: format!("{UID}.op-0"),
-        location: None,
-        unconfirmed: false,
-    }
+    Instance::new(format!("i-{provider}"), provider, format!("{UID}.op-0"))
 }
 
 // ---- facts -----------------------------------------------------------------------------------

@@ -263,16 +263,7 @@ mod tests {
 
     #[test]
     fn a_named_instance_is_accounted_for_on_its_provider_only() {
-        let named = ws(WorkspaceStatus {
-            instance: Some(Instance {
-                id: "i-1".into(),
-                provider: "a".into(),
-                key: "u1.op0".into(),
-                location: None,
-                unconfirmed: false,
-            }),
-            ..Default::default()
-        });
+        let named = ws(WorkspaceStatus { instance: Some(Instance::new("i-1", "a", "u1.op0")), ..Default::default() });
         let a = Accounted::of(std::iter::once(&named));
         assert!(a.covers("a", &listed("i-1", "u1.op0")));
         assert!(!a.covers("b", &listed("i-1", "u1.other")), "same id on another provider is another instance");

@@ -343,7 +343,7 @@ mod tests {
     use super::*;
 
     fn instance(provider: &str, id: &str) -> Instance {
-        Instance { id: id.into(), provider: provider.into(), key: "uid.op".into(), location: None, unconfirmed: false }
+        Instance::new(id, provider, "uid.op")
     }
 
     fn event_of(outcome: &Outcome) -> Option<(EventType, &'static str, &'static str, String)> {

@@ -48,13 +48,7 @@ fn deleting(mut ws: Workspace) -> Workspace {
 }
 
 fn instance(provider: &str) -> Instance {
-    Instance {
-        id: format!("i-{provider}"),
-        provider: provider.to_string(),
-        key: format!("uid-1.key-{provider}"),
-        location: None,
-        unconfirmed: false,
-    }
+    Instance::new(format!("i-{provider}"), provider, format!("uid-1.key-{provider}"))
 }
 
 fn operation(kind: OperationKind, step: Step, from: Option<&str>, to: Option<&str>) -> Operation {
