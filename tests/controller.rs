@@ -15,7 +15,7 @@ use switchyard::api::Workspace;
 use switchyard::api::conditions as cond;
 use switchyard::controller::Clock;
 use switchyard::controller::FailPoint;
-use switchyard::controller::FailPoints;
+
 use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
 use switchyard::runtime::Backoff;
 use switchyard::telemetry::{Metrics, SwitchLabels};
@@ -233,9 +233,7 @@ impl Scenario {
     async fn running_on_a(prefix: &str) -> Self {
         let client = client().await;
         let ns = namespace(&client, prefix).await;
-        let (a, b) = (unique("a"), unique("b"));
-        simulated_provider(&client, &a, 5, 5).await;
-        simulated_provider(&client, &b, 5, 5).await;
+        let (a, b) = simulated_pair(&client).await;
         let clouds = Clouds::new();
         let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
         let setup = Instance::start(&client, settings(&format!("{prefix}-setup"), &ns), &clouds);
@@ -251,9 +249,7 @@ impl Scenario {
     }
 
     fn start_frozen_at(&self, identity: &str, point: FailPoint) -> Instance {
-        let failpoints = FailPoints::default();
-        failpoints.arm(point);
-        Instance::start_with(&self.client, settings(identity, &self.ns), &self.clouds, failpoints)
+        Instance::start_frozen_at(&self.client, settings(identity, &self.ns), &self.clouds, point)
     }
 
     fn ledger_has(&self, provider: &str, call: Call, pred: impl Fn(&Outcome) -> bool) -> bool {

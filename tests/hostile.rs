@@ -30,9 +30,7 @@ impl Scene {
     async fn new(prefix: &str) -> Self {
         let client = client().await;
         let ns = namespace(&client, prefix).await;
-        let (a, b) = (unique("a"), unique("b"));
-        simulated_provider(&client, &a, 5, 5).await;
-        simulated_provider(&client, &b, 5, 5).await;
+        let (a, b) = simulated_pair(&client).await;
         let api = Api::namespaced(client.clone(), &ns);
         Self { client, ns, a, b, clouds: Clouds::new(), api }
     }

@@ -13,7 +13,7 @@ use support::sims::*;
 use support::*;
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, Step, Workspace};
-use switchyard::controller::{FailPoint, FailPoints};
+use switchyard::controller::FailPoint;
 use switchyard::provider::simulated::{Call, Clouds, Faults, LedgerEntry, Outcome};
 
 /// Generous: two cores shared with builds, and a provider probed healthy again only every 15 s.
@@ -58,9 +58,7 @@ impl Scenario {
     }
 
     fn start_frozen_at(&self, identity: &str, point: FailPoint) -> Instance {
-        let failpoints = FailPoints::default();
-        failpoints.arm(point);
-        Instance::start_with(&self.client, settings(identity, &self.ns), &self.clouds, failpoints)
+        Instance::start_frozen_at(&self.client, settings(identity, &self.ns), &self.clouds, point)
     }
 
     /// Waits until a reconcile of `x` is frozen at `point`.

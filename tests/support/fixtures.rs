@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, Workspace, WorkspaceStatus};
-use switchyard::controller::{self, FailPoints, Handles, Settings};
+use switchyard::controller::{self, FailPoint, FailPoints, Handles, Settings};
 use switchyard::provider::Dispatcher;
 use switchyard::provider::simulated::{Clouds, LedgerEntry, check_ledger, check_live};
 use switchyard::runtime::Backoff;
@@ -31,6 +31,14 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Creates a simulated ComputeProvider.
+/// Two simulated providers with unique names (`a-…`, `b-…`), 5 ms per provision and stop.
+pub async fn simulated_pair(client: &Client) -> (String, String) {
+    let (a, b) = (unique("a"), unique("b"));
+    simulated_provider(client, &a, 5, 5).await;
+    simulated_provider(client, &b, 5, 5).await;
+    (a, b)
+}
+
 pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, stop_ms: u64) {
     let p: ComputeProvider = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
@@ -77,6 +85,13 @@ impl Instance {
 
     pub fn start_with(client: &Client, settings: Settings, clouds: &Clouds, failpoints: FailPoints) -> Self {
         Self::start_with_handles(client, settings, clouds, Handles { failpoints, ..Handles::default() })
+    }
+
+    /// An instance whose reconciles freeze when they reach `point`.
+    pub fn start_frozen_at(client: &Client, settings: Settings, clouds: &Clouds, point: FailPoint) -> Self {
+        let failpoints = FailPoints::default();
+        failpoints.arm(point);
+        Self::start_with(client, settings, clouds, failpoints)
     }
 
     pub fn start_with_handles(client: &Client, settings: Settings, clouds: &Clouds, handles: Handles) -> Self {
