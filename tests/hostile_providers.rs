@@ -45,15 +45,7 @@ const BUDGET: Duration = Duration::from_secs(5);
 const TOKEN: &str = "hostile-test-token-value";
 
 fn call(uid: &str, epoch: i64) -> CallContext {
-    CallContext {
-        namespace: "default".into(),
-        name: format!("ws-{uid}"),
-        workspace_uid: uid.into(),
-        epoch,
-        caller: "hostile-providers-test".into(),
-        operation_id: format!("op-{epoch}"),
-        cluster: "hostile-test".into(),
-    }
+    CallContext::sample(uid, epoch, "hostile-providers-test", "hostile-test")
 }
 
 fn driver(endpoint: &str) -> HttpDriver {

@@ -34,15 +34,7 @@ async fn sim(name: &str) -> (ProviderSimProcess, tempfile::TempDir) {
 }
 
 fn call(uid: &str, epoch: i64) -> CallContext {
-    CallContext {
-        namespace: "default".into(),
-        name: format!("ws-{uid}"),
-        workspace_uid: uid.into(),
-        epoch,
-        caller: "provider-http-test".into(),
-        operation_id: format!("op-{epoch}"),
-        cluster: "http-test".into(),
-    }
+    CallContext::sample(uid, epoch, "provider-http-test", "http-test")
 }
 
 fn driver_for(endpoint: &str, token: TokenSource, budget: Duration) -> HttpDriver {

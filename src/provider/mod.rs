@@ -34,6 +34,22 @@ pub struct CallContext {
     pub cluster: String,
 }
 
+impl CallContext {
+    /// A call about workspace `ws-<uid>` in `default`, under operation `op-<epoch>` at `epoch`,
+    /// by `caller` for `cluster`: the calls tests and tools make without a controller.
+    pub fn sample(uid: &str, epoch: i64, caller: &str, cluster: &str) -> Self {
+        Self {
+            namespace: "default".into(),
+            name: format!("ws-{uid}"),
+            workspace_uid: uid.into(),
+            epoch,
+            caller: caller.into(),
+            operation_id: format!("op-{epoch}"),
+            cluster: cluster.into(),
+        }
+    }
+}
+
 /// Whether an instance is consuming compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum InstanceState {
