@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use support::sims::{Request as Seen, read_request};
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, HttpSettings, PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE, Workspace};
 use switchyard::computeprovider;
@@ -35,7 +36,7 @@ use switchyard::provider::{
     CREDENTIAL_PROVIDERS_ANNOTATION, CallContext, DispatchError, Dispatcher, Driver, DriverError,
 };
 use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use support::fixtures::{self, condition, unique, wait_for};
@@ -61,13 +62,6 @@ fn rejected_with(e: &DriverError, needle: &str) -> bool {
 }
 
 // ---- a provider that answers whatever a test tells it to ------------------------------------
-
-/// One request as the fake provider saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    line: String,
-    authorization: Option<String>,
-}
 
 /// What the fake provider answers.
 enum Reply {
@@ -160,32 +154,6 @@ impl Fake {
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-/// Reads one request (headers and a content-length body).
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Seen> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let Some(end) = text.find("\r\n\r\n") else { continue };
-        let header = |name: &str| {
-            text[..end].lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let length = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        if buf.len() >= end + 4 + length {
-            let line = text.lines().next().unwrap_or_default().to_owned();
-            return Some(Seen { line, authorization: header("authorization") });
-        }
     }
 }
 
