@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{FINALIZER, Instance, Size, Workspace, WorkspaceSpec, WorkspaceStatus, WorkspaceTemplate};
+use super::{Instance, Size, Workspace, WorkspaceSpec, WorkspaceStatus, WorkspaceTemplate};
 
 impl Instance {
     /// Instance `id` on `provider`, created under `key`; no location recorded, its state known.
@@ -61,11 +61,9 @@ impl WorkspaceBuilder {
         self
     }
 
-    /// Our finalizer, after `others`.
-    pub fn finalizers(mut self, others: &[&str]) -> Self {
-        let mut finalizers: Vec<String> = others.iter().map(|f| f.to_string()).collect();
-        finalizers.push(FINALIZER.to_string());
-        self.ws.metadata.finalizers = Some(finalizers);
+    /// Exactly these finalizers (the controller's is [`FINALIZER`](crate::api::FINALIZER)).
+    pub fn finalizers(mut self, finalizers: &[&str]) -> Self {
+        self.ws.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
         self
     }
 

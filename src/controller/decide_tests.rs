@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 use super::{Facts, Next, ProviderState, decide};
@@ -184,16 +185,15 @@ impl Ws {
         if self.finalizer {
             finalizers.push(FINALIZER);
         }
-        let mut metadata = json!({
-            "name": "ws-1",
-            "namespace": "default",
-            "uid": self.uid,
-            "generation": 3,
-            "resourceVersion": "42",
-            "finalizers": finalizers,
-        });
+        let mut ws = Workspace::builder("ws-1", self.provider)
+            .namespace("default")
+            .uid(self.uid)
+            .generation(3)
+            .resource_version("42")
+            .finalizers(&finalizers)
+            .running(self.running);
         if self.deleting {
-            metadata["deletionTimestamp"] = json!(ago(30).to_string());
+            ws = ws.deleting(Time(ago(30)));
         }
         let mut status = json!({ "epoch": 4 });
         if let Some(p) = self.active {
@@ -233,14 +233,7 @@ impl Ws {
             }
             status["operation"] = o;
         }
-        serde_json::from_value(json!({
-            "apiVersion": "switchyard.dev/v1alpha1",
-            "kind": "Workspace",
-            "metadata": metadata,
-            "spec": { "provider": self.provider, "running": self.running },
-            "status": status,
-        }))
-        .expect("a valid Workspace")
+        ws.status(serde_json::from_value(status).expect("a valid status")).build()
     }
 }
 

@@ -35,7 +35,7 @@ fn workspace(provider: &str, running: bool, status: Option<WorkspaceStatus>) -> 
         .uid("uid-1")
         .generation(GENERATION)
         .resource_version("42")
-        .finalizers(&[])
+        .finalizers(&[crate::api::FINALIZER])
         .running(running)
         .build();
     ws.status = status;
