@@ -19,6 +19,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::controller::{self, Handles, LeaseSettings, Settings};
 use crate::provider::Dispatcher;
 use crate::provider::simulated::Clouds;
+use crate::runtime::parse_duration;
+use crate::runtime::{default_identity, shutdown_signal};
 
 #[derive(Parser, Debug)]
 #[command(name = "switchyard", version, about = "Places Workspaces on compute providers and switches them safely")]
@@ -96,49 +98,6 @@ impl ControllerArgs {
     }
 }
 
-/// Pod name (or hostname) plus a random suffix, so two processes never share an identity.
-pub fn default_identity() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "switchyard".to_string());
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}", &suffix[..6])
-}
-
-/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print every CustomResourceDefinition as YAML.
@@ -146,14 +105,14 @@ pub enum Command {
     /// Run the Workspace controller against the cluster of the current kubeconfig.
     Controller(ControllerArgs),
     /// Run everything locally: a control plane, simulated providers, the controller, samples.
-    Dev(crate::dev::DevArgs),
+    Dev(crate::tools::dev::DevArgs),
     /// Benchmark the controller against the API server's own limit (see docs/benchmarks.md).
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// Serve the simulated cloud over the http provider protocol (docs/provider-guide.md); or,
     /// with `ledger`, show a running provider-sim's ledger.
     ProviderSim(ProviderSimArgs),
     /// Check a provider against the http provider protocol; exits non-zero on any failure.
-    ProviderConformance(crate::provider::http::ConformanceArgs),
+    ProviderConformance(crate::tools::ConformanceArgs),
     /// Switch a workspace to another provider; with --wait, follow it step by step until Ready.
     Switch(switch::SwitchArgs),
     /// Show workspaces as a table, or one in detail (conditions, operation, last switch).
@@ -171,7 +130,7 @@ pub struct ProviderSimArgs {
     #[command(subcommand)]
     pub action: Option<ProviderSimAction>,
     #[command(flatten)]
-    pub serve: Option<crate::provider::http::SimArgs>,
+    pub serve: Option<crate::tools::provider_sim::SimArgs>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,7 +212,7 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Bench(args) => crate::bench::main(args).await,
+        Command::Bench(args) => crate::tools::bench::main(args).await,
         Command::ProviderSim(ProviderSimArgs { action: Some(ProviderSimAction::Ledger(args)), .. }) => {
             match ledger::run(&args).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -264,7 +223,7 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::ProviderSim(ProviderSimArgs { serve: Some(args), .. }) => {
-            match crate::provider::http::server::run(args, shutdown_signal()).await {
+            match crate::tools::provider_sim::server::run(args, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard provider-sim: {e}");
@@ -276,7 +235,7 @@ async fn run(command: Command) -> ExitCode {
             eprintln!("switchyard provider-sim: --token-file is required (see --help)");
             ExitCode::from(2)
         }
-        Command::ProviderConformance(args) => match crate::provider::http::conformance::run(&args).await {
+        Command::ProviderConformance(args) => match crate::tools::conformance::run(&args).await {
             Ok(report) if report.failed() == 0 => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,
             Err(e) => {
@@ -297,7 +256,7 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Switch(args) => exit::exit(switch::run(args).await),
         Command::Status(args) => exit::exit(status::run(args).await),
-        Command::Dev(args) => match crate::dev::run(args).await {
+        Command::Dev(args) => match crate::tools::dev::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard dev: {e}");

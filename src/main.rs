@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 /// jemalloc instead of glibc's malloc: the cache's long-lived objects are allocated among many
 /// short-lived ones (watch events, request and response bodies), and glibc's allocator keeps
 /// the pages they fragment. At 10 000 workspaces that was a third of the controller's memory

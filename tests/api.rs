@@ -8,13 +8,7 @@ use support::*;
 use switchyard::api::{Workspace, crds_yaml};
 
 fn workspace(name: &str, provider: &str) -> Workspace {
-    serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "Workspace",
-        "metadata": {"name": name},
-        "spec": {"provider": provider, "template": {"image": "busybox", "size": "small"}}
-    }))
-    .expect("workspace")
+    Workspace::builder(name, provider).busybox().build()
 }
 
 /// A fresh namespace holding workspace `name` (on provider aws): its API, the namespace, and the

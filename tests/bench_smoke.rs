@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use switchyard::bench::Report;
+use switchyard::tools::bench::Report;
 
 #[test]
 fn a_small_bench_run_produces_a_complete_report() {

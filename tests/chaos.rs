@@ -244,7 +244,8 @@ async fn scenario_c_waiting_on_an_unready_provider_is_not_a_hot_loop() {
     // says so is still counted).
     let seen = async {
         while !env.api.get("ws").await.is_ok_and(|ws| {
-            condition(&ws, cond::STALLED).is_some_and(|(s, r)| s == "True" && r == cond::PROVIDER_NOT_READY)
+            condition(&ws, cond::STALLED)
+                .is_some_and(|(s, r)| s == "True" && r == cond::ConditionReason::ProviderNotReady.as_str())
         }) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -370,7 +371,7 @@ async fn took_over_events(env: &Env, name: &str) -> usize {
     let new: usize = list
         .iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter(|e| e.reason.as_deref() == Some(cond::TOOK_OVER))
+        .filter(|e| e.reason.as_deref() == Some(cond::EventReason::TookOver.as_str()))
         .map(|e| e.series.as_ref().map_or(1, |s| usize::try_from(s.count).unwrap_or(1)))
         .sum();
     if new > 0 {
@@ -379,7 +380,10 @@ async fn took_over_events(env: &Env, name: &str) -> usize {
     let core: Api<CoreEvent> = Api::namespaced(env.client.clone(), &env.ns);
     let list = core.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
     list.iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(cond::TOOK_OVER))
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(name)
+                && e.reason.as_deref() == Some(cond::EventReason::TookOver.as_str())
+        })
         .map(|e| e.count.and_then(|c| usize::try_from(c).ok()).unwrap_or(1))
         .sum()
 }

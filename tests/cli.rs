@@ -102,7 +102,7 @@ async fn switch_wait_shows_each_step_until_ready_on_the_new_provider() {
     assert_eq!(lines.len(), 5, "{text}");
     assert!(lines.iter().all(|l| l.starts_with('[') && l.contains("s] ")), "{text}");
     let ws = s.api.get("ws-1").await.expect("get ws-1");
-    assert!(is_ready_on(&ws, &s.b), "the command returned before the workspace was Ready on {}", s.b);
+    assert!(ws.settled_on(&s.b), "the command returned before the workspace was Ready on {}", s.b);
 
     // Again: a no-op that says so and does not touch the object.
     let version = ws.metadata.resource_version.clone();
@@ -139,7 +139,7 @@ async fn status_shows_a_table_and_one_workspace_in_detail() {
     let missing = unique("nope");
     s.api.create(&PostParams::default(), &workspace("ws-2", &missing)).await.expect("create ws-2");
     wait_for(&s.api, "ws-2", "ws-2 stalled", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_NOT_FOUND.into()))
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderNotFound.as_str().into()))
     })
     .await;
 

@@ -15,8 +15,9 @@ use switchyard::api::Workspace;
 use switchyard::api::conditions as cond;
 use switchyard::controller::Clock;
 use switchyard::controller::FailPoint;
-use switchyard::controller::FailPoints;
+
 use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
+use switchyard::runtime::Backoff;
 use switchyard::telemetry::{Metrics, SwitchLabels};
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -63,7 +64,7 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
                 continue;
             }
             status_writes += 1;
-            if is_ready_on(&ws, &b) {
+            if ws.settled_on(&b) {
                 return ws;
             }
         }
@@ -94,12 +95,13 @@ async fn switch_stops_the_old_compute_before_provisioning_the_new() {
 
     // Events record outcomes: one Provisioned for the create, one SwitchCompleted naming both
     // providers and the new instance; progress (claims, the stop) is in status only.
-    let events = wait_for_event(&client, &ns, "ws-1", cond::SWITCH_COMPLETED, CONVERGE).await;
+    let events = wait_for_event(&client, &ns, "ws-1", cond::EventReason::SwitchCompleted.as_str(), CONVERGE).await;
     let reasons: Vec<&str> = events.iter().map(|(r, _)| r.as_str()).collect();
-    assert_eq!(reasons.iter().filter(|r| **r == cond::PROVISIONED).count(), 1, "{events:?}");
-    assert_eq!(reasons.iter().filter(|r| **r == cond::SWITCH_COMPLETED).count(), 1, "{events:?}");
+    assert_eq!(reasons.iter().filter(|r| **r == cond::EventReason::Provisioned.as_str()).count(), 1, "{events:?}");
+    assert_eq!(reasons.iter().filter(|r| **r == cond::EventReason::SwitchCompleted.as_str()).count(), 1, "{events:?}");
     assert_eq!(reasons.len(), 2, "only outcomes are Events: {events:?}");
-    let (_, note) = events.iter().find(|(r, _)| r == cond::SWITCH_COMPLETED).expect("SwitchCompleted");
+    let (_, note) =
+        events.iter().find(|(r, _)| r == cond::EventReason::SwitchCompleted.as_str()).expect("SwitchCompleted");
     assert!(note.contains(&format!("switched from {a} to {b}")) && note.contains(&second.id), "{note}");
     eprintln!("switch: {status_writes} status writes, {} provider calls", ledger.len());
 }
@@ -231,9 +233,7 @@ impl Scenario {
     async fn running_on_a(prefix: &str) -> Self {
         let client = client().await;
         let ns = namespace(&client, prefix).await;
-        let (a, b) = (unique("a"), unique("b"));
-        simulated_provider(&client, &a, 5, 5).await;
-        simulated_provider(&client, &b, 5, 5).await;
+        let (a, b) = simulated_pair(&client).await;
         let clouds = Clouds::new();
         let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
         let setup = Instance::start(&client, settings(&format!("{prefix}-setup"), &ns), &clouds);
@@ -249,9 +249,7 @@ impl Scenario {
     }
 
     fn start_frozen_at(&self, identity: &str, point: FailPoint) -> Instance {
-        let failpoints = FailPoints::default();
-        failpoints.arm(point);
-        Instance::start_with(&self.client, settings(identity, &self.ns), &self.clouds, failpoints)
+        Instance::start_frozen_at(&self.client, settings(identity, &self.ns), &self.clouds, point)
     }
 
     fn ledger_has(&self, provider: &str, call: Call, pred: impl Fn(&Outcome) -> bool) -> bool {
@@ -330,7 +328,7 @@ async fn stop_failure_releases_the_claim_and_recovers() {
     let _x = s.start("stopfail-x");
     switch_with_kubectl(&s.ns, "ws", &s.b);
     let stalled = wait_for(&s.api, "ws", "Stalled=True StopFailed", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::STOP_FAILED.into()))
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::StopFailed.as_str().into()))
     })
     .await;
     let st = status(&stalled);
@@ -338,7 +336,7 @@ async fn stop_failure_releases_the_claim_and_recovers() {
     assert_eq!(st.instance.as_ref().map(|i| i.provider.as_str()), Some(s.a.as_str()), "still on a");
     assert_eq!(condition(&stalled, cond::READY).map(|c| c.0), Some("False".into()));
     assert!(!s.ledger_has(&s.b, Call::Provision, |_| true), "nothing may be provisioned on b before a stops");
-    wait_for_event(&s.client, &s.ns, "ws", cond::STOP_FAILED, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, "ws", cond::ConditionReason::StopFailed.as_str(), CONVERGE).await;
 
     s.clouds.cloud(&s.a).set_faults(Faults::default());
     wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
@@ -361,7 +359,7 @@ async fn a_stop_that_took_effect_unanswered_is_not_mistaken_for_running_compute(
     let _x = s.start("lost-stop-x");
     switch_with_kubectl(&s.ns, "ws", &s.b);
     let stalled = wait_for(&s.api, "ws", "Stalled=True StopFailed", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::STOP_FAILED.into()))
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::StopFailed.as_str().into()))
     })
     .await;
     let before = status(&stalled).instance.expect("still recorded");
@@ -370,7 +368,7 @@ async fn a_stop_that_took_effect_unanswered_is_not_mistaken_for_running_compute(
     s.clouds.cloud(&s.a).set_faults(Faults::default());
     switch_with_kubectl(&s.ns, "ws", &s.a);
     let ws = wait_for(&s.api, "ws", "Ready on a with running compute", CONVERGE, |ws| {
-        is_ready_on(ws, &s.a) && status(ws).instance.is_some_and(|i| i.id != before.id && !i.unconfirmed)
+        ws.settled_on(&s.a) && status(ws).instance.is_some_and(|i| i.id != before.id && !i.unconfirmed)
     })
     .await;
     let named = status(&ws).instance.expect("instance");
@@ -514,11 +512,11 @@ async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
 
     api.create(&PostParams::default(), &workspace("ws", "no-such-cloud")).await.expect("create");
     let stalled = wait_for(&api, "ws", "Stalled ProviderNotFound", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_NOT_FOUND.into()))
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderNotFound.as_str().into()))
     })
     .await;
     assert_eq!(condition(&stalled, cond::READY).map(|c| c.0), Some("False".into()));
-    wait_for_event(&client, &ns, "ws", cond::PROVIDER_NOT_FOUND, CONVERGE).await;
+    wait_for_event(&client, &ns, "ws", cond::ConditionReason::ProviderNotFound.as_str(), CONVERGE).await;
     assert!(clouds.ledger().is_empty(), "no provider may be called: {:?}", clouds.ledger());
 
     switch_with_kubectl(&ns, "ws", &a);
@@ -624,7 +622,7 @@ async fn a_waiting_holder_writes_once_per_wait_and_keeps_its_claim() {
     let patient = |identity: &str| {
         let mut st = settings(identity, &s.ns);
         st.claim_lease = Duration::from_secs(6);
-        st.provision_backoff = (Duration::from_secs(1), Duration::from_secs(12));
+        st.provision_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(12));
         Instance::start(&s.client, st, &s.clouds)
     };
     s.clouds.cloud(&s.b).set_faults(Faults { fail_provision_always: true, ..Faults::default() });
@@ -720,7 +718,7 @@ async fn the_inventory_stops_compute_no_status_names() {
     assert!(live.contains(&named.id), "the named instance runs on");
     assert!(live.contains(&foreign), "another cluster's instance is never touched");
     assert!(!live.contains(&stray));
-    wait_for_event(&s.client, &s.ns, "ws", cond::LEAK_COLLECTED, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, "ws", cond::EventReason::LeakCollected.as_str(), CONVERGE).await;
     let collected = x.metrics.encode();
     assert!(collected.contains("switchyard_leaks_collected_total{provider=\""), "{collected}");
 }

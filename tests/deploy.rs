@@ -214,8 +214,14 @@ async fn the_controller_works_as_its_service_account() {
     fixtures::patch_spec(&admin_api, "ws", json!({"provider": b})).await;
     let ws = fixtures::wait_ready_on(&admin_api, "ws", &b, Duration::from_secs(60)).await;
     assert!(ws.finalizers().iter().any(|f| f == switchyard::api::FINALIZER), "the finalizer was added");
-    fixtures::wait_for_event(&admin, &ns, "ws", switchyard::api::conditions::SWITCH_COMPLETED, Duration::from_secs(30))
-        .await;
+    fixtures::wait_for_event(
+        &admin,
+        &ns,
+        "ws",
+        switchyard::api::conditions::EventReason::SwitchCompleted.as_str(),
+        Duration::from_secs(30),
+    )
+    .await;
     // And nobody else could have written that status: the admin's own write is refused.
     let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"phase": "Stopped"}));
     assert!(stderr(&out).contains(REFUSED), "{}", stderr(&out));

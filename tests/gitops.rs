@@ -411,7 +411,7 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
     .expect("kubectl wait");
     let ws = api.get("ws").await.expect("get");
     assert!(out.status.success(), "kubectl wait failed: {}; status: {:?}", stderr(&out), ws.status);
-    assert!(is_ready_on(&ws, &b), "kubectl wait returned before the switch finished: {:?}", ws.status);
+    assert!(ws.settled_on(&b), "kubectl wait returned before the switch finished: {:?}", ws.status);
 
     let out = kubectl(&["delete", "workspace", "ws", "-n", &ns, "--wait=false"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -460,7 +460,7 @@ async fn flux_fails_and_argo_degrades_a_stalled_workspace() {
 
     api.create(&PostParams::default(), &workspace("lost", "no-such-cloud")).await.expect("create");
     wait_for(&api, "lost", "Stalled ProviderNotFound", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_NOT_FOUND.into()))
+        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderNotFound.as_str().into()))
     })
     .await;
     switch_with_kubectl(&ns, "lost", &a);
@@ -472,7 +472,7 @@ async fn flux_fails_and_argo_degrades_a_stalled_workspace() {
     for r in &failed {
         assert_eq!(r.argo.status, "Degraded");
         assert_eq!(r.flux.message, "ComputeProvider \"no-such-cloud\" does not exist");
-        assert_eq!(r.argo.message, format!("{}: {}", cond::PROVIDER_NOT_FOUND, r.flux.message));
+        assert_eq!(r.argo.message, format!("{}: {}", cond::ConditionReason::ProviderNotFound.as_str(), r.flux.message));
     }
     let last = readings.last().expect("versions");
     assert_eq!(

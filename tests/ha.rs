@@ -27,9 +27,7 @@ fn replica(identity: &str, ns: &str) -> Settings {
 async fn leader_killed_mid_switch_is_replaced_and_the_switch_resumes() {
     let client = client().await;
     let ns = namespace(&client, "ha").await;
-    let (a, b) = (unique("a"), unique("b"));
-    simulated_provider(&client, &a, 5, 5).await;
-    simulated_provider(&client, &b, 5, 5).await;
+    let (a, b) = simulated_pair(&client).await;
     let clouds = Clouds::new();
     let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);

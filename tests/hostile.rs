@@ -30,9 +30,7 @@ impl Scene {
     async fn new(prefix: &str) -> Self {
         let client = client().await;
         let ns = namespace(&client, prefix).await;
-        let (a, b) = (unique("a"), unique("b"));
-        simulated_provider(&client, &a, 5, 5).await;
-        simulated_provider(&client, &b, 5, 5).await;
+        let (a, b) = simulated_pair(&client).await;
         let api = Api::namespaced(client.clone(), &ns);
         Self { client, ns, a, b, clouds: Clouds::new(), api }
     }
@@ -89,7 +87,7 @@ async fn an_undecodable_workspace_never_stops_the_others() {
     wait_ready_on(&s.api, "ok-after", &s.b, CONVERGE).await;
     switch_with_kubectl(&s.ns, "ok-before", &s.b);
     wait_ready_on(&s.api, "ok-before", &s.b, CONVERGE).await;
-    wait_for_event(&s.client, &s.ns, "poison", cond::INVALID_OBJECT, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, "poison", cond::EventReason::InvalidObject.as_str(), CONVERGE).await;
     assert!(x.metrics.invalid_objects.get() >= 1);
     let notes = events_of(&s.client, &s.ns, "poison").await;
     assert!(notes.iter().all(|(_, note)| note.chars().count() < 400), "the report is short: {notes:?}");
@@ -150,7 +148,7 @@ async fn an_epoch_at_its_bound_stalls_without_a_call() {
     let x = s.start("epoch-x");
     switch_with_kubectl(&s.ns, "ws", &s.b);
     wait_for(&s.api, "ws", "Stalled EpochOutOfRange", CONVERGE, |w| {
-        condition(w, cond::STALLED) == Some(("True".into(), cond::EPOCH_OUT_OF_RANGE.into()))
+        condition(w, cond::STALLED) == Some(("True".into(), cond::ConditionReason::EpochOutOfRange.as_str().into()))
     })
     .await;
     assert_eq!(s.calls_for(&uid), before, "no provider call");
@@ -276,7 +274,7 @@ async fn a_provider_repointed_under_running_compute_gets_no_stop() {
     simulated_provider(&s.client, &p, 5, 5).await;
     switch_with_kubectl(&s.ns, "ws", &s.b);
     wait_for(&s.api, "ws", "Stalled ProviderChanged", CONVERGE, |w| {
-        condition(w, cond::STALLED) == Some(("True".into(), cond::PROVIDER_CHANGED.into()))
+        condition(w, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderChanged.as_str().into()))
     })
     .await;
     assert_eq!(s.calls_for(&uid), 0, "nothing went to the provider's new place");
@@ -284,7 +282,7 @@ async fn a_provider_repointed_under_running_compute_gets_no_stop() {
     assert!(sim.live().await.iter().any(|i| i.id == id), "the compute runs where it was");
     let ws = s.api.get("ws").await.expect("ws");
     assert_eq!(status(&ws).instance.map(|i| i.id), Some(id.clone()), "and is still recorded");
-    wait_for_event(&s.client, &s.ns, "ws", cond::PROVIDER_CHANGED, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, "ws", cond::ConditionReason::ProviderChanged.as_str(), CONVERGE).await;
 
     // Put back where the compute is: the switch goes on, the stop lands there.
     providers.delete(&p, &Default::default()).await.expect("delete provider");
@@ -334,7 +332,7 @@ async fn a_forged_instance_id_never_redirects_a_stop() {
     assert!(s.kubectl_status_patch("forged-key", forged).status.success());
     switch_with_kubectl(&s.ns, "forged-key", &s.b);
     wait_ready_on(&s.api, "forged-key", &s.b, CONVERGE).await;
-    wait_for_event(&s.client, &s.ns, "forged-key", cond::INSTANCE_NOT_FOUND, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, "forged-key", cond::EventReason::InstanceNotFound.as_str(), CONVERGE).await;
     let stops: Vec<_> = ledger_of(&s.clouds, &uid).into_iter().filter(|e| e.call == Call::Stop).collect();
     assert_eq!(stops.len(), 1, "{stops:?}");
     assert_ne!(stops[0].operation_id, "inventory", "stopped by the switch itself, before the new compute");
@@ -364,7 +362,7 @@ async fn claims_that_do_not_fit_stall_without_a_call() {
         let out = s.kubectl_status_patch(name, forged);
         assert!(out.status.success(), "{}", stderr(&out));
         wait_for(&s.api, name, "Stalled InvalidClaim", CONVERGE, |w| {
-            condition(w, cond::STALLED) == Some(("True".into(), cond::INVALID_CLAIM.into()))
+            condition(w, cond::STALLED) == Some(("True".into(), cond::ConditionReason::InvalidClaim.as_str().into()))
         })
         .await;
         let ws = s.api.get(name).await.expect("ws");
@@ -393,7 +391,7 @@ async fn events_are_published_for_names_at_the_length_limit() {
     s.create_ready_on_a(&name).await;
     switch_with_kubectl(&s.ns, &name, &s.b);
     wait_ready_on(&s.api, &name, &s.b, CONVERGE).await;
-    wait_for_event(&s.client, &s.ns, &name, cond::SWITCH_COMPLETED, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, &name, cond::EventReason::SwitchCompleted.as_str(), CONVERGE).await;
     assert_invariants(&s.api, &s.clouds).await;
 }
 
@@ -436,7 +434,7 @@ async fn a_workspace_too_large_to_write_is_reported_and_others_go_on() {
     let patch = json!({"metadata": {"annotations": {"pad": "x".repeat(fits)}}});
     s.api.patch("large", &PatchParams::default(), &Patch::Merge(patch)).await.expect("pad");
     let x = s.start("large-x");
-    wait_for_event(&s.client, &s.ns, "large", cond::OBJECT_TOO_LARGE, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, "large", cond::ConditionReason::ObjectTooLarge.as_str(), CONVERGE).await;
     s.create_ready_on_a("small").await;
     assert_eq!(s.calls_for(&uid), 0, "no provider call for the workspace that cannot be written");
     // The refused claim (a 500 from the store) is an error retried with backoff, not a lost claim.

@@ -25,18 +25,18 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use support::sims::{Request as Seen, read_request};
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, HttpSettings, PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE, Workspace};
-use switchyard::controller::providers;
-use switchyard::provider::http::{
-    BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, SimTls, TokenSource,
-};
+use switchyard::computeprovider;
+use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::kubernetes::LABEL_WORKSPACE_UID;
 use switchyard::provider::simulated::{Call, Clouds};
 use switchyard::provider::{
     CREDENTIAL_PROVIDERS_ANNOTATION, CallContext, DispatchError, Dispatcher, Driver, DriverError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use support::fixtures::{self, condition, unique, wait_for};
@@ -46,15 +46,7 @@ const BUDGET: Duration = Duration::from_secs(5);
 const TOKEN: &str = "hostile-test-token-value";
 
 fn call(uid: &str, epoch: i64) -> CallContext {
-    CallContext {
-        namespace: "default".into(),
-        name: format!("ws-{uid}"),
-        workspace_uid: uid.into(),
-        epoch,
-        caller: "hostile-providers-test".into(),
-        operation_id: format!("op-{epoch}"),
-        cluster: "hostile-test".into(),
-    }
+    CallContext::sample(uid, epoch, "hostile-providers-test", "hostile-test")
 }
 
 fn driver(endpoint: &str) -> HttpDriver {
@@ -70,13 +62,6 @@ fn rejected_with(e: &DriverError, needle: &str) -> bool {
 }
 
 // ---- a provider that answers whatever a test tells it to ------------------------------------
-
-/// One request as the fake provider saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    line: String,
-    authorization: Option<String>,
-}
 
 /// What the fake provider answers.
 enum Reply {
@@ -169,32 +154,6 @@ impl Fake {
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-/// Reads one request (headers and a content-length body).
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Seen> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let Some(end) = text.find("\r\n\r\n") else { continue };
-        let header = |name: &str| {
-            text[..end].lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let length = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        if buf.len() >= end + 4 + length {
-            let line = text.lines().next().unwrap_or_default().to_owned();
-            return Some(Seen { line, authorization: header("authorization") });
-        }
     }
 }
 
@@ -400,7 +359,7 @@ fn http_spec(http: serde_json::Value) -> serde_json::Value {
 async fn probed(client: &Client, dispatcher: &Dispatcher, name: &str) -> (String, String, String) {
     let api: Api<ComputeProvider> = Api::all(client.clone());
     let current = api.get(name).await.expect("get provider");
-    providers::probe(&api, &current, dispatcher).await.expect("record the probe");
+    computeprovider::probe(&api, &current, dispatcher).await.expect("record the probe");
     let after = api.get(name).await.expect("get provider");
     let conditions = after.status.map(|s| s.conditions).unwrap_or_default();
     let ready = cond::get(&conditions, cond::READY).cloned().expect("a Ready condition");
@@ -408,7 +367,11 @@ async fn probed(client: &Client, dispatcher: &Dispatcher, name: &str) -> (String
 }
 
 fn misconfigured(ready: &(String, String, String), needle: &str) {
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", cond::PROVIDER_MISCONFIGURED), "{ready:?}");
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("False", cond::ConditionReason::ProviderMisconfigured.as_str()),
+        "{ready:?}"
+    );
     assert!(ready.2.contains(needle), "{needle:?} not in {:?}", ready.2);
     assert!(!ready.2.contains(TOKEN), "the token in a condition: {:?}", ready.2);
 }
@@ -466,7 +429,11 @@ async fn the_token_never_travels_over_plain_http_to_a_remote_host() {
             .await
             .expect("opt in");
         let ready = probed(&client, &d, &name).await;
-        assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+        assert_eq!(
+            (ready.0.as_str(), ready.1.as_str()),
+            ("True", cond::ConditionReason::Healthy.as_str()),
+            "{ready:?}"
+        );
         let seen = fake.seen();
         assert!(
             !seen.is_empty()
@@ -480,7 +447,7 @@ async fn the_token_never_travels_over_plain_http_to_a_remote_host() {
     let open = unique("insecure-open");
     create_provider(&client, &open, http_spec(json!({"endpoint": endpoint}))).await;
     let ready = probed(&client, &d, &open).await;
-    assert_ne!(ready.1, cond::PROVIDER_MISCONFIGURED, "{ready:?}");
+    assert_ne!(ready.1, cond::ConditionReason::ProviderMisconfigured.as_str(), "{ready:?}");
 }
 
 /// 2b: only Secrets marked as provider tokens are read, and nothing is sent before.
@@ -519,7 +486,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     let label = json!({"metadata": {"labels": {PROVIDER_TOKEN_LABEL: "true"}}});
     secrets.patch("db-password", &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
     let ready = probed(&client, &d, &name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
     d.provision(&p, &call("u1", 1), "u1.op1", None).await.expect("provision with a labelled Secret");
     let ledger = sim.ledger().await;
     assert_eq!(ledger.iter().filter(|e| e.call == Call::Provision).count(), 1, "{ledger:?}");
@@ -539,7 +506,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     )
     .await;
     let ready = probed(&client, &d, &typed_name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 
     // Bound to the first provider only: the second may no longer use it, even with the token
     // already read (the cache is per provider), and nothing is sent.
@@ -597,7 +564,7 @@ async fn only_marked_kubeconfig_secrets_are_used() {
     let bound_here = json!({"metadata": {"annotations": {CREDENTIAL_PROVIDERS_ANNOTATION: name}}});
     secrets.patch("admin", &PatchParams::default(), &Patch::Merge(&bound_here)).await.expect("bind");
     let ready = probed(&client, &d, &name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 }
 
 /// 2c: what is wrong with the credentials or the TLS setup is ProviderMisconfigured, precisely.
@@ -665,7 +632,7 @@ async fn credential_and_tls_problems_are_misconfigurations() {
     let settings = tls_sim.http_settings(Some(secret_ref(&ns, "tls-token")));
     create_provider(&client, &good, json!({"driver": "http", "callTimeoutSeconds": 5, "http": settings})).await;
     let ready = probed(&client, &d, &good).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
     assert!(tls_sim.ledger().await.expect("ledger").is_empty(), "no call went through an untrusted channel");
 
     // An answer past the cap, through the probe: ProviderMisconfigured, saying so.
@@ -688,11 +655,15 @@ async fn a_provider_being_deleted_gets_no_new_work() {
     let hold = json!({"metadata": {"finalizers": ["hostile-providers.test/hold"]}});
     api.patch(&sim.name, &PatchParams::default(), &Patch::Merge(&hold)).await.expect("finalizer");
     let ready = probed(&client, &d, &sim.name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::HEALTHY), "{ready:?}");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 
     api.delete(&sim.name, &DeleteParams::default()).await.expect("delete provider");
     let ready = probed(&client, &d, &sim.name).await;
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", cond::PROVIDER_DELETING), "{ready:?}");
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("False", cond::ConditionReason::ProviderDeleting.as_str()),
+        "{ready:?}"
+    );
     assert!(ready.2.contains("is being deleted") && ready.2.contains(&sim.name), "{ready:?}");
 
     // A new workspace naming it stalls before any claim; the provider sees no call.

@@ -13,7 +13,7 @@ use support::sims::*;
 use support::*;
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, Step, Workspace};
-use switchyard::controller::{FailPoint, FailPoints};
+use switchyard::controller::FailPoint;
 use switchyard::provider::simulated::{Call, Clouds, Faults, LedgerEntry, Outcome};
 
 /// Generous: two cores shared with builds, and a provider probed healthy again only every 15 s.
@@ -58,9 +58,7 @@ impl Scenario {
     }
 
     fn start_frozen_at(&self, identity: &str, point: FailPoint) -> Instance {
-        let failpoints = FailPoints::default();
-        failpoints.arm(point);
-        Instance::start_with(&self.client, settings(identity, &self.ns), &self.clouds, failpoints)
+        Instance::start_frozen_at(&self.client, settings(identity, &self.ns), &self.clouds, point)
     }
 
     /// Waits until a reconcile of `x` is frozen at `point`.
@@ -340,7 +338,7 @@ async fn lost_create_answer_yields_one_instance_on_b() {
     assert_eq!(s.live().await, vec![(s.b.name.clone(), instance.id)]);
     // The retry was the driver's, inside one call: the controller never saw a failure.
     let events = events_of(&s.client, &s.ns, "ws").await;
-    assert!(!events.iter().any(|(reason, _)| reason == cond::PROVISION_FAILED), "{events:?}");
+    assert!(!events.iter().any(|(reason, _)| reason == cond::ConditionReason::ProvisionFailed.as_str()), "{events:?}");
     eprintln!("e2e lost answer ({:.1?}): {}, {} claims", started.elapsed(), calls(&ledger), claims(&[&x]));
 }
 
@@ -470,9 +468,10 @@ async fn bad_credentials_stall_clearly_and_recover() {
     http_provider(&s.client, &m, &w, Some(secret_ref(&s.ns, "absent-token"))).await;
     let x = s.start("badcreds-x");
 
-    let m_msg = provider_ready(&s.client, &m, "False", cond::PROVIDER_MISCONFIGURED).await;
+    let m_msg = provider_ready(&s.client, &m, "False", cond::ConditionReason::ProviderMisconfigured.as_str()).await;
     assert!(m_msg.contains(&format!("Secret {}/absent-token", s.ns)) && m_msg.contains("does not exist"), "{m_msg}");
-    let w_msg = provider_ready(&s.client, &w.name, "False", cond::PROVIDER_MISCONFIGURED).await;
+    let w_msg =
+        provider_ready(&s.client, &w.name, "False", cond::ConditionReason::ProviderMisconfigured.as_str()).await;
     assert!(w_msg.contains("401") && w_msg.contains("w-token") && !w_msg.contains("not-the-right-token"), "{w_msg}");
 
     // Switching to either stalls at rest: no claim, nothing stopped, still running on a.
@@ -481,7 +480,8 @@ async fn bad_credentials_stall_clearly_and_recover() {
         switch_with_kubectl(&s.ns, "ws", target);
         let stalled = wait_for(&s.api, "ws", &format!("ws stalled on {target}"), CONVERGE, |ws| {
             status(ws).observed_generation == ws.metadata.generation
-                && condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_MISCONFIGURED.into()))
+                && condition(ws, cond::STALLED)
+                    == Some(("True".into(), cond::ConditionReason::ProviderMisconfigured.as_str().into()))
         })
         .await;
         let st = status(&stalled);
@@ -492,14 +492,15 @@ async fn bad_credentials_stall_clearly_and_recover() {
         assert_eq!(st.instance.as_ref(), Some(&on_a), "still on a");
     }
     let ws_m = wait_for(&s.api, "ws-m", "ws-m stalled", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::PROVIDER_MISCONFIGURED.into()))
+        condition(ws, cond::STALLED)
+            == Some(("True".into(), cond::ConditionReason::ProviderMisconfigured.as_str().into()))
     })
     .await;
     assert!(status(&ws_m).instance.is_none() && status(&ws_m).operation.is_none());
     assert_eq!(s.live().await, vec![(s.a.name.clone(), on_a.id.clone())], "a's instance keeps running");
     assert!(w.ledger().await.is_empty(), "no call may reach a provider without valid credentials");
     // Events are published in the background: wait for it.
-    wait_for_event(&s.client, &s.ns, "ws", cond::PROVIDER_MISCONFIGURED, CONVERGE).await;
+    wait_for_event(&s.client, &s.ns, "ws", cond::ConditionReason::ProviderMisconfigured.as_str(), CONVERGE).await;
 
     // The right token in the Secret: w is probed Ready and the switch goes through.
     put_secret(&s.client, &s.ns, "w-token", serde_json::json!({"token": w.process.token()})).await;
@@ -511,8 +512,8 @@ async fn bad_credentials_stall_clearly_and_recover() {
     switch_with_kubectl(&s.ns, "ws", &s.a.name);
     let refused = wait_for(&s.api, "ws", "ws stalled on the refused stop", CONVERGE, |ws| {
         let stalled = condition(ws, cond::STALLED).filter(|_| status(ws).observed_generation == ws.metadata.generation);
-        stalled == Some(("True".into(), cond::STOP_FAILED.into()))
-            || stalled == Some(("True".into(), cond::PROVIDER_MISCONFIGURED.into()))
+        stalled == Some(("True".into(), cond::ConditionReason::StopFailed.as_str().into()))
+            || stalled == Some(("True".into(), cond::ConditionReason::ProviderMisconfigured.as_str().into()))
     })
     .await;
     let st = status(&refused);

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use support::sims::read_request;
 use switchyard::api::{ComputeProvider, HttpSettings};
-use switchyard::provider::http::{
-    BearerToken, HttpDriver, ProviderSimOptions, ProviderSimProcess, Retry, SimTls, TokenSource,
-};
+use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::simulated::{Clouds, Faults, Outcome, Violation, check_ledger, merge_ledgers};
 use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const BUDGET: Duration = Duration::from_secs(5);
@@ -35,15 +35,7 @@ async fn sim(name: &str) -> (ProviderSimProcess, tempfile::TempDir) {
 }
 
 fn call(uid: &str, epoch: i64) -> CallContext {
-    CallContext {
-        namespace: "default".into(),
-        name: format!("ws-{uid}"),
-        workspace_uid: uid.into(),
-        epoch,
-        caller: "provider-http-test".into(),
-        operation_id: format!("op-{epoch}"),
-        cluster: "http-test".into(),
-    }
+    CallContext::sample(uid, epoch, "provider-http-test", "http-test")
 }
 
 fn driver_for(endpoint: &str, token: TokenSource, budget: Duration) -> HttpDriver {
@@ -327,7 +319,7 @@ async fn fake_provider(respond: fn(&str) -> Fake) -> String {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Some(request_line) = read_request(&mut stream).await else { return };
+                let Some(request_line) = read_request(&mut stream).await.map(|r| r.line) else { return };
                 match respond(&request_line) {
                     Fake::Reply(status, body) => {
                         let head = format!(
@@ -344,30 +336,6 @@ async fn fake_provider(respond: fn(&str) -> Fake) -> String {
         }
     });
     format!("http://{addr}")
-}
-
-/// Reads one request (headers and a content-length body); returns its request line.
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                return text.lines().next().map(str::to_owned);
-            }
-        }
-    }
 }
 
 fn token() -> TokenSource {

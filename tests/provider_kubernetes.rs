@@ -606,7 +606,9 @@ async fn a_pod_that_never_becomes_ready_stalls_the_workspace_with_the_reason() {
     api.create(&PostParams::default(), &ws).await.expect("create workspace");
     let stalled_on_pull = |ws: &Workspace| {
         cond::get(&fixtures::status(ws).conditions, cond::STALLED).is_some_and(|c| {
-            c.status == "True" && c.reason == cond::PROVISION_FAILED && c.message.contains("ImagePullBackOff")
+            c.status == "True"
+                && c.reason == cond::ConditionReason::ProvisionFailed.as_str()
+                && c.message.contains("ImagePullBackOff")
         })
     };
     let what = "Stalled ProvisionFailed: ImagePullBackOff";

@@ -1,5 +1,6 @@
-//! Condition types and reasons, and Event reasons. Every reason the controller writes is a
-//! constant here, so users, alerts and tests can match on them.
+//! Condition types and reasons, Event reasons and actions, and wait reasons. Every reason the
+//! controller writes is a value of an enum here, with its wire string, so users, alerts and tests
+//! can match on them (README: Reasons lists them, and a test holds the two together).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -7,63 +8,196 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
-// Ready=True.
-pub const RUNNING: &str = "Running";
-pub const STOPPED: &str = "Stopped";
-// Reconciling=True: an operation is in flight.
-pub const PROVISIONING: &str = "Provisioning";
-pub const SWITCHING: &str = "Switching";
-pub const STOPPING: &str = "Stopping";
-pub const DELETING: &str = "Deleting";
-pub const CLAIM_HELD_ELSEWHERE: &str = "ClaimHeldElsewhere";
-/// Why a holder waits: the backoff after a failed step.
-pub const BACKOFF: &str = "Backoff";
-pub const PENDING: &str = "Pending";
-// Stalled=True: needs a fix or a recovery outside the controller.
-pub const PROVIDER_NOT_FOUND: &str = "ProviderNotFound";
-pub const PROVIDER_NOT_READY: &str = "ProviderNotReady";
-pub const PROVIDER_MISCONFIGURED: &str = "ProviderMisconfigured";
-pub const STOP_FAILED: &str = "StopFailed";
-pub const PROVISION_FAILED: &str = "ProvisionFailed";
-/// status.epoch is at (or beyond) its bound: no further claim is possible.
-pub const EPOCH_OUT_OF_RANGE: &str = "EpochOutOfRange";
-/// A provider a superseded operation could still call cannot be fenced: the operation waits.
-pub const FENCE_FAILED: &str = "FenceFailed";
-/// The claim in status is not one this controller could have written (an unknown kind or step,
-/// or a step that contradicts the recorded compute): it is not carried out.
-pub const INVALID_CLAIM: &str = "InvalidClaim";
-/// The ComputeProvider holding the compute no longer says where that compute lives (its
-/// driver, endpoint or namespace differ from the instance's `location`): nothing is called.
-pub const PROVIDER_CHANGED: &str = "ProviderChanged";
-/// The object is too large for the API server to store another write.
-pub const OBJECT_TOO_LARGE: &str = "ObjectTooLarge";
-// ComputeProvider Ready.
-pub const HEALTHY: &str = "Healthy";
-pub const UNHEALTHY: &str = "Unhealthy";
-pub const PROVIDER_DELETING: &str = "ProviderDeleting";
-// Normal Events: the outcome of an operation (Warnings use the Stalled reasons above).
-pub const SWITCH_COMPLETED: &str = "SwitchCompleted";
-pub const PROVISIONED: &str = "Provisioned";
-pub const COMPUTE_STOPPED: &str = "ComputeStopped";
-pub const SWITCH_ABORTED: &str = "SwitchAborted";
-pub const RETARGETED: &str = "Retargeted";
-pub const TOOK_OVER: &str = "TookOver";
-/// Warning: a provider was left unfenced on the user's say-so (annotation `switchyard.dev/skip-fence`).
-pub const FENCE_SKIPPED: &str = "FenceSkipped";
-/// Warning: the inventory found compute no workspace status names, and stopped it.
-pub const LEAK_COLLECTED: &str = "LeakCollected";
-/// Warning: the provider knows no instance under the key status.instance records; nothing
-/// was stopped there (the inventory stops any compute that no status names).
-pub const INSTANCE_NOT_FOUND: &str = "InstanceNotFound";
-/// Warning: the controller cannot decode the workspace and skips it until it changes.
-pub const INVALID_OBJECT: &str = "InvalidObject";
+/// A closed set of reasons: each variant names its wire string once. `ALL` lists them for the
+/// test that holds the README's reason table to the code.
+macro_rules! reasons {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The string users, alerts and dashboards see; it never changes.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
+        }
+
+        wire_string!($name);
+    };
+}
+
+/// Display as, and comparison with, the wire string (conditions and Events are read as strings).
+macro_rules! wire_string {
+    ($name:ident) => {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.as_str()
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.as_str()
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.as_str()
+            }
+        }
+    };
+}
+
+reasons! {
+    /// The reason of a condition the controller writes: Workspace `Ready`, `Reconciling` and
+    /// `Stalled` (all three carry the same reason), and ComputeProvider `Ready`.
+    ConditionReason {
+        // Workspace Ready=True.
+        Running = "Running",
+        Stopped = "Stopped",
+        // Workspace Reconciling=True: an operation is in flight, or about to be.
+        Provisioning = "Provisioning",
+        Switching = "Switching",
+        Stopping = "Stopping",
+        Deleting = "Deleting",
+        Pending = "Pending",
+        // Workspace Stalled=True: needs a fix or a recovery outside the controller.
+        ProviderNotFound = "ProviderNotFound",
+        ProviderNotReady = "ProviderNotReady",
+        /// Also a ComputeProvider's Ready=False: retrying will not heal it.
+        ProviderMisconfigured = "ProviderMisconfigured",
+        StopFailed = "StopFailed",
+        ProvisionFailed = "ProvisionFailed",
+        /// status.epoch is at (or beyond) its bound: no further claim is possible.
+        EpochOutOfRange = "EpochOutOfRange",
+        /// A provider a superseded operation could still call cannot be fenced: the operation waits.
+        FenceFailed = "FenceFailed",
+        /// The claim in status is not one this controller could have written (an unknown kind or
+        /// step, or a step that contradicts the recorded compute): it is not carried out.
+        InvalidClaim = "InvalidClaim",
+        /// The ComputeProvider holding the compute no longer says where that compute lives (its
+        /// driver, endpoint or namespace differ from the instance's `location`): nothing is called.
+        ProviderChanged = "ProviderChanged",
+        /// The object is too large for the API server to store another write.
+        ObjectTooLarge = "ObjectTooLarge",
+        // ComputeProvider Ready.
+        Healthy = "Healthy",
+        Unhealthy = "Unhealthy",
+        ProviderDeleting = "ProviderDeleting",
+    }
+}
+
+reasons! {
+    /// What an Event is about, in kube's `action` field: the part of the protocol that reports it.
+    EventAction {
+        Provision = "Provision",
+        Stop = "Stop",
+        Abort = "Abort",
+        Retarget = "Retarget",
+        Fence = "Fence",
+        TakeOver = "TakeOver",
+        Hold = "Hold",
+        Validate = "Validate",
+        Write = "Write",
+        Collect = "Collect",
+        Decode = "Decode",
+    }
+}
+
+reasons! {
+    /// Why a reconcile waits without writing (`Next::Wait`), for logs.
+    WaitReason {
+        /// Another instance holds a live claim.
+        ClaimHeldElsewhere = "ClaimHeldElsewhere",
+        /// The backoff after a failed step of our operation.
+        Backoff = "Backoff",
+        /// The backoff after a stop that failed past its budget.
+        StopFailed = "StopFailed",
+        /// The backoff after a fence that failed.
+        FenceFailed = "FenceFailed",
+    }
+}
+
+/// The reason of an Event. Normal Events record the outcome of an operation; Warnings either
+/// have a reason of their own or repeat the Stalled condition's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventReason {
+    SwitchCompleted,
+    Provisioned,
+    /// A stop or delete finished.
+    ComputeStopped,
+    SwitchAborted,
+    Retargeted,
+    TookOver,
+    /// Warning: a provider was left unfenced on the user's say-so (annotation `switchyard.dev/skip-fence`).
+    FenceSkipped,
+    /// Warning: the inventory found compute no workspace status names, and stopped it.
+    LeakCollected,
+    /// Warning: the provider knows no instance under the key status.instance records; nothing
+    /// was stopped there (the inventory stops any compute that no status names).
+    InstanceNotFound,
+    /// Warning: the controller cannot decode the workspace and skips it until it changes.
+    InvalidObject,
+    /// Warning: the workspace is, or goes on being, stalled for this reason.
+    Stalled(ConditionReason),
+}
+
+impl EventReason {
+    /// The reasons of Events of their own (the Warnings about a stall use [`ConditionReason`]s).
+    pub const OWN: &'static [EventReason] = &[
+        EventReason::SwitchCompleted,
+        EventReason::Provisioned,
+        EventReason::ComputeStopped,
+        EventReason::SwitchAborted,
+        EventReason::Retargeted,
+        EventReason::TookOver,
+        EventReason::FenceSkipped,
+        EventReason::LeakCollected,
+        EventReason::InstanceNotFound,
+        EventReason::InvalidObject,
+    ];
+
+    /// The string users, alerts and dashboards see; it never changes.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventReason::SwitchCompleted => "SwitchCompleted",
+            EventReason::Provisioned => "Provisioned",
+            EventReason::ComputeStopped => "ComputeStopped",
+            EventReason::SwitchAborted => "SwitchAborted",
+            EventReason::Retargeted => "Retargeted",
+            EventReason::TookOver => "TookOver",
+            EventReason::FenceSkipped => "FenceSkipped",
+            EventReason::LeakCollected => "LeakCollected",
+            EventReason::InstanceNotFound => "InstanceNotFound",
+            EventReason::InvalidObject => "InvalidObject",
+            EventReason::Stalled(reason) => reason.as_str(),
+        }
+    }
+}
+
+wire_string!(EventReason);
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not change.
 pub fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: ConditionReason,
     message: impl Into<String>,
     generation: Option<i64>,
     now: &Time,
@@ -76,14 +210,14 @@ pub fn set(
                 c.last_transition_time = now.clone();
             }
             c.status = status;
-            c.reason = reason.to_string();
+            c.reason = reason.as_str().to_string();
             c.message = message;
             c.observed_generation = generation;
         }
         None => conditions.push(Condition {
             type_: type_.to_string(),
             status,
-            reason: reason.to_string(),
+            reason: reason.as_str().to_string(),
             message,
             observed_generation: generation,
             last_transition_time: now.clone(),
@@ -154,4 +288,72 @@ fn bounded(generator: &mut schemars::SchemaGenerator, max_message: u64) -> schem
         "maxItems": MAX_CONDITIONS,
         "items": item,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The README's reason table, as (reason, kind) pairs.
+    fn readme_reasons() -> BTreeSet<(String, String)> {
+        let readme = include_str!("../../README.md");
+        let table = readme.lines().skip_while(|l| !l.starts_with("| reason | kind | meaning |")).skip(2);
+        let mut rows = BTreeSet::new();
+        for line in table.take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let reason = cells[1].trim_matches('`').to_string();
+            for kind in cells[2].split(',') {
+                rows.insert((reason.clone(), kind.trim().to_string()));
+            }
+        }
+        rows
+    }
+
+    fn code_reasons() -> BTreeSet<(String, String)> {
+        let mut rows = BTreeSet::new();
+        let mut add = |kind: &str, reasons: Vec<&str>| {
+            rows.extend(reasons.into_iter().map(|r| (r.to_string(), kind.to_string())));
+        };
+        add("condition", ConditionReason::ALL.iter().map(|r| r.as_str()).collect());
+        add("event", EventReason::OWN.iter().map(|r| r.as_str()).collect());
+        add("action", EventAction::ALL.iter().map(|r| r.as_str()).collect());
+        add("wait", WaitReason::ALL.iter().map(|r| r.as_str()).collect());
+        rows
+    }
+
+    /// Users, alerts and dashboards match on these strings: the README lists each one the code
+    /// can write, and nothing else.
+    #[test]
+    fn the_readme_lists_exactly_the_reasons_of_the_code() {
+        let (readme, code) = (readme_reasons(), code_reasons());
+        assert!(readme.len() > 30, "the README's reason table was not found ({} rows)", readme.len());
+        let undocumented: Vec<_> = code.difference(&readme).collect();
+        let stale: Vec<_> = readme.difference(&code).collect();
+        assert!(undocumented.is_empty(), "in the code, not in the README's reason table: {undocumented:?}");
+        assert!(stale.is_empty(), "in the README's reason table, not in the code: {stale:?}");
+    }
+
+    /// A condition's reason must match metav1.Condition's pattern (CamelCase), and no two values
+    /// of one kind share a string.
+    #[test]
+    fn reasons_are_valid_and_distinct() {
+        let valid = |s: &str| {
+            s.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && s.chars().all(|c| c.is_ascii_alphanumeric())
+        };
+        let lists: [Vec<&str>; 4] = [
+            ConditionReason::ALL.iter().map(|r| r.as_str()).collect(),
+            EventReason::OWN.iter().map(|r| r.as_str()).collect(),
+            EventAction::ALL.iter().map(|r| r.as_str()).collect(),
+            WaitReason::ALL.iter().map(|r| r.as_str()).collect(),
+        ];
+        for list in lists {
+            assert!(list.iter().all(|s| valid(s)), "{list:?}");
+            assert_eq!(list.iter().collect::<BTreeSet<_>>().len(), list.len(), "{list:?}");
+        }
+        // A Warning about a stall reads as the stall's reason.
+        assert_eq!(EventReason::Stalled(ConditionReason::StopFailed).as_str(), "StopFailed");
+        assert!(EventReason::OWN.iter().all(|r| !ConditionReason::ALL.iter().any(|c| c.as_str() == r.as_str())));
+    }
 }

@@ -1,9 +1,11 @@
 //! The Switchyard API (`switchyard.dev/v1alpha1`): the CRD types and their condition vocabulary.
 
+mod builder;
 pub mod conditions;
 mod provider;
 mod workspace;
 
+pub use builder::WorkspaceBuilder;
 pub use provider::*;
 pub use workspace::*;
 
@@ -77,7 +79,7 @@ mod tests {
             "metadata": {"name": "p"}, "spec": {"driver": "quantum"}
         }))
         .expect("decodes");
-        assert_eq!(p.spec.driver, Driver::Unknown);
+        assert_eq!(p.spec.driver, DriverKind::Unknown);
         // Of the enums, only a condition's status offers "Unknown" (metav1's own value).
         for (path, node, _) in schema_nodes() {
             let values = node["enum"].as_array().cloned().unwrap_or_default();
@@ -160,5 +162,38 @@ mod tests {
             "kubeconfigSecretRef": {"name": "east", "namespace": "switchyard-system"}}}));
         assert_ne!(local.location(), remote.location());
         assert_eq!(spec(json!({"driver": "simulated"})).location(), "simulated");
+    }
+
+    /// Settled: no operation, placed on the provider, compute there exactly when it should run,
+    /// Ready, for the current generation.
+    #[test]
+    fn settled_means_converged_where_the_spec_says() {
+        let ws = |running: bool, status: serde_json::Value| -> Workspace {
+            serde_json::from_value(json!({
+                "apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
+                "metadata": {"name": "w", "namespace": "n", "generation": 2},
+                "spec": {"provider": "b", "running": running}, "status": status
+            }))
+            .expect("decodes")
+        };
+        let ready = json!([{"type": "Ready", "status": "True", "reason": "Running", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+        let instance = json!({"id": "i", "provider": "b", "key": "k"});
+        let on_b = json!({"observedGeneration": 2, "activeProvider": "b", "instance": instance, "conditions": ready});
+        assert!(ws(true, on_b.clone()).settled_on("b"));
+        assert!(!ws(true, on_b.clone()).settled_on("a"), "elsewhere");
+        assert!(!ws(false, on_b.clone()).settled_on("b"), "compute left running");
+        let mut older = on_b.clone();
+        older["observedGeneration"] = json!(1);
+        assert!(!ws(true, older).settled_on("b"), "status of an older generation");
+        let mut stopped = on_b.clone();
+        stopped.as_object_mut().expect("object").remove("instance");
+        assert!(ws(false, stopped.clone()).settled_on("b"));
+        assert!(!ws(true, stopped).settled_on("b"), "no compute though it should run");
+        let mut busy = on_b;
+        busy["operation"] = json!({"id": "o", "kind": "Stop", "step": "Claimed", "holder": "h", "epoch": 1,
+            "startedAt": "2026-01-01T00:00:00Z", "renewedAt": "2026-01-01T00:00:00Z"});
+        assert!(!ws(true, busy).settled_on("b"), "an operation in flight");
+        assert!(!ws(true, json!({})).settled_on("b"), "never observed");
     }
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct ComputeProviderSpec {
     /// Which driver talks to this provider.
-    pub driver: Driver,
+    pub driver: DriverKind,
 
     /// Settings of the `http` driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +58,7 @@ pub struct ComputeProviderSpec {
 /// Drivers Switchyard ships.
 #[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
-pub enum Driver {
+pub enum DriverKind {
     Http,
     Kubernetes,
     Simulated,
@@ -75,8 +75,8 @@ impl ComputeProviderSpec {
     /// provider still says the same.
     pub fn location(&self) -> String {
         match (self.driver, &self.http, &self.kubernetes) {
-            (Driver::Http, Some(h), _) => format!("http {}", h.endpoint.trim_end_matches('/')),
-            (Driver::Kubernetes, _, Some(k)) => match &k.kubeconfig_secret_ref {
+            (DriverKind::Http, Some(h), _) => format!("http {}", h.endpoint.trim_end_matches('/')),
+            (DriverKind::Kubernetes, _, Some(k)) => match &k.kubeconfig_secret_ref {
                 Some(r) => format!("kubernetes namespace {} via {}/{} key {}", k.namespace, r.namespace, r.name, r.key),
                 None => format!("kubernetes namespace {} in this cluster", k.namespace),
             },

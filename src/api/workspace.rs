@@ -55,6 +55,73 @@ impl Workspace {
     pub fn operation(&self) -> Option<&Operation> {
         self.status.as_ref().and_then(|s| s.operation.as_deref())
     }
+
+    /// The provision key of the claim in flight, if any: whatever that operation may have
+    /// created on its target is found under it.
+    pub fn in_flight_key(&self) -> Option<String> {
+        let op = self.operation()?;
+        Some(provision_key(self.metadata.uid.as_deref().unwrap_or_default(), &op.id))
+    }
+
+    /// Whether the workspace is settled on `provider`, running or stopped as its spec says
+    /// (see [`WorkspaceStatus::settled`]).
+    pub fn settled_on(&self, provider: &str) -> bool {
+        self.status.as_ref().is_some_and(|s| s.settled(provider, self.spec.running, self.metadata.generation))
+    }
+
+    /// How this object, as observed, breaks the kstatus rules (DESIGN.md §3.7), if it does:
+    /// Ready present once the controller has written status, Ready=False whenever Reconciling
+    /// or Stalled is True, at most one of those two True, observedGeneration not ahead of
+    /// generation. The schema-defaulted status of a new object breaks none.
+    pub fn kstatus_breach(&self) -> Option<String> {
+        use super::conditions as cond;
+        let s = self.status.as_ref()?;
+        if s.conditions.is_empty() && s.phase.is_none() {
+            return None; // never written by the controller yet
+        }
+        let reconciling = cond::is_true(&s.conditions, cond::RECONCILING);
+        let stalled = cond::is_true(&s.conditions, cond::STALLED);
+        let name = kube::ResourceExt::name_any(self);
+        let Some(ready) = cond::get(&s.conditions, cond::READY) else {
+            return Some(format!("{name}: Ready missing"));
+        };
+        if (reconciling || stalled) && ready.status != "False" {
+            return Some(format!("{name}: Ready={} while Reconciling={reconciling} Stalled={stalled}", ready.status));
+        }
+        if reconciling && stalled {
+            return Some(format!("{name}: Reconciling and Stalled both True"));
+        }
+        if s.observed_generation > self.metadata.generation {
+            return Some(format!(
+                "{name}: observedGeneration {:?} > generation {:?}",
+                s.observed_generation, self.metadata.generation
+            ));
+        }
+        None
+    }
+}
+
+impl WorkspaceStatus {
+    /// Whether this status says the workspace has converged (DESIGN.md §3.5) on `provider`,
+    /// with compute there exactly when it should be `running`: no operation, Ready, and written
+    /// for the object's `generation`.
+    pub fn settled(&self, provider: &str, running: bool, generation: Option<i64>) -> bool {
+        let compute_as_wanted = match &self.instance {
+            Some(i) => running && i.provider == provider,
+            None => !running,
+        };
+        self.operation.is_none()
+            && self.active_provider.as_deref() == Some(provider)
+            && compute_as_wanted
+            && super::conditions::is_true(&self.conditions, super::conditions::READY)
+            && self.observed_generation == generation
+    }
+}
+
+/// The provision key of an operation: derived from the workspace and the claim, so a retried
+/// or resumed provision returns the same instance instead of creating a second one.
+pub fn provision_key(workspace_uid: &str, operation_id: &str) -> String {
+    format!("{workspace_uid}.{operation_id}")
 }
 
 fn default_running() -> bool {

@@ -132,7 +132,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::api::{Instance, WorkspaceSpec};
+    use crate::api::Instance;
     use crate::controller::status::{self, Stall};
 
     fn now() -> Time {
@@ -140,9 +140,7 @@ mod tests {
     }
 
     fn ws(provider: &str, generation: i64) -> Workspace {
-        let mut ws = Workspace::new("ws-1", WorkspaceSpec { provider: provider.into(), running: true, template: None });
-        ws.metadata.generation = Some(generation);
-        ws
+        Workspace::builder("ws-1", provider).generation(generation).build()
     }
 
     fn on(mut ws: Workspace, status: crate::api::WorkspaceStatus) -> Workspace {
@@ -155,13 +153,7 @@ mod tests {
     }
 
     fn instance(provider: &str) -> Instance {
-        Instance {
-            id: format!("i-{provider}"),
-            provider: provider.into(),
-            key: "k".into(),
-            location: None,
-            unconfirmed: false,
-        }
+        Instance::new(format!("i-{provider}"), provider, "k")
     }
 
     /// Ready on `a` at generation 1, then spec.provider patched to `b` (generation 2).
@@ -195,8 +187,10 @@ mod tests {
             stage(&stopped, &t).lines(),
             vec!["old compute stopped on a; active provider is now b", "provisioning on b"]
         );
-        let failed =
-            on(stopped.clone(), status::step_failed(&stopped, cond::PROVISION_FAILED, "quota", 3, &now(), &now()));
+        let failed = on(
+            stopped.clone(),
+            status::step_failed(&stopped, cond::ConditionReason::ProvisionFailed, "quota", 3, &now(), &now()),
+        );
         assert_eq!(stage(&failed, &t), stage(&stopped, &t), "a failed attempt is not a new stage");
         assert_eq!(last_error(&failed), Some((1, "quota".to_string())));
         let ready = on(stopped.clone(), status::provisioned(&stopped, instance("b"), &now()));
@@ -207,12 +201,12 @@ mod tests {
     #[test]
     fn stalled_is_a_failure_with_reason_and_message() {
         let w = patched_to_b();
-        let stall = Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist");
+        let stall = Stall::new(cond::ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist");
         let stalled = on(w.clone(), status::at_rest(&w, Some(&stall), &now()));
         assert_eq!(
             stage(&stalled, &target("b", 2)),
             Stage::Stalled {
-                reason: cond::PROVIDER_NOT_FOUND.into(),
+                reason: cond::ConditionReason::ProviderNotFound.as_str().into(),
                 message: "ComputeProvider \"b\" does not exist".into()
             }
         );
@@ -238,7 +232,10 @@ mod tests {
     #[test]
     fn a_version_from_before_the_patch_is_not_progress() {
         let before = ws("a", 1);
-        let stalled = on(before.clone(), status::at_rest(&before, Some(&Stall::new(cond::STOP_FAILED, "x")), &now()));
+        let stalled = on(
+            before.clone(),
+            status::at_rest(&before, Some(&Stall::new(cond::ConditionReason::StopFailed, "x")), &now()),
+        );
         assert_eq!(stage(&stalled, &target("b", 2)), Stage::NotObserved);
     }
 

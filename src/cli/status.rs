@@ -225,7 +225,7 @@ fn span(d: SignedDuration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Instance, OperationKind, WorkspaceSpec};
+    use crate::api::{Instance, OperationKind};
     use crate::controller::status::{self, Stall};
 
     fn at(secs: i64) -> Time {
@@ -233,21 +233,12 @@ mod tests {
     }
 
     fn ws(name: &str, provider: &str) -> Workspace {
-        let mut ws = Workspace::new(name, WorkspaceSpec { provider: provider.into(), running: true, template: None });
-        ws.metadata.namespace = Some("dev".into());
-        ws.metadata.generation = Some(1);
-        ws
+        Workspace::builder(name, provider).namespace("dev").generation(1).build()
     }
 
     fn running(name: &str, provider: &str) -> Workspace {
         let mut w = ws(name, provider);
-        let instance = Instance {
-            id: format!("i-{name}"),
-            provider: provider.into(),
-            key: "k".into(),
-            location: None,
-            unconfirmed: false,
-        };
+        let instance = Instance::new(format!("i-{name}"), provider, "k");
         w.status = Some(status::provisioned(&w, instance, &at(0)));
         w
     }
@@ -258,7 +249,8 @@ mod tests {
         let from = Some("aws".to_string());
         w.status = Some(status::claimed(&w, "op-1", OperationKind::Switch, from, Some("gcp".into()), "ctl-1", &at(5)));
         w.status = Some(status::committed(&w, &at(6)));
-        w.status = Some(status::step_failed(&w, cond::PROVISION_FAILED, "quota exceeded", 5, &at(7), &at(7)));
+        w.status =
+            Some(status::step_failed(&w, cond::ConditionReason::ProvisionFailed, "quota exceeded", 5, &at(7), &at(7)));
         w
     }
 
@@ -266,7 +258,7 @@ mod tests {
     fn the_table_has_a_row_per_workspace_with_step_and_error() {
         let mut stalled = running("ws-3", "aws");
         stalled.spec.provider = "nope".into();
-        let stall = Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"nope\" does not exist");
+        let stall = Stall::new(cond::ConditionReason::ProviderNotFound, "ComputeProvider \"nope\" does not exist");
         stalled.status = Some(status::at_rest(&stalled, Some(&stall), &at(9)));
         let text = table(&[running("ws-1", "aws"), switching_with_error("ws-2"), stalled], false);
         let lines: Vec<&str> = text.lines().collect();

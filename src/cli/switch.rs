@@ -34,7 +34,7 @@ pub struct SwitchArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: stop waiting after this long (500ms, 30s, 5m, 1h); the switch goes on.
-    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::runtime::parse_duration)]
     pub timeout: Duration,
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -227,7 +227,7 @@ async fn warn_about_provider(client: &kube::Client, name: &str) {
     match providers.get_opt(name).await {
         Ok(None) => eprintln!(
             "warning: ComputeProvider {name:?} does not exist; the workspace will be Stalled ({}) until it is created",
-            cond::PROVIDER_NOT_FOUND
+            cond::ConditionReason::ProviderNotFound
         ),
         Ok(Some(provider)) => {
             let conditions = provider.status.map(|s| s.conditions).unwrap_or_default();

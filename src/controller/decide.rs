@@ -6,8 +6,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::status::Stall;
-use crate::api::conditions as cond;
+use crate::api::conditions::{ConditionReason, WaitReason};
 use crate::api::{FINALIZER, Instance, MAX_EPOCH, Operation, OperationKind, Step, Workspace};
+use crate::runtime::Backoff;
 
 /// Whether a provider can be called right now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,7 +16,7 @@ pub enum ProviderState {
     Usable,
     Missing,
     NotReady {
-        reason: &'static str,
+        reason: ConditionReason,
         message: String,
     },
     /// The provider no longer says what it said when it created the instance (`location`): a
@@ -39,9 +40,9 @@ pub struct Facts {
     pub source: ProviderState,
     /// A failed stop is not retried before this time (growing backoff, kept in memory).
     pub retry_at: Option<Timestamp>,
-    /// Backoff between attempts of a step (provision, fence): base doubled per attempt, capped.
-    /// A `retryAt` further ahead than the cap is not trusted.
-    pub provision_backoff: (Duration, Duration),
+    /// Backoff between attempts of a step (provision, fence). A `retryAt` further ahead than
+    /// its cap is not trusted.
+    pub provision_backoff: Backoff,
     /// Whether this instance holds the leader Lease. Of two holders of a claim, the one that
     /// is not the leader is presumed gone (a leader that died), so the leader need not wait.
     pub leader: bool,
@@ -61,7 +62,7 @@ pub enum Next {
     /// Wait without writing; reconcile again after the delay.
     Wait {
         after: Duration,
-        why: &'static str,
+        why: WaitReason,
     },
     Claim {
         kind: OperationKind,
@@ -139,7 +140,7 @@ pub fn decide(ws: &Workspace, facts: &Facts) -> Next {
     match next {
         Next::Claim { .. } | Next::TakeOver if !(0..MAX_EPOCH).contains(&epoch) => Next::Rest {
             stall: Some(Stall::new(
-                cond::EPOCH_OUT_OF_RANGE,
+                ConditionReason::EpochOutOfRange,
                 format!("status.epoch {epoch} leaves no room for a new claim (0 to {MAX_EPOCH}); nothing is done"),
             )),
         },
@@ -160,7 +161,7 @@ fn decide_unbounded(ws: &Workspace, facts: &Facts) -> Next {
             let age = elapsed(op.renewed_at.0, facts.now);
             let forged = until(facts.now, op.renewed_at.0) > facts.claim_lease;
             if age < facts.claim_lease && !facts.leader && !forged {
-                return Next::Wait { after: facts.claim_lease - age, why: cond::CLAIM_HELD_ELSEWHERE };
+                return Next::Wait { after: facts.claim_lease - age, why: WaitReason::ClaimHeldElsewhere };
             }
         }
         // A claim no controller of ours could have written is not carried out, nor taken over.
@@ -179,7 +180,7 @@ fn decide_unbounded(ws: &Workspace, facts: &Facts) -> Next {
     // A stop that failed past its budget is tried again only after its backoff.
     match (&next, facts.retry_at) {
         (Next::Claim { kind, .. }, Some(at)) if *kind != OperationKind::Provision && at > facts.now => {
-            Next::Wait { after: until(facts.now, at), why: cond::STOP_FAILED }
+            Next::Wait { after: until(facts.now, at), why: WaitReason::StopFailed }
         }
         _ => next,
     }
@@ -249,7 +250,7 @@ fn continue_operation(
 ) -> Next {
     let spec = &ws.spec;
     // Whatever this operation's key may have created on its target.
-    let key = crate::provider::provision_key(ws.metadata.uid.as_deref().unwrap_or_default(), &op.id);
+    let key = ws.in_flight_key().unwrap_or_default();
 
     if deleting && op.kind != OperationKind::Delete {
         return Next::ConvertToDelete;
@@ -319,12 +320,36 @@ fn next_step(
     }
 }
 
+/// What follows a confirmed stop of the old compute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterStop {
+    /// A switch records its new provider.
+    Commit,
+    /// A stop or delete ends with no compute; `release` (provider, key) names what a delete
+    /// must stop first: whatever its key may have created on its target.
+    Finish { release: Option<(String, String)> },
+}
+
+/// What follows a stop of the old compute that the provider confirmed, for `ws` as our last
+/// write left it.
+pub fn after_stop(ws: &Workspace) -> AfterStop {
+    let op = ws.operation();
+    match op.map(|o| o.kind) {
+        Some(OperationKind::Switch) => AfterStop::Commit,
+        Some(OperationKind::Delete) => {
+            AfterStop::Finish { release: op.and_then(|o| o.to.clone()).zip(ws.in_flight_key()) }
+        }
+        _ => AfterStop::Finish { release: None },
+    }
+}
+
 /// Why a claim cannot be one a Switchyard controller of this version wrote, if it cannot: a
 /// kind or step this build does not know, or a step that contradicts the recorded compute.
 /// Carrying such a claim out could double or strand compute, so it is not; it stalls with
 /// InvalidClaim until someone clears it (README: Operations, the escape hatch).
 fn misfit(op: &Operation, instance: Option<&Instance>, deleting: bool) -> Option<Stall> {
-    let invalid = |why: String| Some(Stall::new(cond::INVALID_CLAIM, format!("{why}; it is not carried out")));
+    let invalid =
+        |why: String| Some(Stall::new(ConditionReason::InvalidClaim, format!("{why}; it is not carried out")));
     if op.kind == OperationKind::Unknown || op.step == Step::Unknown {
         return Some(unknown_claim(op));
     }
@@ -348,7 +373,7 @@ fn misfit(op: &Operation, instance: Option<&Instance>, deleting: bool) -> Option
 
 fn unknown_claim(op: &Operation) -> Stall {
     Stall::new(
-        cond::INVALID_CLAIM,
+        ConditionReason::InvalidClaim,
         format!(
             "claim {} has a kind or step this controller does not know (a newer Switchyard's?); \
              it is not carried out: upgrade the controller, or clear the claim",
@@ -360,7 +385,7 @@ fn unknown_claim(op: &Operation) -> Stall {
 /// The stall of compute whose provider has moved under it, if it has.
 fn moved(state: &ProviderState) -> Option<Stall> {
     match state {
-        ProviderState::Moved { message } => Some(Stall::new(cond::PROVIDER_CHANGED, message.clone())),
+        ProviderState::Moved { message } => Some(Stall::new(ConditionReason::ProviderChanged, message.clone())),
         _ => None,
     }
 }
@@ -370,7 +395,7 @@ fn moved(state: &ProviderState) -> Option<Stall> {
 /// one per third of a lease.
 fn waiting(op: &Operation, facts: &Facts) -> Option<Next> {
     let retry_in = op.retry_at.as_ref().map(|t| until(facts.now, t.0)).filter(|d| !d.is_zero())?;
-    if retry_in > facts.provision_backoff.1 {
+    if retry_in > facts.provision_backoff.cap {
         return None;
     }
     let renew_every = facts.claim_lease / 3;
@@ -378,7 +403,7 @@ fn waiting(op: &Operation, facts: &Facts) -> Option<Next> {
     if age >= renew_every {
         return Some(Next::Renew);
     }
-    let why = if op.unfenced.is_empty() { cond::BACKOFF } else { cond::FENCE_FAILED };
+    let why = if op.unfenced.is_empty() { WaitReason::Backoff } else { WaitReason::FenceFailed };
     Some(Next::Wait { after: retry_in.min(renew_every - age), why })
 }
 
@@ -387,19 +412,13 @@ fn blocked(state: &ProviderState, name: &str) -> Option<Stall> {
     match state {
         ProviderState::Usable => None,
         ProviderState::Missing => {
-            Some(Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider {name:?} does not exist")))
+            Some(Stall::new(ConditionReason::ProviderNotFound, format!("ComputeProvider {name:?} does not exist")))
         }
         ProviderState::NotReady { reason, message } => {
-            Some(Stall::new(reason, format!("ComputeProvider {name:?} is not ready: {message}")))
+            Some(Stall::new(*reason, format!("ComputeProvider {name:?} is not ready: {message}")))
         }
         ProviderState::Moved { .. } => moved(state),
     }
-}
-
-/// Backoff before attempt `attempts + 1`: base × 2^(attempts-1), capped.
-pub fn backoff(attempts: i32, (base, cap): (Duration, Duration)) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(16);
-    base.saturating_mul(1 << exp).min(cap)
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {

@@ -6,12 +6,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
-use super::{Facts, Next, ProviderState, backoff, decide};
-use crate::api::conditions as cond;
+use super::{Facts, Next, ProviderState, decide};
+use crate::api::conditions::{ConditionReason, WaitReason};
 use crate::api::{FINALIZER, Instance, OperationKind, Step, Workspace};
 use crate::controller::status::Stall;
+use crate::runtime::Backoff;
 
 use OperationKind::{Delete, Provision, Stop, Switch};
 use Step::{Claimed, OldStopped};
@@ -183,16 +185,15 @@ impl Ws {
         if self.finalizer {
             finalizers.push(FINALIZER);
         }
-        let mut metadata = json!({
-            "name": "ws-1",
-            "namespace": "default",
-            "uid": self.uid,
-            "generation": 3,
-            "resourceVersion": "42",
-            "finalizers": finalizers,
-        });
+        let mut ws = Workspace::builder("ws-1", self.provider)
+            .namespace("default")
+            .uid(self.uid)
+            .generation(3)
+            .resource_version("42")
+            .finalizers(&finalizers)
+            .running(self.running);
         if self.deleting {
-            metadata["deletionTimestamp"] = json!(ago(30).to_string());
+            ws = ws.deleting(Time(ago(30)));
         }
         let mut status = json!({ "epoch": 4 });
         if let Some(p) = self.active {
@@ -232,26 +233,13 @@ impl Ws {
             }
             status["operation"] = o;
         }
-        serde_json::from_value(json!({
-            "apiVersion": "switchyard.dev/v1alpha1",
-            "kind": "Workspace",
-            "metadata": metadata,
-            "spec": { "provider": self.provider, "running": self.running },
-            "status": status,
-        }))
-        .expect("a valid Workspace")
+        ws.status(serde_json::from_value(status).expect("a valid status")).build()
     }
 }
 
 /// The compute on `provider`, provisioned by an earlier operation.
 fn instance(provider: &str) -> Instance {
-    Instance {
-        id: format!("i-{provider}"),
-        provider: provider.to_string(),
-        key: format!("{UID}.op-0"),
-        location: None,
-        unconfirmed: false,
-    }
+    Instance::new(format!("i-{provider}"), provider, format!("{UID}.op-0"))
 }
 
 // ---- facts -----------------------------------------------------------------------------------
@@ -265,7 +253,7 @@ fn facts() -> Facts {
         target: ProviderState::Usable,
         source: ProviderState::Usable,
         retry_at: None,
-        provision_backoff: (BASE, CAP),
+        provision_backoff: Backoff::new(BASE, CAP),
         leader: false,
     }
 }
@@ -290,25 +278,31 @@ fn retry_in(secs: i64) -> Facts {
 const MISSING: ProviderState = ProviderState::Missing;
 
 fn not_ready() -> ProviderState {
-    ProviderState::NotReady { reason: cond::PROVIDER_NOT_READY, message: "endpoint unreachable".to_string() }
+    ProviderState::NotReady { reason: ConditionReason::ProviderNotReady, message: "endpoint unreachable".to_string() }
 }
 
 fn misconfigured() -> ProviderState {
-    ProviderState::NotReady { reason: cond::PROVIDER_MISCONFIGURED, message: "secret missing".to_string() }
+    ProviderState::NotReady { reason: ConditionReason::ProviderMisconfigured, message: "secret missing".to_string() }
 }
 
 // ---- expected decisions ----------------------------------------------------------------------
 
 fn missing_stall(provider: &str) -> Stall {
-    Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider \"{provider}\" does not exist"))
+    Stall::new(ConditionReason::ProviderNotFound, format!("ComputeProvider \"{provider}\" does not exist"))
 }
 
 fn not_ready_stall(provider: &str) -> Stall {
-    Stall::new(cond::PROVIDER_NOT_READY, format!("ComputeProvider \"{provider}\" is not ready: endpoint unreachable"))
+    Stall::new(
+        ConditionReason::ProviderNotReady,
+        format!("ComputeProvider \"{provider}\" is not ready: endpoint unreachable"),
+    )
 }
 
 fn misconfigured_stall(provider: &str) -> Stall {
-    Stall::new(cond::PROVIDER_MISCONFIGURED, format!("ComputeProvider \"{provider}\" is not ready: secret missing"))
+    Stall::new(
+        ConditionReason::ProviderMisconfigured,
+        format!("ComputeProvider \"{provider}\" is not ready: secret missing"),
+    )
 }
 
 fn rest() -> Next {
@@ -323,7 +317,7 @@ fn claim(kind: OperationKind, from: Option<&str>, to: Option<&str>) -> Next {
     Next::Claim { kind, from: from.map(String::from), to: to.map(String::from) }
 }
 
-fn wait(secs: u64, why: &'static str) -> Next {
+fn wait(secs: u64, why: WaitReason) -> Next {
     Next::Wait { after: Duration::from_secs(secs), why }
 }
 
@@ -518,7 +512,9 @@ fn without_operation() -> Vec<Case> {
             "stopped, no compute, target missing: nothing to call, but the bad name is reported",
             ws("b").stopped(),
             target(MISSING),
-            Next::Rest { stall: Some(Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist")) },
+            Next::Rest {
+                stall: Some(Stall::new(ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist")),
+            },
         ),
         // Switch.
         case("compute on a, spec b: claim Switch a→b", ws("b").on("a"), facts(), claim(Switch, Some("a"), Some("b"))),
@@ -562,13 +558,15 @@ fn without_operation() -> Vec<Case> {
             "switch a→b, stop backoff pending: wait without claiming",
             ws("b").on("a"),
             retry_in(30),
-            wait(30, cond::STOP_FAILED),
+            wait(30, WaitReason::StopFailed),
         ),
         case(
             "switch a→b, stop backoff pending, target missing: nothing can be claimed, so the stall shows",
             ws("b").on("a"),
             Facts { target: MISSING, ..retry_in(30) },
-            Next::Rest { stall: Some(Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist")) },
+            Next::Rest {
+                stall: Some(Stall::new(ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist")),
+            },
         ),
         case("spec back on a, stop backoff pending: nothing to stop, at rest", ws("a").on("a"), retry_in(30), rest()),
         case(
@@ -624,7 +622,7 @@ fn without_operation() -> Vec<Case> {
             "stopped spec, stop backoff pending: wait without writing",
             ws("a").on("a").stopped(),
             retry_in(90),
-            wait(90, cond::STOP_FAILED),
+            wait(90, WaitReason::StopFailed),
         ),
         case(
             "stopped spec, stop backoff elapsed: claim Stop again",
@@ -665,7 +663,7 @@ fn all_operations() -> Vec<Op> {
 /// A claim held by another instance: left alone while fresh, taken over once stale, whatever
 /// the workspace and the providers look like.
 fn claims_of_others() -> Vec<Case> {
-    let held_elsewhere = cond::CLAIM_HELD_ELSEWHERE;
+    let held_elsewhere = WaitReason::ClaimHeldElsewhere;
     let mut cases = Vec::new();
     for op in all_operations() {
         let theirs = op.clone().held_by(OTHER);
@@ -1086,7 +1084,7 @@ fn own_roll_forward() -> Vec<Case> {
         let base = || ws("b").active("b").op(op.clone());
         let failed =
             |attempts: i32, retry_in: i64| ws("b").active("b").op(op.clone().attempts(attempts).retry_in(retry_in));
-        let bo = cond::BACKOFF;
+        let bo = WaitReason::Backoff;
         cases.extend([
             case(format!("{l}, spec b: provision on b under the key"), base(), facts(), provision_on("b")),
             case(
@@ -1219,7 +1217,7 @@ fn own_roll_forward() -> Vec<Case> {
                 format!("{l}, unfenced, fence retry in 4s: wait"),
                 ws("b").active("b").op(op.clone().unfenced(&["b"]).attempts(1).retry_in(4)),
                 facts(),
-                wait(4, cond::FENCE_FAILED),
+                wait(4, WaitReason::FenceFailed),
             ),
             case(
                 format!("{l}, unfenced, stopped spec: fence before releasing anything"),
@@ -1265,7 +1263,7 @@ fn invalid_stall(needle: &str) -> Stall {
         ),
         why => format!("{why}; it is not carried out"),
     };
-    Stall::new(cond::INVALID_CLAIM, message)
+    Stall::new(ConditionReason::InvalidClaim, message)
 }
 
 /// Claims no controller of this version writes: a kind or step it does not know, a step that
@@ -1324,13 +1322,13 @@ fn invalid_claims() -> Vec<Case> {
         "a fresh unknown claim of another holder is waited out",
         ws("b").on("a").op(op(OperationKind::Unknown, Claimed, Some("a"), Some("b")).held_by(OTHER).renewed(10)),
         facts(),
-        wait(50, cond::CLAIM_HELD_ELSEWHERE),
+        wait(50, WaitReason::ClaimHeldElsewhere),
     ));
     cases
 }
 
 fn moved_stall() -> Stall {
-    Stall::new(cond::PROVIDER_CHANGED, "moved")
+    Stall::new(ConditionReason::ProviderChanged, "moved")
 }
 
 /// The provider holding the compute no longer says where it lives: nothing is sent to it, at
@@ -1376,7 +1374,7 @@ fn unconfirmed_instance() -> Vec<Case> {
             "unconfirmed: back on its provider, after the stop backoff",
             ws("a").on("a").unconfirmed(),
             retry_in(7),
-            wait(7, cond::STOP_FAILED),
+            wait(7, WaitReason::StopFailed),
         ),
         case("unconfirmed: still to switch elsewhere", ws("b").on("a").unconfirmed(), facts(), switch_to("b")),
         case(
@@ -1500,7 +1498,7 @@ fn every_kind_and_step_is_covered() {
 #[test]
 fn delete_claim_waits_for_the_stop_backoff() {
     let ws = ws("a").on("a").deleting().build();
-    assert_eq!(decide(&ws, &retry_in(30)), wait(30, cond::STOP_FAILED));
+    assert_eq!(decide(&ws, &retry_in(30)), wait(30, WaitReason::StopFailed));
 }
 
 #[test]
@@ -1538,7 +1536,7 @@ fn a_foreign_claim_is_waited_out_exactly_to_the_end_of_the_lease() {
         let ws = holding(switch(Claimed).held_by(OTHER).renewed(age)).build();
         let got = decide(&ws, &facts());
         if age < 60 {
-            assert_eq!(got, wait(60 - age as u64, cond::CLAIM_HELD_ELSEWHERE), "renewed {age}s ago");
+            assert_eq!(got, wait(60 - age as u64, WaitReason::ClaimHeldElsewhere), "renewed {age}s ago");
         } else {
             assert_eq!(got, Next::TakeOver, "renewed {age}s ago");
         }
@@ -1560,7 +1558,7 @@ fn provision_waits_exactly_until_retry_at_renewing_on_the_way() {
             } else if renewed_ago >= renew_every {
                 Next::Renew
             } else {
-                wait(retry_in.min(renew_every - renewed_ago) as u64, cond::BACKOFF)
+                wait(retry_in.min(renew_every - renewed_ago) as u64, WaitReason::Backoff)
             };
             assert_eq!(got, expected, "retry in {retry_in}s, renewed {renewed_ago}s ago");
         }
@@ -1583,27 +1581,10 @@ fn a_taken_over_operation_fences_before_any_other_call() {
 fn a_claim_renewed_in_the_future_is_taken_over() {
     for op in all_operations() {
         let slightly = holding(op.clone().held_by(OTHER).renewed(-30)).build();
-        assert_eq!(decide(&slightly, &facts()), wait(60, cond::CLAIM_HELD_ELSEWHERE), "{}: clock skew", op.label());
+        assert_eq!(decide(&slightly, &facts()), wait(60, WaitReason::ClaimHeldElsewhere), "{}: clock skew", op.label());
         let forged = holding(op.clone().held_by(OTHER).renewed(-3600)).build();
         assert_eq!(decide(&forged, &facts()), Next::TakeOver, "{}: an hour ahead", op.label());
     }
-}
-
-#[test]
-fn backoff_doubles_from_the_base_up_to_the_cap() {
-    let policy = (Duration::from_millis(500), Duration::from_secs(10));
-    let ms = |attempts| backoff(attempts, policy).as_millis();
-    assert_eq!(ms(0), 500, "no failure yet: the base");
-    assert_eq!(ms(1), 500);
-    assert_eq!(ms(2), 1_000);
-    assert_eq!(ms(3), 2_000);
-    assert_eq!(ms(5), 8_000);
-    assert_eq!(ms(6), 10_000, "capped");
-    assert_eq!(ms(100), 10_000, "capped");
-    assert_eq!(ms(i32::MAX), 10_000, "no overflow");
-    assert_eq!(ms(-3), 500, "negative counts as none");
-    let huge = (Duration::MAX, Duration::MAX);
-    assert_eq!(backoff(40, huge), Duration::MAX, "saturates instead of overflowing");
 }
 
 /// An epoch at its bound (or below zero) leaves no room for a claim or a takeover: the status
@@ -1615,7 +1596,7 @@ fn no_claim_past_the_epoch_bound() {
         claiming.status.as_mut().unwrap().epoch = epoch;
         let got = decide(&claiming, &facts());
         assert!(
-            matches!(&got, Next::Rest { stall: Some(s) } if s.reason == cond::EPOCH_OUT_OF_RANGE),
+            matches!(&got, Next::Rest { stall: Some(s) } if s.reason == ConditionReason::EpochOutOfRange),
             "epoch {epoch}: {got:?}"
         );
         let mut stale = holding(switch(Claimed).held_by(OTHER).renewed(3600)).build();
@@ -1625,4 +1606,23 @@ fn no_claim_past_the_epoch_bound() {
     let mut below = ws("b").on("a").build();
     below.status.as_mut().unwrap().epoch = crate::api::MAX_EPOCH - 1;
     assert_eq!(decide(&below, &facts()), claim(Switch, Some("a"), Some("b")));
+}
+
+/// After a confirmed stop: a switch commits; a stop finishes; a delete finishes after releasing
+/// what its key may have created on its target (only a converted switch or provision has one).
+#[test]
+fn what_follows_a_stop_depends_on_the_operation() {
+    use super::{AfterStop, after_stop};
+    let release = |p: &str| AfterStop::Finish { release: Some((p.to_string(), KEY.to_string())) };
+    let cases = [
+        ("switch", ws("b").on("a").op(switch(Claimed)), AfterStop::Commit),
+        ("stop", ws("a").on("a").stopped().op(stop(Claimed)), AfterStop::Finish { release: None }),
+        ("delete", ws("a").on("a").deleting().op(delete(Claimed, None)), AfterStop::Finish { release: None }),
+        ("converted delete", ws("a").on("a").deleting().op(delete(Claimed, Some("b"))), release("b")),
+        ("provision (never stops)", ws("b").op(provision(Claimed)), AfterStop::Finish { release: None }),
+        ("no operation", ws("a").on("a"), AfterStop::Finish { release: None }),
+    ];
+    for (what, ws, expected) in cases {
+        assert_eq!(after_stop(&ws.build()), expected, "{what}");
+    }
 }

@@ -21,7 +21,7 @@ use kube::runtime::watcher::Event;
 use tracing::warn;
 
 use super::Context;
-use crate::api::conditions as cond;
+use crate::api::conditions::{EventAction, EventReason};
 use crate::api::{Workspace, WorkspaceSpec};
 
 /// Longest part of a decode error that is logged or published: the error may quote the value
@@ -93,8 +93,8 @@ impl Boundary {
             &self.ctx,
             &placeholder(bad.clone()),
             EventType::Warning,
-            cond::INVALID_OBJECT,
-            "Decode",
+            EventReason::InvalidObject,
+            EventAction::Decode,
             &note,
         );
     }

@@ -37,9 +37,9 @@ use kube::runtime::reflector::Store;
 use tracing::{debug, info, warn};
 
 use super::Context;
-use crate::api::conditions as cond;
+use crate::api::conditions::{EventAction, EventReason};
 use crate::api::{ComputeProvider, Workspace};
-use crate::provider::{CallContext, InstanceState, ListedInstance, provision_key};
+use crate::provider::{CallContext, InstanceState, ListedInstance};
 use crate::telemetry::{Health, Metrics};
 
 /// Instances asked for per page, and pages read per provider and pass at most.
@@ -88,8 +88,8 @@ impl<'a> Accounted<'a> {
             self.named.insert((i.provider.as_str(), i.id.as_str()));
             self.keys.insert(Cow::Borrowed(i.key.as_str()));
         }
-        if let (Some(op), Some(uid)) = (&status.operation, ws.metadata.uid.as_deref()) {
-            self.keys.insert(Cow::Owned(provision_key(uid, &op.id)));
+        if let Some(key) = ws.in_flight_key().filter(|_| ws.metadata.uid.is_some()) {
+            self.keys.insert(Cow::Owned(key));
         }
     }
 
@@ -202,7 +202,14 @@ async fn collect(ctx: &Context, provider: &ComputeProvider, item: &ListedInstanc
             if let Some(ws) = &fresh {
                 let note =
                     format!("stopped {} on {name}: no status named it (created under key {})", item.id, item.key);
-                super::protocol::event(ctx, ws, EventType::Warning, cond::LEAK_COLLECTED, "Collect", &note);
+                super::protocol::event(
+                    ctx,
+                    ws,
+                    EventType::Warning,
+                    EventReason::LeakCollected,
+                    EventAction::Collect,
+                    &note,
+                );
             }
         }
         Err(error) => {
@@ -215,7 +222,7 @@ async fn collect(ctx: &Context, provider: &ComputeProvider, item: &ListedInstanc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Instance, Operation, OperationKind, Step, WorkspaceSpec, WorkspaceStatus};
+    use crate::api::{Instance, Operation, OperationKind, Step, WorkspaceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn listed(id: &str, key: &str) -> ListedInstance {
@@ -231,10 +238,7 @@ mod tests {
     }
 
     fn ws(status: WorkspaceStatus) -> Workspace {
-        let mut ws = Workspace::new("ws", WorkspaceSpec { provider: "a".into(), running: true, template: None });
-        ws.metadata.uid = Some("u1".into());
-        ws.status = Some(status);
-        ws
+        Workspace::builder("ws", "a").uid("u1").status(status).build()
     }
 
     fn op(id: &str) -> Operation {
@@ -259,16 +263,7 @@ mod tests {
 
     #[test]
     fn a_named_instance_is_accounted_for_on_its_provider_only() {
-        let named = ws(WorkspaceStatus {
-            instance: Some(Instance {
-                id: "i-1".into(),
-                provider: "a".into(),
-                key: "u1.op0".into(),
-                location: None,
-                unconfirmed: false,
-            }),
-            ..Default::default()
-        });
+        let named = ws(WorkspaceStatus { instance: Some(Instance::new("i-1", "a", "u1.op0")), ..Default::default() });
         let a = Accounted::of(std::iter::once(&named));
         assert!(a.covers("a", &listed("i-1", "u1.op0")));
         assert!(!a.covers("b", &listed("i-1", "u1.other")), "same id on another provider is another instance");

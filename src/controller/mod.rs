@@ -1,15 +1,13 @@
-//! The Workspace controller: wiring (watches, Context, error policy). The protocol itself is
-//! in `protocol`; the decision it follows in `decide`; the status it writes in `status`.
+//! The Workspace reconciler: wiring (watches, Context, error policy). The protocol itself is
+//! in `protocol`, what its outcomes tell in `outcome`; the decision it follows in `decide`; the
+//! status it writes in `status`.
 
 pub mod client;
 pub mod decide;
 mod decode;
-mod events;
-pub mod failpoints;
 mod inventory;
-pub mod leader;
+mod outcome;
 mod protocol;
-pub mod providers;
 mod queue;
 pub mod status;
 pub mod worker;
@@ -28,14 +26,15 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-pub use failpoints::{FailPoint, FailPoints};
-pub use leader::{Leadership, LeaseSettings};
+pub use crate::runtime::failpoints::{FailPoint, FailPoints};
+pub use crate::runtime::leader::{Leadership, LeaseSettings};
 pub use protocol::reconcile;
 pub use worker::Action;
 
 use crate::api::conditions as cond;
 use crate::api::{ComputeProvider, Workspace};
 use crate::provider::Dispatcher;
+use crate::runtime::Backoff;
 use crate::telemetry::{Health, Metrics};
 
 /// What can go wrong in a reconcile. Every variant is retried with per-workspace backoff.
@@ -45,8 +44,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("workspace {0}: too many conflicting writes in a row")]
     TooManyConflicts(String),
-    #[error("workspace {0} has no uid")]
-    NoUid(String),
 }
 
 /// Tunables of one controller instance.
@@ -60,16 +57,16 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Workspaces reconciled at once.
     pub concurrency: u16,
-    /// Provision retries: first backoff and cap.
-    pub provision_backoff: (Duration, Duration),
+    /// Retries of a step under our claim (provision, fence).
+    pub provision_backoff: Backoff,
     /// Failed provision attempts before the workspace reports Stalled (it keeps retrying).
     pub stall_after: i32,
-    /// Stop attempts within one claim, and the first backoff between them, unless the
-    /// provider's stopPolicy says otherwise.
+    /// Stop attempts within one claim, and the first backoff between them (doubling, no cap),
+    /// unless the provider's stopPolicy says otherwise.
     pub stop_attempts: u32,
     pub stop_backoff: Duration,
-    /// After a stop failed past its budget: first delay before claiming again, and cap.
-    pub stop_retry: (Duration, Duration),
+    /// After a stop failed past its budget: the delay before claiming again.
+    pub stop_retry: Backoff,
     /// Reconcile only while leading this Lease (None: always).
     pub leader_election: Option<LeaseSettings>,
     /// Who owns the instances this controller creates: providers list and record instances by
@@ -118,11 +115,11 @@ impl Settings {
             claim_lease: Duration::from_secs(60),
             namespace: None,
             concurrency: 64,
-            provision_backoff: (Duration::from_secs(1), Duration::from_secs(30)),
+            provision_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             stall_after: 3,
             stop_attempts: 3,
             stop_backoff: Duration::from_millis(200),
-            stop_retry: (Duration::from_secs(5), Duration::from_secs(300)),
+            stop_retry: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
             leader_election: None,
             cluster: "default".to_string(),
             inventory_interval: Some(Duration::from_secs(30)),
@@ -138,7 +135,7 @@ pub struct Context {
     pub settings: Settings,
     pub dispatcher: Dispatcher,
     pub providers: Store<ComputeProvider>,
-    pub events: events::Events,
+    pub events: crate::runtime::events::Events,
     pub failpoints: FailPoints,
     pub metrics: Arc<Metrics>,
     /// Whether this instance won leader election (false when there is none: without an
@@ -198,7 +195,7 @@ impl Context {
         // Reconciles run only while leading, so this holds for the Context's whole life.
         let leading = settings.leader_election.is_some();
         Arc::new(Self {
-            events: events::Events::start(
+            events: crate::runtime::events::Events::start(
                 client.clone(),
                 settings.identity.clone(),
                 handles.metrics.events_dropped.clone(),
@@ -277,7 +274,8 @@ pub async fn run(
     };
 
     let (tx, mut rx) = tokio::sync::watch::channel(Leadership::Unknown);
-    let elector = AbortOnDrop(tokio::spawn(leader::elect(client.clone(), lease, settings.identity.clone(), tx)));
+    let elector =
+        AbortOnDrop(tokio::spawn(crate::runtime::leader::elect(client.clone(), lease, settings.identity.clone(), tx)));
     let mut shutdown = Box::pin(shutdown);
     // Stand by until we lead (or are told to stop).
     loop {
@@ -341,8 +339,11 @@ async fn reconcile_until(
     let identity = settings.identity.clone();
     info!(%identity, namespace = ?settings.namespace, "controller starting");
     let dispatcher = dispatcher.with_metrics(handles.metrics.clone());
-    let _probes =
-        AbortOnDrop(tokio::spawn(providers::probe_forever(client.clone(), providers.clone(), dispatcher.clone())));
+    let _probes = AbortOnDrop(tokio::spawn(crate::computeprovider::probe_forever(
+        client.clone(),
+        providers.clone(),
+        dispatcher.clone(),
+    )));
     let ctx = Context::new(client, settings, dispatcher, providers, &handles);
 
     // Our own reflector, so that the first complete list marks the caches synced without a
@@ -456,7 +457,10 @@ fn names_provider(ws: &Workspace, name: &str) -> bool {
         || status.and_then(|s| s.instance.as_ref()).is_some_and(|i| i.provider == name)
 }
 
-/// Per-workspace exponential backoff on errors: 1s, 2s, 4s … capped at 5 minutes.
+/// The backoff on reconcile errors, per workspace.
+const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+
+/// A reconcile failed: try again after 2s, 4s, 8s … capped at 5 minutes, jittered.
 fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.inc();
     let key = workspace_key(&ws);
@@ -466,7 +470,8 @@ fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action 
         *n += 1;
         *n
     };
-    let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
+    // failures + 1: the first error waits two bases.
+    let delay = ERROR_BACKOFF.jittered(failures.saturating_add(1));
     if let Some(answer) = writes::too_large(error) {
         protocol::report_too_large(ctx.clone(), ws.clone(), answer, failures);
     }

@@ -4,11 +4,33 @@
 //!
 //!   validate → claim → (fence, after a takeover) → stop old → commit → provision (idempotency key) → finish
 //!
-//! A step makes its provider calls (a stop with its bounded retries, a release's lookup and
-//! stop, one fence call per provider to fence), then at most one guarded status write, except
-//! that a retried stop renews the claim before each retry. A lost claim or a fenced provider call
-//! ends the reconcile at once: no further call, no further write. Every write is remembered
-//! (`remember_write`), so no later reconcile acts on a cached copy older than it.
+//! | step | decision (`decide`) | provider calls | status transition (`status`) | failpoint | Event reason |
+//! |---|---|---|---|---|---|
+//! | nothing | deleting, without our finalizer | – | – | – | – |
+//! | add_finalizer | no operation, not deleting, no finalizer | – | finalizer added | – | – |
+//! | remove_finalizer | deleting, no compute, no operation | – | finalizer removed | – | – |
+//! | rest | nothing to change, or nothing can be claimed (a provider blocks it, the epoch is at its bound, the claim in status is invalid) | – | `at_rest`, only if it reads differently | – | the stall's reason (Warning), once |
+//! | wait | a live claim elsewhere, or a backoff running | – | – | – | – |
+//! | claim | compute differs from the spec | – | `claimed` (epoch + 1) | AfterClaim | – |
+//! | take_over | another holder's claim is stale | – | `taken_over` (epoch + 1) | – | TookOver |
+//! | fence | a superseded operation left providers unfenced | fence at each, unless skipped | `fenced`, or `step_failed` | – | FenceSkipped, FenceFailed |
+//! | renew | waiting, the claim would soon look stale | – | `renewed` | – | – |
+//! | convert_to_delete | deleting during another operation | – | `converted_to_delete` | – | – |
+//! | abort | spec back on the compute's provider before the stop | lookup under the instance's key | `aborted`; if the compute is gone, `committed` or `finished_without_compute` | AfterCommit, if it commits | SwitchAborted |
+//! | stop_old | compute to stop | lookup under the key (or list), stop; retried | `retrying` before each retry; then `committed` or `finished_without_compute` (a delete first releases its key's compute: lookup, stop), or `stop_failed` | AfterStop, AfterCommit | ComputeStopped (stop, delete), InstanceNotFound, StopFailed; ProviderNotFound as hold |
+//! | commit | a switch with nothing to stop | – | `committed` | AfterCommit | – |
+//! | provision | rolling forward, target usable | provision under the key | `provisioned`, or `step_failed` | BeforeProvision, AfterProvision | SwitchCompleted or Provisioned, ProvisionFailed; ProviderNotFound as hold |
+//! | retarget | target changed after the stop | lookup, stop under the old key | `retargeted` (new operation id) | – | Retargeted |
+//! | finish_without_compute | no compute wanted any more | lookup, stop under the key, if it may have created any | `finished_without_compute` | – | – |
+//! | hold | our operation cannot progress | – | `step_failed` (Stalled) | – | the stall's reason (Warning), once |
+//!
+//! A step makes its provider calls, then at most one write, guarded by the resourceVersion it
+//! read (`writes`); `stop_old` also renews the claim before each retry of its stop, and `abort`
+//! and `stop_old` go on to commit or finish in the same step. A lost claim or a fenced provider
+//! call ends the reconcile at once: no further call, no further write.
+//! Every write is remembered (`remember_write`), so no later reconcile acts on a cached copy
+//! older than it. What a step did that users and operators hear of (Events, metrics, logs) it
+//! reports as an [`Outcome`]; `outcome::report` decides what each says.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,19 +40,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
-use super::decide::{Facts, Next, ProviderState, backoff, decide};
-use super::events::Note;
-use super::failpoints::FailPoint;
+use super::decide::{AfterStop, Facts, Next, ProviderState, after_stop, decide};
+use super::outcome::{Outcome, Switched, publish};
 use super::status::{self, Stall};
 use super::worker::Action;
 use super::writes::{self, Written};
 use super::{Context, Error, workspace_key};
-use crate::api::conditions as cond;
+use crate::api::conditions::{self as cond, ConditionReason, EventAction, EventReason, WaitReason};
 use crate::api::{ComputeProvider, FINALIZER, Instance, OperationKind, Workspace};
 use crate::provider::{CallContext, DispatchError, DriverError, InstanceState};
-use crate::telemetry::SwitchResult;
+use crate::runtime::Backoff;
+use crate::runtime::events::Note;
+use crate::runtime::failpoints::FailPoint;
 
 /// Steps one reconcile may take before yielding (a full switch takes five).
 const MAX_STEPS: usize = 12;
@@ -90,30 +113,11 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
     let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
     let now = ctx.now();
     match next {
-        Next::Nothing => {
-            ctx.memory().forget(&workspace_key(ws));
-            Ok(Flow::Done(Action::await_change()))
-        }
-        Next::AddFinalizer => {
-            let mut finalizers = ws.finalizers().to_vec();
-            finalizers.push(FINALIZER.to_string());
-            let fresh = writes::set_finalizers(&api, ws, finalizers).await?;
-            remember_write(ctx, &fresh);
-            Ok(Flow::Continue(Box::new(fresh)))
-        }
-        Next::RemoveFinalizer => {
-            let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-            writes::set_finalizers(&api, ws, finalizers).await?;
-            // The object goes away with its finalizer: forget it.
-            ctx.memory().forget(&workspace_key(ws));
-            info!("compute released; finalizer removed");
-            Ok(Flow::Done(Action::await_change()))
-        }
+        Next::Nothing => Ok(nothing(ctx, ws)),
+        Next::AddFinalizer => add_finalizer(ctx, &api, ws).await,
+        Next::RemoveFinalizer => remove_finalizer(ctx, &api, ws).await,
         Next::Rest { stall } => rest(ctx, &api, ws, stall, &now).await,
-        Next::Wait { after, why } => {
-            debug!(after_ms = after.as_millis() as u64, why, "waiting");
-            Ok(Flow::Done(Action::requeue(after)))
-        }
+        Next::Wait { after, why } => Ok(wait(after, why)),
         Next::Claim { kind, from, to } => claim(ctx, &api, ws, kind, from, to, &now).await,
         Next::TakeOver => take_over(ctx, &api, ws, &now).await,
         Next::Fence { providers } => fence(ctx, &api, ws, &providers, &now).await,
@@ -123,27 +127,60 @@ async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> 
         Next::StopOld { instance } => stop_old(ctx, &api, ws, instance, &now).await,
         Next::Commit => commit(ctx, &api, ws, &now).await,
         Next::Provision { provider, key } => provision(ctx, &api, ws, &provider, &key, &now).await,
-        Next::Retarget { provider, key } => {
-            if let Some(stop) = release(ctx, ws, &provider, &key).await {
-                return stop;
-            }
-            let id = uuid::Uuid::new_v4().to_string();
-            let flow = held_write(ctx, &api, ws, |w| status::retargeted(w, &id, &now)).await?;
-            let note =
-                format!("target changed to {} after the old compute stopped; released {provider}", ws.spec.provider);
-            event(ctx, ws, EventType::Normal, cond::RETARGETED, "Retarget", &note);
-            Ok(flow)
-        }
-        Next::FinishWithoutCompute { release: in_flight } => {
-            if let Some((provider, key)) = in_flight
-                && let Some(stop) = release(ctx, ws, &provider, &key).await
-            {
-                return stop;
-            }
-            held_write(ctx, &api, ws, |w| status::finished_without_compute(w, &now)).await
-        }
+        Next::Retarget { provider, key } => retarget(ctx, &api, ws, &provider, &key, &now).await,
+        Next::FinishWithoutCompute { release } => finish_without_compute(ctx, &api, ws, release, &now).await,
         Next::Hold { stall } => hold(ctx, &api, ws, stall, &now).await,
     }
+}
+
+/// Not ours to touch: forget it.
+fn nothing(ctx: &Context, ws: &Workspace) -> Flow {
+    ctx.memory().forget(&workspace_key(ws));
+    Flow::Done(Action::await_change())
+}
+
+/// Our finalizer first, so that no compute is created for a workspace that could vanish without us.
+async fn add_finalizer(ctx: &Context, api: &Api<Workspace>, ws: &Workspace) -> Result<Flow, Error> {
+    let mut finalizers = ws.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let fresh = writes::set_finalizers(api, ws, finalizers).await?;
+    remember_write(ctx, &fresh);
+    Ok(Flow::Continue(Box::new(fresh)))
+}
+
+/// The compute is released: let the workspace go.
+async fn remove_finalizer(ctx: &Context, api: &Api<Workspace>, ws: &Workspace) -> Result<Flow, Error> {
+    let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    writes::set_finalizers(api, ws, finalizers).await?;
+    // The object goes away with its finalizer: forget it.
+    ctx.memory().forget(&workspace_key(ws));
+    publish(ctx, ws, Outcome::FinalizerRemoved);
+    Ok(Flow::Done(Action::await_change()))
+}
+
+/// Wait without writing; the reconcile comes back after `after`.
+fn wait(after: Duration, why: WaitReason) -> Flow {
+    debug!(after_ms = after.as_millis() as u64, %why, "waiting");
+    Flow::Done(Action::requeue(after))
+}
+
+/// The target changed after the old compute stopped: release what the old key created, then
+/// provision under a new operation id (hence a new key).
+async fn retarget(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    provider: &str,
+    key: &str,
+    now: &Time,
+) -> Result<Flow, Error> {
+    if let Some(stop) = release(ctx, ws, provider, key).await {
+        return stop;
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let flow = held_write(ctx, api, ws, |w| status::retargeted(w, &id, now)).await?;
+    publish(ctx, ws, Outcome::Retargeted { target: ws.spec.provider.clone(), released: provider.to_string() });
+    Ok(flow)
 }
 
 /// The spec went back to where the compute is, before our stop: release the claim. A holder
@@ -162,24 +199,19 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
             Err(e) => return Ok(release_failed(ctx, ws, &e)),
         };
         if !running {
-            warn!(instance = %instance.id, provider = %instance.provider, "the compute was already stopped (by a superseded holder): carrying on");
+            publish(ctx, ws, Outcome::AlreadyStopped { instance });
             return match kind {
                 OperationKind::Switch => commit(ctx, api, ws, now).await,
                 _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
             };
         }
     }
-    if let Some(op) = ws.operation() {
-        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), SwitchResult::Aborted);
-    }
     let in_doubt = ws.status.as_ref().and_then(|s| s.instance.as_ref()).is_some_and(|i| i.unconfirmed);
+    let op = ws.operation();
+    let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
+    let to = op.and_then(|o| o.to.clone()).unwrap_or_default();
     let flow = held_write(ctx, api, ws, |w| status::aborted(w, now)).await?;
-    let note = if in_doubt {
-        "the provider confirms the compute still runs after a failed stop"
-    } else {
-        "spec returned to the current provider before anything was stopped"
-    };
-    event(ctx, ws, EventType::Normal, cond::SWITCH_ABORTED, "Abort", note);
+    publish(ctx, ws, Outcome::Aborted { from, to, in_doubt });
     Ok(flow)
 }
 
@@ -190,7 +222,7 @@ async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall,
         .is_none_or(|c| c.status != "True" || c.reason != stall.reason);
     let flow = step_failed(ctx, api, ws, stall.reason, &stall.message, 0, now).await?;
     if changed && matches!(flow, Flow::Continue(_)) {
-        event(ctx, ws, EventType::Warning, stall.reason, "Hold", &stall.message);
+        publish(ctx, ws, Outcome::Held { stall });
     }
     Ok(flow)
 }
@@ -200,13 +232,14 @@ async fn step_failed(
     ctx: &Context,
     api: &Api<Workspace>,
     ws: &Workspace,
-    reason: &'static str,
+    reason: ConditionReason,
     error: &str,
     stall_after: i32,
     now: &Time,
 ) -> Result<Flow, Error> {
     let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
-    let delay = backoff(attempts, ctx.settings.provision_backoff);
+    // Exact, not jittered: the time is recorded in status (`retryAt`) and judged by `decide`.
+    let delay = ctx.settings.provision_backoff.delay(u32::try_from(attempts).unwrap_or(0));
     let retry_at = Time(now.0 + jiff::SignedDuration::try_from(delay).unwrap_or_default());
     held_write(ctx, api, ws, |w| status::step_failed(w, reason, error, stall_after, &retry_at, now)).await
 }
@@ -227,11 +260,9 @@ async fn fence(
     let skip = skipped_fences(ws);
     for name in providers {
         if skip.contains(&name.as_str()) {
-            crate::telemetry::Metrics::count(&ctx.metrics.fences_skipped, name);
-            let note =
+            let message =
                 format!("provider {name} left unfenced (annotation {SKIP_FENCE}); the inventory is the backstop");
-            warn!(provider = %name, "fence skipped on request");
-            event(ctx, ws, EventType::Warning, cond::FENCE_SKIPPED, "Fence", &note);
+            publish(ctx, ws, Outcome::FenceSkipped { provider: name.clone(), message });
             continue;
         }
         let error = match lookup_provider(ctx, name).await? {
@@ -242,21 +273,18 @@ async fn fence(
                 Err(e) => e.to_string(),
             },
         };
-        crate::telemetry::Metrics::count(&ctx.metrics.fence_failures, name);
         let message = format!(
             "cannot fence {name}, which a superseded operation could still call: {error}; \
              retrying (annotate the workspace {SKIP_FENCE}={name} to go on without it)"
         );
-        warn!(provider = %name, %error, "fence failed: the operation waits");
         let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
         let stall_after = ctx.settings.stall_after;
-        let flow = step_failed(ctx, api, ws, cond::FENCE_FAILED, &message, stall_after, now).await?;
-        if attempts == 1 || attempts == stall_after {
-            event(ctx, ws, EventType::Warning, cond::FENCE_FAILED, "Fence", &message);
-        }
+        let flow = step_failed(ctx, api, ws, ConditionReason::FenceFailed, &message, stall_after, now).await?;
+        let notify = attempts == 1 || attempts == stall_after;
+        publish(ctx, ws, Outcome::FenceFailed { provider: name.clone(), error, message, notify });
         return Ok(flow);
     }
-    info!(providers = ?providers, "fenced the providers of the superseded operation");
+    publish(ctx, ws, Outcome::Fenced { providers: providers.to_vec() });
     held_write(ctx, api, ws, |w| status::fenced(w, now)).await
 }
 
@@ -281,14 +309,12 @@ async fn rest(
         match writes::patch_status(api, ws, &next).await {
             Ok(fresh) => {
                 remember_write(ctx, &fresh);
-                ctx.metrics.status_writes.inc();
-                if let Some(stall) = &stall {
-                    let changed = cond::get(&current.conditions, cond::STALLED)
-                        .is_none_or(|c| c.reason != stall.reason || c.status != "True");
-                    if changed {
-                        event(ctx, ws, EventType::Warning, stall.reason, "Validate", &stall.message);
-                    }
-                }
+                // A stall is told once, when the Stalled condition comes to say it.
+                let told = stall.clone().filter(|stall| {
+                    cond::get(&current.conditions, cond::STALLED)
+                        .is_none_or(|c| c.reason != stall.reason || c.status != "True")
+                });
+                publish(ctx, ws, Outcome::Rested { stall: told });
             }
             // Someone wrote first; their event brings us back with the fresh object.
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -297,7 +323,7 @@ async fn rest(
     }
     // At rest, the resync sweep (`super::resync`) looks again now and then.
     Ok(Flow::Done(if stall.is_some() {
-        Action::requeue(ctx.settings.provision_backoff.1)
+        Action::requeue(ctx.settings.provision_backoff.cap)
     } else {
         Action::await_change()
     }))
@@ -314,22 +340,18 @@ async fn claim(
     now: &Time,
 ) -> Result<Flow, Error> {
     // The id carries the claim time to the millisecond (startedAt keeps whole seconds).
-    let id = super::events::operation_id(now.0);
+    let id = crate::runtime::events::operation_id(now.0);
     let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, now);
     let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
-            ctx.metrics.claims_lost.inc();
-            info!(?kind, "claim lost to another writer: no further action");
+            publish(ctx, ws, Outcome::ClaimLost { kind });
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
             remember_write(ctx, &fresh);
-            ctx.metrics.claims_won.inc();
-            ctx.metrics.status_writes.inc();
             let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
-            // No Event: status (Reconciling, operation) shows a claim; Events record outcomes.
-            info!(operation = %id, ?kind, ?from, ?to, epoch, "claimed");
+            publish(ctx, ws, Outcome::Claimed { id, kind, from, to, epoch });
             ctx.failpoints.hit(FailPoint::AfterClaim).await;
             Ok(Flow::Continue(fresh))
         }
@@ -347,22 +369,19 @@ async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Ti
     };
     match writes::claim(api, ws, &next, is_ours).await? {
         Written::Lost => {
-            ctx.metrics.claims_lost.inc();
+            publish(ctx, ws, Outcome::TakeOverLost);
             Ok(Flow::Done(Action::await_change()))
         }
         Written::Landed(fresh) => {
             remember_write(ctx, &fresh);
-            ctx.metrics.takeovers.inc();
-            ctx.metrics.status_writes.inc();
-            info!(%previous, epoch, "took over a stale claim");
-            let note = format!("claim of {previous} was stale; resumed under epoch {epoch}");
-            event(ctx, &fresh, EventType::Normal, cond::TOOK_OVER, "TakeOver", &note);
+            publish(ctx, &fresh, Outcome::TookOver { previous, epoch });
             Ok(Flow::Continue(fresh))
         }
     }
 }
 
-/// Stop the old compute, with bounded retries; then commit (Switch) or finish (Stop, Delete).
+/// Stop the old compute, with bounded retries; then what `after_stop` says (commit a switch,
+/// finish a stop or delete).
 async fn stop_old(
     ctx: &Context,
     api: &Api<Workspace>,
@@ -377,68 +396,70 @@ async fn stop_old(
         Some(p) => p,
         None => {
             let stall = Stall::new(
-                cond::PROVIDER_NOT_FOUND,
+                ConditionReason::ProviderNotFound,
                 format!("ComputeProvider {:?} holding the old compute does not exist", instance.provider),
             );
             return hold(ctx, api, ws, stall, now).await;
         }
     };
-    let (attempts, mut delay) = stop_policy(ctx, &provider);
-    let mut last = None;
+    let ws = match stop_with_retries(ctx, api, ws, &provider, &call, &instance).await? {
+        Stopped::Yes(after) => after,
+        Stopped::No(after, error) => return stop_failed(ctx, api, &after, &error, &ctx.now()).await,
+        Stopped::Ended(flow) => return Ok(flow),
+    };
+    // The writes below describe the workspace and the time after the stop.
+    let ws = &ws;
+    let now = &ctx.now();
+    ctx.memory().stop_failures.remove(&workspace_key(ws));
+    publish(ctx, ws, Outcome::Stopped { instance, kind });
+    ctx.failpoints.hit(FailPoint::AfterStop).await;
+    match after_stop(ws) {
+        AfterStop::Commit => commit(ctx, api, ws, now).await,
+        AfterStop::Finish { release } => finish_without_compute(ctx, api, ws, release, now).await,
+    }
+}
+
+/// How a stop with retries ended, with the workspace as our last write left it.
+enum Stopped {
+    Yes(Workspace),
+    /// Failed past its budget (or for good), with the last error.
+    No(Workspace, String),
+    /// The reconcile must end (fenced off, or the claim lost while renewing it).
+    Ended(Flow),
+}
+
+/// The stop of `instance`, retried with backoff up to the policy's attempts. Slow failing calls
+/// could outlast the claim lease, so the claim is renewed before each retry.
+async fn stop_with_retries(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    provider: &ComputeProvider,
+    call: &CallContext,
+    instance: &Instance,
+) -> Result<Stopped, Error> {
+    let (attempts, backoff) = stop_policy(ctx, provider);
     let mut current = ws.clone();
     for attempt in 1..=attempts {
-        match stop_named(ctx, ws, &provider, &call, &instance).await {
-            Ok(()) => {
-                last = None;
-                break;
-            }
-            Err(e) if fenced(&e) => return Ok(fenced_off(ctx, ws, &e)),
-            Err(e) => {
-                warn!(attempt, attempts, error = %e, "stop failed");
-                let error = last.insert(e.to_string());
-                if !e.is_retryable() || attempt == attempts {
-                    break;
-                }
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-                // Slow failing calls could outlast the claim lease: renew it before retrying.
-                match held_write(ctx, api, &current, |w| status::retrying(w, error, &ctx.now())).await? {
-                    Flow::Continue(fresh) => current = *fresh,
-                    done @ Flow::Done(_) => return Ok(done),
-                }
-            }
+        let e = match stop_named(ctx, ws, provider, call, instance).await {
+            Ok(()) => return Ok(Stopped::Yes(current)),
+            Err(e) if fenced(&e) => return Ok(Stopped::Ended(fenced_off(ctx, ws, &e))),
+            Err(e) => e,
+        };
+        warn!(attempt, attempts, error = %e, "stop failed");
+        let error = e.to_string();
+        if !e.is_retryable() || attempt == attempts {
+            return Ok(Stopped::No(current, error));
+        }
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        match held_write(ctx, api, &current, |w| status::retrying(w, &error, &ctx.now())).await? {
+            Flow::Continue(fresh) => current = *fresh,
+            done @ Flow::Done(_) => return Ok(Stopped::Ended(done)),
         }
     }
-    // The writes below describe the workspace and the time after the stop.
-    let ws = &current;
-    let after = ctx.now();
-    let now = &after;
-    if let Some(error) = last {
-        return stop_failed(ctx, api, ws, &error, now).await;
-    }
-    ctx.memory().stop_failures.remove(&workspace_key(ws));
-    info!(instance = %instance.id, provider = %instance.provider, "old compute stopped");
-    // A switch's stop is part of its outcome (SwitchCompleted); a stop or delete's is the outcome.
-    if kind != OperationKind::Switch {
-        let note = format!("stopped {} on {}", instance.id, instance.provider);
-        event(ctx, ws, EventType::Normal, cond::COMPUTE_STOPPED, "Stop", &note);
-    }
-    ctx.failpoints.hit(FailPoint::AfterStop).await;
-    match kind {
-        OperationKind::Switch => commit(ctx, api, ws, now).await,
-        OperationKind::Delete => {
-            // Anything the operation's key may have created is released too.
-            let op = ws.operation();
-            if let Some(to) = op.and_then(|o| o.to.clone()) {
-                let key = crate::provider::provision_key(&call.workspace_uid, &call.operation_id);
-                if let Some(stop) = release(ctx, ws, &to, &key).await {
-                    return stop;
-                }
-            }
-            held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await
-        }
-        _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
-    }
+    // Only a policy of zero attempts (below the schema's minimum of one) gets here: it calls
+    // nothing and carries on.
+    Ok(Stopped::Yes(current))
 }
 
 /// Stops the compute `instance` names, as the provider knows it: the instance created under its
@@ -475,15 +496,27 @@ async fn stop_named(
             for id in &ours {
                 ctx.dispatcher.stop(provider, call, id).await?;
             }
-            warn!(instance = %instance.id, key = %instance.key, provider = %instance.provider, stopped = ?ours, "the provider knows no instance under the recorded key: stopped what it runs for this workspace");
-            let note = format!(
-                "{} on {} (key {:?}) is unknown to the provider; stopped what it runs for this workspace instead: {ours:?}",
-                instance.id, instance.provider, instance.key
-            );
-            event(ctx, ws, EventType::Warning, cond::INSTANCE_NOT_FOUND, "Stop", &note);
+            publish(ctx, ws, Outcome::InstanceNotFound { instance: instance.clone(), stopped: ours });
             Ok(())
         }
     }
+}
+
+/// End the operation with no compute, releasing first what its key may have created on its
+/// target (`release`: provider and key).
+async fn finish_without_compute(
+    ctx: &Context,
+    api: &Api<Workspace>,
+    ws: &Workspace,
+    in_flight: Option<(String, String)>,
+    now: &Time,
+) -> Result<Flow, Error> {
+    if let Some((provider, key)) = in_flight
+        && let Some(stop) = release(ctx, ws, &provider, &key).await
+    {
+        return stop;
+    }
+    held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await
 }
 
 /// The commit: only now, with the old compute confirmed stopped, is the new provider recorded.
@@ -502,27 +535,21 @@ async fn stop_failed(
     now: &Time,
 ) -> Result<Flow, Error> {
     let key = workspace_key(ws);
-    let (first, cap) = ctx.settings.stop_retry;
     let delay = {
         let mut memory = ctx.memory();
         let failures = memory.stop_failures.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
-        let delay = backoff(i32::try_from(failures).unwrap_or(i32::MAX), (first, cap));
+        let delay = ctx.settings.stop_retry.jittered(failures);
         let at = ctx.now().0 + jiff::SignedDuration::try_from(delay).unwrap_or_default();
         memory.stop_failures.insert(key, (failures, at));
         delay
     };
-    if let Some(op) = ws.operation().filter(|o| o.kind == OperationKind::Switch) {
-        ctx.metrics.switch(op.from.as_deref().unwrap_or(""), op.to.as_deref().unwrap_or(""), SwitchResult::StopFailed);
-    }
+    let switch = ws
+        .operation()
+        .filter(|o| o.kind == OperationKind::Switch)
+        .map(|o| (o.from.clone().unwrap_or_default(), o.to.clone().unwrap_or_default()));
     let flow = held_write(ctx, api, ws, |w| status::stop_failed(w, error, now)).await?;
-    event(
-        ctx,
-        ws,
-        EventType::Warning,
-        cond::STOP_FAILED,
-        "Stop",
-        &format!("{error}; claim released, retrying in {}s", delay.as_secs()),
-    );
+    let error = error.to_string();
+    publish(ctx, ws, Outcome::StopFailed { switch, error, retry_in_secs: delay.as_secs() });
     Ok(match flow {
         Flow::Continue(_) => Flow::Done(Action::requeue(delay)),
         done => done,
@@ -542,7 +569,8 @@ async fn provision(
         return Ok(Flow::Done(Action::await_change()));
     };
     let Some(provider) = lookup_provider(ctx, provider_name).await? else {
-        let stall = Stall::new(cond::PROVIDER_NOT_FOUND, format!("ComputeProvider {provider_name:?} does not exist"));
+        let stall =
+            Stall::new(ConditionReason::ProviderNotFound, format!("ComputeProvider {provider_name:?} does not exist"));
         return hold(ctx, api, ws, stall, now).await;
     };
     ctx.failpoints.hit(FailPoint::BeforeProvision).await;
@@ -566,27 +594,16 @@ async fn provision(
     };
     let flow = held_write(ctx, api, ws, |w| status::provisioned(w, instance.clone(), now)).await?;
     if let Flow::Continue(_) = &flow {
-        info!(instance = %instance.id, provider = provider_name, "provisioned; operation finished");
-        if kind == OperationKind::Switch {
+        let switched = (kind == OperationKind::Switch).then(|| {
             let op = ws.operation();
-            let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
-            ctx.metrics.switch(&from, provider_name, SwitchResult::Completed);
             // Timed at the finish, not at this reconcile's start: the provision call counts too.
             let finished = ctx.now();
-            let took = op.map(|o| super::events::seconds_since_claim(&o.id, o.started_at.0, finished.0));
-            if let Some(took) = took {
-                ctx.metrics.switch_duration.observe(took);
+            Switched {
+                from: op.and_then(|o| o.from.clone()).unwrap_or_default(),
+                took: op.map(|o| crate::runtime::events::seconds_since_claim(&o.id, o.started_at.0, finished.0)),
             }
-            let note = format!(
-                "switched from {from} to {provider_name} in {:.1}s: compute on {from} stopped, then {} started",
-                took.unwrap_or_default(),
-                instance.id
-            );
-            event(ctx, ws, EventType::Normal, cond::SWITCH_COMPLETED, "Provision", &note);
-        } else {
-            let note = format!("running on {provider_name}: {}", instance.id);
-            event(ctx, ws, EventType::Normal, cond::PROVISIONED, "Provision", &note);
-        }
+        });
+        publish(ctx, ws, Outcome::Provisioned { instance, switched });
     }
     Ok(flow)
 }
@@ -599,16 +616,15 @@ async fn provision_failed(
     error: &str,
     now: &Time,
 ) -> Result<Flow, Error> {
-    warn!(%error, "provision failed");
     let stall_after = ctx.settings.stall_after;
-    let flow = step_failed(ctx, api, ws, cond::PROVISION_FAILED, error, stall_after, now).await?;
-    if let Flow::Continue(fresh) = &flow {
-        let attempts = fresh.operation().map(|o| o.attempts).unwrap_or(1);
-        if attempts == 1 || attempts == stall_after {
-            let note = format!("{error} (attempt {attempts})");
-            event(ctx, ws, EventType::Warning, cond::PROVISION_FAILED, "Provision", &note);
-        }
-    }
+    let flow = step_failed(ctx, api, ws, ConditionReason::ProvisionFailed, error, stall_after, now).await?;
+    // Told on the first attempt and when the workspace stalls, if the failure was recorded.
+    let attempts = match &flow {
+        Flow::Continue(fresh) => fresh.operation().map(|o| o.attempts).unwrap_or(1),
+        Flow::Done(_) => 0,
+    };
+    let notify = attempts == 1 || attempts == stall_after;
+    publish(ctx, ws, Outcome::ProvisionFailed { error: error.to_string(), attempts, notify });
     Ok(flow)
 }
 
@@ -629,7 +645,7 @@ async fn release(ctx: &Context, ws: &Workspace, provider_name: &str, key: &str) 
         if let Err(e) = ctx.dispatcher.stop(&provider, &call, &instance.id).await {
             return Some(Ok(release_failed(ctx, ws, &e)));
         }
-        info!(instance = %instance.id, provider = provider_name, "released compute created under the operation's key");
+        publish(ctx, ws, Outcome::Released { instance: instance.id, provider: provider_name.to_string() });
     }
     None
 }
@@ -638,8 +654,8 @@ fn release_failed(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
     if fenced(e) {
         return fenced_off(ctx, ws, e);
     }
-    warn!(error = %e, "releasing in-flight compute failed; will retry");
-    Flow::Done(Action::requeue(ctx.settings.provision_backoff.0))
+    publish(ctx, ws, Outcome::ReleaseFailed { error: e.to_string() });
+    Flow::Done(Action::requeue(ctx.settings.provision_backoff.base))
 }
 
 /// A write under our claim. Lost means someone took the workspace over: stop here.
@@ -655,12 +671,11 @@ async fn held_write(
     match writes::under_claim(api, ws, &op_id, transition).await? {
         Written::Landed(fresh) => {
             remember_write(ctx, &fresh);
-            ctx.metrics.status_writes.inc();
+            publish(ctx, ws, Outcome::Written);
             Ok(Flow::Continue(fresh))
         }
         Written::Lost => {
-            ctx.metrics.claims_lost.inc();
-            info!(operation = %op_id, "operation taken over by another instance: no further action");
+            publish(ctx, ws, Outcome::OperationLost { operation: op_id });
             Ok(Flow::Done(Action::await_change()))
         }
     }
@@ -675,8 +690,7 @@ fn fenced_off(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
         let known = memory.fenced.entry(workspace_key(ws)).or_insert(*newest);
         *known = (*known).max(*newest);
     }
-    ctx.metrics.claims_lost.inc();
-    warn!(error = %e, "fenced off by the provider: another instance holds the workspace");
+    publish(ctx, ws, Outcome::FencedOff { error: e.to_string() });
     Flow::Done(Action::await_change())
 }
 
@@ -701,11 +715,14 @@ fn call_context(ctx: &Context, ws: &Workspace) -> Option<(CallContext, Operation
     ))
 }
 
-fn stop_policy(ctx: &Context, provider: &ComputeProvider) -> (u32, Duration) {
-    match &provider.spec.stop_policy {
+/// Attempts of a stop within one claim, and the backoff between them (doubling, no cap: the
+/// attempts are few).
+fn stop_policy(ctx: &Context, provider: &ComputeProvider) -> (u32, Backoff) {
+    let (attempts, base) = match &provider.spec.stop_policy {
         Some(p) => (p.max_attempts, Duration::from_millis(p.initial_backoff_ms)),
         None => (ctx.settings.stop_attempts, ctx.settings.stop_backoff),
-    }
+    };
+    (attempts, Backoff::new(base, Duration::MAX))
 }
 
 /// A provider by name: from the cache, confirmed by a read when the cache has not seen it
@@ -730,10 +747,10 @@ fn readiness(p: &ComputeProvider) -> ProviderState {
     let conditions = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     match cond::get(conditions, cond::READY) {
         Some(c) if c.status == "False" => {
-            let reason = if c.reason == cond::PROVIDER_MISCONFIGURED {
-                cond::PROVIDER_MISCONFIGURED
+            let reason = if c.reason == ConditionReason::ProviderMisconfigured {
+                ConditionReason::ProviderMisconfigured
             } else {
-                cond::PROVIDER_NOT_READY
+                ConditionReason::ProviderNotReady
             };
             ProviderState::NotReady { reason, message: c.message.clone() }
         }
@@ -790,13 +807,13 @@ pub(super) fn report_too_large(ctx: Arc<Context>, ws: Arc<Workspace>, answer: &s
         "the workspace is too large for the API server to store another write ({answer}); nothing is done \
          until it shrinks: remove finalizers, annotations or labels that are not needed"
     );
-    warn!(namespace = %ws.namespace().unwrap_or_default(), name = %ws.name_any(), "workspace too large to write");
-    event(&ctx, &ws, EventType::Warning, cond::OBJECT_TOO_LARGE, "Write", &message);
+    let (namespace, name) = (ws.namespace().unwrap_or_default(), ws.name_any());
+    publish(&ctx, &ws, Outcome::TooLarge { namespace, name, message: message.clone() });
     if failures > 1 {
         return;
     }
     tokio::spawn(async move {
-        let stall = Stall::new(cond::OBJECT_TOO_LARGE, message);
+        let stall = Stall::new(ConditionReason::ObjectTooLarge, message);
         let next = status::at_rest(&ws, Some(&stall), &ctx.now());
         let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
         if let Err(error) = writes::patch_status(&api, &ws, &next).await {
@@ -810,8 +827,8 @@ pub(super) fn event(
     ctx: &Context,
     ws: &Workspace,
     type_: EventType,
-    reason: &'static str,
-    action: &'static str,
+    reason: EventReason,
+    action: EventAction,
     note: &str,
 ) {
     ctx.events.publish(Note {

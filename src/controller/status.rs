@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::conditions::{self as cond};
+use crate::api::conditions::{self as cond, ConditionReason};
 use crate::api::{
     Instance, LastSwitch, MAX_ATTEMPTS, MAX_ERROR_LEN, Operation, OperationKind, Phase, Step, Workspace,
     WorkspaceStatus,
@@ -13,12 +13,12 @@ use crate::api::{
 /// Why a workspace cannot progress without outside help.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stall {
-    pub reason: &'static str,
+    pub reason: ConditionReason,
     pub message: String,
 }
 
 impl Stall {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(reason: ConditionReason, message: impl Into<String>) -> Self {
         Self { reason, message: message.into() }
     }
 }
@@ -80,10 +80,7 @@ pub fn fenced(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
         op.unfenced.clear();
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        progressed(op, now);
     }
     summarize(ws, s, None, now)
 }
@@ -97,6 +94,23 @@ pub fn renewed(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     }
     // Phase and conditions stay as they read: a renewal is not news.
     s
+}
+
+/// The operation moved on to a new step: the claim is renewed and the failures of the step
+/// before no longer count.
+fn progressed(op: &mut Operation, now: &Time) {
+    op.renewed_at = now.clone();
+    op.attempts = 0;
+    op.last_error = None;
+    op.retry_at = None;
+}
+
+/// Past the old compute's stop, bound for the provider the spec names now (which the operation
+/// may call from here on).
+fn onto_target(op: &mut Operation, ws: &Workspace) {
+    op.step = Step::OldStopped;
+    op.to = Some(ws.spec.provider.clone());
+    op.reach = providers(op.reach.iter().chain(op.to.iter()));
 }
 
 /// The sorted, de-duplicated provider names of `names` (bounded like the schema).
@@ -117,10 +131,7 @@ pub fn converted_to_delete(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
         op.kind = OperationKind::Delete;
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        progressed(op, now);
     }
     summarize(ws, s, None, now)
 }
@@ -130,13 +141,8 @@ pub fn committed(ws: &Workspace, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     s.instance = None;
     if let Some(op) = s.operation.as_mut() {
-        op.step = Step::OldStopped;
-        op.to = Some(ws.spec.provider.clone());
-        op.reach = providers(op.reach.iter().chain(op.to.iter()));
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        onto_target(op, ws);
+        progressed(op, now);
         s.active_provider = op.to.clone();
     }
     summarize(ws, s, None, now)
@@ -148,13 +154,8 @@ pub fn retargeted(ws: &Workspace, new_id: &str, now: &Time) -> WorkspaceStatus {
     let mut s = current(ws);
     if let Some(op) = s.operation.as_mut() {
         op.id = new_id.to_string();
-        op.to = Some(ws.spec.provider.clone());
-        op.reach = providers(op.reach.iter().chain(op.to.iter()));
-        op.step = Step::OldStopped;
-        op.renewed_at = now.clone();
-        op.attempts = 0;
-        op.last_error = None;
-        op.retry_at = None;
+        onto_target(op, ws);
+        progressed(op, now);
         s.active_provider = op.to.clone();
     }
     summarize(ws, s, None, now)
@@ -207,7 +208,7 @@ pub fn stop_failed(ws: &Workspace, error: &str, now: &Time) -> WorkspaceStatus {
         instance.unconfirmed = true;
     }
     release(&mut s);
-    let stall = Stall::new(cond::STOP_FAILED, format!("stopping the compute on {from} failed: {error}"));
+    let stall = Stall::new(ConditionReason::StopFailed, format!("stopping the compute on {from} failed: {error}"));
     summarize(ws, s, Some(&stall), now)
 }
 
@@ -230,7 +231,7 @@ fn release(s: &mut WorkspaceStatus) -> Option<Box<Operation>> {
 /// workspace is Stalled once `attempts` reaches `stall_after` (it keeps retrying either way).
 pub fn step_failed(
     ws: &Workspace,
-    reason: &'static str,
+    reason: ConditionReason,
     error: &str,
     stall_after: i32,
     retry_at: &Time,
@@ -279,28 +280,41 @@ pub fn summarize(ws: &Workspace, mut s: WorkspaceStatus, stall: Option<&Stall>, 
     let generation = ws.metadata.generation;
     let deleting = ws.metadata.deletion_timestamp.is_some();
     s.observed_generation = generation;
-    let (phase, ready, reconciling, reason, message): (Phase, bool, bool, &str, String) = if let Some(stall) = stall {
-        (Phase::Failed, false, false, stall.reason, stall.message.clone())
-    } else if let Some(op) = &s.operation {
-        let (phase, reason) = match op.kind {
-            OperationKind::Provision => (Phase::Provisioning, cond::PROVISIONING),
-            OperationKind::Switch => (Phase::Switching, cond::SWITCHING),
-            OperationKind::Stop => (Phase::Stopping, cond::STOPPING),
-            OperationKind::Delete => (Phase::Terminating, cond::DELETING),
-            // Never carried out (decide stalls it); shown as what it is.
-            OperationKind::Unknown => (Phase::Failed, cond::INVALID_CLAIM),
+    let (phase, ready, reconciling, reason, message): (Phase, bool, bool, ConditionReason, String) =
+        if let Some(stall) = stall {
+            (Phase::Failed, false, false, stall.reason, stall.message.clone())
+        } else if let Some(op) = &s.operation {
+            let (phase, reason) = match op.kind {
+                OperationKind::Provision => (Phase::Provisioning, ConditionReason::Provisioning),
+                OperationKind::Switch => (Phase::Switching, ConditionReason::Switching),
+                OperationKind::Stop => (Phase::Stopping, ConditionReason::Stopping),
+                OperationKind::Delete => (Phase::Terminating, ConditionReason::Deleting),
+                // Never carried out (decide stalls it); shown as what it is.
+                OperationKind::Unknown => (Phase::Failed, ConditionReason::InvalidClaim),
+            };
+            (phase, false, true, reason, describe(op))
+        } else if deleting && s.instance.is_none() {
+            (
+                Phase::Terminating,
+                false,
+                true,
+                ConditionReason::Deleting,
+                "compute released; removing the finalizer".to_string(),
+            )
+        } else if let Some(instance) = &s.instance {
+            (
+                Phase::Running,
+                true,
+                false,
+                ConditionReason::Running,
+                format!("running on {} as {}", instance.provider, instance.id),
+            )
+        } else if !ws.spec.running {
+            let on = s.active_provider.as_deref().unwrap_or(&ws.spec.provider);
+            (Phase::Stopped, true, false, ConditionReason::Stopped, format!("stopped as requested (placed on {on})"))
+        } else {
+            (Phase::Pending, false, true, ConditionReason::Pending, "waiting to be provisioned".to_string())
         };
-        (phase, false, true, reason, describe(op))
-    } else if deleting && s.instance.is_none() {
-        (Phase::Terminating, false, true, cond::DELETING, "compute released; removing the finalizer".to_string())
-    } else if let Some(instance) = &s.instance {
-        (Phase::Running, true, false, cond::RUNNING, format!("running on {} as {}", instance.provider, instance.id))
-    } else if !ws.spec.running {
-        let on = s.active_provider.as_deref().unwrap_or(&ws.spec.provider);
-        (Phase::Stopped, true, false, cond::STOPPED, format!("stopped as requested (placed on {on})"))
-    } else {
-        (Phase::Pending, false, true, cond::PENDING, "waiting to be provisioned".to_string())
-    };
     s.phase = Some(if deleting { Phase::Terminating } else { phase });
     let stalled = stall.is_some();
     cond::set(&mut s.conditions, cond::READY, ready, reason, message.clone(), generation, now);

@@ -3,10 +3,9 @@
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use serde_json::json;
 
 use super::*;
-use crate::api::conditions as cond;
+use crate::api::conditions::{self as cond, ConditionReason};
 use crate::api::{Instance, LastSwitch, Operation, OperationKind, Phase, Step, Workspace, WorkspaceStatus};
 
 use OperationKind::{Delete, Provision, Stop, Switch};
@@ -31,20 +30,14 @@ fn now() -> Time {
 
 /// A workspace at `generation` 7 whose status was last written for generation 5.
 fn workspace(provider: &str, running: bool, status: Option<WorkspaceStatus>) -> Workspace {
-    let mut ws: Workspace = serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "Workspace",
-        "metadata": {
-            "name": "ws-1",
-            "namespace": "default",
-            "uid": "uid-1",
-            "generation": GENERATION,
-            "resourceVersion": "42",
-            "finalizers": [crate::api::FINALIZER],
-        },
-        "spec": { "provider": provider, "running": running },
-    }))
-    .expect("a valid Workspace");
+    let mut ws = Workspace::builder("ws-1", provider)
+        .namespace("default")
+        .uid("uid-1")
+        .generation(GENERATION)
+        .resource_version("42")
+        .finalizers(&[crate::api::FINALIZER])
+        .running(running)
+        .build();
     ws.status = status;
     ws
 }
@@ -55,13 +48,7 @@ fn deleting(mut ws: Workspace) -> Workspace {
 }
 
 fn instance(provider: &str) -> Instance {
-    Instance {
-        id: format!("i-{provider}"),
-        provider: provider.to_string(),
-        key: format!("uid-1.key-{provider}"),
-        location: None,
-        unconfirmed: false,
-    }
+    Instance::new(format!("i-{provider}"), provider, format!("uid-1.key-{provider}"))
 }
 
 fn operation(kind: OperationKind, step: Step, from: Option<&str>, to: Option<&str>) -> Operation {
@@ -83,11 +70,11 @@ fn operation(kind: OperationKind, step: Step, from: Option<&str>, to: Option<&st
     }
 }
 
-fn condition(type_: &str, status: bool, reason: &str) -> Condition {
+fn condition(type_: &str, status: bool, reason: ConditionReason) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: if status { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message: String::new(),
         observed_generation: Some(5),
         last_transition_time: at(-3600),
@@ -95,7 +82,7 @@ fn condition(type_: &str, status: bool, reason: &str) -> Condition {
 }
 
 /// Conditions as an earlier write left them (for generation 5, an hour ago).
-fn conditions(ready: bool, reconciling: bool, stalled: bool, reason: &str) -> Vec<Condition> {
+fn conditions(ready: bool, reconciling: bool, stalled: bool, reason: ConditionReason) -> Vec<Condition> {
     vec![
         condition(cond::READY, ready, reason),
         condition(cond::RECONCILING, reconciling, reason),
@@ -125,13 +112,13 @@ fn status(
 
 /// Starting points: every kind of status the controller writes or finds.
 fn fixtures() -> Vec<(&'static str, Workspace)> {
-    let running_on_a = || status(Some("a"), Some("a"), None, conditions(true, false, false, cond::RUNNING));
+    let running_on_a = || status(Some("a"), Some("a"), None, conditions(true, false, false, ConditionReason::Running));
     let switching = |step, instance_on: Option<&str>| {
         status(
             Some("a"),
             instance_on,
             Some(operation(Switch, step, Some("a"), Some("b"))),
-            conditions(false, true, false, cond::SWITCHING),
+            conditions(false, true, false, ConditionReason::Switching),
         )
     };
     let mut failing = operation(Provision, Step::Claimed, None, Some("b"));
@@ -145,14 +132,18 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
         ("running on a, spec now stopped", workspace("a", false, Some(running_on_a()))),
         (
             "stopped on a",
-            workspace("a", false, Some(status(Some("a"), None, None, conditions(true, false, false, cond::STOPPED)))),
+            workspace(
+                "a",
+                false,
+                Some(status(Some("a"), None, None, conditions(true, false, false, ConditionReason::Stopped))),
+            ),
         ),
         (
             "stalled after a failed stop, on a",
             workspace(
                 "b",
                 true,
-                Some(status(Some("a"), Some("a"), None, conditions(false, false, true, cond::STOP_FAILED))),
+                Some(status(Some("a"), Some("a"), None, conditions(false, false, true, ConditionReason::StopFailed))),
             ),
         ),
         (
@@ -160,7 +151,7 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
             workspace(
                 "b",
                 true,
-                Some(status(None, None, None, conditions(false, false, true, cond::PROVIDER_NOT_FOUND))),
+                Some(status(None, None, None, conditions(false, false, true, ConditionReason::ProviderNotFound))),
             ),
         ),
         ("switch a→b claimed, compute on a", workspace("b", true, Some(switching(Step::Claimed, Some("a"))))),
@@ -171,7 +162,7 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
             workspace(
                 "b",
                 true,
-                Some(status(None, None, Some(failing), conditions(false, true, false, cond::PROVISIONING))),
+                Some(status(None, None, Some(failing), conditions(false, true, false, ConditionReason::Provisioning))),
             ),
         ),
         (
@@ -183,7 +174,7 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
                     Some("a"),
                     Some("a"),
                     Some(operation(Stop, Step::Claimed, Some("a"), None)),
-                    conditions(false, true, false, cond::STOPPING),
+                    conditions(false, true, false, ConditionReason::Stopping),
                 )),
             ),
         ),
@@ -197,7 +188,7 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
                     Some("a"),
                     Some("a"),
                     Some(operation(Delete, Step::Claimed, Some("a"), None)),
-                    conditions(false, true, false, cond::DELETING),
+                    conditions(false, true, false, ConditionReason::Deleting),
                 )),
             )),
         ),
@@ -209,7 +200,7 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
 /// (epoch +1) or not (epoch unchanged).
 fn transitions(ws: &Workspace) -> Vec<(String, bool, WorkspaceStatus)> {
     let n = now();
-    let stall = Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist");
+    let stall = Stall::new(ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist");
     let mut out = Vec::new();
     for kind in [Provision, Switch, Stop, Delete] {
         out.push((
@@ -231,7 +222,7 @@ fn transitions(ws: &Workspace) -> Vec<(String, bool, WorkspaceStatus)> {
         out.push((
             format!("step_failed (stall after {stall_after})"),
             false,
-            step_failed(ws, cond::PROVISION_FAILED, "quota exceeded", stall_after, &n, &n),
+            step_failed(ws, ConditionReason::ProvisionFailed, "quota exceeded", stall_after, &n, &n),
         ));
     }
     out.push(("at_rest".into(), false, at_rest(ws, None, &n)));
@@ -243,10 +234,13 @@ fn status_of<'a>(s: &'a WorkspaceStatus, type_: &str) -> Option<&'a Condition> {
     cond::get(&s.conditions, type_)
 }
 
-/// The kstatus rules of DESIGN.md §3.7, and what the conditions say about time and generation.
-/// Returns every rule `new` breaks.
+/// The kstatus rules of DESIGN.md §3.7 (`Workspace::kstatus_breach`), and, stricter for a status
+/// the controller writes, what its conditions say about time, generation and phase. Returns
+/// every rule `new` breaks.
 fn kstatus_violations(ws: &Workspace, old: Option<&WorkspaceStatus>, new: &WorkspaceStatus) -> Vec<String> {
-    let mut v = Vec::new();
+    let mut observed = ws.clone();
+    observed.status = Some(new.clone());
+    let mut v: Vec<String> = observed.kstatus_breach().into_iter().collect();
     let generation = ws.metadata.generation;
     if new.observed_generation != generation {
         v.push(format!("observedGeneration {:?} != generation {generation:?}", new.observed_generation));
@@ -284,12 +278,6 @@ fn kstatus_violations(ws: &Workspace, old: Option<&WorkspaceStatus>, new: &Works
     }
     let is_true = |t| cond::is_true(&new.conditions, t);
     let (ready, reconciling, stalled) = (is_true(cond::READY), is_true(cond::RECONCILING), is_true(cond::STALLED));
-    if ready && (reconciling || stalled) {
-        v.push("Ready=True while Reconciling or Stalled is True".into());
-    }
-    if reconciling && stalled {
-        v.push("Reconciling and Stalled both True".into());
-    }
     if !ready && !reconciling && !stalled {
         v.push("neither Ready, Reconciling nor Stalled is True: the state says nothing".into());
     }
@@ -384,7 +372,7 @@ fn a_full_switch_keeps_the_rules_at_every_write() {
     let mut last_epoch = epoch(&ws);
     let steps: [(&str, Transition); 6] = [
         ("claim", |w| claimed(w, "op-9", Switch, Some("a".into()), Some("b".into()), ME, &now())),
-        ("provision failed", |w| step_failed(w, cond::PROVISION_FAILED, "boom", 3, &now(), &now())),
+        ("provision failed", |w| step_failed(w, ConditionReason::ProvisionFailed, "boom", 3, &now(), &now())),
         ("taken over", |w| taken_over(w, "ctrl-new", &now())),
         ("commit", |w| committed(w, &now())),
         ("provisioned", |w| provisioned(w, instance("b"), &now())),
@@ -413,7 +401,7 @@ fn at_rest_is_idempotent() {
         if ws.status.as_ref().is_some_and(|s| s.operation.is_some()) {
             continue;
         }
-        for stall in [None, Some(Stall::new(cond::PROVIDER_NOT_READY, "not ready"))] {
+        for stall in [None, Some(Stall::new(ConditionReason::ProviderNotReady, "not ready"))] {
             let once = at_rest(&ws, stall.as_ref(), &now());
             let again = at_rest(&with_status(&ws, once.clone()), stall.as_ref(), &at(10));
             assert!(!differs(&once, &again), "{name}, stall {stall:?}: a second rest would write");
@@ -427,10 +415,10 @@ fn at_rest_is_idempotent() {
 #[test]
 fn claimed_records_a_fresh_operation_under_the_next_epoch() {
     let expectations = [
-        (Provision, Phase::Provisioning, cond::PROVISIONING),
-        (Switch, Phase::Switching, cond::SWITCHING),
-        (Stop, Phase::Stopping, cond::STOPPING),
-        (Delete, Phase::Terminating, cond::DELETING),
+        (Provision, Phase::Provisioning, ConditionReason::Provisioning),
+        (Switch, Phase::Switching, ConditionReason::Switching),
+        (Stop, Phase::Stopping, ConditionReason::Stopping),
+        (Delete, Phase::Terminating, ConditionReason::Deleting),
     ];
     for (name, ws) in fixtures() {
         for (kind, phase, reason) in expectations {
@@ -473,7 +461,7 @@ fn claimed_clears_an_earlier_stall() {
     let ws = workspace(
         "b",
         true,
-        Some(status(Some("a"), Some("a"), None, conditions(false, false, true, cond::STOP_FAILED))),
+        Some(status(Some("a"), Some("a"), None, conditions(false, false, true, ConditionReason::StopFailed))),
     );
     let s = claimed(&ws, "op-2", Switch, Some("a".into()), Some("b".into()), ME, &now());
     assert_eq!(summary(&s), (false, true, false, Some(Phase::Switching)));
@@ -571,7 +559,7 @@ fn converted_to_delete_keeps_id_target_and_step() {
         assert_eq!(s.epoch, epoch(&ws), "{name}: no new epoch");
         assert_eq!(s.instance, ws.status.as_ref().unwrap().instance, "{name}");
         assert_eq!(summary(&s), (false, true, false, Some(Phase::Terminating)), "{name}");
-        assert_eq!(cond_of(&s, cond::RECONCILING).reason, cond::DELETING, "{name}");
+        assert_eq!(cond_of(&s, cond::RECONCILING).reason, ConditionReason::Deleting, "{name}");
     }
 }
 
@@ -653,7 +641,7 @@ fn provisioned_finishes_a_switch_with_last_switch() {
     );
     assert_eq!(s.epoch, 4);
     assert_eq!(summary(&s), (true, false, false, Some(Phase::Running)));
-    assert_eq!(cond_of(&s, cond::READY).reason, cond::RUNNING);
+    assert_eq!(cond_of(&s, cond::READY).reason, ConditionReason::Running);
     assert_eq!(cond_of(&s, cond::READY).message, "running on b as i-b");
 }
 
@@ -684,7 +672,7 @@ fn finished_without_compute_releases_the_claim_and_the_instance() {
     assert_eq!(s.active_provider.as_deref(), Some("a"), "placement kept");
     assert_eq!(s.epoch, 4);
     assert_eq!(summary(&s), (true, false, false, Some(Phase::Stopped)));
-    assert_eq!(cond_of(&s, cond::READY).reason, cond::STOPPED);
+    assert_eq!(cond_of(&s, cond::READY).reason, ConditionReason::Stopped);
     assert_eq!(cond_of(&s, cond::READY).message, "stopped as requested (placed on a)");
     // A finished operation on a workspace that should run: not Ready, more to do.
     let ws = workspace("a", true, Some(status(Some("a"), Some("a"), Some(stop), Vec::new())));
@@ -710,7 +698,7 @@ fn aborted_releases_the_claim_and_keeps_the_compute() {
             Some("a"),
             Some("a"),
             Some(operation(Switch, Step::Claimed, Some("a"), Some("b"))),
-            conditions(false, true, false, cond::SWITCHING),
+            conditions(false, true, false, ConditionReason::Switching),
         )),
     );
     let s = aborted(&ws, &now());
@@ -731,7 +719,7 @@ fn stop_failed_releases_the_claim_and_stalls_on_the_old_provider() {
     let ws = workspace(
         "b",
         true,
-        Some(status(Some("a"), Some("a"), Some(o), conditions(false, true, false, cond::SWITCHING))),
+        Some(status(Some("a"), Some("a"), Some(o), conditions(false, true, false, ConditionReason::Switching))),
     );
     let s = stop_failed(&ws, "connection refused", &now());
     assert_eq!(s.operation, None, "claim released");
@@ -747,9 +735,9 @@ fn stop_failed_releases_the_claim_and_stalls_on_the_old_provider() {
     assert_eq!(aborted(&checked, &now()).instance, Some(instance("a")));
     assert_eq!(summary(&s), (false, false, true, Some(Phase::Failed)));
     let stalled = cond_of(&s, cond::STALLED);
-    assert_eq!(stalled.reason, cond::STOP_FAILED);
+    assert_eq!(stalled.reason, ConditionReason::StopFailed);
     assert_eq!(stalled.message, "stopping the compute on a failed: connection refused");
-    assert_eq!(cond_of(&s, cond::READY).reason, cond::STOP_FAILED);
+    assert_eq!(cond_of(&s, cond::READY).reason, ConditionReason::StopFailed);
     assert_eq!(cond_of(&s, cond::RECONCILING).message, "");
 }
 
@@ -761,7 +749,14 @@ fn step_failed_counts_attempts_and_stalls_past_the_threshold() {
         Some(status(None, None, Some(operation(Provision, Step::Claimed, None, Some("b"))), Vec::new())),
     );
     for attempt in 1..=4 {
-        let s = step_failed(&ws, cond::PROVISION_FAILED, "quota exceeded", 3, &at(attempt.into()), &at(attempt.into()));
+        let s = step_failed(
+            &ws,
+            ConditionReason::ProvisionFailed,
+            "quota exceeded",
+            3,
+            &at(attempt.into()),
+            &at(attempt.into()),
+        );
         let o = op(&s);
         assert_eq!(o.attempts, attempt, "attempt {attempt}");
         assert_eq!(o.last_error.as_deref(), Some("quota exceeded"));
@@ -777,7 +772,7 @@ fn step_failed_counts_attempts_and_stalls_past_the_threshold() {
         } else {
             assert_eq!(summary(&s), (false, false, true, Some(Phase::Failed)), "attempt {attempt}");
             let stalled = cond_of(&s, cond::STALLED);
-            assert_eq!(stalled.reason, cond::PROVISION_FAILED);
+            assert_eq!(stalled.reason, ConditionReason::ProvisionFailed);
             assert_eq!(stalled.message, format!("quota exceeded (attempt {attempt}, still retrying)"));
             assert!(s.operation.is_some(), "the claim is kept while retrying");
         }
@@ -815,15 +810,16 @@ fn step_failed_with_no_threshold_stalls_at_once() {
         true,
         Some(status(Some("b"), None, Some(operation(Switch, Step::OldStopped, Some("a"), Some("b"))), Vec::new())),
     );
-    let s = step_failed(&ws, cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist", 0, &now(), &now());
+    let s =
+        step_failed(&ws, ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist", 0, &now(), &now());
     assert_eq!(summary(&s), (false, false, true, Some(Phase::Failed)));
-    assert_eq!(cond_of(&s, cond::STALLED).reason, cond::PROVIDER_NOT_FOUND);
+    assert_eq!(cond_of(&s, cond::STALLED).reason, ConditionReason::ProviderNotFound);
     assert_eq!(op(&s).attempts, 1);
 }
 
 #[test]
 fn at_rest_reads_what_is_there() {
-    let stall = Stall::new(cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist");
+    let stall = Stall::new(ConditionReason::ProviderNotFound, "ComputeProvider \"b\" does not exist");
     let n = now();
     // Running.
     let running = workspace("a", true, Some(status(Some("a"), Some("a"), None, Vec::new())));
@@ -839,7 +835,7 @@ fn at_rest_reads_what_is_there() {
     let stalled = cond_of(&s, cond::STALLED);
     assert_eq!(
         (stalled.reason.as_str(), stalled.message.as_str()),
-        (cond::PROVIDER_NOT_FOUND, "ComputeProvider \"b\" does not exist")
+        (ConditionReason::ProviderNotFound.as_str(), "ComputeProvider \"b\" does not exist")
     );
     // Stopped, spec now naming b: without compute, the placement is the desired one.
     let stopped = workspace("b", false, Some(status(Some("a"), None, None, Vec::new())));

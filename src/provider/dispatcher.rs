@@ -8,7 +8,7 @@ use super::http::HttpDrivers;
 use super::kubernetes::{KubernetesDriver, Targets as KubernetesTargets};
 use super::simulated::{Clouds, SimulatedDriver};
 use super::{CallContext, Driver, DriverError, InstanceInfo, InstancePage};
-use crate::api::{ComputeProvider, Driver as DriverKind, WorkspaceTemplate};
+use crate::api::{ComputeProvider, DriverKind, WorkspaceTemplate};
 use crate::telemetry::{CallLabels, Metrics};
 
 /// Why a compute call could not be made or failed.

@@ -34,6 +34,22 @@ pub struct CallContext {
     pub cluster: String,
 }
 
+impl CallContext {
+    /// A call about workspace `ws-<uid>` in `default`, under operation `op-<epoch>` at `epoch`,
+    /// by `caller` for `cluster`: the calls tests and tools make without a controller.
+    pub fn sample(uid: &str, epoch: i64, caller: &str, cluster: &str) -> Self {
+        Self {
+            namespace: "default".into(),
+            name: format!("ws-{uid}"),
+            workspace_uid: uid.into(),
+            epoch,
+            caller: caller.into(),
+            operation_id: format!("op-{epoch}"),
+            cluster: cluster.into(),
+        }
+    }
+}
+
 /// Whether an instance is consuming compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum InstanceState {
@@ -138,11 +154,8 @@ pub trait Driver: Send + Sync {
     }
 }
 
-/// The provision key of an operation: derived from the workspace and the claim, so a retried
-/// or resumed provision returns the same instance instead of creating a second one.
-pub fn provision_key(workspace_uid: &str, operation_id: &str) -> String {
-    format!("{workspace_uid}.{operation_id}")
-}
+/// Drivers receive keys made by this (see `Workspace::in_flight_key`).
+pub use crate::api::provision_key;
 
 /// Binds a provider credential to the ComputeProviders that may use it: a comma-separated list
 /// of their names. A Secret without it may serve any ComputeProvider that names it.

@@ -13,7 +13,6 @@ use switchyard::api::Workspace;
 use tokio::task::JoinHandle;
 
 use super::checks::{Claim, Observed};
-use crate::support::fixtures::kstatus_breach;
 
 /// A running watch; dropping it stops the watch.
 pub struct Recorder {
@@ -32,7 +31,7 @@ pub fn observe(ws: &Workspace, at: SystemTime) -> Observed {
         generation: ws.metadata.generation,
         epoch: status.epoch,
         operation: status.operation.map(|o| Claim { id: o.id, holder: o.holder, epoch: o.epoch }),
-        breach: kstatus_breach(ws),
+        breach: ws.kstatus_breach(),
     }
 }
 

@@ -20,9 +20,10 @@ use serde_json::json;
 use stateright::{Model, Property};
 use switchyard::api::conditions as cond;
 use switchyard::api::{FINALIZER, Instance, OperationKind, Workspace, WorkspaceStatus};
-use switchyard::controller::decide::{Facts, Next, ProviderState, backoff, decide};
+use switchyard::controller::decide::{Facts, Next, ProviderState, decide};
 use switchyard::controller::status;
 use switchyard::provider::provision_key;
+use switchyard::runtime::Backoff;
 
 /// The one workspace's uid.
 pub const UID: &str = "uid-1";
@@ -32,8 +33,8 @@ pub const PROVIDERS: [&str; 3] = ["a", "b", "c"];
 const LEASE: Duration = Duration::from_secs(60);
 pub const TICK_SECS: i64 = 30;
 /// Backoff of a failed step (provision, fence) and of a stop past its budget: one tick, capped.
-const STEP_BACKOFF: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(120));
-const STOP_RETRY: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(120));
+const STEP_BACKOFF: Backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(120));
+const STOP_RETRY: Backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(120));
 /// Attempts of a step before it reads Stalled (the controller's default).
 const STALL_AFTER: i32 = 3;
 /// Re-applications of a write under our claim after conflicts (writes.rs).
@@ -872,14 +873,14 @@ impl SwitchModel {
         st: &mut State,
         c: usize,
         obj: &Arc<Obj>,
-        reason: &'static str,
+        reason: cond::ConditionReason,
         error: &str,
         stall_after: i32,
         at: u8,
         log: &mut Log,
     ) {
         let attempts = obj.op().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
-        let delay = backoff(attempts, STEP_BACKOFF);
+        let delay = STEP_BACKOFF.delay(u32::try_from(attempts).unwrap_or(0));
         let retry_at = Time(ts(at) + SignedDuration::try_from(delay).unwrap_or_default());
         let now = time(at);
         self.held_write(st, c, obj, |w| status::step_failed(w, reason, error, stall_after, &retry_at, &now), log);
@@ -931,7 +932,7 @@ impl SwitchModel {
                 }
                 _ => {
                     let msg = "cannot fence a provider a superseded operation could still call";
-                    self.step_failed(st, c, &ws, cond::FENCE_FAILED, msg, STALL_AFTER, at, log)
+                    self.step_failed(st, c, &ws, cond::ConditionReason::FenceFailed, msg, STALL_AFTER, at, log)
                 }
             },
             Job::Stop { ws, instance, attempt } => {
@@ -973,7 +974,7 @@ impl SwitchModel {
                     }
                     Reply::Failed(e) => {
                         let n = st.ctrls[c].stop_failures.map(|(n, _)| n + 1).unwrap_or(1);
-                        let delay = backoff(i32::from(n), STOP_RETRY);
+                        let delay = STOP_RETRY.delay(u32::from(n));
                         st.ctrls[c].stop_failures = Some((n, ticks_after(st.time, delay)));
                         self.held_write(st, c, &ws, |w| status::stop_failed(w, e, &after), log);
                         Self::idle(st, c);
@@ -988,9 +989,11 @@ impl SwitchModel {
                 }
                 Reply::Ok(_) => {
                     let error = format!("instance under key {key} is not running");
-                    self.step_failed(st, c, &ws, cond::PROVISION_FAILED, &error, STALL_AFTER, at, log)
+                    self.step_failed(st, c, &ws, cond::ConditionReason::ProvisionFailed, &error, STALL_AFTER, at, log)
                 }
-                Reply::Failed(e) => self.step_failed(st, c, &ws, cond::PROVISION_FAILED, e, STALL_AFTER, at, log),
+                Reply::Failed(e) => {
+                    self.step_failed(st, c, &ws, cond::ConditionReason::ProvisionFailed, e, STALL_AFTER, at, log)
+                }
                 Reply::Stale => {}
             },
             Job::ReleaseLookup { ws, provider, then } => match reply {

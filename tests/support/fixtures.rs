@@ -14,9 +14,10 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, Workspace, WorkspaceStatus};
-use switchyard::controller::{self, FailPoints, Handles, Settings};
+use switchyard::controller::{self, FailPoint, FailPoints, Handles, Settings};
 use switchyard::provider::Dispatcher;
 use switchyard::provider::simulated::{Clouds, LedgerEntry, check_ledger, check_live};
+use switchyard::runtime::Backoff;
 use switchyard::telemetry::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -30,6 +31,14 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Creates a simulated ComputeProvider.
+/// Two simulated providers with unique names (`a-…`, `b-…`), 5 ms per provision and stop.
+pub async fn simulated_pair(client: &Client) -> (String, String) {
+    let (a, b) = (unique("a"), unique("b"));
+    simulated_provider(client, &a, 5, 5).await;
+    simulated_provider(client, &b, 5, 5).await;
+    (a, b)
+}
+
 pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, stop_ms: u64) {
     let p: ComputeProvider = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
@@ -40,13 +49,9 @@ pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, 
     Api::<ComputeProvider>::all(client.clone()).create(&PostParams::default(), &p).await.expect("create provider");
 }
 
+/// A running workspace `name` on `provider`, with the tests' template.
 pub fn workspace(name: &str, provider: &str) -> Workspace {
-    serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
-        "metadata": {"name": name},
-        "spec": {"provider": provider, "template": {"image": "busybox", "size": "small"}}
-    }))
-    .expect("workspace")
+    Workspace::builder(name, provider).busybox().build()
 }
 
 /// Test-speed settings: short lease and backoffs, one namespace.
@@ -54,10 +59,10 @@ pub fn settings(identity: &str, namespace: &str) -> Settings {
     let mut s = Settings::new(identity);
     s.namespace = Some(namespace.to_string());
     s.claim_lease = Duration::from_secs(2);
-    s.provision_backoff = (Duration::from_millis(100), Duration::from_millis(800));
+    s.provision_backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
     s.stop_attempts = 2;
     s.stop_backoff = Duration::from_millis(50);
-    s.stop_retry = (Duration::from_millis(300), Duration::from_secs(1));
+    s.stop_retry = Backoff::new(Duration::from_millis(300), Duration::from_secs(1));
     // Off, so that a leak shows in the ledger checks instead of being collected; the
     // inventory's own tests turn it on.
     s.inventory_interval = None;
@@ -80,6 +85,13 @@ impl Instance {
 
     pub fn start_with(client: &Client, settings: Settings, clouds: &Clouds, failpoints: FailPoints) -> Self {
         Self::start_with_handles(client, settings, clouds, Handles { failpoints, ..Handles::default() })
+    }
+
+    /// An instance whose reconciles freeze when they reach `point`.
+    pub fn start_frozen_at(client: &Client, settings: Settings, clouds: &Clouds, point: FailPoint) -> Self {
+        let failpoints = FailPoints::default();
+        failpoints.arm(point);
+        Self::start_with(client, settings, clouds, failpoints)
     }
 
     pub fn start_with_handles(client: &Client, settings: Settings, clouds: &Clouds, handles: Handles) -> Self {
@@ -134,19 +146,10 @@ pub fn status(ws: &Workspace) -> WorkspaceStatus {
     ws.status.clone().unwrap_or_default()
 }
 
-pub fn is_ready_on(ws: &Workspace, provider: &str) -> bool {
-    let s = status(ws);
-    s.operation.is_none()
-        && s.active_provider.as_deref() == Some(provider)
-        && s.instance.as_ref().is_some_and(|i| i.provider == provider)
-        && cond::is_true(&s.conditions, cond::READY)
-        && s.observed_generation == ws.metadata.generation
-}
-
 /// Waits until `name` is Ready, with its compute on `provider`.
 pub async fn wait_ready_on(api: &Api<Workspace>, name: &str, provider: &str, timeout: Duration) -> Workspace {
     eventually(&format!("{name} ready on {provider}"), timeout, || async {
-        api.get(name).await.ok().filter(|ws| is_ready_on(ws, provider))
+        api.get(name).await.ok().filter(|ws| ws.settled_on(provider))
     })
     .await
 }
@@ -167,15 +170,11 @@ pub async fn wait_for(
 pub async fn wait_all_converged(api: &Api<Workspace>, names: &[String], timeout: Duration) {
     eventually("all workspaces converged", timeout, || async {
         let list = api.list(&Default::default()).await.ok()?;
-        let converged =
-            list.items.iter().filter(|ws| names.contains(&ws.metadata.name.clone().unwrap_or_default())).all(|ws| {
-                let s = status(ws);
-                s.operation.is_none()
-                    && s.active_provider.as_deref() == Some(ws.spec.provider.as_str())
-                    && s.instance.is_some() == ws.spec.running
-                    && cond::is_true(&s.conditions, cond::READY)
-                    && s.observed_generation == ws.metadata.generation
-            });
+        let converged = list
+            .items
+            .iter()
+            .filter(|ws| names.contains(&ws.metadata.name.clone().unwrap_or_default()))
+            .all(|ws| ws.settled_on(&ws.spec.provider));
         (converged && list.items.len() >= names.len()).then_some(())
     })
     .await
@@ -210,34 +209,6 @@ pub fn ledger_of(clouds: &Clouds, uid: &str) -> Vec<LedgerEntry> {
     clouds.ledger().into_iter().filter(|e| e.workspace_uid == uid).collect()
 }
 
-/// DESIGN.md §3.7 for one observed status; the description of the breach, if any.
-pub fn kstatus_breach(ws: &Workspace) -> Option<String> {
-    let s = ws.status.as_ref()?;
-    if s.conditions.is_empty() && s.phase.is_none() {
-        return None; // never written by the controller yet
-    }
-    let ready = cond::get(&s.conditions, cond::READY);
-    let reconciling = cond::is_true(&s.conditions, cond::RECONCILING);
-    let stalled = cond::is_true(&s.conditions, cond::STALLED);
-    let name = ws.name_any();
-    let Some(ready) = ready else {
-        return Some(format!("{name}: Ready missing"));
-    };
-    if (reconciling || stalled) && ready.status != "False" {
-        return Some(format!("{name}: Ready={} while Reconciling={reconciling} Stalled={stalled}", ready.status));
-    }
-    if reconciling && stalled {
-        return Some(format!("{name}: Reconciling and Stalled both True"));
-    }
-    if s.observed_generation > ws.metadata.generation {
-        return Some(format!(
-            "{name}: observedGeneration {:?} > generation {:?}",
-            s.observed_generation, ws.metadata.generation
-        ));
-    }
-    None
-}
-
 /// Watches every workspace in a namespace and records each version seen; checks §3.7 on each.
 pub struct StatusWatch {
     task: JoinHandle<Seen>,
@@ -267,7 +238,7 @@ impl StatusWatch {
                     ev = stream.next() => match ev {
                         Some(Ok(watcher::Event::Apply(ws))) | Some(Ok(watcher::Event::InitApply(ws))) => {
                             versions += 1;
-                            if let Some(b) = kstatus_breach(&ws) { breaches.push(b); }
+                            if let Some(b) = ws.kstatus_breach() { breaches.push(b); }
                             if let Some(op) = status(&ws).operation {
                                 let seen = claims.entry(ws.uid().unwrap_or_default()).or_default();
                                 if !seen.contains(&(op.holder.clone(), op.epoch)) { seen.push((op.holder, op.epoch)); }

@@ -6,8 +6,8 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchyard::api::{ComputeProvider, SecretKeyRef, Workspace};
-use switchyard::provider::http::{ProviderSimOptions, ProviderSimProcess};
 use switchyard::provider::simulated::{LedgerEntry, LiveInstance, check_ledger, check_live_instances, merge_ledgers};
+use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess};
 
 use super::fixtures::named_instances;
 
@@ -118,4 +118,39 @@ pub async fn assert_sim_invariants(api: &Api<Workspace>, sims: &[&Sim]) -> Vec<L
     violations.extend(check_live_instances(&live_instances(sims).await, &named).iter().map(|v| v.to_string()));
     assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
     ledger
+}
+
+/// One HTTP/1.1 request as a fake provider saw it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The request line, e.g. `POST /v1/instances HTTP/1.1`.
+    pub line: String,
+    pub authorization: Option<String>,
+}
+
+/// Reads one request (headers and a content-length body) off `stream`; None once it closes.
+pub async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Request> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let header = |name: &str| {
+            text[..end].lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let length = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            let line = text.lines().next().unwrap_or_default().to_owned();
+            return Some(Request { line, authorization: header("authorization") });
+        }
+    }
 }

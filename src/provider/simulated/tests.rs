@@ -12,15 +12,7 @@ fn ctx(epoch: i64) -> CallContext {
 }
 
 fn ctx_for(uid: &str, epoch: i64) -> CallContext {
-    CallContext {
-        namespace: "default".into(),
-        name: format!("ws-{uid}"),
-        workspace_uid: uid.into(),
-        epoch,
-        caller: "ctrl-a".into(),
-        operation_id: format!("op-{epoch}"),
-        cluster: "c1".into(),
-    }
+    CallContext::sample(uid, epoch, "ctrl-a", "c1")
 }
 
 fn driver(clouds: &Clouds, provider: &str) -> SimulatedDriver {

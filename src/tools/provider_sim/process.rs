@@ -11,9 +11,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::debug;
 
-use super::client::{BearerToken, Endpoint};
-use super::driver::{HttpDriver, TokenSource};
 use crate::api::{HttpSettings, SecretKeyRef};
+use crate::provider::http::client::{BearerToken, Endpoint};
+use crate::provider::http::driver::{HttpDriver, TokenSource};
 use crate::provider::simulated::{Faults, Instance, LedgerEntry, LiveInstance};
 use crate::provider::{DriverError, InstanceState};
 
@@ -184,9 +184,9 @@ impl ProviderSimProcess {
     /// SIGTERM, then waits for the exit.
     pub async fn terminate(&mut self) -> Result<(), SimProcessError> {
         if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) on our own child's pid; it has not been reaped, so the pid is ours.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+            // Our own child, not yet reaped (we hold it), so the pid cannot name another process.
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
             child.wait().await.map_err(|source| self.io("wait for exit", source))?;
         }

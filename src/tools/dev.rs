@@ -15,8 +15,8 @@ use kube::{Client, Config, ResourceExt};
 
 use crate::api::{ComputeProvider, SecretKeyRef};
 use crate::provider::Dispatcher;
-use crate::provider::http::{ProviderSimOptions, ProviderSimProcess};
 use crate::provider::simulated::Clouds;
+use crate::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -271,7 +271,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         stopped(stop_rx.clone()),
     ));
     let dispatcher = Dispatcher::new(Clouds::new()).with_client(client.clone());
-    let settings = crate::controller::Settings::new(crate::cli::default_identity());
+    let settings = crate::controller::Settings::new(crate::runtime::default_identity());
     let controller =
         tokio::spawn(crate::controller::run(client.clone(), settings, dispatcher, handles, stopped(stop_rx.clone())));
 
@@ -318,7 +318,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         aws_ledger = ledger(&clouds[0]),
         exe = exe.display(),
     );
-    crate::cli::shutdown_signal().await;
+    crate::runtime::shutdown_signal().await;
     eprintln!("stopping the controller, the provider-sims and the cluster");
     stop_tx.send_replace(true);
     let _ = controller.await;

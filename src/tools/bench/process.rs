@@ -127,10 +127,10 @@ impl ControllerProcess {
 
     /// SIGTERM (a graceful stop, so the log ends cleanly), then SIGKILL after a grace period.
     pub async fn stop(mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
-            // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
-            // not yet reaped (we hold its Child), so it cannot name another process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        // The pid is our own child, not yet reaped (we hold its Child), so it cannot name
+        // another process.
+        if let Some(pid) = i32::try_from(self.pid).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         if tokio::time::timeout(STOP_GRACE, self.child.wait()).await.is_err() {
             warn!(pid = self.pid, "controller did not stop on SIGTERM; killing it");
@@ -203,8 +203,7 @@ pub fn cpu_seconds(pid: Option<u32>) -> Result<f64, BenchError> {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = rustix::param::clock_ticks_per_second();
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 

@@ -24,14 +24,14 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::client::BearerToken;
 use super::journal::{Journal, JournalError};
-use super::wire::{
+use crate::api::SimulatedSettings;
+use crate::provider::http::client::BearerToken;
+use crate::provider::http::wire::{
     CALLER_HEADER, CLUSTER_HEADER, CreateInstance, DEFAULT_PAGE_LIMIT, EPOCH_HEADER, ErrorBody, ErrorCode, Fence,
     Health, Instance, InstanceList, InventoryPage, OPERATION_HEADER, RaiseFence, StopInstance, Stopped, VERSION,
     valid_key,
 };
-use crate::api::SimulatedSettings;
 use crate::provider::simulated::{self, Answer, Cloud, Clouds, Faults, LedgerEntry};
 use crate::provider::{CallContext, DriverError, InstanceState, PAGE_TOKEN_MAX};
 
@@ -51,10 +51,10 @@ pub struct SimArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Latency of each create (e.g. 200ms).
-    #[arg(long, default_value = "0ms", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "0ms", value_parser = crate::runtime::parse_duration)]
     pub provision_latency: Duration,
     /// Latency of each stop.
-    #[arg(long, default_value = "0ms", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "0ms", value_parser = crate::runtime::parse_duration)]
     pub stop_latency: Duration,
     /// PEM certificate chain: serve https instead of http.
     #[arg(long, requires = "tls_key_file")]

@@ -25,6 +25,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::api::conditions::{EventAction, EventReason};
+
 /// Events waiting to be published before new ones are dropped: a few times client-go's 1000,
 /// so that a burst of thousands of switches loses few, and bounded, because a full queue is
 /// the controller's largest transient allocation (some 500 bytes a note).
@@ -42,8 +44,8 @@ const CONTROLLER: &str = "switchyard.dev/controller";
 #[derive(Clone, Debug)]
 pub struct Note {
     pub type_: EventType,
-    pub reason: &'static str,
-    pub action: &'static str,
+    pub reason: EventReason,
+    pub action: EventAction,
     pub note: String,
     pub regarding: ObjectReference,
     /// When it happened (not when it is published).
@@ -87,7 +89,7 @@ impl Key {
     fn of(note: &Note) -> Self {
         let uid = note.regarding.uid.as_deref().unwrap_or_default();
         let published = published_note(&note.note);
-        let parts = (uid, type_name(note.type_), note.reason, note.action, published.as_str());
+        let parts = (uid, type_name(note.type_), note.reason.as_str(), note.action.as_str(), published.as_str());
         let hash = |seed: u8| {
             let mut h = std::hash::DefaultHasher::new();
             (seed, parts).hash(&mut h);
@@ -191,8 +193,8 @@ fn object_name(note: &Note) -> &str {
 /// The Event for `note`, without its name (`Repeats::record` names it).
 fn new_event(note: &Note, instance: &str) -> Event {
     Event {
-        action: Some(note.action.to_string()),
-        reason: Some(note.reason.to_string()),
+        action: Some(note.action.as_str().to_string()),
+        reason: Some(note.reason.as_str().to_string()),
         note: Some(published_note(&note.note)),
         event_time: Some(MicroTime(note.at)),
         regarding: Some(note.regarding.clone()),
@@ -250,11 +252,11 @@ fn claim_time(id: &str) -> Option<Timestamp> {
 mod tests {
     use super::*;
 
-    fn note(reason: &'static str, at: Timestamp) -> Note {
+    fn note(reason: EventReason, at: Timestamp) -> Note {
         Note {
             type_: EventType::Normal,
             reason,
-            action: "Switch",
+            action: EventAction::Provision,
             note: "n".into(),
             regarding: ObjectReference {
                 namespace: Some("ns".into()),
@@ -270,16 +272,16 @@ mod tests {
     fn a_repeat_within_the_window_updates_the_first_event() {
         let mut r = Repeats::default();
         let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
-        let (first, repeat) = r.record(&note("Claimed", t0), "me");
+        let (first, repeat) = r.record(&note(EventReason::SwitchCompleted, t0), "me");
         assert!(!repeat);
         assert!(first.series.is_none());
         let t1 = t0 + SignedDuration::from_mins(5);
-        let (second, repeat) = r.record(&note("Claimed", t1), "me");
+        let (second, repeat) = r.record(&note(EventReason::SwitchCompleted, t1), "me");
         assert!(repeat);
         assert_eq!(second.metadata.name, first.metadata.name);
         assert_eq!(second.series.as_ref().map(|s| s.count), Some(2));
         // Another reason is another Event.
-        let (other, repeat) = r.record(&note("TookOver", t1), "me");
+        let (other, repeat) = r.record(&note(EventReason::TookOver, t1), "me");
         assert!(!repeat);
         assert_ne!(other.metadata.name, first.metadata.name);
     }
@@ -288,13 +290,13 @@ mod tests {
     fn a_repeat_after_the_window_is_a_new_event_and_old_entries_are_pruned() {
         let mut r = Repeats::default();
         let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
-        let (first, _) = r.record(&note("Claimed", t0), "me");
+        let (first, _) = r.record(&note(EventReason::SwitchCompleted, t0), "me");
         let late = t0 + SERIES_WINDOW + SignedDuration::from_secs(1);
-        let (again, repeat) = r.record(&note("Claimed", late), "me");
+        let (again, repeat) = r.record(&note(EventReason::SwitchCompleted, late), "me");
         assert!(!repeat);
         assert_ne!(again.metadata.name, first.metadata.name);
         let much_later = late + SERIES_WINDOW + PRUNE_EVERY + SignedDuration::from_secs(1);
-        r.record(&note("Other", much_later), "me");
+        r.record(&note(EventReason::Provisioned, much_later), "me");
         assert_eq!(r.seen.len(), 1, "entries older than the window are pruned");
     }
 
@@ -302,12 +304,14 @@ mod tests {
     fn a_full_queue_drops_and_counts_without_waiting() {
         let (tx, mut rx) = mpsc::channel(2);
         let events = Events { tx, dropped: Counter::default() };
-        for reason in ["A", "B", "C", "D"] {
+        let reasons =
+            [EventReason::Provisioned, EventReason::TookOver, EventReason::Retargeted, EventReason::SwitchAborted];
+        for reason in reasons {
             events.publish(note(reason, Timestamp::UNIX_EPOCH));
         }
         assert_eq!(events.dropped.get(), 2);
-        let queued: Vec<&str> = std::iter::from_fn(|| rx.try_recv().ok()).map(|n| n.reason).collect();
-        assert_eq!(queued, ["A", "B"], "the first ones stay, in order");
+        let queued: Vec<EventReason> = std::iter::from_fn(|| rx.try_recv().ok()).map(|n| n.reason).collect();
+        assert_eq!(queued, reasons[..2], "the first ones stay, in order");
     }
 
     #[test]
@@ -329,7 +333,7 @@ mod tests {
 
     #[test]
     fn long_notes_are_cut_to_the_api_limit() {
-        let mut n = note("Claimed", Timestamp::UNIX_EPOCH);
+        let mut n = note(EventReason::SwitchCompleted, Timestamp::UNIX_EPOCH);
         n.note = "x".repeat(5000);
         assert_eq!(new_event(&n, "me").note.map(|s| s.len()), Some(1024));
     }
@@ -338,7 +342,7 @@ mod tests {
     fn different_notes_are_different_events_and_identical_ones_a_series() {
         let mut r = Repeats::default();
         let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
-        let with = |text: &str, at: Timestamp| Note { note: text.into(), ..note("SwitchCompleted", at) };
+        let with = |text: &str, at: Timestamp| Note { note: text.into(), ..note(EventReason::SwitchCompleted, at) };
         let (first, _) = r.record(&with("from aws to gcp: i-gcp-1", t0), "me");
         let t1 = t0 + SignedDuration::from_secs(10);
         let (back, repeat) = r.record(&with("from gcp to aws: i-aws-2", t1), "me");

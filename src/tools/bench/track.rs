@@ -131,7 +131,7 @@ fn observe(st: &mut State, ws: &Workspace) {
             m.old_stopped.get_or_insert(now);
         }
     }
-    if super::is_ready_on(ws, &target) {
+    if ws.settled_on(&target) {
         m.ready = Some(now);
         st.ready += 1;
         st.ready_tx.send_replace(st.ready);

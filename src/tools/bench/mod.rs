@@ -27,7 +27,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::{ComputeProvider, OperationKind, Workspace};
-use crate::dev::{self, DevError, LocalControlPlane};
+use crate::tools::dev::{self, DevError, LocalControlPlane};
 use process::{ControllerProcess, CpuSample};
 pub use report::Report;
 use report::{ControllerUsage, PhaseReport, ProfileReport};
@@ -136,7 +136,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32, 64, 128])]
     pub ceiling_concurrency: Vec<usize>,
     /// Give up on a phase (all created Ready, all switched Ready, one ceiling level) after this long.
-    #[arg(long, default_value = "30m", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = crate::runtime::parse_duration)]
     pub phase_timeout: Duration,
     /// RUST_LOG of the controller process (its log goes to OUT/controller-PROFILE.log).
     #[arg(long, default_value = "info,kube=warn")]
@@ -263,7 +263,7 @@ async fn run_profile(env: &Env<'_>, profile: Profile) -> Result<ProfileReport, B
     let start = process::memory(controller.pid)?;
 
     let names: Vec<String> = (0..n).map(|i| format!("ws-{i:05}")).collect();
-    let template = workspace(&from)?;
+    let template = Workspace::builder("template", &from).busybox().build();
     let create = {
         let api = api.clone();
         let spec = Phase { kind: OperationKind::Provision, target: &from, bound: bound(env, provision_ms) };
@@ -404,25 +404,6 @@ async fn create_provider(client: &Client, name: &str, provision_ms: u64, stop_ms
         .await
         .doing(|| format!("create ComputeProvider {name}"))?;
     Ok(())
-}
-
-/// The workspace every bench run creates (its name is set per copy).
-fn workspace(provider: &str) -> Result<Workspace, BenchError> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1", "kind": "Workspace",
-        "metadata": {"name": "template"},
-        "spec": {"provider": provider, "template": {"image": "busybox", "size": "small"}}
-    }))?)
-}
-
-/// True when `ws` is at rest on `provider`: compute there, no operation, Ready for its generation.
-pub fn is_ready_on(ws: &Workspace, provider: &str) -> bool {
-    let Some(s) = ws.status.as_ref() else { return false };
-    s.operation.is_none()
-        && s.active_provider.as_deref() == Some(provider)
-        && s.instance.as_ref().is_some_and(|i| i.provider == provider)
-        && crate::api::conditions::is_true(&s.conditions, crate::api::conditions::READY)
-        && s.observed_generation == ws.metadata.generation
 }
 
 fn read_text(path: &Path) -> Result<String, BenchError> {

@@ -1,5 +1,6 @@
-//! ComputeProvider health: probe each provider through its driver and keep `Ready` on its
-//! status current, so workspaces that name an unhealthy provider stall instead of calling it.
+//! The ComputeProvider reconciler: probes each provider's health through its driver and keeps
+//! `Ready` on its status current, so workspaces that name an unhealthy provider stall instead
+//! of calling it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::conditions as cond;
+use crate::api::conditions::{self as cond, ConditionReason};
 use crate::api::{ComputeProvider, ComputeProviderStatus};
 use crate::provider::{DispatchError, Dispatcher, DriverError};
 
@@ -67,33 +68,33 @@ pub async fn probe(
 
 /// The verdict on a provider whose deletion has begun (`deletionTimestamp` set, finalizers
 /// pending): not Ready, so workspaces are not placed there while it goes away.
-pub fn deleting(provider: &ComputeProvider) -> Option<(bool, &'static str, String)> {
+pub fn deleting(provider: &ComputeProvider) -> Option<(bool, ConditionReason, String)> {
     let since = provider.metadata.deletion_timestamp.as_ref()?;
     let message = format!(
         "ComputeProvider {} is being deleted (since {}): it takes no new workspaces; choose another provider",
         provider.name_any(),
         since.0
     );
-    Some((false, cond::PROVIDER_DELETING, message))
+    Some((false, ConditionReason::ProviderDeleting, message))
 }
 
 /// The Ready condition a probe result means: (ready, reason, message).
-pub fn readiness(result: &Result<(), DispatchError>) -> (bool, &'static str, String) {
+pub fn readiness(result: &Result<(), DispatchError>) -> (bool, ConditionReason, String) {
     match result {
-        Ok(()) => (true, cond::HEALTHY, "health probe succeeded".to_string()),
+        Ok(()) => (true, ConditionReason::Healthy, "health probe succeeded".to_string()),
         // A misconfiguration (missing Secret, unsupported driver, refused credentials) will
         // not heal by retrying; everything else might.
         Err(
             e @ (DispatchError::Unsupported { .. } | DispatchError::Driver { source: DriverError::Rejected(_), .. }),
-        ) => (false, cond::PROVIDER_MISCONFIGURED, e.to_string()),
-        Err(e) => (false, cond::UNHEALTHY, e.to_string()),
+        ) => (false, ConditionReason::ProviderMisconfigured, e.to_string()),
+        Err(e) => (false, ConditionReason::Unhealthy, e.to_string()),
     }
 }
 
 async fn write_health(
     api: &Api<ComputeProvider>,
     provider: &ComputeProvider,
-    (ready, reason, message): (bool, &'static str, String),
+    (ready, reason, message): (bool, ConditionReason, String),
 ) -> kube::Result<()> {
     let mut status = provider.status.clone().unwrap_or_default();
     let before = status.clone();
@@ -104,7 +105,7 @@ async fn write_health(
     if same(&before, &status) {
         return Ok(());
     }
-    info!(provider = %provider.name_any(), ready, reason, %message, "provider health changed");
+    info!(provider = %provider.name_any(), ready, %reason, %message, "provider health changed");
     let patch = json!({"status": status});
     api.patch_status(&provider.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
@@ -122,7 +123,7 @@ fn same(a: &ComputeProviderStatus, b: &ComputeProviderStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Driver;
+    use crate::api::DriverKind;
 
     #[test]
     fn readiness_separates_misconfiguration_from_outages() {
@@ -132,19 +133,19 @@ mod tests {
         });
         let (ready, reason, message) = readiness(&rejected);
         assert!(!ready);
-        assert_eq!(reason, cond::PROVIDER_MISCONFIGURED);
+        assert_eq!(reason, ConditionReason::ProviderMisconfigured);
         assert!(message.contains("secret default/token not found"));
 
-        let unsupported = Err(DispatchError::Unsupported { provider: "p".into(), driver: Driver::Http });
-        assert_eq!(readiness(&unsupported).1, cond::PROVIDER_MISCONFIGURED);
+        let unsupported = Err(DispatchError::Unsupported { provider: "p".into(), driver: DriverKind::Http });
+        assert_eq!(readiness(&unsupported).1, ConditionReason::ProviderMisconfigured);
 
         let down =
             Err(DispatchError::Driver { provider: "p".into(), source: DriverError::Transient("refused".into()) });
-        assert_eq!(readiness(&down).1, cond::UNHEALTHY);
+        assert_eq!(readiness(&down).1, ConditionReason::Unhealthy);
         let slow = Err(DispatchError::Timeout { provider: "p".into(), after: Duration::from_secs(3) });
-        assert_eq!(readiness(&slow).1, cond::UNHEALTHY);
+        assert_eq!(readiness(&slow).1, ConditionReason::Unhealthy);
 
-        assert_eq!(readiness(&Ok(())), (true, cond::HEALTHY, "health probe succeeded".to_string()));
+        assert_eq!(readiness(&Ok(())), (true, ConditionReason::Healthy, "health probe succeeded".to_string()));
     }
 
     #[test]
@@ -159,7 +160,7 @@ mod tests {
         p.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         let (ready, reason, message) = deleting(&p).expect("deleting");
         assert!(!ready);
-        assert_eq!(reason, cond::PROVIDER_DELETING);
+        assert_eq!(reason, ConditionReason::ProviderDeleting);
         assert!(message.contains("east is being deleted") && message.contains("no new workspaces"), "{message}");
         assert_ne!(probe_key(&p), before, "a deletion begun is noticed without waiting out the probe period");
     }

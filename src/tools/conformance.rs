@@ -12,12 +12,12 @@ use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{BearerToken, Endpoint, EndpointError};
-use super::wire::{
+use crate::provider::InstanceState;
+use crate::provider::http::client::{BearerToken, Endpoint, EndpointError};
+use crate::provider::http::wire::{
     CALLER_HEADER, EPOCH_HEADER, ErrorBody, ErrorCode, Fence, Health, Instance, InstanceList, InventoryPage,
     OPERATION_HEADER, Stopped,
 };
-use crate::provider::InstanceState;
 
 /// Options of `switchyard provider-conformance`.
 #[derive(clap::Args, Debug, Clone)]
@@ -32,7 +32,7 @@ pub struct ConformanceArgs {
     #[arg(long)]
     pub ca_bundle_file: Option<PathBuf>,
     /// Bound of each request.
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::runtime::parse_duration)]
     pub timeout: Duration,
 }
 
