@@ -76,10 +76,10 @@ pub(super) struct Switched {
 
 /// What an outcome leads to.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Report {
+pub(super) struct Report<'a> {
     pub event: Option<Note>,
     pub counts: Vec<Count>,
-    pub log: Option<Log>,
+    pub log: Option<Log<'a>>,
 }
 
 /// An Event about the workspace.
@@ -104,15 +104,31 @@ pub(super) enum Count {
     FenceFailure(String),
 }
 
-/// A log line: its level and its text (the values it names are part of the text).
-#[derive(Clone, Debug, PartialEq)]
-pub(super) struct Log {
+/// A log line: its level, a fixed message, and the values it names as `tracing` fields (so
+/// JSON logs carry them as keys, and nothing is formatted for a line the filter drops).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Log<'a> {
     pub level: Level,
-    pub text: String,
+    pub message: &'static str,
+    pub operation: Option<&'a str>,
+    pub kind: Option<OperationKind>,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub epoch: Option<i64>,
+    pub previous: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub providers: Option<&'a [String]>,
+    pub instance: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub stopped: Option<&'a [String]>,
+    pub error: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) enum Level {
+    #[default]
     Info,
     Warn,
 }
@@ -125,23 +141,30 @@ fn warning(reason: EventReason, action: EventAction, text: String) -> Option<Not
     Some(Note { type_: EventType::Warning, reason, action, text })
 }
 
-fn log(level: Level, text: String) -> Option<Log> {
-    Some(Log { level, text })
+fn line(level: Level, message: &'static str) -> Log<'static> {
+    Log { level, message, ..Log::default() }
 }
 
 /// The Event, metrics and log line of `outcome`.
-pub(super) fn report(outcome: &Outcome) -> Report {
+pub(super) fn report(outcome: &Outcome) -> Report<'_> {
     use EventAction as A;
     use Level::{Info, Warn};
     let (event, counts, log) = match outcome {
         Outcome::Claimed { id, kind, from, to, epoch } => {
             // No Event: status (Reconciling, operation) shows a claim; Events record outcomes.
-            let text = format!("claimed operation={id} kind={kind:?} from={from:?} to={to:?} epoch={epoch}");
-            (None, vec![Count::ClaimsWon, Count::StatusWrites], log(Info, text))
+            let logged = Log {
+                operation: Some(id),
+                kind: Some(*kind),
+                from: from.as_deref(),
+                to: to.as_deref(),
+                epoch: Some(*epoch),
+                ..line(Info, "claimed")
+            };
+            (None, vec![Count::ClaimsWon, Count::StatusWrites], Some(logged))
         }
         Outcome::ClaimLost { kind } => {
-            let text = format!("claim lost to another writer: no further action kind={kind:?}");
-            (None, vec![Count::ClaimsLost], log(Info, text))
+            let logged = Log { kind: Some(*kind), ..line(Info, "claim lost to another writer: no further action") };
+            (None, vec![Count::ClaimsLost], Some(logged))
         }
         Outcome::TookOver { previous, epoch } => (
             normal(
@@ -150,27 +173,27 @@ pub(super) fn report(outcome: &Outcome) -> Report {
                 format!("claim of {previous} was stale; resumed under epoch {epoch}"),
             ),
             vec![Count::Takeovers, Count::StatusWrites],
-            log(Info, format!("took over a stale claim previous={previous} epoch={epoch}")),
+            Some(Log { previous: Some(previous), epoch: Some(*epoch), ..line(Info, "took over a stale claim") }),
         ),
         Outcome::TakeOverLost => (None, vec![Count::ClaimsLost], None),
         Outcome::Written => (None, vec![Count::StatusWrites], None),
         Outcome::OperationLost { operation } => {
-            let text = format!("operation taken over by another instance: no further action operation={operation}");
-            (None, vec![Count::ClaimsLost], log(Info, text))
+            let message = "operation taken over by another instance: no further action";
+            (None, vec![Count::ClaimsLost], Some(Log { operation: Some(operation), ..line(Info, message) }))
         }
         Outcome::FencedOff { error } => {
-            let text = format!("fenced off by the provider: another instance holds the workspace error={error}");
-            (None, vec![Count::ClaimsLost], log(Warn, text))
+            let message = "fenced off by the provider: another instance holds the workspace";
+            (None, vec![Count::ClaimsLost], Some(Log { error: Some(error), ..line(Warn, message) }))
         }
         Outcome::Fenced { providers } => (
             None,
             vec![],
-            log(Info, format!("fenced the providers of the superseded operation providers={providers:?}")),
+            Some(Log { providers: Some(providers), ..line(Info, "fenced the providers of the superseded operation") }),
         ),
         Outcome::FenceSkipped { provider, message } => (
             warning(EventReason::FenceSkipped, A::Fence, message.clone()),
             vec![Count::FenceSkipped(provider.clone())],
-            log(Warn, format!("fence skipped on request provider={provider}")),
+            Some(Log { provider: Some(provider), ..line(Warn, "fence skipped on request") }),
         ),
         Outcome::FenceFailed { provider, error, message, notify } => (
             if *notify {
@@ -179,7 +202,11 @@ pub(super) fn report(outcome: &Outcome) -> Report {
                 None
             },
             vec![Count::FenceFailure(provider.clone())],
-            log(Warn, format!("fence failed: the operation waits provider={provider} error={error}")),
+            Some(Log {
+                provider: Some(provider),
+                error: Some(error),
+                ..line(Warn, "fence failed: the operation waits")
+            }),
         ),
         Outcome::Held { stall } => {
             (warning(EventReason::Stalled(stall.reason), A::Hold, stall.message.clone()), vec![], None)
@@ -199,11 +226,12 @@ pub(super) fn report(outcome: &Outcome) -> Report {
             (normal(EventReason::SwitchAborted, A::Abort, text.to_string()), vec![switch], None)
         }
         Outcome::AlreadyStopped { instance } => {
-            let text = format!(
-                "the compute was already stopped (by a superseded holder): carrying on instance={} provider={}",
-                instance.id, instance.provider
-            );
-            (None, vec![], log(Warn, text))
+            let logged = Log {
+                instance: Some(&instance.id),
+                provider: Some(&instance.provider),
+                ..line(Warn, "the compute was already stopped (by a superseded holder): carrying on")
+            };
+            (None, vec![], Some(logged))
         }
         Outcome::Retargeted { target, released } => {
             let text = format!("target changed to {target} after the old compute stopped; released {released}");
@@ -221,7 +249,11 @@ pub(super) fn report(outcome: &Outcome) -> Report {
                 )
             },
             vec![],
-            log(Info, format!("old compute stopped instance={} provider={}", instance.id, instance.provider)),
+            Some(Log {
+                instance: Some(&instance.id),
+                provider: Some(&instance.provider),
+                ..line(Info, "old compute stopped")
+            }),
         ),
         Outcome::InstanceNotFound { instance, stopped } => (
             warning(
@@ -233,14 +265,16 @@ pub(super) fn report(outcome: &Outcome) -> Report {
                 ),
             ),
             vec![],
-            log(
-                Warn,
-                format!(
-                    "the provider knows no instance under the recorded key: stopped what it runs for this workspace \
-                     instance={} key={} provider={} stopped={stopped:?}",
-                    instance.id, instance.key, instance.provider
-                ),
-            ),
+            Some(Log {
+                instance: Some(&instance.id),
+                key: Some(&instance.key),
+                provider: Some(&instance.provider),
+                stopped: Some(stopped),
+                ..line(
+                    Warn,
+                    "the provider knows no instance under the recorded key: stopped what it runs for this workspace",
+                )
+            }),
         ),
         Outcome::StopFailed { switch, error, retry_in_secs } => {
             let counts = switch
@@ -256,7 +290,11 @@ pub(super) fn report(outcome: &Outcome) -> Report {
         }
         Outcome::Provisioned { instance, switched } => {
             let to = &instance.provider;
-            let logged = log(Info, format!("provisioned; operation finished instance={} provider={to}", instance.id));
+            let logged = Some(Log {
+                instance: Some(&instance.id),
+                provider: Some(to),
+                ..line(Info, "provisioned; operation finished")
+            });
             match switched {
                 Some(Switched { from, took }) => {
                     let mut counts =
@@ -283,34 +321,96 @@ pub(super) fn report(outcome: &Outcome) -> Report {
                 None
             },
             vec![],
-            log(Warn, format!("provision failed error={error}")),
+            Some(Log { error: Some(error), ..line(Warn, "provision failed") }),
         ),
         Outcome::Released { instance, provider } => {
-            let text =
-                format!("released compute created under the operation's key instance={instance} provider={provider}");
-            (None, vec![], log(Info, text))
+            let logged = Log {
+                instance: Some(instance),
+                provider: Some(provider),
+                ..line(Info, "released compute created under the operation's key")
+            };
+            (None, vec![], Some(logged))
         }
-        Outcome::ReleaseFailed { error } => {
-            (None, vec![], log(Warn, format!("releasing in-flight compute failed; will retry error={error}")))
-        }
-        Outcome::FinalizerRemoved => (None, vec![], log(Info, "compute released; finalizer removed".to_string())),
+        Outcome::ReleaseFailed { error } => (
+            None,
+            vec![],
+            Some(Log { error: Some(error), ..line(Warn, "releasing in-flight compute failed; will retry") }),
+        ),
+        Outcome::FinalizerRemoved => (None, vec![], Some(line(Info, "compute released; finalizer removed"))),
         Outcome::TooLarge { namespace, name, message } => (
             warning(EventReason::Stalled(ConditionReason::ObjectTooLarge), A::Write, message.clone()),
             vec![],
-            log(Warn, format!("workspace too large to write namespace={namespace} name={name}")),
+            Some(Log { namespace: Some(namespace), name: Some(name), ..line(Warn, "workspace too large to write") }),
         ),
     };
     Report { event, counts, log }
 }
 
+/// Writes a log line with its fields; a field without a value is left out.
+fn emit(log: &Log<'_>) {
+    use tracing::field::debug;
+    let Log {
+        level,
+        message,
+        operation,
+        kind,
+        from,
+        to,
+        epoch,
+        previous,
+        provider,
+        providers,
+        instance,
+        key,
+        stopped,
+        error,
+        namespace,
+        name,
+    } = log;
+    let (kind, providers, stopped) = (kind.as_ref().map(debug), providers.map(debug), stopped.map(debug));
+    match level {
+        Level::Info => info!(
+            operation,
+            kind,
+            from,
+            to,
+            epoch,
+            previous,
+            provider,
+            providers,
+            instance,
+            key,
+            stopped,
+            error,
+            namespace,
+            name,
+            "{message}"
+        ),
+        Level::Warn => warn!(
+            operation,
+            kind,
+            from,
+            to,
+            epoch,
+            previous,
+            provider,
+            providers,
+            instance,
+            key,
+            stopped,
+            error,
+            namespace,
+            name,
+            "{message}"
+        ),
+    }
+}
+
 /// Carries out what `outcome` leads to, about `ws`.
 pub(super) fn publish(ctx: &Context, ws: &Workspace, outcome: Outcome) {
     let Report { event: note, counts, log } = report(&outcome);
-    if let Some(Log { level, text }) = log {
-        match level {
-            Level::Info => info!("{text}"),
-            Level::Warn => warn!("{text}"),
-        }
+    if let Some(log) = log {
+        emit(&log);
     }
     for count in counts {
         let m = &ctx.metrics;
@@ -536,7 +636,8 @@ mod tests {
             Some(Level::Warn)
         );
         assert_eq!(level(&Outcome::Written), None);
-        let text = report(&Outcome::TookOver { previous: "ctrl-a".into(), epoch: 5 }).log.map(|l| l.text);
-        assert_eq!(text.as_deref(), Some("took over a stale claim previous=ctrl-a epoch=5"));
+        let took_over = Outcome::TookOver { previous: "ctrl-a".into(), epoch: 5 };
+        let log = report(&took_over).log.map(|l| (l.message, l.previous, l.epoch, l.error));
+        assert_eq!(log, Some(("took over a stale claim", Some("ctrl-a"), Some(5), None)));
     }
 }
