@@ -9,6 +9,7 @@ mod support;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -194,7 +195,8 @@ fn kstatus_agrees_with_the_health_check_on_its_test_cases() {
 /// Every version of every workspace in a namespace, in the order the API server sent them,
 /// including the last one a deletion event carries.
 struct Versions {
-    task: JoinHandle<Vec<Workspace>>,
+    task: JoinHandle<()>,
+    seen: Arc<Mutex<Vec<Workspace>>>,
     stop: oneshot::Sender<()>,
 }
 
@@ -203,9 +205,10 @@ impl Versions {
     async fn record(api: Api<Workspace>) -> Self {
         let (stop, mut stopped) = oneshot::channel::<()>();
         let (synced, is_synced) = oneshot::channel::<()>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
         let task = tokio::spawn(async move {
             let mut synced = Some(synced);
-            let mut seen = Vec::new();
             let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
             loop {
                 tokio::select! {
@@ -215,22 +218,34 @@ impl Versions {
                             if let Some(tx) = synced.take() { let _ = tx.send(()); }
                         }
                         Some(Ok(Event::Apply(ws) | Event::InitApply(ws) | Event::Delete(ws))) => {
-                            seen.push(ws);
+                            into.lock().unwrap_or_else(|e| e.into_inner()).push(ws);
                         }
                         Some(_) => {}
                         None => break,
                     }
                 }
             }
-            seen
         });
         tokio::time::timeout(CONVERGE, is_synced).await.expect("watch established").expect("watch task alive");
-        Self { task, stop }
+        Self { task, seen, stop }
     }
 
     async fn finish(self) -> Vec<Workspace> {
         let _ = self.stop.send(());
-        self.task.await.expect("version recorder")
+        self.task.await.expect("version recorder");
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Finishes once the watch has delivered `last` (read by another request, so the watch may
+    /// not have it yet): the recording then ends with it.
+    async fn finish_with(self, last: &Workspace) -> Vec<Workspace> {
+        let version = last.resource_version();
+        eventually("the recorder saw the last version", CONVERGE, || async {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.iter().any(|ws| ws.resource_version() == version).then_some(())
+        })
+        .await;
+        self.finish().await
     }
 }
 
@@ -464,8 +479,8 @@ async fn flux_fails_and_argo_degrades_a_stalled_workspace() {
     })
     .await;
     switch_with_kubectl(&ns, "lost", &a);
-    wait_ready_on(&api, "lost", &a, CONVERGE).await;
-    let readings = read_all(&versions.finish().await);
+    let ready = wait_ready_on(&api, "lost", &a, CONVERGE).await;
+    let readings = read_all(&versions.finish_with(&ready).await);
 
     let failed: Vec<&Reading> = readings.iter().filter(|r| r.flux.status == "Failed").collect();
     assert!(!failed.is_empty(), "kstatus never reported Failed");
