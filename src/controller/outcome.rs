@@ -368,41 +368,31 @@ fn emit(log: &Log<'_>) {
         name,
     } = log;
     let (kind, providers, stopped) = (kind.as_ref().map(debug), providers.map(debug), stopped.map(debug));
+    // One field list for both levels (a level is part of a callsite, so it cannot be a value).
+    macro_rules! at {
+        ($level:ident) => {
+            $level!(
+                operation,
+                kind,
+                from,
+                to,
+                epoch,
+                previous,
+                provider,
+                providers,
+                instance,
+                key,
+                stopped,
+                error,
+                namespace,
+                name,
+                "{message}"
+            )
+        };
+    }
     match level {
-        Level::Info => info!(
-            operation,
-            kind,
-            from,
-            to,
-            epoch,
-            previous,
-            provider,
-            providers,
-            instance,
-            key,
-            stopped,
-            error,
-            namespace,
-            name,
-            "{message}"
-        ),
-        Level::Warn => warn!(
-            operation,
-            kind,
-            from,
-            to,
-            epoch,
-            previous,
-            provider,
-            providers,
-            instance,
-            key,
-            stopped,
-            error,
-            namespace,
-            name,
-            "{message}"
-        ),
+        Level::Info => at!(info),
+        Level::Warn => at!(warn),
     }
 }
 
