@@ -348,49 +348,30 @@ pub(super) fn report(outcome: &Outcome) -> Report<'_> {
 
 /// Writes a log line with its fields; a field without a value is left out.
 fn emit(log: &Log<'_>) {
-    use tracing::field::debug;
-    let Log {
-        level,
-        message,
-        operation,
-        kind,
-        from,
-        to,
-        epoch,
-        previous,
-        provider,
-        providers,
-        instance,
-        key,
-        stopped,
-        error,
-        namespace,
-        name,
-    } = log;
-    let (kind, providers, stopped) = (kind.as_ref().map(debug), providers.map(debug), stopped.map(debug));
     // One field list for both levels (a level is part of a callsite, so it cannot be a value).
     macro_rules! at {
         ($level:ident) => {
             $level!(
-                operation,
-                kind,
-                from,
-                to,
-                epoch,
-                previous,
-                provider,
-                providers,
-                instance,
-                key,
-                stopped,
-                error,
-                namespace,
-                name,
-                "{message}"
+                operation = log.operation,
+                kind = log.kind.as_ref().map(tracing::field::debug),
+                from = log.from,
+                to = log.to,
+                epoch = log.epoch,
+                previous = log.previous,
+                provider = log.provider,
+                providers = log.providers.map(tracing::field::debug),
+                instance = log.instance,
+                key = log.key,
+                stopped = log.stopped.map(tracing::field::debug),
+                error = log.error,
+                namespace = log.namespace,
+                name = log.name,
+                "{}",
+                log.message
             )
         };
     }
-    match level {
+    match log.level {
         Level::Info => at!(info),
         Level::Warn => at!(warn),
     }
