@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::info;
 
 use super::process::{CpuSample, CpuUsage};
+use super::track::Tracker;
 use super::{BenchError, Doing};
 use crate::api::Workspace;
 
@@ -85,40 +85,6 @@ struct Tally {
 /// Watches of the workspaces open during a profile: the controller's and the bench's.
 const WATCHES: usize = 2;
 
-/// Watches that take in every event and do nothing with it, standing for the watchers a
-/// profile has.
-struct Watches(Vec<tokio::task::JoinHandle<()>>);
-
-impl Watches {
-    /// Opens `n` watches and returns once each has listed (so the lists are outside the clock).
-    async fn open(api: &Api<Workspace>, n: usize) -> Self {
-        let mut tasks = Vec::new();
-        for _ in 0..n {
-            let (synced, listed) = tokio::sync::oneshot::channel();
-            let mut events = watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
-            tasks.push(tokio::spawn(async move {
-                let mut synced = Some(synced);
-                while let Some(event) = events.next().await {
-                    if let Ok(watcher::Event::InitDone) = event
-                        && let Some(tx) = synced.take()
-                    {
-                        let _ = tx.send(());
-                    }
-                }
-            }));
-            // A watch that cannot list leaves the ceiling without its fan-out, not stuck.
-            let _ = tokio::time::timeout(Duration::from_secs(60), listed).await;
-        }
-        Self(tasks)
-    }
-
-    fn close(self) {
-        for task in self.0 {
-            task.abort();
-        }
-    }
-}
-
 /// Runs every concurrency level in `levels` over the workspaces of `namespace`.
 pub async fn measure(
     client: &Client,
@@ -130,7 +96,11 @@ pub async fn measure(
     apiserver: Option<u32>,
 ) -> Result<Ceiling, BenchError> {
     let api: Api<Workspace> = Api::namespaced(client.clone(), namespace);
-    let watches = Watches::open(&api, WATCHES).await;
+    // Trackers that expect nothing: watches that take in every event, as a profile's do.
+    let mut watches = Vec::new();
+    for _ in 0..WATCHES {
+        watches.push(Tracker::start(api.clone(), namespace).await?);
+    }
     let api = &api;
     let mut results = Vec::new();
     let mut workspaces = 0;
@@ -188,7 +158,7 @@ pub async fn measure(
         );
         results.push(level);
     }
-    watches.close();
+    watches.into_iter().for_each(Tracker::stop);
     let best = results
         .iter()
         .filter(|l| l.finished && l.errors == 0)
