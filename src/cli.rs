@@ -269,7 +269,7 @@ async fn run(command: Command) -> ExitCode {
 /// `switchyard controller`: the controller plus its metrics and health endpoints, until SIGTERM.
 async fn run_controller(args: ControllerArgs) -> Result<(), String> {
     let config = kube::Config::infer().await.map_err(|e| format!("no usable kubeconfig or in-cluster config: {e}"))?;
-    let client = controller::client::http2(config).map_err(|e| format!("creating the Kubernetes client: {e}"))?;
+    let client = crate::runtime::client::http2(config).map_err(|e| format!("creating the Kubernetes client: {e}"))?;
     let handles = Handles::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! in `protocol`, what its outcomes tell in `outcome`; the decision it follows in `decide`; the
 //! status it writes in `status`.
 
-pub mod client;
 pub mod decide;
 mod decode;
 mod inventory;

@@ -3,6 +3,7 @@
 //! command line. Kept below `cli` so that nothing else has to import the command line.
 
 mod backoff;
+pub mod client;
 pub mod events;
 pub mod failpoints;
 pub mod leader;

@@ -142,7 +142,7 @@ impl LocalControlPlane {
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, DevError> {
     let kubeconfig = Kubeconfig::read_from(path)?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(crate::controller::client::http2(config)?)
+    Ok(crate::runtime::client::http2(config)?)
 }
 
 /// Server-side applies every CRD and waits until each is established.

@@ -1,4 +1,5 @@
-//! The controller's Kubernetes client: kube's, over HTTP/2 when the API server offers it.
+//! The Kubernetes client of the controller and the tools: kube's, over HTTP/2 when the API
+//! server offers it.
 //!
 //! Why: kube's own client speaks HTTP/1.1, so every request in flight holds a connection of its
 //! own, with its TLS session and buffers; with 64 reconciles and the Event publisher at work
@@ -6,7 +7,8 @@
 //! does. Everything else is kube's: the base URI, authentication (token files are re-read),
 //! impersonation and extra headers, the retry of 429/503/504, the connect timeout, and a
 //! request span named by verb (what `kube_client::client::builder` spans look like) so traces
-//! read the same.
+//! read the same. Not kube's: its per-socket read and write timeouts, which on one shared
+//! connection would cut every stream at once; HTTP/2 pings find a dead connection instead.
 
 use std::time::Duration;
 
