@@ -89,7 +89,7 @@ impl Key {
     fn of(note: &Note) -> Self {
         let uid = note.regarding.uid.as_deref().unwrap_or_default();
         let published = published_note(&note.note);
-        let parts = (uid, type_name(note.type_), note.reason.as_str(), note.action.as_str(), published.as_str());
+        let parts = (uid, type_name(note.type_), note.reason.as_str(), note.action.as_str(), published);
         let hash = |seed: u8| {
             let mut h = std::hash::DefaultHasher::new();
             (seed, parts).hash(&mut h);
@@ -102,8 +102,9 @@ impl Key {
 /// The API server's limit on an Event's note, in characters.
 const NOTE_MAX: usize = 1024;
 
-fn published_note(note: &str) -> String {
-    note.chars().take(NOTE_MAX).collect()
+/// `note` cut to what the API server keeps (on a character boundary).
+fn published_note(note: &str) -> &str {
+    note.char_indices().nth(NOTE_MAX).map_or(note, |(at, _)| &note[..at])
 }
 
 /// The Event a repeat would update: what its name was made of (the object's name is in the
@@ -184,7 +185,6 @@ fn type_name(t: EventType) -> &'static str {
     }
 }
 
-/// A new Event for `note`, named like kubectl and kube name theirs: `<object>.<hex time>`.
 /// The name of the object an Event is about, as its own name begins.
 fn object_name(note: &Note) -> &str {
     note.regarding.name.as_deref().unwrap_or("switchyard")
@@ -195,7 +195,7 @@ fn new_event(note: &Note, instance: &str) -> Event {
     Event {
         action: Some(note.action.as_str().to_string()),
         reason: Some(note.reason.as_str().to_string()),
-        note: Some(published_note(&note.note)),
+        note: Some(published_note(&note.note).to_owned()),
         event_time: Some(MicroTime(note.at)),
         regarding: Some(note.regarding.clone()),
         reporting_controller: Some(CONTROLLER.to_owned()),
