@@ -108,18 +108,24 @@ mod tests {
 
     use super::*;
 
+    /// A reconcile that hits the armed `point`, once it is frozen there.
+    async fn frozen_hit(fp: &FailPoints, point: FailPoint) -> tokio::task::JoinHandle<()> {
+        let task = tokio::spawn({
+            let fp = fp.clone();
+            async move { fp.hit(point).await }
+        });
+        while fp.frozen_at(point) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task
+    }
+
     #[tokio::test]
     async fn armed_points_freeze_until_released() {
         let fp = FailPoints::default();
         fp.hit(FailPoint::AfterClaim).await; // unarmed: passes
         fp.arm(FailPoint::AfterClaim);
-        let task = tokio::spawn({
-            let fp = fp.clone();
-            async move { fp.hit(FailPoint::AfterClaim).await }
-        });
-        while fp.frozen_at(FailPoint::AfterClaim) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = frozen_hit(&fp, FailPoint::AfterClaim).await;
         assert!(!task.is_finished());
         fp.release(FailPoint::AfterClaim);
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("released").expect("task");
@@ -131,13 +137,7 @@ mod tests {
     async fn a_dropped_frozen_reconcile_is_no_longer_counted() {
         let fp = FailPoints::default();
         fp.arm(FailPoint::AfterStop);
-        let task = tokio::spawn({
-            let fp = fp.clone();
-            async move { fp.hit(FailPoint::AfterStop).await }
-        });
-        while fp.frozen_at(FailPoint::AfterStop) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = frozen_hit(&fp, FailPoint::AfterStop).await;
         task.abort();
         let _ = task.await;
         assert_eq!(fp.frozen_at(FailPoint::AfterStop), 0);
