@@ -86,7 +86,7 @@ e2e-kind: testenv
 	$(KIND) create cluster --name $(KIND_CLUSTER) --wait 120s
 	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > target/kind.kubeconfig
 	SWITCHYARD_TEST_KUBECONFIG=$(abspath target/kind.kubeconfig) $(CARGO) test --test api --test controller \
-	  --test provider_e2e --test ha --test gitops --test cli -- --test-threads 4; \
+	  --test scenarios --test provider_e2e --test ha --test gitops --test cli -- --test-threads 4; \
 	  status=$$?; $(KIND) delete cluster --name $(KIND_CLUSTER); exit $$status
 
 ## static: the release binary, statically linked (glibc; the Dockerfile builds musl), for the

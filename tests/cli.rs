@@ -138,10 +138,7 @@ async fn status_shows_a_table_and_one_workspace_in_detail() {
     let s = setup("cli-status", true).await;
     let missing = unique("nope");
     s.api.create(&PostParams::default(), &workspace("ws-2", &missing)).await.expect("create ws-2");
-    wait_for(&s.api, "ws-2", "ws-2 stalled", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderNotFound.as_str().into()))
-    })
-    .await;
+    wait_stalled(&s.api, "ws-2", cond::ConditionReason::ProviderNotFound, CONVERGE).await;
 
     let out = switchyard(&["status", "-n", &s.ns]).await;
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));

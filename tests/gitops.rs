@@ -474,10 +474,7 @@ async fn flux_fails_and_argo_degrades_a_stalled_workspace() {
     let _ctl = Instance::start(&client, settings("gitops-2", &ns), &clouds);
 
     api.create(&PostParams::default(), &workspace("lost", "no-such-cloud")).await.expect("create");
-    wait_for(&api, "lost", "Stalled ProviderNotFound", CONVERGE, |ws| {
-        condition(ws, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderNotFound.as_str().into()))
-    })
-    .await;
+    wait_stalled(&api, "lost", cond::ConditionReason::ProviderNotFound, CONVERGE).await;
     switch_with_kubectl(&ns, "lost", &a);
     let ready = wait_ready_on(&api, "lost", &a, CONVERGE).await;
     let readings = read_all(&versions.finish_with(&ready).await);

@@ -9,41 +9,14 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::fixtures::*;
+use support::scenario::{CONVERGE, Scenario, Transport};
 use support::*;
+use switchyard::api::MAX_EPOCH;
 use switchyard::api::conditions as cond;
-use switchyard::api::{MAX_EPOCH, Workspace};
-use switchyard::provider::simulated::{Call, Clouds};
+use switchyard::provider::simulated::Call;
 
-const CONVERGE: Duration = Duration::from_secs(60);
-
-/// A namespace with simulated providers a and b, and a controller instance.
-struct Scene {
-    client: kube::Client,
-    ns: String,
-    a: String,
-    b: String,
-    clouds: Clouds,
-    api: Api<Workspace>,
-}
-
-impl Scene {
-    async fn new(prefix: &str) -> Self {
-        let client = client().await;
-        let ns = namespace(&client, prefix).await;
-        let (a, b) = simulated_pair(&client).await;
-        let api = Api::namespaced(client.clone(), &ns);
-        Self { client, ns, a, b, clouds: Clouds::new(), api }
-    }
-
-    fn start(&self, identity: &str) -> Instance {
-        Instance::start(&self.client, settings(identity, &self.ns), &self.clouds)
-    }
-
-    async fn create_ready_on_a(&self, name: &str) -> Workspace {
-        self.api.create(&PostParams::default(), &workspace(name, &self.a)).await.expect("create");
-        wait_ready_on(&self.api, name, &self.a, CONVERGE).await
-    }
-
+/// What these tests do to a scenario's workspaces (providers in process, `ws` not created).
+impl Scenario {
     /// A status merge patch as a user with write access to workspaces/status would send it.
     fn kubectl_status_patch(&self, name: &str, patch: serde_json::Value) -> std::process::Output {
         let patch = patch.to_string();
@@ -68,7 +41,7 @@ fn refused(out: &std::process::Output, says: &str) {
 /// including one created after it, converges; the controller also stops on request.
 #[tokio::test]
 async fn an_undecodable_workspace_never_stops_the_others() {
-    let s = Scene::new("hostile-poison").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-poison").await;
     let setup = s.start("poison-setup");
     let ok_before = s.create_ready_on_a("ok-before").await;
     setup.stop().await;
@@ -101,7 +74,7 @@ async fn an_undecodable_workspace_never_stops_the_others() {
 /// the API server with a readable message.
 #[tokio::test]
 async fn the_api_server_refuses_forged_and_oversized_input() {
-    let s = Scene::new("hostile-schema").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-schema").await;
     let x = s.start("schema-x");
     s.create_ready_on_a("ws").await;
     // Removed status reads back as the schema default (epoch 0): refused as a lower epoch.
@@ -137,7 +110,7 @@ async fn the_api_server_refuses_forged_and_oversized_input() {
 /// no panic, and the other workspaces go on.
 #[tokio::test]
 async fn an_epoch_at_its_bound_stalls_without_a_call() {
-    let s = Scene::new("hostile-epoch").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-epoch").await;
     let setup = s.start("epoch-setup");
     let ws = s.create_ready_on_a("ws").await;
     setup.stop().await;
@@ -147,10 +120,7 @@ async fn an_epoch_at_its_bound_stalls_without_a_call() {
     let before = s.calls_for(&uid);
     let x = s.start("epoch-x");
     switch_with_kubectl(&s.ns, "ws", &s.b);
-    wait_for(&s.api, "ws", "Stalled EpochOutOfRange", CONVERGE, |w| {
-        condition(w, cond::STALLED) == Some(("True".into(), cond::ConditionReason::EpochOutOfRange.as_str().into()))
-    })
-    .await;
+    wait_stalled(&s.api, "ws", cond::ConditionReason::EpochOutOfRange, CONVERGE).await;
     assert_eq!(s.calls_for(&uid), before, "no provider call");
     s.create_ready_on_a("other").await;
     assert!(x.is_running(), "no panic");
@@ -160,7 +130,7 @@ async fn an_epoch_at_its_bound_stalls_without_a_call() {
 /// future is taken over (with its fences) instead of blocking switches forever.
 #[tokio::test]
 async fn forged_status_is_corrected_or_taken_over() {
-    let s = Scene::new("hostile-forged").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-forged").await;
     let x = s.start("forged-x");
     s.create_ready_on_a("ws").await;
     let out = s.kubectl_status_patch("ws", json!({"status": {"activeProvider": s.b}}));
@@ -187,7 +157,7 @@ async fn forged_status_is_corrected_or_taken_over() {
 /// escape hatch used mid-provision cannot leave two instances either.
 #[tokio::test]
 async fn manual_finalizer_removal_and_the_escape_hatch_leak_nothing() {
-    let s = Scene::new("hostile-manual").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-manual").await;
     let setup = s.start("manual-setup");
     let ws = s.create_ready_on_a("gone").await;
     let uid = ws.metadata.uid.clone().expect("uid");
@@ -239,7 +209,7 @@ async fn manual_finalizer_removal_and_the_escape_hatch_leak_nothing() {
 async fn a_provider_repointed_under_running_compute_gets_no_stop() {
     use support::sims::Sim;
     use switchyard::api::ComputeProvider;
-    let s = Scene::new("hostile-repoint").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-repoint").await;
     let sim = Sim::provider(&s.client, &s.ns, &unique("where")).await;
     let p = sim.name.clone();
     let _x = s.start("repoint-x");
@@ -273,10 +243,7 @@ async fn a_provider_repointed_under_running_compute_gets_no_stop() {
         .await;
     simulated_provider(&s.client, &p, 5, 5).await;
     switch_with_kubectl(&s.ns, "ws", &s.b);
-    wait_for(&s.api, "ws", "Stalled ProviderChanged", CONVERGE, |w| {
-        condition(w, cond::STALLED) == Some(("True".into(), cond::ConditionReason::ProviderChanged.as_str().into()))
-    })
-    .await;
+    wait_stalled(&s.api, "ws", cond::ConditionReason::ProviderChanged, CONVERGE).await;
     assert_eq!(s.calls_for(&uid), 0, "nothing went to the provider's new place");
     assert!(sim.ledger().await.iter().all(|e| e.call != Call::Stop), "and nothing was stopped");
     assert!(sim.live().await.iter().any(|i| i.id == id), "the compute runs where it was");
@@ -304,7 +271,7 @@ async fn a_provider_repointed_under_running_compute_gets_no_stop() {
 /// provider runs for this workspace. Either way before the new compute starts.
 #[tokio::test]
 async fn a_forged_instance_id_never_redirects_a_stop() {
-    let s = Scene::new("hostile-instance").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-instance").await;
     let _x = s.start("instance-x");
     // A bystander whose instance id the forger names.
     let bystander = s.create_ready_on_a("bystander").await;
@@ -347,7 +314,7 @@ async fn a_forged_instance_id_never_redirects_a_stop() {
 /// holds them; cleared by hand, the workspace converges.
 #[tokio::test]
 async fn claims_that_do_not_fit_stall_without_a_call() {
-    let s = Scene::new("hostile-claim").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-claim").await;
     let _x = s.start("claim-x");
     for (name, kind, step) in
         [("provision", "Provision", "Claimed"), ("delete", "Delete", "Claimed"), ("past-stop", "Switch", "OldStopped")]
@@ -361,10 +328,7 @@ async fn claims_that_do_not_fit_stall_without_a_call() {
             "epoch": epoch + 1, "startedAt": "2020-01-01T00:00:00Z", "renewedAt": "2020-01-01T00:00:00Z"}}});
         let out = s.kubectl_status_patch(name, forged);
         assert!(out.status.success(), "{}", stderr(&out));
-        wait_for(&s.api, name, "Stalled InvalidClaim", CONVERGE, |w| {
-            condition(w, cond::STALLED) == Some(("True".into(), cond::ConditionReason::InvalidClaim.as_str().into()))
-        })
-        .await;
+        wait_stalled(&s.api, name, cond::ConditionReason::InvalidClaim, CONVERGE).await;
         let ws = s.api.get(name).await.expect("ws");
         let message = switchyard::api::conditions::get(&status(&ws).conditions, cond::STALLED)
             .map(|c| c.message.clone())
@@ -384,7 +348,7 @@ async fn claims_that_do_not_fit_stall_without_a_call() {
 /// cut to fit), and the workspace converges like any other.
 #[tokio::test]
 async fn events_are_published_for_names_at_the_length_limit() {
-    let s = Scene::new("hostile-long").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-long").await;
     let _x = s.start("long-x");
     let name = format!("{}-{}", "w".repeat(200), "x".repeat(52));
     assert_eq!(name.len(), 253);
@@ -401,7 +365,7 @@ async fn events_are_published_for_names_at_the_length_limit() {
 /// workspace goes on.
 #[tokio::test]
 async fn a_workspace_too_large_to_write_is_reported_and_others_go_on() {
-    let s = Scene::new("hostile-large").await;
+    let s = Scenario::new(Transport::InProcess, "hostile-large").await;
     // The largest workspace the store takes: found by trying (the limit is the store's).
     let domain = ["a", "b", "c"].map(|c| c.repeat(60)).join(".") + ".com";
     let mut size = 1_600_000usize;

@@ -16,13 +16,14 @@ use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, Workspace, WorkspaceStatus};
 use switchyard::controller::{self, FailPoint, FailPoints, Handles, Settings};
 use switchyard::provider::Dispatcher;
-use switchyard::provider::simulated::{Clouds, LedgerEntry, check_ledger, check_live};
+use switchyard::provider::simulated::{Clouds, LedgerEntry, LiveInstance, check_ledger, check_live_instances};
 use switchyard::runtime::Backoff;
 use switchyard::telemetry::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::eventually;
+use super::sims::SIM_CALL_TIMEOUT_SECONDS;
 
 /// A short name unique within this test binary's control plane (DNS-1123 label).
 pub fn unique(prefix: &str) -> String {
@@ -30,7 +31,6 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::SeqCst))
 }
 
-/// Creates a simulated ComputeProvider.
 /// Two simulated providers with unique names (`a-…`, `b-…`), 5 ms per provision and stop.
 pub async fn simulated_pair(client: &Client) -> (String, String) {
     let (a, b) = (unique("a"), unique("b"));
@@ -39,11 +39,14 @@ pub async fn simulated_pair(client: &Client) -> (String, String) {
     (a, b)
 }
 
+/// Creates a simulated ComputeProvider; a call to it that hangs fails after
+/// [`SIM_CALL_TIMEOUT_SECONDS`], as one to a provider-sim does.
 pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, stop_ms: u64) {
     let p: ComputeProvider = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
         "metadata": {"name": name},
-        "spec": {"driver": "simulated", "simulated": {"provisionLatencyMs": provision_ms, "stopLatencyMs": stop_ms}}
+        "spec": {"driver": "simulated", "callTimeoutSeconds": SIM_CALL_TIMEOUT_SECONDS,
+                 "simulated": {"provisionLatencyMs": provision_ms, "stopLatencyMs": stop_ms}}
     }))
     .expect("provider");
     Api::<ComputeProvider>::all(client.clone()).create(&PostParams::default(), &p).await.expect("create provider");
@@ -165,6 +168,22 @@ pub async fn wait_for(
     eventually(what, timeout, || async { api.get(name).await.ok().filter(|ws| check(ws)) }).await
 }
 
+/// Whether `ws` is Stalled=True with `reason`.
+pub fn stalled_with(ws: &Workspace, reason: cond::ConditionReason) -> bool {
+    condition(ws, cond::STALLED) == Some(("True".into(), reason.as_str().into()))
+}
+
+/// Waits until `name` is Stalled=True with `reason`.
+pub async fn wait_stalled(
+    api: &Api<Workspace>,
+    name: &str,
+    reason: cond::ConditionReason,
+    timeout: Duration,
+) -> Workspace {
+    let what = format!("{name} Stalled=True {}", reason.as_str());
+    wait_for(api, name, &what, timeout, |ws| stalled_with(ws, reason)).await
+}
+
 /// Waits until every workspace in `names` has converged (DESIGN.md §3.5): on its provider,
 /// running as its spec says, no operation, Ready, status of the current generation.
 pub async fn wait_all_converged(api: &Api<Workspace>, names: &[String], timeout: Duration) {
@@ -195,12 +214,18 @@ pub async fn named_instances(api: &Api<Workspace>) -> Vec<(String, String)> {
     list.items.iter().filter_map(|ws| status(ws).instance.map(|i| (i.provider, i.id))).collect()
 }
 
-/// DESIGN.md §3 invariants 2, 3, 4 and 6, from the providers' side.
+/// DESIGN.md §3 invariants 2, 3, 4 and 6, from the in-process providers' side.
 pub async fn assert_invariants(api: &Api<Workspace>, clouds: &Clouds) {
-    let ledger = clouds.ledger();
-    let mut violations: Vec<String> = check_ledger(&ledger).iter().map(|v| v.to_string()).collect();
+    assert_history(api, &clouds.ledger(), &clouds.live_instances()).await;
+}
+
+/// DESIGN.md §3 invariants 2, 3, 4 (from `ledger`, every provider's calls as one history) and
+/// 6 (`live`, every provider's Running instances, against what the workspace statuses of
+/// `api`'s namespace name).
+pub async fn assert_history(api: &Api<Workspace>, ledger: &[LedgerEntry], live: &[LiveInstance]) {
+    let mut violations: Vec<String> = check_ledger(ledger).iter().map(|v| v.to_string()).collect();
     let named = named_instances(api).await;
-    violations.extend(check_live(clouds, &named).iter().map(|v| v.to_string()));
+    violations.extend(check_live_instances(live, &named).iter().map(|v| v.to_string()));
     assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
 }
 

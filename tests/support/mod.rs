@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod fixtures;
+pub mod scenario;
 pub mod sims;
 
 use k8s_openapi::api::core::v1::Namespace;

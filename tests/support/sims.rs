@@ -5,11 +5,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use switchyard::api::{ComputeProvider, SecretKeyRef, Workspace};
-use switchyard::provider::simulated::{LedgerEntry, LiveInstance, check_ledger, check_live_instances, merge_ledgers};
+use switchyard::api::{ComputeProvider, SecretKeyRef};
+use switchyard::provider::simulated::{LedgerEntry, LiveInstance, merge_ledgers};
 use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess};
-
-use super::fixtures::named_instances;
 
 /// Bound of one call to a sim provider (`spec.callTimeoutSeconds`): short, so that a hung
 /// call fails in a test's time.
@@ -107,17 +105,6 @@ pub async fn live_instances(sims: &[&Sim]) -> Vec<LiveInstance> {
         live.extend(sim.live().await);
     }
     live
-}
-
-/// DESIGN.md §3 invariants 2, 3, 4 (the merged ledger) and 6 (live instances against what the
-/// workspace statuses of `api`'s namespace name); returns the merged ledger.
-pub async fn assert_sim_invariants(api: &Api<Workspace>, sims: &[&Sim]) -> Vec<LedgerEntry> {
-    let ledger = merged_ledger(sims).await;
-    let mut violations: Vec<String> = check_ledger(&ledger).iter().map(|v| v.to_string()).collect();
-    let named = named_instances(api).await;
-    violations.extend(check_live_instances(&live_instances(sims).await, &named).iter().map(|v| v.to_string()));
-    assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
-    ledger
 }
 
 /// One HTTP/1.1 request as a fake provider saw it.
