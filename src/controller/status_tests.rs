@@ -70,6 +70,13 @@ fn operation(kind: OperationKind, step: Step, from: Option<&str>, to: Option<&st
     }
 }
 
+/// `o` after `attempts` failed attempts, the last with `error`.
+fn with_failures(mut o: Operation, attempts: i32, error: &str) -> Operation {
+    o.attempts = attempts;
+    o.last_error = Some(error.into());
+    o
+}
+
 fn condition(type_: &str, status: bool, reason: ConditionReason) -> Condition {
     Condition {
         type_: type_.to_string(),
@@ -121,9 +128,15 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
             conditions(false, true, false, ConditionReason::Switching),
         )
     };
-    let mut failing = operation(Provision, Step::Claimed, None, Some("b"));
-    failing.attempts = 2;
-    failing.last_error = Some("quota exceeded".into());
+    let claimed_on_a = |kind, reason| {
+        status(
+            Some("a"),
+            Some("a"),
+            Some(operation(kind, Step::Claimed, Some("a"), None)),
+            conditions(false, true, false, reason),
+        )
+    };
+    let failing = with_failures(operation(Provision, Step::Claimed, None, Some("b")), 2, "quota exceeded");
     vec![
         ("new, no status", workspace("a", true, None)),
         ("new, stopped, no status", workspace("a", false, None)),
@@ -165,32 +178,11 @@ fn fixtures() -> Vec<(&'static str, Workspace)> {
                 Some(status(None, None, Some(failing), conditions(false, true, false, ConditionReason::Provisioning))),
             ),
         ),
-        (
-            "stop of a claimed",
-            workspace(
-                "a",
-                false,
-                Some(status(
-                    Some("a"),
-                    Some("a"),
-                    Some(operation(Stop, Step::Claimed, Some("a"), None)),
-                    conditions(false, true, false, ConditionReason::Stopping),
-                )),
-            ),
-        ),
+        ("stop of a claimed", workspace("a", false, Some(claimed_on_a(Stop, ConditionReason::Stopping)))),
         ("deleting, compute on a, no operation", deleting(workspace("a", true, Some(running_on_a())))),
         (
             "deleting, delete of a claimed",
-            deleting(workspace(
-                "a",
-                true,
-                Some(status(
-                    Some("a"),
-                    Some("a"),
-                    Some(operation(Delete, Step::Claimed, Some("a"), None)),
-                    conditions(false, true, false, ConditionReason::Deleting),
-                )),
-            )),
+            deleting(workspace("a", true, Some(claimed_on_a(Delete, ConditionReason::Deleting)))),
         ),
         ("deleting, switch a→b old stopped", deleting(workspace("b", true, Some(switching(Step::OldStopped, None))))),
     ]
@@ -566,9 +558,7 @@ fn converted_to_delete_keeps_id_target_and_step() {
 #[test]
 fn committed_records_the_new_provider_once_the_old_compute_is_gone() {
     for (spec, name) in [("b", "to the claimed target"), ("c", "to a target changed before the stop")] {
-        let mut o = operation(Switch, Step::Claimed, Some("a"), Some("b"));
-        o.attempts = 2;
-        o.last_error = Some("stop timed out".into());
+        let o = with_failures(operation(Switch, Step::Claimed, Some("a"), Some("b")), 2, "stop timed out");
         let ws = workspace(spec, true, Some(status(Some("a"), Some("a"), Some(o.clone()), Vec::new())));
         let s = committed(&ws, &now());
         assert_eq!(s.instance, None, "{name}: old instance gone");
@@ -592,9 +582,7 @@ fn committed_records_the_new_provider_once_the_old_compute_is_gone() {
 
 #[test]
 fn retargeted_provisions_under_a_new_id_on_the_new_target() {
-    let mut o = operation(Switch, Step::OldStopped, Some("a"), Some("b"));
-    o.attempts = 3;
-    o.last_error = Some("quota".into());
+    let o = with_failures(operation(Switch, Step::OldStopped, Some("a"), Some("b")), 3, "quota");
     let ws = workspace("c", true, Some(status(Some("b"), None, Some(o), Vec::new())));
     let s = retargeted(&ws, "op-3", &now());
     let r = op(&s);
@@ -627,9 +615,7 @@ fn retargeted_provision_moves_to_the_new_target() {
 
 #[test]
 fn provisioned_finishes_a_switch_with_last_switch() {
-    let mut o = operation(Switch, Step::OldStopped, Some("a"), Some("b"));
-    o.attempts = 1;
-    o.last_error = Some("flaky".into());
+    let o = with_failures(operation(Switch, Step::OldStopped, Some("a"), Some("b")), 1, "flaky");
     let ws = workspace("b", true, Some(status(Some("b"), None, Some(o), Vec::new())));
     let s = provisioned(&ws, instance("b"), &now());
     assert_eq!(s.operation, None, "the claim is released");

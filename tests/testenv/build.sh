@@ -32,30 +32,32 @@ else
   echo "testenv: built into $out"
 fi
 
+# own_module NAME MODULE: a tool built from its own module in NAME/ by build_NAME VERSION, with
+# VERSION that of MODULE in NAME/go.mod; cached by a hash of that module alone.
+own_module() {
+  local name=$1 module=$2 version hash
+  version=$(awk -v m="$module" '$1 == m { print $2; exit }' "$here/$name/go.mod")
+  hash=$(cd "$here/$name" && { echo "$version"; cat go.mod go.sum; } | sha256sum | cut -d' ' -f1)
+  if [ -f "$out/.hash-$name" ] && [ "$(cat "$out/.hash-$name")" = "$hash" ] && [ -x "$out/$name" ]; then
+    echo "testenv: $name up to date ($version, ${hash:0:12})"
+  else
+    echo "testenv: building $name $version"
+    (cd "$here/$name" && "build_$name" "$version")
+    echo "$hash" > "$out/.hash-$name"
+    echo "testenv: $name built into $out"
+  fi
+}
+
 # helm, for the chart tests: its own module, because it pins a newer Kubernetes than ../go.mod.
-helm_version=$(awk '$1 == "helm.sh/helm/v3" { print $2; exit }' "$here/helm/go.mod")
-helm_hash=$(cd "$here/helm" && { echo "$helm_version"; cat go.mod go.sum; } | sha256sum | cut -d' ' -f1)
-if [ -f "$out/.hash-helm" ] && [ "$(cat "$out/.hash-helm")" = "$helm_hash" ] && [ -x "$out/helm" ]; then
-  echo "testenv: helm up to date ($helm_version, ${helm_hash:0:12})"
-else
-  echo "testenv: building helm $helm_version"
-  (cd "$here/helm" &&
-    go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-      -o "$out/helm" helm.sh/helm/v3/cmd/helm)
-  echo "$helm_hash" > "$out/.hash-helm"
-  echo "testenv: helm built into $out"
-fi
+build_helm() {
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$1 -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    -o "$out/helm" helm.sh/helm/v3/cmd/helm
+}
+own_module helm helm.sh/helm/v3
 
 # KWOK, the fake nodes of `switchyard-testenv --nodes N`: its own module, because it pins newer
 # dependencies (OpenTelemetry, gRPC, …) than ../go.mod.
-kwok_version=$(awk '$1 == "sigs.k8s.io/kwok" { print $2; exit }' "$here/kwok/go.mod")
-kwok_hash=$(cd "$here/kwok" && { echo "$kwok_version"; cat go.mod go.sum; } | sha256sum | cut -d' ' -f1)
-if [ -f "$out/.hash-kwok" ] && [ "$(cat "$out/.hash-kwok")" = "$kwok_hash" ] && [ -x "$out/kwok" ]; then
-  echo "testenv: kwok up to date ($kwok_version, ${kwok_hash:0:12})"
-else
-  echo "testenv: building kwok $kwok_version"
-  (cd "$here/kwok" &&
-    go build -trimpath -ldflags "-s -w" -o "$out/kwok" sigs.k8s.io/kwok/cmd/kwok)
-  echo "$kwok_hash" > "$out/.hash-kwok"
-  echo "testenv: kwok built into $out"
-fi
+build_kwok() {
+  go build -trimpath -ldflags "-s -w" -o "$out/kwok" sigs.k8s.io/kwok/cmd/kwok
+}
+own_module kwok sigs.k8s.io/kwok

@@ -144,33 +144,24 @@ pub struct InventoryItem {
     pub fence: Option<i64>,
 }
 
-impl From<ListedInstance> for InventoryItem {
-    fn from(i: ListedInstance) -> Self {
-        Self {
-            id: i.id,
-            key: i.key,
-            workspace_uid: i.workspace_uid,
-            namespace: i.namespace,
-            name: i.name,
-            state: i.state,
-            fence: i.fence,
+/// `From` both ways between two structs that carry the same `fields`.
+macro_rules! from_both_ways {
+    ($a:ty, $b:ty, $($field:ident),+) => {
+        impl From<$a> for $b {
+            fn from(i: $a) -> Self {
+                Self { $($field: i.$field),+ }
+            }
         }
-    }
+
+        impl From<$b> for $a {
+            fn from(i: $b) -> Self {
+                Self { $($field: i.$field),+ }
+            }
+        }
+    };
 }
 
-impl From<InventoryItem> for ListedInstance {
-    fn from(i: InventoryItem) -> Self {
-        Self {
-            id: i.id,
-            key: i.key,
-            workspace_uid: i.workspace_uid,
-            namespace: i.namespace,
-            name: i.name,
-            state: i.state,
-            fence: i.fence,
-        }
-    }
-}
+from_both_ways!(ListedInstance, InventoryItem, id, key, workspace_uid, namespace, name, state, fence);
 
 /// `GET /v1/instances?cluster=…` answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

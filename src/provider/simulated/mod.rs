@@ -463,6 +463,12 @@ enum Injected {
     Hang,
 }
 
+/// The answer to a call that took effect: `value`, unless its ledger entry could not be made
+/// durable.
+fn answered<T>(recorded: Result<(), String>, value: T) -> Answer<T> {
+    Answer::Reply(recorded.map(|()| value).map_err(DriverError::Transient))
+}
+
 /// The answer to a call that passed the fence, then failed by injection. If even its ledger
 /// entry could not be made durable, that is the error to report.
 fn failed_after_fence<T>(recorded: Result<(), String>, msg: String) -> Answer<T> {
@@ -568,6 +574,31 @@ impl Cloud {
         }
     }
 
+    /// Where a ledgered call can end before its effect, in order: the provider unreachable, the
+    /// fence refusing the epoch, an injected failure after the fence (none for a fence call).
+    /// `Err` is the call's answer, already ledgered through `rec`.
+    fn gate<T>(
+        &self,
+        st: &mut CloudState,
+        ctx: &CallContext,
+        call: Call,
+        rec: impl Fn(&CloudState, Outcome) -> Result<(), String>,
+    ) -> Result<(), Answer<T>> {
+        if let Some(injected) = self.unreachable(st) {
+            return Err(self.preempted(st, injected, |st, outcome| {
+                let _ = rec(st, outcome);
+            }));
+        }
+        if let Err(newest) = st.admit(ctx) {
+            let _ = rec(st, Outcome::Fenced { newest });
+            return Err(Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest })));
+        }
+        if let Some(msg) = self.injected(st, call) {
+            return Err(failed_after_fence(rec(st, Outcome::FailedAfterFence(msg.clone())), msg));
+        }
+        Ok(())
+    }
+
     /// Ledgers a call. Takes the state guard as proof it is held, so the sequence number is
     /// assigned in the same critical section as the effect. Fails only if the entry could not
     /// be made durable.
@@ -606,17 +637,8 @@ impl Cloud {
         let rec = |st: &CloudState, instance: Option<&str>, outcome| {
             self.record(st, ctx, Call::Provision, Some(key), instance, outcome)
         };
-        if let Some(injected) = self.unreachable(st) {
-            return self.preempted(st, injected, |st, outcome| {
-                let _ = rec(st, None, outcome);
-            });
-        }
-        if let Err(newest) = st.admit(ctx) {
-            let _ = rec(st, None, Outcome::Fenced { newest });
-            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
-        }
-        if let Some(msg) = self.injected(st, Call::Provision) {
-            return failed_after_fence(rec(st, None, Outcome::FailedAfterFence(msg.clone())), msg);
+        if let Err(answer) = self.gate(st, ctx, Call::Provision, |st, outcome| rec(st, None, outcome)) {
+            return answer;
         }
         let existing = st.by_key(key).map(|(id, inst)| (inst.workspace_uid.to_string(), inst.info(id)));
         let (info, created) = match existing {
@@ -648,10 +670,7 @@ impl Cloud {
             return Answer::Lost;
         }
         let outcome = if created { Outcome::Created } else { Outcome::Existing };
-        match rec(st, Some(&info.id), outcome) {
-            Ok(()) => Answer::Reply(Ok(Provisioned { instance: info, created })),
-            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
-        }
+        answered(rec(st, Some(&info.id), outcome), Provisioned { instance: info, created })
     }
 
     /// Stops `id` now (no latency): the engine behind [`SimulatedDriver::stop`] and
@@ -661,17 +680,8 @@ impl Cloud {
         let st = &mut *guard;
         let key = st.instances.get(id).map(|i| i.key.to_string());
         let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Stop, key.as_deref(), Some(id), outcome);
-        if let Some(injected) = self.unreachable(st) {
-            return self.preempted(st, injected, |st, outcome| {
-                let _ = rec(st, outcome);
-            });
-        }
-        if let Err(newest) = st.admit(ctx) {
-            let _ = rec(st, Outcome::Fenced { newest });
-            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
-        }
-        if let Some(msg) = self.injected(st, Call::Stop) {
-            return failed_after_fence(rec(st, Outcome::FailedAfterFence(msg.clone())), msg);
+        if let Err(answer) = self.gate(st, ctx, Call::Stop, rec) {
+            return answer;
         }
         let outcome = match st.instances.get_mut(id) {
             // A stop must never reach another workspace's instance, whatever the caller thinks.
@@ -691,10 +701,7 @@ impl Cloud {
             let _ = rec(st, outcome);
             return Answer::Lost;
         }
-        match rec(st, outcome) {
-            Ok(()) => Answer::Reply(Ok(())),
-            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
-        }
+        answered(rec(st, outcome), ())
     }
 
     /// Looks up the instance created under `key` now (no latency), ledgered.
@@ -704,27 +711,15 @@ impl Cloud {
         let rec = |st: &CloudState, instance: Option<&str>, outcome| {
             self.record(st, ctx, Call::Lookup, Some(key), instance, outcome)
         };
-        if let Some(injected) = self.unreachable(st) {
-            return self.preempted(st, injected, |st, outcome| {
-                let _ = rec(st, None, outcome);
-            });
-        }
-        if let Err(newest) = st.admit(ctx) {
-            let _ = rec(st, None, Outcome::Fenced { newest });
-            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
-        }
-        if let Some(msg) = self.injected(st, Call::Lookup) {
-            return failed_after_fence(rec(st, None, Outcome::FailedAfterFence(msg.clone())), msg);
+        if let Err(answer) = self.gate(st, ctx, Call::Lookup, |st, outcome| rec(st, None, outcome)) {
+            return answer;
         }
         let found = st.by_key(key).map(|(id, inst)| inst.info(id));
         let (instance, outcome) = match &found {
             Some(info) => (Some(info.id.as_str()), Outcome::Found),
             None => (None, Outcome::NotFound),
         };
-        match rec(st, instance, outcome) {
-            Ok(()) => Answer::Reply(Ok(found)),
-            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
-        }
+        answered(rec(st, instance, outcome), found)
     }
 
     /// Raises the fence of `ctx.workspace_uid` to `ctx.epoch` now (no latency), ledgered.
@@ -732,19 +727,10 @@ impl Cloud {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Fence, None, None, outcome);
-        if let Some(injected) = self.unreachable(st) {
-            return self.preempted(st, injected, |st, outcome| {
-                let _ = rec(st, outcome);
-            });
+        if let Err(answer) = self.gate(st, ctx, Call::Fence, rec) {
+            return answer;
         }
-        if let Err(newest) = st.admit(ctx) {
-            let _ = rec(st, Outcome::Fenced { newest });
-            return Answer::Reply(Err(DriverError::StaleEpoch { epoch: ctx.epoch, newest }));
-        }
-        match rec(st, Outcome::FenceRaised) {
-            Ok(()) => Answer::Reply(Ok(())),
-            Err(e) => Answer::Reply(Err(DriverError::Transient(e))),
-        }
+        answered(rec(st, Outcome::FenceRaised), ())
     }
 
     /// One page of the instances created by `cluster` (running or stopped), ordered by id;

@@ -19,6 +19,20 @@ fn driver(clouds: &Clouds, provider: &str) -> SimulatedDriver {
     SimulatedDriver::new(clouds.cloud(provider), SimulatedSettings::default())
 }
 
+/// Fresh clouds, with provider east's cloud and a driver for it.
+fn east() -> (Clouds, Arc<Cloud>, SimulatedDriver) {
+    let clouds = Clouds::new();
+    let (cloud, d) = (clouds.cloud("east"), driver(&clouds, "east"));
+    (clouds, cloud, d)
+}
+
+/// Fresh clouds, with drivers for providers east and west.
+fn east_and_west() -> (Clouds, SimulatedDriver, SimulatedDriver) {
+    let clouds = Clouds::new();
+    let (east, west) = (driver(&clouds, "east"), driver(&clouds, "west"));
+    (clouds, east, west)
+}
+
 fn outcomes(clouds: &Clouds) -> Vec<Outcome> {
     clouds.ledger().into_iter().map(|e| e.outcome).collect()
 }
@@ -27,8 +41,7 @@ fn outcomes(clouds: &Clouds) -> Vec<Outcome> {
 
 #[tokio::test]
 async fn provision_is_idempotent_by_key() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     let b = d.provision(&ctx(1), "k1", None).await.unwrap();
     let c = d.provision(&ctx(1), "k2", None).await.unwrap();
@@ -55,8 +68,7 @@ async fn unledgered_clouds_keep_instances_and_fences_but_no_ledger() {
 
 #[tokio::test]
 async fn provision_returns_a_stopped_instance_as_is() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     d.stop(&ctx(1), &a.id).await.unwrap();
     let again = d.provision(&ctx(1), "k1", None).await.unwrap();
@@ -92,8 +104,7 @@ async fn concurrent_provisions_of_one_key_create_one_instance() {
 
 #[tokio::test]
 async fn stop_semantics() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     d.stop(&ctx(1), "i-does-not-exist").await.unwrap();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     d.stop(&ctx(1), &a.id).await.unwrap();
@@ -112,8 +123,7 @@ async fn stop_semantics() {
 
 #[tokio::test]
 async fn stop_of_another_workspaces_instance_is_rejected() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     let a = d.provision(&ctx_for("uid-a", 1), "ka", None).await.unwrap();
     let err = d.stop(&ctx_for("uid-b", 1), &a.id).await.unwrap_err();
     assert!(matches!(err, DriverError::Rejected(_)), "{err:?}");
@@ -125,8 +135,7 @@ async fn stop_of_another_workspaces_instance_is_rejected() {
 
 #[tokio::test]
 async fn lookup_finds_by_key_and_is_ledgered() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     assert_eq!(d.lookup(&ctx(1), "k1").await.unwrap(), None);
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     assert_eq!(d.lookup(&ctx(1), "k1").await.unwrap(), Some(a.clone()));
@@ -140,8 +149,7 @@ async fn lookup_finds_by_key_and_is_ledgered() {
 
 #[tokio::test]
 async fn ledger_attributes_each_call() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     let mut c = ctx(7);
     c.caller = "ctrl-b".into();
     c.operation_id = "op-x".into();
@@ -184,13 +192,7 @@ async fn clouds_share_one_totally_ordered_ledger() {
 
 #[tokio::test]
 async fn live_instances_span_providers_and_skip_stopped() {
-    let clouds = Clouds::new();
-    let east = driver(&clouds, "east");
-    let west = driver(&clouds, "west");
-    let a = east.provision(&ctx_for("u1", 1), "k1", None).await.unwrap();
-    let b = west.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
-    let c = west.provision(&ctx_for("u3", 1), "k3", None).await.unwrap();
-    west.stop(&ctx_for("u3", 1), &c.id).await.unwrap();
+    let (clouds, [a, b, _]) = three_workspaces().await;
     let live = clouds.live_instances();
     assert_eq!(
         live,
@@ -201,13 +203,21 @@ async fn live_instances_span_providers_and_skip_stopped() {
     );
 }
 
+/// Three workspaces' instances: u1's on east, u2's and u3's on west, u3's stopped.
+async fn three_workspaces() -> (Clouds, [InstanceInfo; 3]) {
+    let (clouds, east, west) = east_and_west();
+    let a = east.provision(&ctx_for("u1", 1), "k1", None).await.unwrap();
+    let b = west.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
+    let c = west.provision(&ctx_for("u3", 1), "k3", None).await.unwrap();
+    west.stop(&ctx_for("u3", 1), &c.id).await.unwrap();
+    (clouds, [a, b, c])
+}
+
 // ---- fencing ---------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn stale_epochs_are_fenced_without_effect() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     let a = d.provision(&ctx(2), "k2", None).await.unwrap();
     assert_eq!(cloud.newest_epoch(WS), Some(2));
 
@@ -239,9 +249,7 @@ async fn stale_epochs_are_fenced_without_effect() {
 
 #[tokio::test]
 async fn fences_are_per_workspace_and_per_provider() {
-    let clouds = Clouds::new();
-    let east = driver(&clouds, "east");
-    let west = driver(&clouds, "west");
+    let (clouds, east, west) = east_and_west();
     east.provision(&ctx_for("u1", 5), "k1", None).await.unwrap();
     east.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
     west.provision(&ctx_for("u1", 1), "k3", None).await.unwrap();
@@ -251,8 +259,7 @@ async fn fences_are_per_workspace_and_per_provider() {
 
 #[tokio::test]
 async fn lookups_move_the_fence() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     assert_eq!(d.lookup(&ctx(9), "k").await.unwrap(), None);
     assert_eq!(clouds.cloud("east").newest_epoch(WS), Some(9));
     assert_eq!(d.provision(&ctx(1), "k", None).await.unwrap_err(), DriverError::StaleEpoch { epoch: 1, newest: 9 });
@@ -262,9 +269,7 @@ async fn lookups_move_the_fence() {
 
 #[tokio::test]
 async fn an_older_provision_after_a_newer_failed_call_is_refused() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     // The new holder's provision fails by injection, after it passed the fence.
     cloud.set_faults(Faults { fail_provision: 1, ..Faults::default() });
     assert!(d.provision(&ctx(3), "k3", None).await.unwrap_err().is_retryable());
@@ -279,9 +284,7 @@ async fn an_older_provision_after_a_newer_failed_call_is_refused() {
 
 #[tokio::test]
 async fn an_older_provision_after_a_newer_lookup_that_failed_is_refused() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     cloud.set_faults(Faults { fail_lookup: 1, ..Faults::default() });
     assert!(d.lookup(&ctx(4), "k4").await.unwrap_err().is_retryable());
     assert_eq!(cloud.faults().fail_lookup, 0);
@@ -296,9 +299,7 @@ async fn an_older_provision_after_a_newer_lookup_that_failed_is_refused() {
 
 #[tokio::test]
 async fn the_fence_call_raises_the_fence_and_nothing_else() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     d.fence(&ctx(4)).await.unwrap();
     d.fence(&ctx(4)).await.unwrap();
@@ -330,8 +331,7 @@ async fn the_fence_call_raises_the_fence_and_nothing_else() {
 
 #[tokio::test]
 async fn fences_survive_restore_whatever_advanced_them() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     d.fence(&ctx_for("u1", 5)).await.unwrap();
     d.lookup(&ctx_for("u2", 6), "k").await.unwrap();
     clouds.cloud("east").set_faults(Faults { fail_stop: 1, ..Faults::default() });
@@ -358,8 +358,7 @@ fn in_cluster(uid: &str, epoch: i64, cluster: &str) -> CallContext {
 
 #[tokio::test]
 async fn list_pages_through_one_clusters_instances_in_a_stable_order() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     let mut mine = Vec::new();
     for n in 0..7 {
         let uid = format!("u{n}");
@@ -405,8 +404,7 @@ async fn list_pages_through_one_clusters_instances_in_a_stable_order() {
 
 #[tokio::test]
 async fn list_clamps_its_limit() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (_clouds, _, d) = east();
     for n in 0..3 {
         d.provision(&in_cluster(&format!("u{n}"), 1, "c1"), &format!("k{n}"), None).await.unwrap();
     }
@@ -419,8 +417,7 @@ async fn list_clamps_its_limit() {
 
 #[tokio::test]
 async fn instances_of_restored_old_ledgers_are_listed_under_the_empty_cluster() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     d.provision(&in_cluster("u1", 1, "c1"), "k1", None).await.unwrap();
     let mut ledger = clouds.ledger();
     // What an entry written before clusters were recorded reads back as.
@@ -436,8 +433,7 @@ async fn instances_of_restored_old_ledgers_are_listed_under_the_empty_cluster() 
 
 #[tokio::test]
 async fn list_of_an_unreachable_provider_fails() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     clouds.cloud("east").set_faults(Faults { refuse_all: true, ..Faults::default() });
     assert!(d.list("c1", None, 10).await.unwrap_err().is_retryable());
 }
@@ -446,9 +442,7 @@ async fn list_of_an_unreachable_provider_fails() {
 
 #[tokio::test]
 async fn fail_provision_fails_the_next_n_without_effect() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     cloud.set_faults(Faults { fail_provision: 2, ..Faults::default() });
     for left in [1, 0] {
         let err = d.provision(&ctx(5), "k", None).await.unwrap_err();
@@ -468,9 +462,7 @@ async fn fail_provision_fails_the_next_n_without_effect() {
 
 #[tokio::test]
 async fn fail_stop_fails_the_next_n_without_effect() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     let a = d.provision(&ctx(1), "k", None).await.unwrap();
     cloud.set_faults(Faults { fail_stop: 1, ..Faults::default() });
     // Provisions are not affected by stop faults.
@@ -484,29 +476,31 @@ async fn fail_stop_fails_the_next_n_without_effect() {
     assert!(matches!(outcomes(&clouds)[2], Outcome::FailedAfterFence(_)));
 }
 
+/// Asserts that `id`, the cloud's only instance, is still running, and that once the faults are
+/// cleared a stop under `epoch` stops it.
+async fn survives_the_faults(cloud: &Cloud, d: &SimulatedDriver, epoch: i64, id: &str) {
+    assert_eq!(cloud.instances().len(), 1);
+    assert_eq!(cloud.instance(id).unwrap().state, InstanceState::Running);
+    cloud.set_faults(Faults::default());
+    d.stop(&ctx(epoch), id).await.unwrap();
+    assert_eq!(cloud.instance(id).unwrap().state, InstanceState::Stopped);
+}
+
 #[tokio::test]
 async fn always_failing_faults_persist_until_cleared() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (_clouds, cloud, d) = east();
     let a = d.provision(&ctx(1), "k", None).await.unwrap();
     cloud.set_faults(Faults { fail_provision_always: true, fail_stop_always: true, ..Faults::default() });
     for _ in 0..5 {
         assert!(matches!(d.provision(&ctx(1), "k2", None).await, Err(DriverError::Transient(_))));
         assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::Transient(_))));
     }
-    assert_eq!(cloud.instances().len(), 1);
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
-    cloud.set_faults(Faults::default());
-    d.stop(&ctx(1), &a.id).await.unwrap();
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Stopped);
+    survives_the_faults(&cloud, &d, 1, &a.id).await;
 }
 
 #[tokio::test]
 async fn dropped_provision_response_commits() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     cloud.set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
     let err = d.provision(&ctx(1), "k", None).await.unwrap_err();
     assert_eq!(err, DriverError::Transient("response lost".into()));
@@ -523,9 +517,7 @@ async fn dropped_provision_response_commits() {
 
 #[tokio::test]
 async fn dropped_response_of_a_replay_and_fenced_calls() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (clouds, cloud, d) = east();
     let a = d.provision(&ctx(2), "k", None).await.unwrap();
     cloud.set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
     // A fenced provision commits nothing, so it does not consume the drop.
@@ -579,31 +571,23 @@ async fn extra_latency_applies_to_every_call() {
 
 #[tokio::test(start_paused = true)]
 async fn hang_never_answers_and_has_no_effect() {
-    let clouds = Clouds::new();
-    let cloud = clouds.cloud("east");
-    let d = driver(&clouds, "east");
+    let (clouds, cloud, d) = east();
     let a = d.provision(&ctx(1), "k", None).await.unwrap();
     cloud.set_faults(Faults { hang: true, ..Faults::default() });
     let limit = Duration::from_secs(3600);
     assert!(tokio::time::timeout(limit, d.provision(&ctx(2), "k2", None)).await.is_err());
     assert!(tokio::time::timeout(limit, d.stop(&ctx(2), &a.id)).await.is_err());
     assert!(tokio::time::timeout(limit, d.lookup(&ctx(2), "k")).await.is_err());
-    assert_eq!(cloud.instances().len(), 1);
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
     assert_eq!(cloud.newest_epoch(WS), Some(1), "a hung call does not reach the fence");
     assert_eq!(&outcomes(&clouds)[1..], &[Outcome::Hung, Outcome::Hung, Outcome::Hung]);
-    cloud.set_faults(Faults::default());
-    d.stop(&ctx(2), &a.id).await.unwrap();
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Stopped);
+    survives_the_faults(&cloud, &d, 2, &a.id).await;
 }
 
 // ---- end to end through the drivers ----------------------------------------------------------
 
 #[tokio::test]
 async fn a_safe_switch_leaves_a_clean_ledger() {
-    let clouds = Clouds::new();
-    let east = driver(&clouds, "east");
-    let west = driver(&clouds, "west");
+    let (clouds, east, west) = east_and_west();
     let a = east.provision(&ctx(1), "uid-1.op-1", None).await.unwrap();
     // Switch under epoch 2: stop the old instance first, then start the new one.
     east.stop(&ctx(2), &a.id).await.unwrap();
@@ -617,9 +601,7 @@ async fn a_safe_switch_leaves_a_clean_ledger() {
 
 #[tokio::test]
 async fn an_unsafe_switch_is_flagged() {
-    let clouds = Clouds::new();
-    let east = driver(&clouds, "east");
-    let west = driver(&clouds, "west");
+    let (clouds, east, west) = east_and_west();
     let a = east.provision(&ctx(1), "k1", None).await.unwrap();
     let b = west.provision(&ctx(2), "k2", None).await.unwrap();
     east.stop(&ctx(2), &a.id).await.unwrap();
@@ -781,17 +763,17 @@ fn instances_of_other_workspaces_or_stopped_ones_do_not_count_as_live() {
     assert!(matches!(b.check().as_slice(), [Violation::MultipleLive { seq: 5, .. }]));
 }
 
+/// The violations of e1 created under epoch 1, stopped under 2, then stopped again under `epoch`.
+fn stopped_again_under(epoch: i64) -> Vec<Violation> {
+    let mut b = Book::new();
+    b.create("east", "u1", 1, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped);
+    b.stop("east", "u1", epoch, "e1", Outcome::Stopped);
+    b.check()
+}
+
 #[test]
 fn flags_a_repeated_effective_stop() {
-    let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped).stop(
-        "east",
-        "u1",
-        2,
-        "e1",
-        Outcome::Stopped,
-    );
-    let v = b.check();
+    let v = stopped_again_under(2);
     assert_eq!(
         v,
         vec![Violation::RepeatedStop { seq: 3, provider: "east".into(), instance: "e1".into(), first_seq: 2 }]
@@ -801,15 +783,7 @@ fn flags_a_repeated_effective_stop() {
 
 #[test]
 fn flags_effective_stops_under_two_epochs() {
-    let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped).stop(
-        "east",
-        "u1",
-        3,
-        "e1",
-        Outcome::Stopped,
-    );
-    let v = b.check();
+    let v = stopped_again_under(3);
     assert!(v.contains(&Violation::StoppedUnderTwoEpochs {
         seq: 3,
         provider: "east".into(),
@@ -1010,13 +984,7 @@ fn flags_a_stop_of_another_workspaces_instance() {
 
 #[tokio::test]
 async fn check_live_flags_leaks_and_missing_instances() {
-    let clouds = Clouds::new();
-    let east = driver(&clouds, "east");
-    let west = driver(&clouds, "west");
-    let a = east.provision(&ctx_for("u1", 1), "k1", None).await.unwrap();
-    let b = west.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
-    let c = west.provision(&ctx_for("u3", 1), "k3", None).await.unwrap();
-    west.stop(&ctx_for("u3", 1), &c.id).await.unwrap();
+    let (clouds, [a, b, c]) = three_workspaces().await;
 
     let all = [("east".to_string(), a.id.clone()), ("west".to_string(), b.id.clone())];
     assert!(check_live(&clouds, &all).is_empty());
@@ -1040,8 +1008,7 @@ async fn check_live_flags_leaks_and_missing_instances() {
 
 #[tokio::test]
 async fn restore_from_the_ledger_rebuilds_instances_keys_and_fences() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
+    let (clouds, _, d) = east();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     let b = d.provision(&ctx(3), "k2", None).await.unwrap();
     d.stop(&ctx(3), &a.id).await.unwrap();
@@ -1110,9 +1077,7 @@ async fn a_failed_sink_refuses_every_later_call() {
 
 #[tokio::test]
 async fn refuse_all_and_error_rates() {
-    let clouds = Clouds::new();
-    let d = driver(&clouds, "east");
-    let cloud = clouds.cloud("east");
+    let (_clouds, cloud, d) = east();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     cloud.set_faults(Faults { refuse_all: true, ..Faults::default() });
     assert!(matches!(d.provision(&ctx(2), "k2", None).await, Err(DriverError::Transient(_))));

@@ -304,13 +304,18 @@ async fn health(State(sim): Sim) -> Json<Health> {
     Json(Health { status: "ok".to_owned(), provider: sim.name.clone(), versions: vec![VERSION.to_owned()] })
 }
 
-/// Runs an engine call off the async workers (it may fsync the journal) and turns its answer
-/// into a response; a lost answer drops the connection, a hang never answers.
+/// Waits out a call's latency (`base` plus the injected extra), then runs the engine call off
+/// the async workers (it may fsync the journal) and turns its answer into a response; a lost
+/// answer drops the connection, a hang never answers.
 async fn engine<T: Send + 'static>(
-    call: impl FnOnce() -> Answer<T> + Send + 'static,
+    sim: &ProviderSim,
+    base: Duration,
+    call: impl FnOnce(&Cloud) -> Answer<T> + Send + 'static,
     respond: impl FnOnce(T) -> Response,
 ) -> Response {
-    match tokio::task::spawn_blocking(call).await {
+    sim.cloud.latency(base).await;
+    let cloud = sim.cloud.clone();
+    match tokio::task::spawn_blocking(move || call(&cloud)).await {
         Ok(Answer::Reply(Ok(v))) => respond(v),
         Ok(Answer::Reply(Err(e))) => ApiError::from(e).into_response(),
         Ok(Answer::Lost) => {
@@ -330,10 +335,10 @@ async fn create(State(sim): Sim, body: Result<Json<CreateInstance>, JsonRejectio
     }
     let uid = body.call.workspace_uid.clone();
     let (key, ctx) = (body.key, CallContext::from(body.call));
-    sim.cloud.latency(Duration::from_millis(sim.latency.provision_latency_ms)).await;
-    let cloud = sim.cloud.clone();
     Ok(engine(
-        move || cloud.provision_now(&ctx, &key),
+        &sim,
+        Duration::from_millis(sim.latency.provision_latency_ms),
+        move |cloud| cloud.provision_now(&ctx, &key),
         |p| {
             let status = if p.created { StatusCode::CREATED } else { StatusCode::OK };
             let i = p.instance;
@@ -350,10 +355,10 @@ async fn stop(
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
     let ctx = CallContext::from(body.call);
-    sim.cloud.latency(Duration::from_millis(sim.latency.stop_latency_ms)).await;
-    let cloud = sim.cloud.clone();
     Ok(engine(
-        move || cloud.stop_now(&ctx, &id).map_reply(|()| id),
+        &sim,
+        Duration::from_millis(sim.latency.stop_latency_ms),
+        move |cloud| cloud.stop_now(&ctx, &id).map_reply(|()| id),
         |id| Json(Stopped { id, state: InstanceState::Stopped }).into_response(),
     )
     .await)
@@ -370,9 +375,8 @@ async fn fence(
     }
     let ctx = CallContext::from(body.call);
     let epoch = ctx.epoch;
-    sim.cloud.latency(Duration::ZERO).await;
-    let cloud = sim.cloud.clone();
-    Ok(engine(move || cloud.fence_now(&ctx), move |()| Json(Fence { workspace_uid: uid, epoch }).into_response()).await)
+    let respond = move |()| Json(Fence { workspace_uid: uid, epoch }).into_response();
+    Ok(engine(&sim, Duration::ZERO, move |cloud| cloud.fence_now(&ctx), respond).await)
 }
 
 async fn get_instance(State(sim): Sim, UrlPath(id): UrlPath<String>) -> Result<Json<Instance>, ApiError> {
@@ -427,10 +431,11 @@ async fn list(
         operation_id: text(OPERATION_HEADER),
         cluster: text(CLUSTER_HEADER),
     };
-    sim.cloud.latency(Duration::ZERO).await;
-    let (cloud, sim2) = (sim.cloud.clone(), sim.clone());
+    let sim2 = sim.clone();
     Ok(engine(
-        move || cloud.lookup_now(&ctx, &key),
+        &sim,
+        Duration::ZERO,
+        move |cloud| cloud.lookup_now(&ctx, &key),
         move |found| {
             let items = found.and_then(|f| sim2.wire(&f.id)).filter(|i| i.workspace_uid == uid);
             Json(InstanceList { items: items.into_iter().collect() }).into_response()
@@ -452,11 +457,11 @@ async fn inventory(
             format!("pageToken must be 1-{PAGE_TOKEN_MAX} characters"),
         ));
     }
-    sim.cloud.latency(Duration::ZERO).await;
-    let cloud = sim.cloud.clone();
     let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
     Ok(engine(
-        move || cloud.list_now(&cluster, page.as_deref(), limit),
+        sim,
+        Duration::ZERO,
+        move |cloud| cloud.list_now(&cluster, page.as_deref(), limit),
         |p| {
             let items = p.items.into_iter().map(Into::into).collect();
             Json(InventoryPage { items, next_page_token: p.next }).into_response()
