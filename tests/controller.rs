@@ -18,7 +18,7 @@ use support::*;
 use switchyard::api::Workspace;
 use switchyard::api::conditions as cond;
 use switchyard::controller::Clock;
-use switchyard::provider::simulated::{Call, Clouds, Faults, Outcome};
+use switchyard::provider::simulated::{Call, Faults, Outcome};
 use switchyard::runtime::Backoff;
 
 /// A controller handed a stale copy (an old resourceVersion) gets 409 on its claim and stops:
@@ -30,11 +30,7 @@ async fn stale_copy_loses_its_claim_and_calls_no_provider() {
     use switchyard::controller::{Context, Handles, reconcile};
     use switchyard::provider::Dispatcher;
 
-    let client = client().await;
-    let ns = namespace(&client, "ctl-stale").await;
-    let a = unique("a");
-    simulated_provider(&client, &a, 0, 0).await;
-    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let Scenario { client, ns, a, clouds, api, .. } = Scenario::new(Transport::InProcess, "ctl-stale").await;
     let mut ws = workspace("ws-stale", &a);
     ws.metadata.finalizers = Some(vec![switchyard::api::FINALIZER.to_string()]);
     let stale = api.create(&PostParams::default(), &ws).await.expect("create");
@@ -43,7 +39,6 @@ async fn stale_copy_loses_its_claim_and_calls_no_provider() {
     let fresh = api.patch("ws-stale", &PatchParams::default(), &Patch::Merge(label)).await.expect("label");
     assert_ne!(fresh.metadata.resource_version, stale.metadata.resource_version);
 
-    let clouds = Clouds::new();
     let (providers, _writer) = reflector::store();
     let handles = Handles::default();
     let ctx =
@@ -136,13 +131,8 @@ async fn retries_longer_than_the_claim_lease_keep_the_claim() {
 /// fixing the name recovers. A spec edit in the middle of a switch does not break it.
 #[tokio::test]
 async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
-    let client = client().await;
-    let ns = namespace(&client, "ctl-unknown").await;
-    let (a, b) = (unique("a"), unique("b"));
-    simulated_provider(&client, &a, 5, 400).await;
-    simulated_provider(&client, &b, 5, 5).await;
-    let clouds = Clouds::new();
-    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let Scenario { client, ns, a, b, clouds, api, .. } = Scenario::new(Transport::InProcess, "ctl-unknown").await;
+    clouds.cloud(&a).set_faults(Faults { extra_latency: Duration::from_millis(400), ..Faults::default() });
     let _x = Instance::start(&client, settings("unknown-x", &ns), &clouds);
 
     api.create(&PostParams::default(), &workspace("ws", "no-such-cloud")).await.expect("create");
@@ -155,7 +145,7 @@ async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
     let ws = wait_ready_on(&api, "ws", &a, CONVERGE).await;
     assert_eq!(condition(&ws, cond::STALLED).map(|c| c.0), Some("False".into()));
 
-    // Stopping on a takes 400ms; edit the template while the switch is in flight.
+    // Stopping on a takes over 400ms; edit the template while the switch is in flight.
     switch_with_kubectl(&ns, "ws", &b);
     wait_for(&api, "ws", "switch in flight", CONVERGE, |ws| status(ws).operation.is_some()).await;
     patch_spec(&api, "ws", serde_json::json!({"template": {"image": "busybox:2", "size": "large"}})).await;

@@ -22,10 +22,11 @@ use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib, Table};
 use serde::Deserialize;
 use serde_json::Value;
 use support::fixtures::*;
+use support::scenario::{Scenario, Transport};
 use support::*;
 use switchyard::api::conditions as cond;
 use switchyard::api::{OperationKind, Workspace};
-use switchyard::provider::simulated::Clouds;
+use switchyard::provider::simulated::Faults;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -396,18 +397,15 @@ fn count(readings: &[Reading], name: &str, pred: impl Fn(&Reading) -> bool) -> u
     readings.iter().filter(|r| r.name == name && pred(r)).count()
 }
 
-/// Provision, switch and delete one workspace, with providers slow enough (300ms per call)
+/// Provision, switch and delete one workspace, with providers slow enough (over 300ms per call)
 /// that every step is a version of its own. Every version reads as it means to both tools;
 /// `kubectl wait --for=condition=Ready` returns only once the switch is complete.
 #[tokio::test]
 async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
-    let client = client().await;
-    let ns = namespace(&client, "gitops-switch").await;
-    let (a, b) = (unique("a"), unique("b"));
-    simulated_provider(&client, &a, 300, 300).await;
-    simulated_provider(&client, &b, 300, 300).await;
-    let clouds = Clouds::new();
-    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let Scenario { client, ns, a, b, clouds, api, .. } = Scenario::new(Transport::InProcess, "gitops-switch").await;
+    for provider in [&a, &b] {
+        clouds.cloud(provider).set_faults(Faults { extra_latency: Duration::from_millis(300), ..Faults::default() });
+    }
     let versions = Versions::record(api.clone()).await;
     let _ctl = Instance::start(&client, settings("gitops-1", &ns), &clouds);
 
@@ -464,12 +462,8 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
 /// with the controller's reason and message; fixing the name brings both back to healthy.
 #[tokio::test]
 async fn flux_fails_and_argo_degrades_a_stalled_workspace() {
-    let client = client().await;
-    let ns = namespace(&client, "gitops-stalled").await;
-    let a = unique("a");
-    simulated_provider(&client, &a, 100, 100).await;
-    let clouds = Clouds::new();
-    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let Scenario { client, ns, a, clouds, api, .. } = Scenario::new(Transport::InProcess, "gitops-stalled").await;
+    clouds.cloud(&a).set_faults(Faults { extra_latency: Duration::from_millis(100), ..Faults::default() });
     let versions = Versions::record(api.clone()).await;
     let _ctl = Instance::start(&client, settings("gitops-2", &ns), &clouds);
 

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use support::fixtures::*;
+use support::scenario::{Scenario, Transport};
 use support::*;
-use switchyard::api::{Step, Workspace};
+use switchyard::api::Step;
 use switchyard::controller::{FailPoint, FailPoints, LeaseSettings, Settings};
-use switchyard::provider::simulated::Clouds;
+use switchyard::provider::simulated::Faults;
 
 const LEASE: Duration = Duration::from_secs(3);
 
@@ -25,11 +26,7 @@ fn replica(identity: &str, ns: &str) -> Settings {
 
 #[tokio::test]
 async fn leader_killed_mid_switch_is_replaced_and_the_switch_resumes() {
-    let client = client().await;
-    let ns = namespace(&client, "ha").await;
-    let (a, b) = simulated_pair(&client).await;
-    let clouds = Clouds::new();
-    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let Scenario { client, ns, a, b, clouds, api, .. } = Scenario::new(Transport::InProcess, "ha").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
 
     let failpoints = FailPoints::default();
@@ -72,13 +69,8 @@ async fn leader_killed_mid_switch_is_replaced_and_the_switch_resumes() {
 #[tokio::test]
 async fn metrics_and_health_endpoints_report_a_switch() {
     use switchyard::controller::Handles;
-    let client = client().await;
-    let ns = namespace(&client, "metrics").await;
-    let (a, b) = (unique("a"), unique("b"));
-    simulated_provider(&client, &a, 5, 300).await;
-    simulated_provider(&client, &b, 5, 5).await;
-    let clouds = Clouds::new();
-    let api: Api<Workspace> = Api::namespaced(client.clone(), &ns);
+    let Scenario { client, ns, a, b, clouds, api, .. } = Scenario::new(Transport::InProcess, "metrics").await;
+    clouds.cloud(&a).set_faults(Faults { extra_latency: Duration::from_millis(300), ..Faults::default() });
     let handles = Handles::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -98,7 +90,7 @@ async fn metrics_and_health_endpoints_report_a_switch() {
     api.create(&PostParams::default(), &workspace("ws", &a)).await.expect("create");
     wait_ready_on(&api, "ws", &a, Duration::from_secs(30)).await;
     switch_with_kubectl(&ns, "ws", &b);
-    // Stopping on a takes 300ms: scrape while the switch is in flight, then after.
+    // Stopping on a takes over 300ms: scrape while the switch is in flight, then after.
     let during = get(addr, "/metrics").await;
     assert!(during.contains("switchyard_claims_won_total"), "{during}");
     wait_ready_on(&api, "ws", &b, Duration::from_secs(30)).await;

@@ -276,10 +276,7 @@ async fn stop_failure_releases_the_claim_and_recovers(t: Transport) {
     assert!(!s.ledger_has(&s.b, Call::Provision, |_| true).await, "nothing may be provisioned on b before a stops");
     wait_for_event(&s.client, &s.ns, "ws", cond::ConditionReason::StopFailed.as_str(), CONVERGE).await;
 
-    s.set_faults(&s.a, Faults::default()).await;
-    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
-    assert_eq!(s.live().await.len(), 1);
-    s.assert_invariants().await;
+    s.heals_onto_b(&s.a).await;
 }
 
 /// Provision fails on b: retried with backoff, lastError visible; converges when b recovers.
@@ -295,10 +292,7 @@ async fn provision_failure_is_retried_and_visible(t: Transport) {
     let op = status(&failing).operation.expect("operation");
     assert_eq!(op.step, Step::OldStopped, "roll forward only: the old compute stays stopped");
     assert!(op.last_error.unwrap_or_default().contains("injected"), "lastError should say what failed");
-    s.set_faults(&s.b, Faults::default()).await;
-    wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
-    assert_eq!(s.live().await.len(), 1);
-    s.assert_invariants().await;
+    s.heals_onto_b(&s.b).await;
 }
 
 /// A→B→A before the stop: no stop issued, ends on A with its instance. A→B→C after a
@@ -474,10 +468,6 @@ async fn paused_ex_holder_makes_no_write_after_a_takeover(t: Transport) {
     let calls_after = s.ledger().await.iter().filter(|e| e.caller == "fencew-x").count();
     assert_eq!(calls_after, calls_before, "the paused ex-holder called a provider after the takeover");
 
-    s.set_faults(&s.b, Faults::default()).await;
-    let ws = wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
-    let instance = status(&ws).instance.expect("instance");
-    assert_eq!(s.live().await, vec![(s.b.clone(), instance.id)]);
-    let ledger = s.assert_invariants().await;
+    let ledger = s.heals_onto_b(&s.b).await;
     report(&format!("{t:?} paused writer"), started, &ledger, x_claims + claims(&[&y]));
 }

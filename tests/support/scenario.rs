@@ -188,6 +188,16 @@ impl Scenario {
         ledger
     }
 
+    /// Clears `provider`'s faults, waits until `ws` is Ready on `b`, and checks that it runs
+    /// there alone and that DESIGN.md §3 holds; the merged ledger.
+    pub async fn heals_onto_b(&self, provider: &str) -> Vec<LedgerEntry> {
+        self.set_faults(provider, Faults::default()).await;
+        let ws = wait_ready_on(&self.api, "ws", &self.b, CONVERGE).await;
+        let instance = ws.status.and_then(|s| s.instance).expect("instance");
+        assert_eq!(self.live().await, vec![(self.b.clone(), instance.id)], "exactly one live instance, on b");
+        self.assert_invariants().await
+    }
+
     /// Waits for a call of `ws` at `provider` that `pred` accepts.
     pub async fn call_seen(&self, provider: &str, what: &str, pred: impl Fn(&LedgerEntry) -> bool) -> LedgerEntry {
         eventually(what, CONVERGE, || async {
