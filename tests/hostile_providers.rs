@@ -16,8 +16,8 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use support::sims::{Request as Seen, read_request};
+use support::fake_provider::{Fake, Reply};
 use switchyard::api::conditions as cond;
 use switchyard::api::{ComputeProvider, HttpSettings, PROVIDER_TOKEN_LABEL, PROVIDER_TOKEN_TYPE, Workspace};
 use switchyard::computeprovider;
@@ -36,8 +36,6 @@ use switchyard::provider::{
     CREDENTIAL_PROVIDERS_ANNOTATION, CallContext, DispatchError, Dispatcher, Driver, DriverError,
 };
 use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 use support::fixtures::{self, condition, unique, wait_for};
 use support::sims::{Sim, put_secret, secret_ref};
@@ -59,102 +57,6 @@ fn driver(endpoint: &str) -> HttpDriver {
 
 fn rejected_with(e: &DriverError, needle: &str) -> bool {
     matches!(e, DriverError::Rejected(m) if m.contains(needle))
-}
-
-// ---- a provider that answers whatever a test tells it to ------------------------------------
-
-/// What the fake provider answers.
-enum Reply {
-    /// A status and a JSON body, with its Content-Length.
-    Json(u16, String),
-    /// These bytes as they are (head and body), then close.
-    Raw(Vec<u8>),
-    /// A 200 head, then body bytes until the client hangs up; `chunked` or close-delimited.
-    Endless { chunked: bool },
-}
-
-type Respond = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
-
-/// A fake provider: the requests it saw, the bytes it wrote, and how many endless answers the
-/// client hung up on.
-#[derive(Clone)]
-struct Fake {
-    endpoint: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    written: Arc<AtomicU64>,
-    hung_up: Arc<AtomicUsize>,
-}
-
-impl Fake {
-    async fn start(respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
-        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), respond).await
-    }
-
-    /// Listens on `ip` (any port); the endpoint names `ip`.
-    async fn start_on(ip: IpAddr, respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let fake = Self {
-            endpoint: format!("http://{addr}"),
-            seen: Arc::default(),
-            written: Arc::default(),
-            hung_up: Arc::default(),
-        };
-        let respond: Respond = Arc::new(respond);
-        let state = fake.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (state, respond) = (state.clone(), respond.clone());
-                tokio::spawn(async move {
-                    let Some(seen) = read_request(&mut stream).await else { return };
-                    state.seen.lock().unwrap_or_else(|e| e.into_inner()).push(seen.clone());
-                    state.answer(&mut stream, respond(&seen)).await;
-                });
-            }
-        });
-        fake
-    }
-
-    async fn answer(&self, stream: &mut tokio::net::TcpStream, reply: Reply) {
-        match reply {
-            Reply::Json(status, body) => {
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(body.as_bytes()).await;
-            }
-            Reply::Raw(bytes) => {
-                let _ = stream.write_all(&bytes).await;
-            }
-            Reply::Endless { chunked } => {
-                let framing = if chunked { "transfer-encoding: chunked\r\n" } else { "" };
-                let head =
-                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{framing}connection: close\r\n\r\n");
-                if stream.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                let data = vec![b' '; 64 << 10];
-                let chunk = if chunked {
-                    [format!("{:x}\r\n", data.len()).into_bytes(), data, b"\r\n".to_vec()].concat()
-                } else {
-                    data
-                };
-                loop {
-                    if stream.write_all(&chunk).await.is_err() {
-                        self.hung_up.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    self.written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                }
-            }
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
 }
 
 fn health_ok() -> String {
@@ -350,6 +252,12 @@ async fn create_provider(client: &Client, name: &str, spec: serde_json::Value) -
         .expect("create provider")
 }
 
+/// ComputeProvider `name` for `sim`, its token in Secret `secret` of `namespace`.
+async fn sim_provider(client: &Client, name: &str, sim: &Sim, namespace: &str, secret: &str) -> ComputeProvider {
+    create_provider(client, name, http_spec(json!(sim.process.http_settings(Some(secret_ref(namespace, secret))))))
+        .await
+}
+
 fn http_spec(http: serde_json::Value) -> serde_json::Value {
     json!({"driver": "http", "callTimeoutSeconds": 5, "http": http})
 }
@@ -465,13 +373,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     .expect("secret");
     secrets.create(&PostParams::default(), &unmarked).await.expect("create Secret");
     let name = sim.name.clone();
-    let p = create_provider(
-        &client,
-        &name,
-        json!({"driver": "http", "callTimeoutSeconds": 5,
-        "http": sim.process.http_settings(Some(secret_ref(&ns, "db-password")))}),
-    )
-    .await;
+    let p = sim_provider(&client, &name, &sim, &ns, "db-password").await;
 
     let ready = probed(&client, &d, &name).await;
     misconfigured(&ready, &format!("Secret {ns}/db-password is not marked as a provider credential"));
@@ -498,13 +400,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
         .expect("secret");
     secrets.create(&PostParams::default(), &typed).await.expect("create typed Secret");
     let typed_name = unique("typed");
-    create_provider(
-        &client,
-        &typed_name,
-        json!({"driver": "http", "callTimeoutSeconds": 5,
-        "http": sim.process.http_settings(Some(secret_ref(&ns, "typed-token")))}),
-    )
-    .await;
+    sim_provider(&client, &typed_name, &sim, &ns, "typed-token").await;
     let ready = probed(&client, &d, &typed_name).await;
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 
@@ -590,13 +486,7 @@ async fn credential_and_tls_problems_are_misconfigurations() {
     put_secret(&client, &ns, "no-key", json!({"other": "x"})).await;
     for (secret, says) in [("absent", "does not exist"), ("no-key", "has no key \"token\"")] {
         let name = unique("creds");
-        create_provider(
-            &client,
-            &name,
-            json!({"driver": "http", "callTimeoutSeconds": 5,
-            "http": sim.process.http_settings(Some(secret_ref(&ns, secret)))}),
-        )
-        .await;
+        sim_provider(&client, &name, &sim, &ns, secret).await;
         let ready = probed(&client, &d, &name).await;
         misconfigured(&ready, &format!("Secret {ns}/{secret}"));
         misconfigured(&ready, says);
@@ -630,7 +520,7 @@ async fn credential_and_tls_problems_are_misconfigurations() {
     // With its certificate as the bundle: Ready, as a control.
     let good = unique("tls-good");
     let settings = tls_sim.http_settings(Some(secret_ref(&ns, "tls-token")));
-    create_provider(&client, &good, json!({"driver": "http", "callTimeoutSeconds": 5, "http": settings})).await;
+    create_provider(&client, &good, http_spec(json!(settings))).await;
     let ready = probed(&client, &d, &good).await;
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
     assert!(tls_sim.ledger().await.expect("ledger").is_empty(), "no call went through an untrusted channel");

@@ -32,7 +32,7 @@ async fn killing_provider_b_mid_provision_resumes_when_it_is_back() {
     let hung = s
         .call_seen(&s.b, "provision in flight at b", |e| e.call == Call::Provision && e.outcome == Outcome::Hung)
         .await;
-    let mid = status(&s.api.get("ws").await.expect("get"));
+    let mid = s.status().await;
     let op = mid.operation.clone().expect("operation in flight");
     assert_eq!((op.step, mid.instance.clone()), (Step::OldStopped, None), "the old compute is stopped and committed");
     assert!(s.sim(&s.a).live().await.is_empty(), "nothing runs on a while b provisions");
@@ -102,7 +102,7 @@ async fn provider_ready(client: &kube::Client, name: &str, status: &str, reason:
 async fn bad_credentials_stall_clearly_and_recover() {
     let started = Instant::now();
     let mut s = Scenario::running_on_a(Transport::Http, "e2e-badcreds").await;
-    let on_a = status(&s.api.get("ws").await.expect("get")).instance.expect("instance on a");
+    let on_a = s.status().await.instance.expect("instance on a");
     // w: a healthy provider-sim, but its Secret holds the wrong token.
     let w_sim = Sim::start(&unique("w")).await;
     put_secret(&s.client, &s.ns, "w-token", serde_json::json!({"token": "not-the-right-token"})).await;
@@ -205,7 +205,7 @@ async fn leader_process_killed_mid_switch_is_replaced_by_the_standby() {
     s.set_faults(&s.b, Faults { hang: true, ..Faults::default() }).await;
     switch_with_kubectl(&s.ns, "ws", &s.b);
     s.call_seen(&s.b, "provision in flight at b", |e| e.call == Call::Provision && e.outcome == Outcome::Hung).await;
-    let mid = status(&s.api.get("ws").await.expect("get"));
+    let mid = s.status().await;
     let op = mid.operation.expect("operation in flight");
     assert_eq!((op.step, op.holder.as_str()), (Step::OldStopped, "leaderkill-1"), "the leader holds the switch");
 

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::sims::read_request;
+use support::fake_provider::{Fake, Reply};
+use support::sims::Request as Seen;
 use switchyard::api::{ComputeProvider, HttpSettings};
 use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::simulated::{Clouds, Faults, Outcome, Violation, check_ledger, merge_ledgers};
 use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState};
 use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const BUDGET: Duration = Duration::from_secs(5);
@@ -81,7 +81,7 @@ async fn conformance_suite_passes_against_provider_sim() {
 
 #[tokio::test]
 async fn conformance_suite_fails_against_a_broken_provider() {
-    let endpoint = fake_provider(|_| Fake::Reply(200, "{}")).await;
+    let endpoint = Fake::start(|_| Reply::Json(200, "{}".into())).await.endpoint;
     let dir = tempfile::tempdir().expect("temp dir");
     let token = dir.path().join("token");
     std::fs::write(&token, "t").expect("token");
@@ -304,40 +304,6 @@ async fn https_with_a_ca_bundle() {
     assert!(out.status.success() && stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
 }
 
-/// What the fake provider does with a request.
-#[derive(Clone, Copy)]
-enum Fake {
-    Reply(u16, &'static str),
-    Hang,
-    Close,
-}
-
-/// A provider that answers every request per `respond` (given the request line).
-async fn fake_provider(respond: fn(&str) -> Fake) -> String {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Some(request_line) = read_request(&mut stream).await.map(|r| r.line) else { return };
-                match respond(&request_line) {
-                    Fake::Reply(status, body) => {
-                        let head = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = stream.write_all(head.as_bytes()).await;
-                        let _ = stream.write_all(body.as_bytes()).await;
-                    }
-                    Fake::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
-                    Fake::Close => {}
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 fn token() -> TokenSource {
     TokenSource::Static(BearerToken::new("fake-provider-token"))
 }
@@ -345,43 +311,43 @@ fn token() -> TokenSource {
 #[tokio::test]
 async fn bad_providers_give_clear_driver_errors() {
     type Check = fn(&DriverError) -> bool;
-    type Respond = fn(&str) -> Fake;
+    type Respond = fn(&Seen) -> Reply;
     let cases: [(&str, Respond, Check); 8] = [
         (
             "garbage JSON in a 200",
-            |_| Fake::Reply(200, "{\"id\": 12, oops"),
+            |_| Reply::Json(200, "{\"id\": 12, oops".into()),
             |e| matches!(e, DriverError::Rejected(m) if m.contains("protocol violation") && m.contains("oops")),
         ),
         (
             "a 200 for another key",
-            |_| Fake::Reply(200, r#"{"id":"i-1","key":"other","workspaceUid":"u1","state":"Running"}"#),
+            |_| Reply::Json(200, r#"{"id":"i-1","key":"other","workspaceUid":"u1","state":"Running"}"#.into()),
             |e| matches!(e, DriverError::Rejected(m) if m.contains("key other")),
         ),
         (
             "HTML 500",
-            |_| Fake::Reply(500, "<html>boom</html>"),
+            |_| Reply::Json(500, "<html>boom</html>".into()),
             |e| matches!(e, DriverError::Transient(m) if m.contains("500") && m.contains("boom")),
         ),
         (
             "404 without an error body",
-            |_| Fake::Reply(404, "not here"),
+            |_| Reply::Json(404, "not here".into()),
             |e| matches!(e, DriverError::Rejected(m) if m.contains("404") && m.contains("protocol violation")),
         ),
-        ("a redirect", |_| Fake::Reply(302, ""), |e| matches!(e, DriverError::Rejected(m) if m.contains("302"))),
+        ("a redirect", |_| Reply::Json(302, "".into()), |e| matches!(e, DriverError::Rejected(m) if m.contains("302"))),
         (
             "an unknown error code that says retryable",
-            |_| Fake::Reply(429, r#"{"code":"SlowDown","message":"later","retryable":true}"#),
+            |_| Reply::Json(429, r#"{"code":"SlowDown","message":"later","retryable":true}"#.into()),
             |e| matches!(e, DriverError::Transient(m) if m.contains("later")),
         ),
         (
             "a closed connection",
-            |_| Fake::Close,
+            |_| Reply::Close,
             |e| matches!(e, DriverError::Transient(m) if m.contains("connection lost")),
         ),
-        ("a hang", |_| Fake::Hang, |e| matches!(e, DriverError::Transient(m) if m.contains("no answer within"))),
+        ("a hang", |_| Reply::Hang, |e| matches!(e, DriverError::Transient(m) if m.contains("no answer within"))),
     ];
     for (what, respond, expected) in cases {
-        let endpoint = fake_provider(respond).await;
+        let endpoint = Fake::start(respond).await.endpoint;
         let d = driver_for(&endpoint, token(), Duration::from_millis(800)).with_retry(one_attempt());
         let started = Instant::now();
         let e = d.provision(&call("u1", 1), "k1", None).await.expect_err(what);
@@ -401,7 +367,8 @@ async fn bad_providers_give_clear_driver_errors() {
 
     // A provider that keeps failing retryably is retried, within the attempts, then reported.
     let endpoint =
-        fake_provider(|_| Fake::Reply(503, r#"{"code":"Unavailable","message":"busy","retryable":true}"#)).await;
+        Fake::start(|_| Reply::Json(503, r#"{"code":"Unavailable","message":"busy","retryable":true}"#.into())).await;
+    let endpoint = endpoint.endpoint;
     let d = driver_for(&endpoint, token(), BUDGET)
         .with_retry(Retry { attempts: 3, first_backoff: Duration::from_millis(50) });
     let started = Instant::now();

@@ -199,10 +199,8 @@ async fn crash_at_every_step_converges_with_one_instance(t: Transport) {
     let started = Instant::now();
     for point in [FailPoint::AfterClaim, FailPoint::AfterStop, FailPoint::AfterCommit, FailPoint::AfterProvision] {
         let s = Scenario::running_on_a(t, "sc-crash").await;
-        let x = s.start_frozen_at("crash-x", point);
-        switch_with_kubectl(&s.ns, "ws", &s.b);
-        s.frozen(&x, point).await;
-        let frozen_step = status(&s.api.get("ws").await.expect("get")).operation.map(|o| o.step);
+        let x = s.switch_to_b_frozen_at("crash-x", point).await;
+        let frozen_step = s.status().await.operation.map(|o| o.step);
         let expected = if point == FailPoint::AfterClaim || point == FailPoint::AfterStop {
             Step::Claimed
         } else {
@@ -299,10 +297,8 @@ async fn provision_failure_is_retried_and_visible(t: Transport) {
 /// provision on B already happened: ends on C, nothing live on B.
 async fn reverted_and_retargeted_switches(t: Transport) {
     let s = Scenario::running_on_a(t, "sc-revert").await;
-    let before = status(&s.api.get("ws").await.expect("get")).instance.expect("instance");
-    let x = s.start_frozen_at("revert-x", FailPoint::AfterClaim);
-    switch_with_kubectl(&s.ns, "ws", &s.b);
-    s.frozen(&x, FailPoint::AfterClaim).await;
+    let before = s.status().await.instance.expect("instance");
+    let x = s.switch_to_b_frozen_at("revert-x", FailPoint::AfterClaim).await;
     switch_with_kubectl(&s.ns, "ws", &s.a);
     x.kill();
     let _y = s.start("revert-y");
@@ -313,9 +309,7 @@ async fn reverted_and_retargeted_switches(t: Transport) {
 
     let mut s = Scenario::running_on_a(t, "sc-retarget").await;
     let c = s.add_provider("c").await;
-    let x = s.start_frozen_at("retarget-x", FailPoint::AfterProvision);
-    switch_with_kubectl(&s.ns, "ws", &s.b);
-    s.frozen(&x, FailPoint::AfterProvision).await;
+    let x = s.switch_to_b_frozen_at("retarget-x", FailPoint::AfterProvision).await;
     switch_with_kubectl(&s.ns, "ws", &c);
     x.kill();
     let _y = s.start("retarget-y");
@@ -331,9 +325,7 @@ async fn reverted_and_retargeted_switches(t: Transport) {
 async fn delete_at_every_step_leaves_nothing(t: Transport) {
     for point in [FailPoint::AfterClaim, FailPoint::AfterStop, FailPoint::AfterCommit, FailPoint::AfterProvision] {
         let s = Scenario::running_on_a(t, "sc-delete").await;
-        let x = s.start_frozen_at("delete-x", point);
-        switch_with_kubectl(&s.ns, "ws", &s.b);
-        s.frozen(&x, point).await;
+        let x = s.switch_to_b_frozen_at("delete-x", point).await;
         let out = kubectl(&["delete", "workspace", "ws", "-n", &s.ns, "--wait=false"]);
         assert!(out.status.success(), "{}", stderr(&out));
         x.kill();
@@ -394,10 +386,8 @@ async fn a_paused_holder_cannot_create_compute_after_a_takeover(t: Transport) {
 async fn paused_ex_holder_is_fenced_by_the_provider(t: Transport) {
     let started = Instant::now();
     let s = Scenario::running_on_a(t, "sc-fence").await;
-    let x = s.start_frozen_at("fence-x", FailPoint::BeforeProvision);
-    switch_with_kubectl(&s.ns, "ws", &s.b);
-    s.frozen(&x, FailPoint::BeforeProvision).await;
-    let paused = status(&s.api.get("ws").await.expect("get")).operation.expect("operation");
+    let x = s.switch_to_b_frozen_at("fence-x", FailPoint::BeforeProvision).await;
+    let paused = s.status().await.operation.expect("operation");
     assert_eq!((paused.holder.as_str(), paused.step), ("fence-x", Step::OldStopped));
 
     let y = s.start("fence-y");
@@ -435,16 +425,14 @@ async fn paused_ex_holder_is_fenced_by_the_provider(t: Transport) {
 async fn paused_ex_holder_makes_no_write_after_a_takeover(t: Transport) {
     let started = Instant::now();
     let s = Scenario::running_on_a(t, "sc-fence-write").await;
-    let x = s.start_frozen_at("fencew-x", FailPoint::AfterStop);
-    switch_with_kubectl(&s.ns, "ws", &s.b);
-    s.frozen(&x, FailPoint::AfterStop).await;
-    let paused = status(&s.api.get("ws").await.expect("get")).operation.expect("operation");
+    let x = s.switch_to_b_frozen_at("fencew-x", FailPoint::AfterStop).await;
+    let paused = s.status().await.operation.expect("operation");
 
     // The new holder's provision stays in flight at b while x wakes up.
     s.set_faults(&s.b, Faults { hang: true, ..Faults::default() }).await;
     let y = s.start("fencew-y");
     s.call_seen(&s.b, "y's provision in flight", |e| e.caller == "fencew-y" && e.outcome == Outcome::Hung).await;
-    let held = status(&s.api.get("ws").await.expect("get")).operation.expect("operation");
+    let held = s.status().await.operation.expect("operation");
     assert_eq!(
         (held.id.as_str(), held.holder.as_str()),
         (paused.id.as_str(), "fencew-y"),
@@ -463,7 +451,7 @@ async fn paused_ex_holder_makes_no_write_after_a_takeover(t: Transport) {
     let x_claims = claims(&[&x]);
     x.kill();
     assert_eq!(wrote, 0, "the paused ex-holder wrote {wrote} status(es) under a claim taken over from it");
-    let still = status(&s.api.get("ws").await.expect("get")).operation.expect("operation");
+    let still = s.status().await.operation.expect("operation");
     assert_eq!((still.holder.as_str(), still.epoch), ("fencew-y", held.epoch));
     let calls_after = s.ledger().await.iter().filter(|e| e.caller == "fencew-x").count();
     assert_eq!(calls_after, calls_before, "the paused ex-holder called a provider after the takeover");

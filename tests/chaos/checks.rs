@@ -471,27 +471,26 @@ mod tests {
         }
     }
 
-    /// The leak: X (epoch 2) stopped a, its provision on t failed; Y took over (epoch 3),
-    /// looked t's key up (no fence), created on u; then X's provision on t was accepted.
-    fn leaked_history() -> Vec<LedgerEntry> {
+    /// The race: X (epoch 2) stopped a, its provision on t failed; Y took over (epoch 3), looked
+    /// t's key up (no fence), created on u; then X's provision on t is answered with `outcome`.
+    fn race_ending_with(instance: Option<&str>, outcome: Outcome) -> Vec<LedgerEntry> {
         numbered(vec![
             entry(0, "a", "x", Call::Stop, "w", 2, Some("i-a"), Outcome::Stopped),
             entry(10, "t", "x", Call::Provision, "w", 2, None, Outcome::Failed("injected".into())),
             entry(20, "t", "y", Call::Lookup, "w", 3, None, Outcome::NotFound),
             entry(30, "u", "y", Call::Provision, "w", 3, Some("i-u"), Outcome::Created),
-            entry(40, "t", "x", Call::Provision, "w", 2, Some("i-t"), Outcome::Created),
+            entry(40, "t", "x", Call::Provision, "w", 2, instance, outcome),
         ])
+    }
+
+    /// The leak: t accepts X's stale provision.
+    fn leaked_history() -> Vec<LedgerEntry> {
+        race_ending_with(Some("i-t"), Outcome::Created)
     }
 
     /// The same race, fixed: t refuses X's stale provision.
     fn fenced_history() -> Vec<LedgerEntry> {
-        numbered(vec![
-            entry(0, "a", "x", Call::Stop, "w", 2, Some("i-a"), Outcome::Stopped),
-            entry(10, "t", "x", Call::Provision, "w", 2, None, Outcome::Failed("injected".into())),
-            entry(20, "t", "y", Call::Lookup, "w", 3, None, Outcome::NotFound),
-            entry(30, "u", "y", Call::Provision, "w", 3, Some("i-u"), Outcome::Created),
-            entry(40, "t", "x", Call::Provision, "w", 2, None, Outcome::Fenced { newest: 3 }),
-        ])
+        race_ending_with(None, Outcome::Fenced { newest: 3 })
     }
 
     #[test]

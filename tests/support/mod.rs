@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod fake_provider;
 pub mod fixtures;
 pub mod scenario;
 pub mod sims;

@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::api::{Api, PostParams};
-use switchyard::api::Workspace;
+use switchyard::api::{Workspace, WorkspaceStatus};
 use switchyard::controller::{FailPoint, Settings};
 use switchyard::provider::simulated::{Call, Clouds, Faults, LedgerEntry, LiveInstance, Outcome};
 
-use super::fixtures::{Instance, assert_history, settings, simulated_provider, unique, wait_ready_on, workspace};
+use super::fixtures::{
+    Instance, assert_history, settings, simulated_provider, status, switch_with_kubectl, unique, wait_ready_on,
+    workspace,
+};
 use super::sims::{Sim, live_instances, merged_ledger};
 use super::{eventually, namespace};
 
@@ -136,8 +139,18 @@ impl Scenario {
         Instance::start(&self.client, settings, &self.clouds)
     }
 
-    pub fn start_frozen_at(&self, identity: &str, point: FailPoint) -> Instance {
-        Instance::start_frozen_at(&self.client, self.settings(identity), &self.clouds, point)
+    /// Starts a controller whose reconciles freeze at `point`, switches `ws` to `b` as users do
+    /// (`kubectl patch`), and waits until the controller, now the holder, is frozen there.
+    pub async fn switch_to_b_frozen_at(&self, identity: &str, point: FailPoint) -> Instance {
+        let x = Instance::start_frozen_at(&self.client, self.settings(identity), &self.clouds, point);
+        switch_with_kubectl(&self.ns, "ws", &self.b);
+        self.frozen(&x, point).await;
+        x
+    }
+
+    /// `ws`'s status as the API server has it now.
+    pub async fn status(&self) -> WorkspaceStatus {
+        status(&self.api.get("ws").await.expect("get ws"))
     }
 
     /// Waits until a reconcile of `x` is frozen at `point`.
