@@ -75,6 +75,26 @@ async fn pods_of(client: &Client, namespace: &str, uid: &str) -> Vec<Pod> {
     pods.list(&ListParams::default().labels(&selector)).await.expect("list pods").items
 }
 
+/// What the driver tests act through: a client of the fuller cluster, a namespace of their own
+/// (deleted when the test ends), ComputeProvider `p` (not created in the API) putting Pods
+/// there, and a dispatcher.
+struct Pods {
+    client: Client,
+    ns: support::ScopedNamespace,
+    p: ComputeProvider,
+    d: Dispatcher,
+}
+
+impl Pods {
+    async fn new(ns_prefix: &str, provider_name: &str) -> Self {
+        let client = support::fuller_client().await;
+        let ns = scoped(&client, ns_prefix).await;
+        let p = provider(provider_name, &ns, None);
+        let d = dispatcher(&client);
+        Self { client, ns, p, d }
+    }
+}
+
 fn dispatcher(client: &Client) -> Dispatcher {
     Dispatcher::new(Clouds::new()).with_client(client.clone())
 }
@@ -88,10 +108,7 @@ fn driver_error(e: DispatchError) -> DriverError {
 
 #[tokio::test]
 async fn provisioning_twice_under_one_key_creates_one_pod() {
-    let client = support::fuller_client().await;
-    let ns = scoped(&client, "kprov").await;
-    let p = provider("kube-idem", &ns, None);
-    let d = dispatcher(&client);
+    let Pods { client, ns, p, d } = Pods::new("kprov", "kube-idem").await;
     let uid = fresh_uid();
     let key = provision_key(&uid, "op-1");
 
@@ -125,10 +142,7 @@ async fn provisioning_twice_under_one_key_creates_one_pod() {
 
 #[tokio::test]
 async fn stop_deletes_the_pod_and_waits_until_it_is_gone() {
-    let client = support::fuller_client().await;
-    let ns = scoped(&client, "kstop").await;
-    let p = provider("kube-stop", &ns, None);
-    let d = dispatcher(&client);
+    let Pods { client, ns, p, d } = Pods::new("kstop", "kube-stop").await;
     let uid = fresh_uid();
     let key = provision_key(&uid, "op-1");
 
@@ -148,10 +162,7 @@ async fn stop_deletes_the_pod_and_waits_until_it_is_gone() {
 
 #[tokio::test]
 async fn a_stale_epoch_is_refused() {
-    let client = support::fuller_client().await;
-    let ns = scoped(&client, "kfence").await;
-    let p = provider("kube-fence", &ns, None);
-    let d = dispatcher(&client);
+    let Pods { client, ns, p, d } = Pods::new("kfence", "kube-fence").await;
     let uid = fresh_uid();
     let key = provision_key(&uid, "op-1");
 
@@ -173,10 +184,7 @@ async fn a_stale_epoch_is_refused() {
 
 #[tokio::test]
 async fn a_fence_outlives_the_pods_and_holds_off_a_paused_ex_holder() {
-    let client = support::fuller_client().await;
-    let ns = scoped(&client, "kfence2").await;
-    let p = provider("kube-fence2", &ns, None);
-    let d = dispatcher(&client);
+    let Pods { client, ns, p, d } = Pods::new("kfence2", "kube-fence2").await;
     let uid = fresh_uid();
     let old_key = provision_key(&uid, "op-old");
 
@@ -206,10 +214,7 @@ async fn a_fence_outlives_the_pods_and_holds_off_a_paused_ex_holder() {
 
 #[tokio::test]
 async fn concurrent_fences_never_lower_each_other() {
-    let client = support::fuller_client().await;
-    let ns = scoped(&client, "kfence3").await;
-    let p = provider("kube-fence3", &ns, None);
-    let d = dispatcher(&client);
+    let Pods { client, ns, p, d } = Pods::new("kfence3", "kube-fence3").await;
     let uid = fresh_uid();
     let results = futures::future::join_all((1..=8).map(|epoch| {
         let (d, p, c) = (d.clone(), p.clone(), call(&uid, epoch));
@@ -222,10 +227,7 @@ async fn concurrent_fences_never_lower_each_other() {
 
 #[tokio::test]
 async fn the_inventory_lists_one_clusters_pods_in_pages() {
-    let client = support::fuller_client().await;
-    let ns = scoped(&client, "kinv").await;
-    let p = provider("kube-inv", &ns, None);
-    let d = dispatcher(&client);
+    let Pods { client, ns, p, d } = Pods::new("kinv", "kube-inv").await;
     let mut mine = Vec::new();
     for n in 0..3 {
         let uid = fresh_uid();
@@ -481,10 +483,7 @@ async fn ready_workspace(
 async fn a_switch_between_two_namespaces_removes_the_old_pod_before_creating_the_new_one() {
     let client = support::fuller_client().await;
     let ws_ns = scoped(&client, "kswitch").await;
-    let (ns_a, ns_b) = (scoped(&client, "kswitch-a").await, scoped(&client, "kswitch-b").await);
-    let (pa, pb) = (fixtures::unique("kube-a"), fixtures::unique("kube-b"));
-    create_provider(&client, &pa, &ns_a, None, 20).await;
-    create_provider(&client, &pb, &ns_b, None, 20).await;
+    let ((ns_a, pa), (ns_b, pb)) = (place(&client, "kswitch-a", 20).await, place(&client, "kswitch-b", 20).await);
     let (api, controller, uid) = ready_workspace(&client, &ws_ns, "kube-switch", &pa).await;
     let old = the_pod(&client, &ns_a, &uid).await;
     assert!(is_running_and_ready(&old), "Ready workspace, Pod not Running and Ready: {:?}", old.status);
@@ -515,6 +514,37 @@ async fn a_switch_between_two_namespaces_removes_the_old_pod_before_creating_the
 }
 
 /// The kubeconfig of `remote` in a provider-credential Secret `name` of `namespace`.
+/// A namespace `<prefix>` of the fuller cluster and a ComputeProvider putting Pods there (call
+/// timeout `call_timeout` seconds), created: (namespace, provider name).
+async fn place(client: &Client, prefix: &str, call_timeout: u32) -> (support::ScopedNamespace, String) {
+    let ns = scoped(client, prefix).await;
+    let provider = fixtures::unique("kube");
+    create_provider(client, &provider, &ns, None, call_timeout).await;
+    (ns, provider)
+}
+
+/// A second fuller cluster, a namespace of it, and ComputeProvider `provider` (call timeout
+/// `call_timeout` seconds) putting Pods there through Secret `remote` of `ws_ns`, which holds
+/// the cluster's kubeconfig. Fields drop in order: the namespace before its cluster stops.
+struct Remote {
+    ns: support::ScopedNamespace,
+    provider: String,
+    client: Client,
+    cluster: support::ControlPlane,
+}
+
+impl Remote {
+    async fn start(client: &Client, ws_ns: &str, prefix: &str, call_timeout: u32) -> Self {
+        let cluster = support::start_cluster(support::FULLER_NODES, &format!("-{prefix}"));
+        let remote_client = support::client_for(&cluster).await;
+        let ns = support::scoped_namespace(&remote_client, &cluster, &format!("{prefix}-there")).await;
+        kubeconfig_secret(client, ws_ns, "remote", &cluster).await;
+        let provider = fixtures::unique("kube-there");
+        create_provider(client, &provider, &ns, Some((ws_ns, "remote")), call_timeout).await;
+        Self { ns, provider, client: remote_client, cluster }
+    }
+}
+
 async fn kubeconfig_secret(client: &Client, namespace: &str, name: &str, remote: &support::ControlPlane) {
     let kubeconfig = std::fs::read(&remote.kubeconfig).expect("read kubeconfig");
     let secret = Secret {
@@ -533,36 +563,31 @@ async fn kubeconfig_secret(client: &Client, namespace: &str, name: &str, remote:
 #[tokio::test]
 async fn a_switch_between_two_clusters_removes_the_old_pod_before_creating_the_new_one() {
     let client = support::fuller_client().await;
-    let remote = support::start_cluster(support::FULLER_NODES, "-remote");
-    let remote_client = support::client_for(&remote).await;
     let ws_ns = scoped(&client, "kclusters").await;
-    let ns_a = scoped(&client, "kclusters-a").await;
-    let ns_b = support::scoped_namespace(&remote_client, &remote, "kclusters-b").await;
-    kubeconfig_secret(&client, &ws_ns, "remote", &remote).await;
-    let (pa, pb) = (fixtures::unique("kube-here"), fixtures::unique("kube-there"));
-    create_provider(&client, &pa, &ns_a, None, 20).await;
-    create_provider(&client, &pb, &ns_b, Some((&ws_ns, "remote")), 20).await;
+    let (ns_a, pa) = place(&client, "kclusters-a", 20).await;
+    let remote = Remote::start(&client, &ws_ns, "kclusters", 20).await;
+    let (remote_client, ns_b, pb) = (&remote.client, &remote.ns, &remote.provider);
     let (api, controller, uid) = ready_workspace(&client, &ws_ns, "kube-clusters", &pa).await;
     let old_name = the_pod(&client, &ns_a, &uid).await.name_any();
 
     let here = PodWatch::start(&client, &uid, None, until_deleted(&ns_a, &old_name)).await;
     let old_pod = (Api::<Pod>::namespaced(client.clone(), &ns_a), old_name.clone());
-    let there = PodWatch::start(&remote_client, &uid, Some(old_pod), until_added(&ns_b, false)).await;
-    fixtures::switch_with_kubectl(&ws_ns, "dev", &pb);
-    let ws = fixtures::wait_ready_on(&api, "dev", &pb, Duration::from_secs(60)).await;
-    let new = the_pod(&remote_client, &ns_b, &uid).await;
+    let there = PodWatch::start(remote_client, &uid, Some(old_pod), until_added(ns_b, false)).await;
+    fixtures::switch_with_kubectl(&ws_ns, "dev", pb);
+    let ws = fixtures::wait_ready_on(&api, "dev", pb, Duration::from_secs(60)).await;
+    let new = the_pod(remote_client, ns_b, &uid).await;
     assert!(is_running_and_ready(&new), "{:?}", new.status);
     assert_eq!(fixtures::status(&ws).instance.map(|i| i.id), Some(format!("{ns_b}/{}", new.name_any())));
     let (seen_here, seen_there) = (here.finish().await, there.finish().await);
 
     assert_terminated_gracefully(&seen_here, &ns_a, &old_name);
     assert!(position(&seen_here, "ADDED", &ns_a, None).is_none(), "a Pod created here: {seen_here:?}");
-    let added = position(&seen_there, "ADDED", &ns_b, None).unwrap_or_else(|| panic!("no new Pod: {seen_there:?}"));
+    let added = position(&seen_there, "ADDED", ns_b, None).unwrap_or_else(|| panic!("no new Pod: {seen_there:?}"));
     assert_eq!(seen_there[added].checked_pod_existed, Some(false), "the old Pod still existed: {seen_there:?}");
     assert!(pods_of(&client, &ns_a, &uid).await.is_empty(), "old Pod left behind");
 
     delete_workspace(&api, "dev").await;
-    assert!(pods_of(&remote_client, &ns_b, &uid).await.is_empty(), "Pod left in the other cluster");
+    assert!(pods_of(remote_client, ns_b, &uid).await.is_empty(), "Pod left in the other cluster");
     controller.stop().await;
 }
 
@@ -631,10 +656,7 @@ async fn a_pod_that_never_becomes_ready_stalls_the_workspace_with_the_reason() {
 async fn deleting_a_workspace_mid_switch_leaves_no_pod() {
     let client = support::fuller_client().await;
     let ws_ns = scoped(&client, "kmidswitch").await;
-    let (ns_a, ns_b) = (scoped(&client, "kmidswitch-a").await, scoped(&client, "kmidswitch-b").await);
-    let (pa, pb) = (fixtures::unique("kube-from"), fixtures::unique("kube-to"));
-    create_provider(&client, &pa, &ns_a, None, 3).await;
-    create_provider(&client, &pb, &ns_b, None, 3).await;
+    let ((ns_a, pa), (ns_b, pb)) = (place(&client, "kmidswitch-a", 3).await, place(&client, "kmidswitch-b", 3).await);
     let (api, controller, uid) = ready_workspace(&client, &ws_ns, "kube-midswitch", &pa).await;
 
     // Switch to B with an image that never gets pulled: the switch stays in its provision.
@@ -665,23 +687,18 @@ async fn deleting_a_workspace_mid_switch_leaves_no_pod() {
 #[tokio::test]
 async fn a_switch_away_from_a_lost_node_waits_until_its_pod_is_gone() {
     let client = support::fuller_client().await;
-    let remote = support::start_cluster(support::FULLER_NODES, "-lostnode");
-    let remote_client = support::client_for(&remote).await;
     let ws_ns = scoped(&client, "klostnode").await;
-    let ns_here = scoped(&client, "klostnode-here").await;
-    let ns_there = support::scoped_namespace(&remote_client, &remote, "klostnode-there").await;
-    kubeconfig_secret(&client, &ws_ns, "remote", &remote).await;
-    let (p_there, p_here) = (fixtures::unique("kube-lost"), fixtures::unique("kube-safe"));
-    create_provider(&client, &p_there, &ns_there, Some((&ws_ns, "remote")), 5).await;
-    create_provider(&client, &p_here, &ns_here, None, 5).await;
-    let (api, controller, uid) = ready_workspace(&client, &ws_ns, "kube-lostnode", &p_there).await;
-    let old = the_pod(&remote_client, &ns_there, &uid).await;
+    let remote = Remote::start(&client, &ws_ns, "klostnode", 5).await;
+    let (remote_client, ns_there, p_there) = (&remote.client, &remote.ns, &remote.provider);
+    let (ns_here, p_here) = place(&client, "klostnode-here", 5).await;
+    let (api, controller, uid) = ready_workspace(&client, &ws_ns, "kube-lostnode", p_there).await;
+    let old = the_pod(remote_client, ns_there, &uid).await;
     let node = old.spec.as_ref().and_then(|s| s.node_name.clone()).expect("the Pod is on a node");
 
-    let there = PodWatch::start(&remote_client, &uid, None, until_deleted(&ns_there, &old.name_any())).await;
-    let old_pod = (Api::<Pod>::namespaced(remote_client.clone(), &ns_there), old.name_any());
+    let there = PodWatch::start(remote_client, &uid, None, until_deleted(ns_there, &old.name_any())).await;
+    let old_pod = (Api::<Pod>::namespaced(remote_client.clone(), ns_there), old.name_any());
     let here = PodWatch::start(&client, &uid, Some(old_pod), until_added(&ns_here, false)).await;
-    let out = support::kubectl_with(&remote.kubeconfig, &["delete", "node", &node, "--wait=true"]);
+    let out = support::kubectl_with(&remote.cluster.kubeconfig, &["delete", "node", &node, "--wait=true"]);
     assert!(out.status.success(), "kubectl delete node: {}", support::stderr(&out));
     fixtures::switch_with_kubectl(&ws_ns, "dev", &p_here);
     let ws = fixtures::wait_ready_on(&api, "dev", &p_here, Duration::from_secs(180)).await;
@@ -689,10 +706,10 @@ async fn a_switch_away_from_a_lost_node_waits_until_its_pod_is_gone() {
     assert_eq!(fixtures::status(&ws).instance.map(|i| i.id), Some(format!("{ns_here}/{}", new.name_any())));
     let (seen_there, seen_here) = (there.finish().await, here.finish().await);
 
-    assert!(position(&seen_there, "DELETED", &ns_there, Some(&old.name_any())).is_some(), "{seen_there:?}");
+    assert!(position(&seen_there, "DELETED", ns_there, Some(&old.name_any())).is_some(), "{seen_there:?}");
     let added = position(&seen_here, "ADDED", &ns_here, None).unwrap_or_else(|| panic!("no new Pod: {seen_here:?}"));
     assert_eq!(seen_here[added].checked_pod_existed, Some(false), "the old Pod still existed: {seen_here:?}");
-    assert!(pods_of(&remote_client, &ns_there, &uid).await.is_empty());
+    assert!(pods_of(remote_client, ns_there, &uid).await.is_empty());
 
     delete_workspace(&api, "dev").await;
     controller.stop().await;

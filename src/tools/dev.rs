@@ -3,7 +3,7 @@
 //! `kubernetes` providers on that cluster, the controller and sample workspaces.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command as StdCommand, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -75,6 +75,23 @@ impl DevArgs {
     }
 }
 
+/// The local control plane's program, as `make testenv` builds it.
+pub const TESTENV: &str = "switchyard-testenv";
+
+/// The command that runs `testenv` (the program) with its cluster's data in `dir` and `nodes`
+/// fake nodes (0: kube-apiserver and etcd only), its log to `log`. Once serving it prints
+/// `ready <kubeconfig>` on stdout; it stops when its stdin closes, and removes its data unless
+/// `keep`. Tests start it this way too.
+pub fn testenv_command(testenv: &Path, dir: &Path, nodes: usize, keep: bool, log: std::fs::File) -> StdCommand {
+    let mut command = StdCommand::new(testenv);
+    if keep {
+        command.arg("--keep");
+    }
+    command.arg("--dir").arg(dir).arg("--nodes").arg(nodes.to_string()).arg("--stdin-lifeline");
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
+    command
+}
+
 /// A running local control plane; stops when dropped (its stdin closes).
 pub struct LocalControlPlane {
     pub kubeconfig: PathBuf,
@@ -93,20 +110,8 @@ impl LocalControlPlane {
         let dir = std::fs::canonicalize(dir)?;
         let log_path = dir.join("control-plane.log");
         let log = std::fs::File::create(&log_path)?;
-        let path = testenv_bin.join("switchyard-testenv");
-        let mut command = Command::new(&path);
-        if keep {
-            command.arg("--keep");
-        }
-        let mut child = command
-            .arg("--dir")
-            .arg(dir.join("cluster"))
-            .arg("--nodes")
-            .arg(nodes.to_string())
-            .arg("--stdin-lifeline")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
+        let path = testenv_bin.join(TESTENV);
+        let mut child = Command::from(testenv_command(&path, &dir.join("cluster"), nodes.into(), keep, log))
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| DevError::Spawn { path, source })?;

@@ -100,15 +100,8 @@ pub fn start_cluster(nodes: usize, log_suffix: &str) -> ControlPlane {
     let binary = exe.as_deref().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("test");
     let log_path = logs.join(format!("{binary}-{}{log_suffix}.log", std::process::id()));
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(testenv_bin("switchyard-testenv"))
-        .arg("--dir")
-        .arg(dir.path())
-        .arg("--nodes")
-        .arg(nodes.to_string())
-        .arg("--stdin-lifeline")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(log)
+    let testenv = testenv_bin(switchyard::tools::dev::TESTENV);
+    let mut child = switchyard::tools::dev::testenv_command(&testenv, dir.path(), nodes, false, log)
         .spawn()
         .expect("start switchyard-testenv");
     let stdout = child.stdout.take().expect("stdout");
