@@ -120,84 +120,37 @@ impl Default for Metrics {
             reconciles_active: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("reconciles", "Reconciles run", m.reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed and were retried with backoff",
-            m.reconcile_errors.clone(),
-        );
-        registry.register("claims_won", "Claims (and takeovers) this instance won", m.claims_won.clone());
-        registry.register(
-            "claims_lost",
-            "Claims lost to another writer, after which nothing was done",
-            m.claims_lost.clone(),
-        );
-        registry.register("takeovers", "Stale claims taken over", m.takeovers.clone());
-        registry.register("status_writes", "Workspace status writes that landed", m.status_writes.clone());
-        registry.register("switches", "Switches by from, to and result", m.switches.clone());
-        registry.register(
-            "switch_duration_seconds",
-            "Claim to finish of completed switches",
-            m.switch_duration.clone(),
-        );
-        registry.register(
-            "operations_in_flight",
-            "Operations this instance holds a claim for",
-            m.operations_in_flight.clone(),
-        );
-        registry.register("stalled_workspaces", "Workspaces with Stalled=True", m.stalled_workspaces.clone());
-        registry.register(
-            "provider_call_duration_seconds",
-            "Provider calls by provider, operation and result",
-            m.provider_calls.clone(),
-        );
-        registry.register(
-            "events_dropped",
-            "Kubernetes Events dropped because the publish queue was full",
-            m.events_dropped.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this instance reconciles (holds the leader Lease, or runs without election)",
-            m.leader.clone(),
-        );
-        registry.register(
-            "fence_failures",
-            "Fence calls that failed, so the superseding operation waits",
-            m.fence_failures.clone(),
-        );
-        registry.register(
+        // Each metric once: its name (prefixed `switchyard_` by the registry), its help, its field.
+        macro_rules! register {
+            ($($name:literal, $help:literal, $field:ident;)*) => {
+                $(registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            "reconciles", "Reconciles run", reconciles;
+            "reconcile_errors", "Reconciles that failed and were retried with backoff", reconcile_errors;
+            "claims_won", "Claims (and takeovers) this instance won", claims_won;
+            "claims_lost", "Claims lost to another writer, after which nothing was done", claims_lost;
+            "takeovers", "Stale claims taken over", takeovers;
+            "status_writes", "Workspace status writes that landed", status_writes;
+            "switches", "Switches by from, to and result", switches;
+            "switch_duration_seconds", "Claim to finish of completed switches", switch_duration;
+            "operations_in_flight", "Operations this instance holds a claim for", operations_in_flight;
+            "stalled_workspaces", "Workspaces with Stalled=True", stalled_workspaces;
+            "provider_call_duration_seconds", "Provider calls by provider, operation and result", provider_calls;
+            "events_dropped", "Kubernetes Events dropped because the publish queue was full", events_dropped;
+            "leader", "1 while this instance reconciles (holds the leader Lease, or runs without election)", leader;
+            "fence_failures", "Fence calls that failed, so the superseding operation waits", fence_failures;
             "fences_skipped",
-            "Fences skipped because the workspace is annotated switchyard.dev/skip-fence",
-            m.fences_skipped.clone(),
-        );
-        registry.register(
-            "leaks_collected",
-            "Instances no workspace status named, stopped by the inventory",
-            m.leaks_collected.clone(),
-        );
-        registry.register(
-            "inventory_errors",
-            "Inventory passes over a provider that failed",
-            m.inventory_errors.clone(),
-        );
-        registry.register("inventory_passes", "Complete inventory passes", m.inventory_passes.clone());
-        registry.register(
-            "invalid_objects",
-            "Workspace versions that could not be decoded, skipped and reported",
-            m.invalid_objects.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Workspaces waiting in the work queue for a free worker",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "queue_wait_seconds",
-            "Time from joining the work queue to the start of the reconcile",
-            m.queue_wait.clone(),
-        );
-        registry.register("reconciles_active", "Reconciles running now", m.reconciles_active.clone());
+                "Fences skipped because the workspace is annotated switchyard.dev/skip-fence", fences_skipped;
+            "leaks_collected", "Instances no workspace status named, stopped by the inventory", leaks_collected;
+            "inventory_errors", "Inventory passes over a provider that failed", inventory_errors;
+            "inventory_passes", "Complete inventory passes", inventory_passes;
+            "invalid_objects", "Workspace versions that could not be decoded, skipped and reported", invalid_objects;
+            "queue_depth", "Workspaces waiting in the work queue for a free worker", queue_depth;
+            "queue_wait_seconds", "Time from joining the work queue to the start of the reconcile", queue_wait;
+            "reconciles_active", "Reconciles running now", reconciles_active;
+        }
         Self { registry, ..m }
     }
 }
