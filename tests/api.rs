@@ -21,6 +21,14 @@ async fn with_workspace(prefix: &str, name: &str) -> (Api<Workspace>, String, Wo
     (api, ns, created)
 }
 
+/// [`with_workspace`], its status.epoch raised to 5.
+async fn with_epoch_5(prefix: &str, name: &str) -> (Api<Workspace>, String) {
+    let (api, ns, _) = with_workspace(prefix, name).await;
+    let raise = Patch::Merge(json!({"status": {"epoch": 5}}));
+    api.patch_status(name, &PatchParams::default(), &raise).await.expect("raise epoch");
+    (api, ns)
+}
+
 #[test]
 fn committed_crds_match_the_rust_types() {
     let committed = std::fs::read_to_string(repo_root().join("crds/switchyard.dev.yaml")).expect("read crds/");
@@ -88,10 +96,7 @@ async fn status_writes_leave_generation_and_spec_writes_bump_it() {
 
 #[tokio::test]
 async fn status_epoch_never_decreases() {
-    let (api, _, _) = with_workspace("api-epoch", "ws-epoch").await;
-    api.patch_status("ws-epoch", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 5}})))
-        .await
-        .expect("raise epoch");
+    let (api, _) = with_epoch_5("api-epoch", "ws-epoch").await;
     let err = api
         .patch_status("ws-epoch", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 4}})))
         .await
@@ -221,10 +226,7 @@ async fn template_totals_are_bounded() {
 /// replacing it with null: each is refused with a message naming the rule, and the epoch stays.
 #[tokio::test]
 async fn status_cannot_be_removed_or_replaced_by_null() {
-    let (api, ns, _) = with_workspace("api-null", "ws-null").await;
-    api.patch_status("ws-null", &PatchParams::default(), &Patch::Merge(json!({"status": {"epoch": 5}})))
-        .await
-        .expect("raise epoch");
+    let (api, ns) = with_epoch_5("api-null", "ws-null").await;
 
     let patch = |kind: &str, body: &str| {
         let args = ["patch", "workspace", "ws-null", "-n", &ns, "--subresource=status", "--type", kind, "-p", body];

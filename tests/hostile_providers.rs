@@ -284,6 +284,14 @@ fn misconfigured(ready: &(String, String, String), needle: &str) {
     assert!(!ready.2.contains(TOKEN), "the token in a condition: {:?}", ready.2);
 }
 
+/// A client of the test control plane, a fresh namespace, and a dispatcher on that client.
+async fn setup(prefix: &str) -> (Client, String, Dispatcher) {
+    let client = support::client().await;
+    let ns = support::namespace(&client, prefix).await;
+    let d = dispatcher(&client);
+    (client, ns, d)
+}
+
 fn dispatcher(client: &Client) -> Dispatcher {
     Dispatcher::new(Clouds::new()).with_client(client.clone())
 }
@@ -305,9 +313,7 @@ async fn provider_token_secret(client: &Client, ns: &str, name: &str, token: &st
 /// 2a: the token goes over plain http only to loopback, or with `allowInsecureToken`.
 #[tokio::test]
 async fn the_token_never_travels_over_plain_http_to_a_remote_host() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "hostile-insecure").await;
-    let d = dispatcher(&client);
+    let (client, ns, d) = setup("hostile-insecure").await;
     provider_token_secret(&client, &ns, "remote-token", TOKEN).await;
     let ip = non_loopback_ip();
     let fake = Fake::start_on(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), |_| Reply::Json(200, health_ok())).await;
@@ -361,9 +367,7 @@ async fn the_token_never_travels_over_plain_http_to_a_remote_host() {
 /// 2b: only Secrets marked as provider tokens are read, and nothing is sent before.
 #[tokio::test]
 async fn only_secrets_marked_as_provider_tokens_are_sent() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "hostile-secret").await;
-    let d = dispatcher(&client);
+    let (client, ns, d) = setup("hostile-secret").await;
     let sim = Sim::start(&unique("marked")).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // Any Secret of the namespace, e.g. a database password; here it even holds a valid token.
@@ -426,9 +430,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
 /// controller use any kubeconfig of the namespace.
 #[tokio::test]
 async fn only_marked_kubeconfig_secrets_are_used() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "hostile-kubeconfig").await;
-    let d = dispatcher(&client);
+    let (client, ns, d) = setup("hostile-kubeconfig").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let kubeconfig = std::fs::read_to_string(&support::control_plane().kubeconfig).expect("kubeconfig");
     let unmarked: Secret =
@@ -466,9 +468,7 @@ async fn only_marked_kubeconfig_secrets_are_used() {
 /// 2c: what is wrong with the credentials or the TLS setup is ProviderMisconfigured, precisely.
 #[tokio::test]
 async fn credential_and_tls_problems_are_misconfigurations() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "hostile-creds").await;
-    let d = dispatcher(&client);
+    let (client, ns, d) = setup("hostile-creds").await;
     let sim = Sim::start(&unique("creds")).await;
 
     // An empty secretRef name does not even get past the API server.
@@ -536,9 +536,7 @@ async fn credential_and_tls_problems_are_misconfigurations() {
 /// 3: a provider being deleted is not Ready, and a workspace naming it is not placed there.
 #[tokio::test]
 async fn a_provider_being_deleted_gets_no_new_work() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "hostile-deleting").await;
-    let d = dispatcher(&client);
+    let (client, ns, d) = setup("hostile-deleting").await;
     let sim = Sim::provider(&client, &ns, &unique("leaving")).await;
     let api: Api<ComputeProvider> = Api::all(client.clone());
     // Something (a GitOps tool, a cleanup controller) holds the deletion with a finalizer.
