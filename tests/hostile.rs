@@ -334,7 +334,7 @@ async fn claims_that_do_not_fit_stall_without_a_call() {
             .map(|c| c.message.clone())
             .unwrap_or_default();
         assert!(message.contains("forged") && message.contains("not carried out"), "{message}");
-        assert_eq!(s.calls_for(&uid), before, "{kind}/{step}: no provider call");
+        assert_eq!(s.calls_for(&uid), before, "{kind}/{step}: no provider call: {:#?}", ledger_of(&s.clouds, &uid));
         assert_eq!(s.clouds.live_instances().iter().filter(|i| i.workspace_uid == uid).count(), 1);
         // The escape hatch: the claim cleared by hand (naming what it could reach).
         let clear = json!({"status": {"operation": null, "unfenced": [s.a, s.b]}});
