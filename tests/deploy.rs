@@ -113,8 +113,20 @@ fn patch_status_as(
     name: &str,
     status: serde_json::Value,
 ) -> std::process::Output {
+    patch_status_with(&[], user, groups, ns, name, status)
+}
+
+fn patch_status_with(
+    flags: &[&str],
+    user: &str,
+    groups: &[&str],
+    ns: &str,
+    name: &str,
+    status: serde_json::Value,
+) -> std::process::Output {
     let patch = json!({"status": status}).to_string();
     let mut args = vec!["patch", "workspace", name, "-n", ns, "--subresource=status", "--type", "merge", "-p", &patch];
+    args.extend(flags);
     args.extend(["--as", user]);
     for group in groups {
         args.extend(["--as-group", group]);
@@ -123,6 +135,17 @@ fn patch_status_as(
 }
 
 const REFUSED: &str = "workspaces/status is written only by the Switchyard controller";
+
+/// Waits until the API server enforces the admission policy on workspace `name` (it loads a
+/// new policy a moment after it is applied), probing with server-side dry runs so that no probe
+/// that comes too early writes anything.
+async fn policy_enforced(ns: &str, name: &str) {
+    eventually("the admission policy refuses a cluster admin", Duration::from_secs(60), || async {
+        let out = patch_status_with(&["--dry-run=server"], "admin", &["system:masters"], ns, name, json!({"epoch": 7}));
+        stderr(&out).contains(REFUSED).then_some(())
+    })
+    .await
+}
 
 /// The admission policy keeps workspaces/status to the controller's ServiceAccount and the
 /// break-glass group: a cluster admin and a user whose RBAC allows the write are refused with a
@@ -146,12 +169,10 @@ async fn only_the_controller_and_break_glass_write_workspace_status() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(can_i("alice", "patch", "workspaces.switchyard.dev/status", &ns), "RBAC lets alice write status");
 
-    // The policy is enforced once the API server has loaded it: wait for the first refusal.
-    let admin = eventually("the admission policy refuses a cluster admin", Duration::from_secs(60), || async {
-        let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"epoch": 7}));
-        (!out.status.success()).then(|| stderr(&out))
-    })
-    .await;
+    policy_enforced(&ns, "ws").await;
+    let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"epoch": 7}));
+    assert!(!out.status.success(), "a cluster admin wrote status");
+    let admin = stderr(&out);
     assert!(admin.contains(REFUSED) && admin.contains("admin is neither") && admin.contains("Escape hatch"), "{admin}");
     let out = patch_status_as("alice", &[], &ns, "ws", json!({"epoch": 7}));
     assert!(!out.status.success(), "alice wrote status");
@@ -204,6 +225,8 @@ async fn the_controller_works_as_its_service_account() {
     fixtures::simulated_provider(&admin, &b, 0, 0).await;
     let admin_api: Api<Workspace> = Api::namespaced(admin.clone(), &ns);
     admin_api.create(&PostParams::default(), &fixtures::workspace("ws", &a)).await.expect("create");
+    // The controller acts under the policy, not before the API server has loaded it.
+    policy_enforced(&ns, "ws").await;
 
     let controller = client_as(SA, &SA_GROUPS).await;
     let _instance = Instance::start(&controller, fixtures::settings("as-sa", &ns), &Clouds::new());
