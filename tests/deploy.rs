@@ -113,25 +113,19 @@ fn patch_status_as(
     name: &str,
     status: serde_json::Value,
 ) -> std::process::Output {
-    patch_status_with(&[], user, groups, ns, name, status)
+    let args = status_patch_args(user, groups, ns, name, status);
+    kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-fn patch_status_with(
-    flags: &[&str],
-    user: &str,
-    groups: &[&str],
-    ns: &str,
-    name: &str,
-    status: serde_json::Value,
-) -> std::process::Output {
+/// `kubectl patch` arguments for a merge patch of `name`'s status as `user` in `groups`.
+fn status_patch_args(user: &str, groups: &[&str], ns: &str, name: &str, status: serde_json::Value) -> Vec<String> {
     let patch = json!({"status": status}).to_string();
     let mut args = vec!["patch", "workspace", name, "-n", ns, "--subresource=status", "--type", "merge", "-p", &patch];
-    args.extend(flags);
     args.extend(["--as", user]);
     for group in groups {
         args.extend(["--as-group", group]);
     }
-    kubectl(&args)
+    args.into_iter().map(String::from).collect()
 }
 
 const REFUSED: &str = "workspaces/status is written only by the Switchyard controller";
@@ -141,7 +135,9 @@ const REFUSED: &str = "workspaces/status is written only by the Switchyard contr
 /// that comes too early writes anything.
 async fn policy_enforced(ns: &str, name: &str) {
     eventually("the admission policy refuses a cluster admin", Duration::from_secs(60), || async {
-        let out = patch_status_with(&["--dry-run=server"], "admin", &["system:masters"], ns, name, json!({"epoch": 7}));
+        let mut args = status_patch_args("admin", &["system:masters"], ns, name, json!({"epoch": 7}));
+        args.push("--dry-run=server".into());
+        let out = kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>());
         stderr(&out).contains(REFUSED).then_some(())
     })
     .await
