@@ -171,6 +171,25 @@ async fn ledger_attributes_each_call() {
     assert_eq!(json["outcome"], "created");
 }
 
+/// provider-sim serves these at `GET /v1/admin/instances`, and its client reads them back.
+#[tokio::test]
+async fn instance_json_is_stable() {
+    let (_, cloud, d) = east();
+    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let json = serde_json::to_string(&cloud.instances()).unwrap();
+    let expected = format!(
+        r#"[{{"id":"{}","key":"k1","workspaceUid":"uid-1","state":"Running","namespace":"default","name":"ws-uid-1","cluster":"c1"}}]"#,
+        a.id
+    );
+    assert_eq!(json, expected);
+    assert_eq!(serde_json::from_str::<Vec<Instance>>(&json).unwrap(), cloud.instances());
+    // Namespace, name and cluster may be absent (they read as ""); unknown fields are ignored.
+    let old: Instance =
+        serde_json::from_str(r#"{"id":"i-1","key":"k","workspaceUid":"u","state":"Stopped","extra":1}"#).unwrap();
+    let fields = (old.namespace.as_str(), old.name.as_str(), old.cluster.as_str());
+    assert_eq!(fields, ("", "", ""));
+}
+
 #[tokio::test]
 async fn clouds_share_one_totally_ordered_ledger() {
     let clouds = Clouds::new();
