@@ -737,31 +737,158 @@ fn ledger_is_replayed_in_seq_order() {
     assert!(b.check().is_empty());
 }
 
-#[test]
-fn flags_two_live_instances_across_providers() {
-    let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1").create("west", "u1", 2, "k2", "w1");
-    let v = b.check();
-    assert_eq!(v.len(), 1, "{v:?}");
-    assert!(matches!(&v[0], Violation::MultipleLive { seq: 2, instance, running_instance, .. }
-        if instance == "w1" && running_instance == "e1"));
-    let msg = v[0].to_string();
-    assert!(msg.contains("invariant 2") && msg.contains("seq 2") && msg.contains("west/w1") && msg.contains("east/e1"));
+/// e1 created under epoch 1, stopped under 2, then stopped again under `epoch`.
+fn stopped_again_under(b: &mut Book, epoch: i64) {
+    b.create("east", "u1", 1, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped);
+    b.stop("east", "u1", epoch, "e1", Outcome::Stopped);
 }
 
+/// Hand-built ledgers that each break an invariant: all that `check_ledger` reports, and words
+/// the first report must contain.
 #[test]
-fn flags_a_lost_response_that_created_a_second_live_instance() {
-    let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1").push(
-        "east",
-        "u1",
-        1,
-        Call::Provision,
-        Some("k2"),
-        Some("e2"),
-        Outcome::CommittedResponseLost { created: true },
-    );
-    assert!(matches!(b.check().as_slice(), [Violation::MultipleLive { seq: 2, .. }]));
+fn flags_each_breach() {
+    struct Case {
+        what: &'static str,
+        book: fn(&mut Book),
+        expected: Vec<Violation>,
+        message: &'static [&'static str],
+    }
+    // Workspace u1's instance started at seq 2 while east/e1 was running.
+    let second_live = |provider: &str, instance: &str| Violation::MultipleLive {
+        seq: 2,
+        workspace_uid: "u1".into(),
+        provider: provider.into(),
+        instance: instance.into(),
+        running_provider: "east".into(),
+        running_instance: "e1".into(),
+    };
+    // East accepted a call of u1 under epoch 2 at seq 2, after epoch 3 at seq 1.
+    let stale = |call| Violation::StaleEpochAccepted {
+        seq: 2,
+        provider: "east".into(),
+        call,
+        workspace_uid: "u1".into(),
+        epoch: 2,
+        newest: 3,
+        newest_seq: 1,
+    };
+    let cases = [
+        Case {
+            what: "two live instances across providers",
+            book: |b| {
+                b.create("east", "u1", 1, "k1", "e1").create("west", "u1", 2, "k2", "w1");
+            },
+            expected: vec![second_live("west", "w1")],
+            message: &["invariant 2", "seq 2", "west/w1", "east/e1"],
+        },
+        Case {
+            what: "a lost response that created a second live instance",
+            book: |b| {
+                b.create("east", "u1", 1, "k1", "e1").push(
+                    "east",
+                    "u1",
+                    1,
+                    Call::Provision,
+                    Some("k2"),
+                    Some("e2"),
+                    Outcome::CommittedResponseLost { created: true },
+                );
+            },
+            expected: vec![second_live("east", "e2")],
+            message: &[],
+        },
+        Case {
+            what: "a repeated effective stop",
+            book: |b| stopped_again_under(b, 2),
+            expected: vec![Violation::RepeatedStop {
+                seq: 3,
+                provider: "east".into(),
+                instance: "e1".into(),
+                first_seq: 2,
+            }],
+            message: &["invariant 3"],
+        },
+        Case {
+            what: "effective stops under two epochs",
+            book: |b| stopped_again_under(b, 3),
+            expected: vec![
+                Violation::RepeatedStop { seq: 3, provider: "east".into(), instance: "e1".into(), first_seq: 2 },
+                Violation::StoppedUnderTwoEpochs {
+                    seq: 3,
+                    provider: "east".into(),
+                    instance: "e1".into(),
+                    epoch: 3,
+                    first_seq: 2,
+                    first_epoch: 2,
+                },
+            ],
+            message: &[],
+        },
+        Case {
+            what: "an accepted stale epoch",
+            book: |b| {
+                b.create("east", "u1", 3, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::AlreadyStopped);
+            },
+            expected: vec![stale(Call::Stop)],
+            message: &["accepted a stop for workspace u1 under epoch 2 after accepting epoch 3"],
+        },
+        Case {
+            what: "a provision accepted below an explicit fence",
+            book: |b| {
+                b.push("east", "u1", 3, Call::Fence, None, None, Outcome::FenceRaised)
+                    .create("east", "u1", 2, "k2", "e1");
+            },
+            expected: vec![stale(Call::Provision)],
+            message: &[],
+        },
+        Case {
+            what: "a lookup that contradicts the key",
+            book: |b| {
+                b.create("east", "u1", 1, "k1", "e1").push(
+                    "east",
+                    "u1",
+                    1,
+                    Call::Lookup,
+                    Some("k1"),
+                    Some("e7"),
+                    Outcome::Found,
+                );
+            },
+            expected: vec![Violation::KeyReused {
+                seq: 2,
+                provider: "east".into(),
+                key: "k1".into(),
+                instance: "e7".into(),
+                first_instance: "e1".into(),
+                first_seq: 1,
+            }],
+            message: &[],
+        },
+        Case {
+            what: "a stop of another workspace's instance",
+            book: |b| {
+                b.create("east", "u1", 1, "k1", "e1").stop("east", "u2", 1, "e1", Outcome::Stopped);
+            },
+            expected: vec![Violation::ForeignStop {
+                seq: 2,
+                provider: "east".into(),
+                instance: "e1".into(),
+                workspace_uid: "u2".into(),
+                owner: "u1".into(),
+            }],
+            message: &[],
+        },
+    ];
+    for case in cases {
+        let mut b = Book::new();
+        (case.book)(&mut b);
+        let v = b.check();
+        assert_eq!(v, case.expected, "{}", case.what);
+        let msg = v[0].to_string();
+        for part in case.message {
+            assert!(msg.contains(part), "{}: {msg:?} lacks {part:?}", case.what);
+        }
+    }
 }
 
 #[test]
@@ -782,38 +909,6 @@ fn instances_of_other_workspaces_or_stopped_ones_do_not_count_as_live() {
     assert!(matches!(b.check().as_slice(), [Violation::MultipleLive { seq: 5, .. }]));
 }
 
-/// The violations of e1 created under epoch 1, stopped under 2, then stopped again under `epoch`.
-fn stopped_again_under(epoch: i64) -> Vec<Violation> {
-    let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::Stopped);
-    b.stop("east", "u1", epoch, "e1", Outcome::Stopped);
-    b.check()
-}
-
-#[test]
-fn flags_a_repeated_effective_stop() {
-    let v = stopped_again_under(2);
-    assert_eq!(
-        v,
-        vec![Violation::RepeatedStop { seq: 3, provider: "east".into(), instance: "e1".into(), first_seq: 2 }]
-    );
-    assert!(v[0].to_string().contains("invariant 3"));
-}
-
-#[test]
-fn flags_effective_stops_under_two_epochs() {
-    let v = stopped_again_under(3);
-    assert!(v.contains(&Violation::StoppedUnderTwoEpochs {
-        seq: 3,
-        provider: "east".into(),
-        instance: "e1".into(),
-        epoch: 3,
-        first_seq: 2,
-        first_epoch: 2,
-    }));
-    assert_eq!(v.len(), 2, "{v:?}");
-}
-
 #[test]
 fn same_instance_id_on_two_providers_is_two_instances() {
     let mut b = Book::new();
@@ -822,40 +917,6 @@ fn same_instance_id_on_two_providers_is_two_instances() {
         .create("west", "u1", 2, "k1", "i1")
         .stop("west", "u1", 3, "i1", Outcome::Stopped);
     assert!(b.check().is_empty(), "{:?}", b.check());
-}
-
-#[test]
-fn flags_an_accepted_stale_epoch() {
-    let mut b = Book::new();
-    b.create("east", "u1", 3, "k1", "e1").stop("east", "u1", 2, "e1", Outcome::AlreadyStopped);
-    let v = b.check();
-    assert_eq!(
-        v,
-        vec![Violation::StaleEpochAccepted {
-            seq: 2,
-            provider: "east".into(),
-            call: Call::Stop,
-            workspace_uid: "u1".into(),
-            epoch: 2,
-            newest: 3,
-            newest_seq: 1,
-        }]
-    );
-    assert!(v[0].to_string().contains("accepted a stop for workspace u1 under epoch 2 after accepting epoch 3"));
-}
-
-#[test]
-fn flags_a_provision_accepted_below_an_explicit_fence() {
-    let mut b = Book::new();
-    b.push("east", "u1", 3, Call::Fence, None, None, Outcome::FenceRaised).create("east", "u1", 2, "k2", "e1");
-    let v = b.check();
-    assert!(
-        matches!(
-            v.as_slice(),
-            [Violation::StaleEpochAccepted { seq: 2, call: Call::Provision, epoch: 2, newest: 3, newest_seq: 1, .. }]
-        ),
-        "{v:?}"
-    );
 }
 
 #[test]
@@ -973,30 +1034,6 @@ fn flags_a_key_that_yields_two_instances() {
         .stop("east", "u1", 1, "e1", Outcome::Stopped)
         .create("west", "u1", 1, "k1", "w1");
     assert!(b.check().is_empty());
-}
-
-#[test]
-fn flags_a_lookup_that_contradicts_the_key() {
-    let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1").push("east", "u1", 1, Call::Lookup, Some("k1"), Some("e7"), Outcome::Found);
-    assert!(matches!(b.check().as_slice(), [Violation::KeyReused { seq: 2, .. }]));
-}
-
-#[test]
-fn flags_a_stop_of_another_workspaces_instance() {
-    let mut b = Book::new();
-    b.create("east", "u1", 1, "k1", "e1").stop("east", "u2", 1, "e1", Outcome::Stopped);
-    let v = b.check();
-    assert_eq!(
-        v,
-        vec![Violation::ForeignStop {
-            seq: 2,
-            provider: "east".into(),
-            instance: "e1".into(),
-            workspace_uid: "u2".into(),
-            owner: "u1".into(),
-        }]
-    );
 }
 
 // ---- check_live ------------------------------------------------------------------------------
