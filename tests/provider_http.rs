@@ -113,7 +113,7 @@ async fn state_survives_kill_9_and_restart() {
     let again = d.provision(&call("u1", 2), "u1.op2", None).await.expect("provision again");
     assert_eq!(again.id, a.id, "create by the same key returns the same instance");
     let instances = p.instances().await.expect("instances");
-    assert_eq!(instances.iter().find(|i| i.id == b.id).map(|i| i.state), Some(InstanceState::Stopped));
+    assert_eq!(instances.iter().find(|i| i.wire.id == b.id).map(|i| i.wire.state), Some(InstanceState::Stopped));
     // Fences survived too.
     let fenced = d.stop(&call("u2", 2), &b.id).await.expect_err("stale epoch");
     assert_eq!(fenced, DriverError::StaleEpoch { epoch: 2, newest: 3 });
@@ -256,7 +256,13 @@ async fn faults_set_over_the_admin_endpoint_take_effect() {
     assert!(matches!(&e, DriverError::Transient(m) if m.contains("no answer within")), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "bounded by the budget: {:?}", started.elapsed());
     p.set_faults(&Faults::default()).await.expect("clear");
-    let running = p.instances().await.expect("instances").into_iter().filter(|i| i.state == InstanceState::Running);
+    let running = p
+        .instances()
+        .await
+        .expect("instances")
+        .into_iter()
+        .map(|i| i.wire)
+        .filter(|i| i.state == InstanceState::Running);
     assert_eq!(running.map(|i| i.key).collect::<Vec<_>>(), vec!["k1", "k3"]);
 }
 

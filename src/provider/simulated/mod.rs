@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::trace;
 
+use super::http::wire;
 use super::{
     CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, PAGE_TOKEN_MAX,
     clamp_limit,
@@ -289,14 +290,12 @@ impl Ledger {
     }
 }
 
-/// An instance of a simulated cloud.
+/// An instance of a simulated cloud: as the protocol describes it, and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
-    pub id: String,
-    pub key: String,
-    pub workspace_uid: String,
-    pub state: InstanceState,
+    #[serde(flatten)]
+    pub wire: wire::Instance,
     /// The workspace's namespace and name, as the creating call named them.
     #[serde(default)]
     pub namespace: String,
@@ -337,10 +336,12 @@ impl Stored {
 
     fn instance(&self, id: &str) -> Instance {
         Instance {
-            id: id.to_owned(),
-            key: self.key.to_string(),
-            workspace_uid: self.workspace_uid.to_string(),
-            state: self.state,
+            wire: wire::Instance {
+                id: id.to_owned(),
+                key: self.key.to_string(),
+                workspace_uid: self.workspace_uid.to_string(),
+                state: self.state,
+            },
             namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             cluster: self.cluster.to_string(),
@@ -376,14 +377,14 @@ struct CloudState {
 
 impl CloudState {
     fn insert(&mut self, inst: Instance) {
-        let (id, key): (Arc<str>, Arc<str>) = (inst.id.into(), inst.key.into());
+        let (id, key): (Arc<str>, Arc<str>) = (inst.wire.id.into(), inst.wire.key.into());
         let stored = Stored {
             key: key.clone(),
-            workspace_uid: self.uid(&inst.workspace_uid),
+            workspace_uid: self.uid(&inst.wire.workspace_uid),
             namespace: self.share(&inst.namespace),
             name: inst.name.into(),
             cluster: self.share(&inst.cluster),
-            state: inst.state,
+            state: inst.wire.state,
         };
         self.by_key.insert(key, id.clone());
         self.instances.insert(id, stored);
@@ -651,15 +652,17 @@ impl Cloud {
             None => {
                 st.next_id += 1;
                 let inst = Instance {
-                    id: format!("i-{}-{}", self.provider, st.next_id),
-                    key: key.to_owned(),
-                    workspace_uid: ctx.workspace_uid.clone(),
-                    state: InstanceState::Running,
+                    wire: wire::Instance {
+                        id: format!("i-{}-{}", self.provider, st.next_id),
+                        key: key.to_owned(),
+                        workspace_uid: ctx.workspace_uid.clone(),
+                        state: InstanceState::Running,
+                    },
                     namespace: ctx.namespace.clone(),
                     name: ctx.name.clone(),
                     cluster: ctx.cluster.clone(),
                 };
-                let info = InstanceInfo { id: inst.id.clone(), key: inst.key.clone(), state: inst.state };
+                let info = inst.wire.info();
                 st.insert(inst);
                 (info, true)
             }
@@ -781,10 +784,12 @@ impl Cloud {
             (Call::Provision, outcome, Some(key), Some(id)) if outcome.created() => {
                 st.next_id += 1;
                 st.insert(Instance {
-                    id: id.clone(),
-                    key: key.clone(),
-                    workspace_uid: e.workspace_uid.clone(),
-                    state: InstanceState::Running,
+                    wire: wire::Instance {
+                        id: id.clone(),
+                        key: key.clone(),
+                        workspace_uid: e.workspace_uid.clone(),
+                        state: InstanceState::Running,
+                    },
                     namespace: e.namespace.clone(),
                     name: e.name.clone(),
                     cluster: e.cluster.clone(),
@@ -865,7 +870,9 @@ impl Clouds {
         clouds
             .iter()
             .flat_map(|cloud| {
-                cloud.instances().into_iter().filter(|i| i.state == InstanceState::Running).map(|i| LiveInstance {
+                let running =
+                    cloud.instances().into_iter().map(|i| i.wire).filter(|i| i.state == InstanceState::Running);
+                running.map(|i| LiveInstance {
                     provider: cloud.provider.clone(),
                     id: i.id,
                     key: i.key,

@@ -62,7 +62,7 @@ async fn unledgered_clouds_keep_instances_and_fences_but_no_ledger() {
     assert_eq!(d.provision(&ctx(2), "k1", None).await.unwrap(), a, "idempotent by key");
     assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::StaleEpoch { epoch: 1, newest: 2 })));
     d.stop(&ctx(2), &a.id).await.unwrap();
-    assert_eq!(clouds.cloud("east").instance(&a.id).map(|i| i.state), Some(InstanceState::Stopped));
+    assert_eq!(clouds.cloud("east").instance(&a.id).map(|i| i.wire.state), Some(InstanceState::Stopped));
     assert!(clouds.ledger().is_empty());
 }
 
@@ -108,7 +108,7 @@ async fn stop_semantics() {
     d.stop(&ctx(1), "i-does-not-exist").await.unwrap();
     let a = d.provision(&ctx(1), "k1", None).await.unwrap();
     d.stop(&ctx(1), &a.id).await.unwrap();
-    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().state, InstanceState::Stopped);
+    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().wire.state, InstanceState::Stopped);
     d.stop(&ctx(1), &a.id).await.unwrap();
     assert_eq!(
         outcomes(&clouds),
@@ -128,7 +128,7 @@ async fn stop_of_another_workspaces_instance_is_rejected() {
     let err = d.stop(&ctx_for("uid-b", 1), &a.id).await.unwrap_err();
     assert!(matches!(err, DriverError::Rejected(_)), "{err:?}");
     assert!(!err.is_retryable());
-    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().wire.state, InstanceState::Running);
     let v = check_ledger(&clouds.ledger());
     assert!(matches!(v.as_slice(), [Violation::ForeignStop { owner, .. }] if owner == "uid-a"), "{v:?}");
 }
@@ -247,7 +247,7 @@ async fn stale_epochs_are_fenced_without_effect() {
 
     let err = d.stop(&ctx(1), &a.id).await.unwrap_err();
     assert_eq!(err, DriverError::StaleEpoch { epoch: 1, newest: 2 });
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running, "a fenced stop stops nothing");
+    assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running, "a fenced stop stops nothing");
 
     // Lookups are fenced too.
     assert_eq!(d.lookup(&ctx(1), "k2").await.unwrap_err(), DriverError::StaleEpoch { epoch: 1, newest: 2 });
@@ -323,7 +323,7 @@ async fn the_fence_call_raises_the_fence_and_nothing_else() {
     d.fence(&ctx(4)).await.unwrap();
     d.fence(&ctx(4)).await.unwrap();
     assert_eq!(cloud.newest_epoch(WS), Some(4));
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running, "a fence stops nothing");
+    assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running, "a fence stops nothing");
     assert_eq!(d.fence(&ctx(3)).await.unwrap_err(), DriverError::StaleEpoch { epoch: 3, newest: 4 });
     for e in [
         d.provision(&ctx(3), "k3", None).await.unwrap_err(),
@@ -333,7 +333,7 @@ async fn the_fence_call_raises_the_fence_and_nothing_else() {
         assert_eq!(e, DriverError::StaleEpoch { epoch: 3, newest: 4 });
     }
     assert_eq!(cloud.instances().len(), 1);
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running);
     let ledger = clouds.ledger();
     let fences: Vec<_> = ledger.iter().filter(|e| e.call == Call::Fence).map(|e| (e.epoch, &e.outcome)).collect();
     assert_eq!(
@@ -488,10 +488,10 @@ async fn fail_stop_fails_the_next_n_without_effect() {
     d.provision(&ctx(1), "k", None).await.unwrap();
     let err = d.stop(&ctx(1), &a.id).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running);
     assert_eq!(cloud.faults().fail_stop, 0);
     d.stop(&ctx(1), &a.id).await.unwrap();
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Stopped);
+    assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Stopped);
     assert!(matches!(outcomes(&clouds)[2], Outcome::FailedAfterFence(_)));
 }
 
@@ -499,10 +499,10 @@ async fn fail_stop_fails_the_next_n_without_effect() {
 /// cleared a stop under `epoch` stops it.
 async fn survives_the_faults(cloud: &Cloud, d: &SimulatedDriver, epoch: i64, id: &str) {
     assert_eq!(cloud.instances().len(), 1);
-    assert_eq!(cloud.instance(id).unwrap().state, InstanceState::Running);
+    assert_eq!(cloud.instance(id).unwrap().wire.state, InstanceState::Running);
     cloud.set_faults(Faults::default());
     d.stop(&ctx(epoch), id).await.unwrap();
-    assert_eq!(cloud.instance(id).unwrap().state, InstanceState::Stopped);
+    assert_eq!(cloud.instance(id).unwrap().wire.state, InstanceState::Stopped);
 }
 
 #[tokio::test]
@@ -523,7 +523,7 @@ async fn dropped_provision_response_commits() {
     cloud.set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
     let err = d.provision(&ctx(1), "k", None).await.unwrap_err();
     assert_eq!(err, DriverError::Transient("response lost".into()));
-    let [inst] = cloud.instances().try_into().unwrap();
+    let [Instance { wire: inst, .. }] = cloud.instances().try_into().unwrap();
     assert_eq!(inst.state, InstanceState::Running, "the lost answer's effect happened");
     assert_eq!(cloud.faults().drop_provision_response, 0);
     // The retry under the same key finds the committed instance instead of creating another.
@@ -544,7 +544,7 @@ async fn dropped_response_of_a_replay_and_fenced_calls() {
     assert_eq!(cloud.faults().drop_provision_response, 1);
     assert!(matches!(d.provision(&ctx(2), "k", None).await, Err(DriverError::Transient(_))));
     assert_eq!(cloud.instances().len(), 1);
-    assert_eq!(cloud.instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running);
     assert_eq!(outcomes(&clouds)[2], Outcome::CommittedResponseLost { created: false });
 }
 
@@ -1127,7 +1127,7 @@ async fn a_failed_sink_refuses_every_later_call() {
     // Effects that might not survive a restart must not pile up: the cloud stays down.
     assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::Transient(_))));
     assert!(matches!(d.lookup(&ctx(1), "k1").await, Err(DriverError::Transient(_))));
-    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().state, InstanceState::Running);
+    assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().wire.state, InstanceState::Running);
     assert_eq!(*sink.written.lock().unwrap(), vec![1]);
 }
 

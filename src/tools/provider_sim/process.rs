@@ -240,6 +240,7 @@ impl ProviderSimProcess {
             .instances()
             .await?
             .into_iter()
+            .map(|i| i.wire)
             .filter(|i| i.state == InstanceState::Running)
             .map(|i| LiveInstance {
                 provider: self.options.name.clone(),

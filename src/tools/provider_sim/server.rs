@@ -184,12 +184,7 @@ impl ProviderSim {
     }
 
     fn wire(&self, id: &str) -> Option<Instance> {
-        self.cloud.instance(id).map(|i| Instance {
-            id: i.id,
-            key: i.key,
-            workspace_uid: i.workspace_uid,
-            state: i.state,
-        })
+        self.cloud.instance(id).map(|i| i.wire)
     }
 }
 
@@ -410,8 +405,7 @@ async fn list(
     };
     let Some(key) = query.key else {
         read_faults(&sim).await;
-        let items =
-            sim.cloud.instances().into_iter().filter(|i| i.workspace_uid == uid).filter_map(|i| sim.wire(&i.id));
+        let items = sim.cloud.instances().into_iter().map(|i| i.wire).filter(|i| i.workspace_uid == uid);
         return Ok(Json(InstanceList { items: items.collect() }).into_response());
     };
     // A lookup by key goes through the engine so the ledger records it (invariant 4 checks it).
