@@ -120,7 +120,7 @@ async fn retries_longer_than_the_claim_lease_keep_the_claim() {
     switch_with_kubectl(&s.ns, "ws", &s.b);
     wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
 
-    let stops: Vec<_> = ledger_of(&s.clouds, &s.uid).into_iter().filter(|e| e.call == Call::Stop).collect();
+    let stops: Vec<_> = s.ledger().await.into_iter().filter(|e| e.call == Call::Stop).collect();
     assert_eq!(stops.len(), 4, "3 failed stops and 1 that worked: {stops:?}");
     assert!(stops.iter().all(|e| e.epoch == stops[0].epoch && e.caller == stops[0].caller), "one claim: {stops:?}");
     assert_eq!(x.metrics.takeovers.get() + y.metrics.takeovers.get(), 0, "the claim was renewed, never stale");
@@ -278,7 +278,7 @@ async fn the_inventory_stops_compute_no_status_names() {
     .await;
     let took = started.elapsed();
     eprintln!("inventory collected the stray instance {took:?} after start (grace 1 s, interval 300 ms)");
-    let stop = ledger_of(&s.clouds, &s.uid).into_iter().find(|e| e.call == Call::Stop).expect("stop");
+    let stop = s.ledger().await.into_iter().find(|e| e.call == Call::Stop).expect("stop");
     assert_eq!(stop.instance.as_deref(), Some(stray.as_str()));
     assert_eq!(stop.operation_id, "inventory");
     assert_eq!(stop.epoch, status(&ws).epoch, "under the workspace's current epoch");

@@ -149,7 +149,7 @@ async fn forged_status_is_corrected_or_taken_over() {
     switch_with_kubectl(&s.ns, "ws", &s.b);
     wait_ready_on(&s.api, "ws", &s.b, CONVERGE).await;
     assert!(x.metrics.takeovers.get() >= 1, "the future claim was taken over");
-    assert_invariants(&s.api, &s.clouds).await;
+    s.assert_invariants().await;
 }
 
 /// A finalizer removed by hand while compute runs deletes the workspace and orphans the
@@ -262,7 +262,7 @@ async fn a_provider_repointed_under_running_compute_gets_no_stop() {
     assert!(sim.live().await.iter().all(|i| i.id != id), "stopped where it ran");
     assert!(sim.ledger().await.iter().any(|e| e.call == Call::Stop && e.instance.as_deref() == Some(id.as_str())));
     assert!(s.calls_for(&uid) > 0, "the new instance on b");
-    assert_invariants(&s.api, &s.clouds).await;
+    s.assert_invariants().await;
 }
 
 /// Status names an instance the provider does not hold under that id: the stop goes to what
@@ -305,7 +305,7 @@ async fn a_forged_instance_id_never_redirects_a_stop() {
     assert_ne!(stops[0].operation_id, "inventory", "stopped by the switch itself, before the new compute");
     assert_eq!(stops[0].instance.as_deref(), Some(real.as_str()));
     assert!(s.clouds.live_instances().iter().any(|i| i.id == victim_id), "the bystander still runs");
-    assert_invariants(&s.api, &s.clouds).await;
+    s.assert_invariants().await;
 }
 
 /// Claims no controller of ours writes (a Provision with compute recorded, a Delete of a
@@ -341,7 +341,7 @@ async fn claims_that_do_not_fit_stall_without_a_call() {
         assert!(s.kubectl_status_patch(name, clear).status.success());
         wait_ready_on(&s.api, name, &s.a, CONVERGE).await;
     }
-    assert_invariants(&s.api, &s.clouds).await;
+    s.assert_invariants().await;
 }
 
 /// Names at their length limit: the controller's Events are still published (their names are
@@ -356,7 +356,7 @@ async fn events_are_published_for_names_at_the_length_limit() {
     switch_with_kubectl(&s.ns, &name, &s.b);
     wait_ready_on(&s.api, &name, &s.b, CONVERGE).await;
     wait_for_event(&s.client, &s.ns, &name, cond::EventReason::SwitchCompleted.as_str(), CONVERGE).await;
-    assert_invariants(&s.api, &s.clouds).await;
+    s.assert_invariants().await;
 }
 
 /// A workspace grown (by others' metadata) to the store's limit cannot take another write: its

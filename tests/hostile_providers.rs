@@ -38,7 +38,7 @@ use switchyard::provider::{
 use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
 
 use support::fixtures::{self, condition, unique, wait_for};
-use support::sims::{Sim, put_secret, secret_ref};
+use support::sims::{Sim, http_provider, put_secret, secret_ref};
 
 const BUDGET: Duration = Duration::from_secs(5);
 const TOKEN: &str = "hostile-test-token-value";
@@ -252,12 +252,6 @@ async fn create_provider(client: &Client, name: &str, spec: serde_json::Value) -
         .expect("create provider")
 }
 
-/// ComputeProvider `name` for `sim`, its token in Secret `secret` of `namespace`.
-async fn sim_provider(client: &Client, name: &str, sim: &Sim, namespace: &str, secret: &str) -> ComputeProvider {
-    create_provider(client, name, http_spec(json!(sim.process.http_settings(Some(secret_ref(namespace, secret))))))
-        .await
-}
-
 fn http_spec(http: serde_json::Value) -> serde_json::Value {
     json!({"driver": "http", "callTimeoutSeconds": 5, "http": http})
 }
@@ -377,7 +371,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
     .expect("secret");
     secrets.create(&PostParams::default(), &unmarked).await.expect("create Secret");
     let name = sim.name.clone();
-    let p = sim_provider(&client, &name, &sim, &ns, "db-password").await;
+    let p = http_provider(&client, &name, &sim, Some(secret_ref(&ns, "db-password"))).await;
 
     let ready = probed(&client, &d, &name).await;
     misconfigured(&ready, &format!("Secret {ns}/db-password is not marked as a provider credential"));
@@ -404,7 +398,7 @@ async fn only_secrets_marked_as_provider_tokens_are_sent() {
         .expect("secret");
     secrets.create(&PostParams::default(), &typed).await.expect("create typed Secret");
     let typed_name = unique("typed");
-    sim_provider(&client, &typed_name, &sim, &ns, "typed-token").await;
+    http_provider(&client, &typed_name, &sim, Some(secret_ref(&ns, "typed-token"))).await;
     let ready = probed(&client, &d, &typed_name).await;
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", cond::ConditionReason::Healthy.as_str()), "{ready:?}");
 
@@ -486,7 +480,7 @@ async fn credential_and_tls_problems_are_misconfigurations() {
     put_secret(&client, &ns, "no-key", json!({"other": "x"})).await;
     for (secret, says) in [("absent", "does not exist"), ("no-key", "has no key \"token\"")] {
         let name = unique("creds");
-        sim_provider(&client, &name, &sim, &ns, secret).await;
+        http_provider(&client, &name, &sim, Some(secret_ref(&ns, secret))).await;
         let ready = probed(&client, &d, &name).await;
         misconfigured(&ready, &format!("Secret {ns}/{secret}"));
         misconfigured(&ready, says);

@@ -31,14 +31,6 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::SeqCst))
 }
 
-/// Two simulated providers with unique names (`a-…`, `b-…`), 5 ms per provision and stop.
-pub async fn simulated_pair(client: &Client) -> (String, String) {
-    let (a, b) = (unique("a"), unique("b"));
-    simulated_provider(client, &a, 5, 5).await;
-    simulated_provider(client, &b, 5, 5).await;
-    (a, b)
-}
-
 /// Creates a simulated ComputeProvider; a call to it that hangs fails after
 /// [`SIM_CALL_TIMEOUT_SECONDS`], as one to a provider-sim does.
 pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, stop_ms: u64) {

@@ -75,7 +75,7 @@ pub async fn put_secret(client: &Client, namespace: &str, name: &str, string_dat
 }
 
 /// Creates ComputeProvider `name` with driver `http`, pointing at `sim`, its token in `secret`.
-pub async fn http_provider(client: &Client, name: &str, sim: &Sim, secret: Option<SecretKeyRef>) {
+pub async fn http_provider(client: &Client, name: &str, sim: &Sim, secret: Option<SecretKeyRef>) -> ComputeProvider {
     let provider: ComputeProvider = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
         "metadata": {"name": name},
@@ -86,7 +86,7 @@ pub async fn http_provider(client: &Client, name: &str, sim: &Sim, secret: Optio
     Api::<ComputeProvider>::all(client.clone())
         .create(&PostParams::default(), &provider)
         .await
-        .expect("create provider");
+        .expect("create provider")
 }
 
 /// The ledgers of `sims` as one history (`merge_ledgers`).
