@@ -56,11 +56,11 @@ impl Workspace {
         self.status.as_ref().and_then(|s| s.operation.as_deref())
     }
 
-    /// The provision key of the claim in flight, if any: whatever that operation may have
-    /// created on its target is found under it.
+    /// The provision key of the claim in flight, if any (and if the object has a uid, as every
+    /// stored one does): whatever that operation may have created on its target is found under it.
     pub fn in_flight_key(&self) -> Option<String> {
         let op = self.operation()?;
-        Some(provision_key(self.metadata.uid.as_deref().unwrap_or_default(), &op.id))
+        Some(provision_key(self.metadata.uid.as_deref()?, &op.id))
     }
 
     /// Whether the workspace is settled on `provider`, running or stopped as its spec says

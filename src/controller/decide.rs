@@ -278,7 +278,6 @@ fn next_step(
     facts: &Facts,
     key: String,
 ) -> Next {
-    let in_flight = || op.to.clone().map(|to| (to, key.clone()));
     // Any call about the recorded compute would go to the wrong place: hold, call nothing.
     if instance.is_some()
         && let Some(stall) = moved(&facts.source)
@@ -286,26 +285,27 @@ fn next_step(
         return Next::Hold { stall };
     }
     match (op.kind, op.step) {
+        // No compute to stop: on as though the stop had happened.
         (OperationKind::Delete, _) => match instance {
             Some(i) => Next::StopOld { instance: i.clone() },
-            None => Next::FinishWithoutCompute { release: in_flight() },
+            None => once_stopped(op, Some(key)).into(),
         },
         (OperationKind::Stop, _) => match instance {
             // Started again before the stop happened: nothing to do.
             Some(_) if spec.running => Next::Abort,
             Some(i) => Next::StopOld { instance: i.clone() },
-            None => Next::FinishWithoutCompute { release: None },
+            None => once_stopped(op, None).into(),
         },
         (OperationKind::Switch, Step::Claimed) => match instance {
             Some(i) if spec.provider == i.provider && spec.running => Next::Abort,
             Some(i) => Next::StopOld { instance: i.clone() },
-            None => Next::Commit,
+            None => once_stopped(op, None).into(),
         },
         // After the stop (Switch) or from the start (Provision): roll forward only.
         (OperationKind::Switch, Step::OldStopped) | (OperationKind::Provision, Step::Claimed | Step::OldStopped) => {
             let to = op.to.clone().unwrap_or_default();
             if !spec.running {
-                return Next::FinishWithoutCompute { release: in_flight() };
+                return Next::FinishWithoutCompute { release: op.to.clone().map(|to| (to, key)) };
             }
             if spec.provider != to {
                 return Next::Retarget { provider: to, key };
@@ -330,15 +330,28 @@ pub enum AfterStop {
     Finish { release: Option<(String, String)> },
 }
 
+impl From<AfterStop> for Next {
+    fn from(after: AfterStop) -> Self {
+        match after {
+            AfterStop::Commit => Next::Commit,
+            AfterStop::Finish { release } => Next::FinishWithoutCompute { release },
+        }
+    }
+}
+
 /// What follows a stop of the old compute that the provider confirmed, for `ws` as our last
 /// write left it.
 pub fn after_stop(ws: &Workspace) -> AfterStop {
-    let op = ws.operation();
-    match op.map(|o| o.kind) {
-        Some(OperationKind::Switch) => AfterStop::Commit,
-        Some(OperationKind::Delete) => {
-            AfterStop::Finish { release: op.and_then(|o| o.to.clone()).zip(ws.in_flight_key()) }
-        }
+    ws.operation().map_or(AfterStop::Finish { release: None }, |op| once_stopped(op, ws.in_flight_key()))
+}
+
+/// What follows once `op` has no old compute left (stopped, or there was none): a switch
+/// commits; a delete finishes, first releasing what its `key` may have created on its target;
+/// anything else finishes.
+fn once_stopped(op: &Operation, key: Option<String>) -> AfterStop {
+    match op.kind {
+        OperationKind::Switch => AfterStop::Commit,
+        OperationKind::Delete => AfterStop::Finish { release: op.to.clone().zip(key) },
         _ => AfterStop::Finish { release: None },
     }
 }

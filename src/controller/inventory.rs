@@ -88,7 +88,7 @@ impl<'a> Accounted<'a> {
             self.named.insert((i.provider.as_str(), i.id.as_str()));
             self.keys.insert(Cow::Borrowed(i.key.as_str()));
         }
-        if let Some(key) = ws.in_flight_key().filter(|_| ws.metadata.uid.is_some()) {
+        if let Some(key) = ws.in_flight_key() {
             self.keys.insert(Cow::Owned(key));
         }
     }

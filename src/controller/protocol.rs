@@ -187,7 +187,7 @@ async fn retarget(
 /// we took over may have stopped that compute already, so the provider is asked first; if the
 /// compute is gone, the operation carries on as though its own stop had happened.
 async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
-    let Some((call, kind)) = call_context(ctx, ws) else {
+    let Some((call, _)) = call_context(ctx, ws) else {
         return Ok(Flow::Done(Action::await_change()));
     };
     if let Some(instance) = ws.status.as_ref().and_then(|s| s.instance.clone())
@@ -200,10 +200,7 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
         };
         if !running {
             publish(ctx, ws, Outcome::AlreadyStopped { instance });
-            return match kind {
-                OperationKind::Switch => commit(ctx, api, ws, now).await,
-                _ => held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await,
-            };
+            return stopped(ctx, api, ws, now).await;
         }
     }
     let in_doubt = ws.status.as_ref().and_then(|s| s.instance.as_ref()).is_some_and(|i| i.unconfirmed);
@@ -413,6 +410,12 @@ async fn stop_old(
     ctx.memory().stop_failures.remove(&workspace_key(ws));
     publish(ctx, ws, Outcome::Stopped { instance, kind });
     ctx.failpoints.hit(FailPoint::AfterStop).await;
+    stopped(ctx, api, ws, now).await
+}
+
+/// The old compute is gone (our stop, or one the provider reports): on to what `after_stop`
+/// says, committing a switch or finishing a stop or delete.
+async fn stopped(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
     match after_stop(ws) {
         AfterStop::Commit => commit(ctx, api, ws, now).await,
         AfterStop::Finish { release } => finish_without_compute(ctx, api, ws, release, now).await,
