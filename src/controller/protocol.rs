@@ -215,8 +215,7 @@ async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) 
 /// Our operation cannot progress for now: record why (Stalled), keep the claim, try again
 /// after a backoff (`retryAt`; `decide` waits it out, renewing the claim).
 async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall, now: &Time) -> Result<Flow, Error> {
-    let changed = cond::get(&ws.status.clone().unwrap_or_default().conditions, cond::STALLED)
-        .is_none_or(|c| c.status != "True" || c.reason != stall.reason);
+    let changed = newly_stalled(ws, &stall);
     let flow = step_failed(ctx, api, ws, stall.reason, &stall.message, 0, now).await?;
     if changed && matches!(flow, Flow::Continue(_)) {
         publish(ctx, ws, Outcome::Held { stall });
@@ -277,7 +276,7 @@ async fn fence(
         let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
         let stall_after = ctx.settings.stall_after;
         let flow = step_failed(ctx, api, ws, ConditionReason::FenceFailed, &message, stall_after, now).await?;
-        let notify = attempts == 1 || attempts == stall_after;
+        let notify = told(attempts, stall_after);
         publish(ctx, ws, Outcome::FenceFailed { provider: name.clone(), error, message, notify });
         return Ok(flow);
     }
@@ -301,16 +300,16 @@ async fn rest(
     now: &Time,
 ) -> Result<Flow, Error> {
     let next = status::at_rest(ws, stall.as_ref(), now);
-    let current = ws.status.clone().unwrap_or_default();
-    if status::differs(&current, &next) {
+    // At rest, the resync sweep (`super::resync`) looks again now and then.
+    let action =
+        if stall.is_some() { Action::requeue(ctx.settings.provision_backoff.cap) } else { Action::await_change() };
+    let unwritten = crate::api::WorkspaceStatus::default();
+    if status::differs(ws.status.as_ref().unwrap_or(&unwritten), &next) {
         match writes::patch_status(api, ws, &next).await {
             Ok(fresh) => {
                 remember_write(ctx, &fresh);
                 // A stall is told once, when the Stalled condition comes to say it.
-                let told = stall.clone().filter(|stall| {
-                    cond::get(&current.conditions, cond::STALLED)
-                        .is_none_or(|c| c.reason != stall.reason || c.status != "True")
-                });
+                let told = stall.filter(|stall| newly_stalled(ws, stall));
                 publish(ctx, ws, Outcome::Rested { stall: told });
             }
             // Someone wrote first; their event brings us back with the fresh object.
@@ -318,12 +317,18 @@ async fn rest(
             Err(e) => return Err(e.into()),
         }
     }
-    // At rest, the resync sweep (`super::resync`) looks again now and then.
-    Ok(Flow::Done(if stall.is_some() {
-        Action::requeue(ctx.settings.provision_backoff.cap)
-    } else {
-        Action::await_change()
-    }))
+    Ok(Flow::Done(action))
+}
+
+/// Whether `stall` is news: the Stalled condition of `ws` does not say it yet.
+fn newly_stalled(ws: &Workspace, stall: &Stall) -> bool {
+    let conditions = ws.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    cond::get(conditions, cond::STALLED).is_none_or(|c| c.status != "True" || c.reason != stall.reason)
+}
+
+/// Whether a failed attempt of a step is told (an Event): the first, and the one that stalls.
+fn told(attempts: i32, stall_after: i32) -> bool {
+    attempts == 1 || attempts == stall_after
 }
 
 /// The claim: a guarded write of a fresh operation. Losing it ends everything for us.
@@ -626,7 +631,7 @@ async fn provision_failed(
         Flow::Continue(fresh) => fresh.operation().map(|o| o.attempts).unwrap_or(1),
         Flow::Done(_) => 0,
     };
-    let notify = attempts == 1 || attempts == stall_after;
+    let notify = matches!(flow, Flow::Continue(_)) && told(attempts, stall_after);
     publish(ctx, ws, Outcome::ProvisionFailed { error: error.to_string(), attempts, notify });
     Ok(flow)
 }
