@@ -457,7 +457,7 @@ fn names_provider(ws: &Workspace, name: &str) -> bool {
 }
 
 /// The backoff on reconcile errors, per workspace.
-const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
 
 /// A reconcile failed: try again after 2s, 4s, 8s … capped at 5 minutes, jittered.
 fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -469,8 +469,7 @@ fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action 
         *n += 1;
         *n
     };
-    // failures + 1: the first error waits two bases.
-    let delay = ERROR_BACKOFF.jittered(failures.saturating_add(1));
+    let delay = ERROR_BACKOFF.jittered(failures);
     if let Some(answer) = writes::too_large(error) {
         protocol::report_too_large(ctx.clone(), ws.clone(), answer, failures);
     }

@@ -15,8 +15,9 @@ impl Backoff {
         Self { base, cap }
     }
 
-    /// The delay after failed attempt number `attempt` (from 1): base × 2^(attempt-1), capped.
-    /// Exact, so that pure decisions and their tests can rely on it.
+    /// The delay after failed attempt number `attempt` (from 1): base × 2^(attempt-1), capped;
+    /// the doubling stops at 2^16 (a cap of `Duration::MAX` then still bounds the wait). Exact,
+    /// so that pure decisions and their tests can rely on it.
     pub fn delay(self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(16);
         self.base.saturating_mul(1 << exp).min(self.cap)

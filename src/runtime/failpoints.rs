@@ -64,10 +64,10 @@ impl FailPoints {
     /// Returns at once when `point` is not armed. When it is, waits until `release(point)`;
     /// without one, never returns: the reconcile freezes there until its task is dropped.
     pub async fn hit(&self, point: FailPoint) {
-        let mut armed = self.armed.subscribe();
-        if !armed.borrow_and_update().contains(&point) {
+        if !self.armed.borrow().contains(&point) {
             return;
         }
+        let mut armed = self.armed.subscribe();
         tracing::warn!(?point, "failpoint: freezing here");
         let _frozen = Frozen::enter(&self.frozen, point);
         // The sender lives as long as `self`, so this only ends by a release.
