@@ -17,13 +17,14 @@ use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::conditions as cond;
+use switchyard::api::provision_key;
 use switchyard::api::{ComputeProvider, Workspace};
 use switchyard::provider::kubernetes::{
     ANNOTATION_EPOCH, ANNOTATION_KEY, FENCE_EPOCH_KEY, LABEL_CLUSTER, LABEL_WORKSPACE_NAME, LABEL_WORKSPACE_UID,
     fence_name, is_running_and_ready,
 };
 use switchyard::provider::simulated::Clouds;
-use switchyard::provider::{CallContext, DispatchError, Dispatcher, DriverError, InstanceState, provision_key};
+use switchyard::provider::{CallContext, DispatchError, Dispatcher, DriverError, InstanceState};
 
 use support::fixtures::{self, Instance};
 

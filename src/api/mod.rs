@@ -1,4 +1,6 @@
-//! The Switchyard API (`switchyard.dev/v1alpha1`): the CRD types and their condition vocabulary.
+//! The Switchyard API (`switchyard.dev/v1alpha1`): the CRD types, their condition and Event
+//! vocabulary, and what is read off them everywhere: the provision key, the claim in flight,
+//! "settled", the kstatus rules, and a builder for objects in tests and tools.
 
 mod builder;
 pub mod conditions;

@@ -1,4 +1,4 @@
-//! The ComputeProvider reconciler: probes each provider's health through its driver and keeps
+//! The ComputeProvider health loop: probes each provider's health through its driver and keeps
 //! `Ready` on its status current, so workspaces that name an unhealthy provider stall instead
 //! of calling it.
 

@@ -30,7 +30,9 @@
 //! call ends the reconcile at once: no further call, no further write.
 //! Every write is remembered (`remember_write`), so no later reconcile acts on a cached copy
 //! older than it. What a step did that users and operators hear of (Events, metrics, logs) it
-//! reports as an [`Outcome`]; `outcome::report` decides what each says.
+//! reports as an [`Outcome`]; `outcome::report` decides what each says. Two warnings within a stop
+//! are logged where they happen: each failed attempt, and an instance id that status names but
+//! the provider does not hold under its key.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -36,7 +36,7 @@ pub struct CallContext {
 
 impl CallContext {
     /// A call about workspace `ws-<uid>` in `default`, under operation `op-<epoch>` at `epoch`,
-    /// by `caller` for `cluster`: the calls tests and tools make without a controller.
+    /// by `caller` for `cluster`: the calls tests make to a driver without a controller.
     pub fn sample(uid: &str, epoch: i64, caller: &str, cluster: &str) -> Self {
         Self {
             namespace: "default".into(),
@@ -153,9 +153,6 @@ pub trait Driver: Send + Sync {
         Ok(())
     }
 }
-
-/// Drivers receive keys made by this (see `Workspace::in_flight_key`).
-pub use crate::api::provision_key;
 
 /// Binds a provider credential to the ComputeProviders that may use it: a comma-separated list
 /// of their names. A Secret without it may serve any ComputeProvider that names it.

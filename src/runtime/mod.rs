@@ -1,6 +1,7 @@
-//! Process-level pieces every entry point shares (the controller, the tools, the command
-//! line): who this process is, when it should stop, and how durations are written on a
-//! command line. Kept below `cli` so that nothing else has to import the command line.
+//! What the reconcilers and tools run on, below `cli` so that nothing else imports the command
+//! line: the Kubernetes client (HTTP/2), the one `Backoff`, leader election, the Event
+//! publisher, failpoints, and process-level pieces (who this process is, when it should stop,
+//! how durations are written on a command line).
 
 mod backoff;
 pub mod client;

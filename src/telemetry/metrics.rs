@@ -120,7 +120,7 @@ impl Default for Metrics {
             reconciles_active: Gauge::default(),
             registry: Registry::default(),
         };
-        // Each metric once: its name (prefixed `switchyard_` by the registry), its help, its field.
+        // Each registration once: the name (prefixed `switchyard_` by the registry), help, field.
         macro_rules! register {
             ($($name:literal, $help:literal, $field:ident;)*) => {
                 $(registry.register($name, $help, m.$field.clone());)*

@@ -19,10 +19,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 use stateright::{Model, Property};
 use switchyard::api::conditions as cond;
+use switchyard::api::provision_key;
 use switchyard::api::{FINALIZER, Instance, OperationKind, Workspace, WorkspaceStatus};
 use switchyard::controller::decide::{Facts, Next, ProviderState, decide};
 use switchyard::controller::status;
-use switchyard::provider::provision_key;
 use switchyard::runtime::Backoff;
 
 /// The one workspace's uid.
