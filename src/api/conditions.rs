@@ -9,23 +9,29 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
 /// A closed set of reasons: each variant names its wire string once. `ALL` lists them for the
-/// test that holds the README's reason table to the code.
+/// test that holds the README's reason table to the code. A set may end, after a `;`, with one
+/// variant that wraps a reason of another set and reads as its wire string.
 macro_rules! reasons {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)+ }) => {
+    ($(#[$doc:meta])* $name:ident {
+        $($(#[$vdoc:meta])* $variant:ident = $wire:literal),+ $(,)?
+        $(; $(#[$wdoc:meta])* $wrap:ident($inner:ident))?
+    }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum $name {
             $($(#[$vdoc])* $variant,)+
+            $($(#[$wdoc])* $wrap($inner),)?
         }
 
         impl $name {
-            /// Every value, in declaration order.
+            /// Every value with a wire string of its own, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The string users, alerts and dashboards see; it never changes.
             pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $wire,)+
+                    $($name::$wrap(inner) => inner.as_str(),)?
                 }
             }
         }
@@ -133,64 +139,30 @@ reasons! {
     }
 }
 
-/// The reason of an Event. Normal Events record the outcome of an operation; Warnings either
-/// have a reason of their own or repeat the Stalled condition's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventReason {
-    SwitchCompleted,
-    Provisioned,
-    /// A stop or delete finished.
-    ComputeStopped,
-    SwitchAborted,
-    Retargeted,
-    TookOver,
-    /// Warning: a provider was left unfenced on the user's say-so (annotation `switchyard.dev/skip-fence`).
-    FenceSkipped,
-    /// Warning: the inventory found compute no workspace status names, and stopped it.
-    LeakCollected,
-    /// Warning: the provider knows no instance under the key status.instance records; nothing
-    /// was stopped there (the inventory stops any compute that no status names).
-    InstanceNotFound,
-    /// Warning: the controller cannot decode the workspace and skips it until it changes.
-    InvalidObject,
-    /// Warning: the workspace is, or goes on being, stalled for this reason.
-    Stalled(ConditionReason),
-}
-
-impl EventReason {
-    /// The reasons of Events of their own (the Warnings about a stall use [`ConditionReason`]s).
-    pub const OWN: &'static [EventReason] = &[
-        EventReason::SwitchCompleted,
-        EventReason::Provisioned,
-        EventReason::ComputeStopped,
-        EventReason::SwitchAborted,
-        EventReason::Retargeted,
-        EventReason::TookOver,
-        EventReason::FenceSkipped,
-        EventReason::LeakCollected,
-        EventReason::InstanceNotFound,
-        EventReason::InvalidObject,
-    ];
-
-    /// The string users, alerts and dashboards see; it never changes.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventReason::SwitchCompleted => "SwitchCompleted",
-            EventReason::Provisioned => "Provisioned",
-            EventReason::ComputeStopped => "ComputeStopped",
-            EventReason::SwitchAborted => "SwitchAborted",
-            EventReason::Retargeted => "Retargeted",
-            EventReason::TookOver => "TookOver",
-            EventReason::FenceSkipped => "FenceSkipped",
-            EventReason::LeakCollected => "LeakCollected",
-            EventReason::InstanceNotFound => "InstanceNotFound",
-            EventReason::InvalidObject => "InvalidObject",
-            EventReason::Stalled(reason) => reason.as_str(),
-        }
+reasons! {
+    /// The reason of an Event. Normal Events record the outcome of an operation; Warnings either
+    /// have a reason of their own or repeat the Stalled condition's.
+    EventReason {
+        SwitchCompleted = "SwitchCompleted",
+        Provisioned = "Provisioned",
+        /// A stop or delete finished.
+        ComputeStopped = "ComputeStopped",
+        SwitchAborted = "SwitchAborted",
+        Retargeted = "Retargeted",
+        TookOver = "TookOver",
+        /// Warning: a provider was left unfenced on the user's say-so (annotation `switchyard.dev/skip-fence`).
+        FenceSkipped = "FenceSkipped",
+        /// Warning: the inventory found compute no workspace status names, and stopped it.
+        LeakCollected = "LeakCollected",
+        /// Warning: the provider knows no instance under the key status.instance records; nothing
+        /// was stopped there (the inventory stops any compute that no status names).
+        InstanceNotFound = "InstanceNotFound",
+        /// Warning: the controller cannot decode the workspace and skips it until it changes.
+        InvalidObject = "InvalidObject";
+        /// Warning: the workspace is, or goes on being, stalled for this reason.
+        Stalled(ConditionReason)
     }
 }
-
-wire_string!(EventReason);
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not change.
 pub fn set(
@@ -317,7 +289,7 @@ mod tests {
             rows.extend(reasons.into_iter().map(|r| (r.to_string(), kind.to_string())));
         };
         add("condition", ConditionReason::ALL.iter().map(|r| r.as_str()).collect());
-        add("event", EventReason::OWN.iter().map(|r| r.as_str()).collect());
+        add("event", EventReason::ALL.iter().map(|r| r.as_str()).collect());
         add("action", EventAction::ALL.iter().map(|r| r.as_str()).collect());
         add("wait", WaitReason::ALL.iter().map(|r| r.as_str()).collect());
         rows
@@ -344,7 +316,7 @@ mod tests {
         };
         let lists: [Vec<&str>; 4] = [
             ConditionReason::ALL.iter().map(|r| r.as_str()).collect(),
-            EventReason::OWN.iter().map(|r| r.as_str()).collect(),
+            EventReason::ALL.iter().map(|r| r.as_str()).collect(),
             EventAction::ALL.iter().map(|r| r.as_str()).collect(),
             WaitReason::ALL.iter().map(|r| r.as_str()).collect(),
         ];
@@ -354,6 +326,6 @@ mod tests {
         }
         // A Warning about a stall reads as the stall's reason.
         assert_eq!(EventReason::Stalled(ConditionReason::StopFailed).as_str(), "StopFailed");
-        assert!(EventReason::OWN.iter().all(|r| !ConditionReason::ALL.iter().any(|c| c.as_str() == r.as_str())));
+        assert!(EventReason::ALL.iter().all(|r| !ConditionReason::ALL.iter().any(|c| c.as_str() == r.as_str())));
     }
 }
