@@ -151,6 +151,8 @@ impl Repeats {
 }
 
 async fn publish_all(client: kube::Client, instance: String, rx: mpsc::Receiver<Note>) {
+    // reportingInstance is at most 128 characters: cut once, shared by every Event.
+    let instance: Arc<str> = instance.chars().take(128).collect::<String>().into();
     let repeats = Arc::new(Mutex::new(Repeats::default()));
     let notes = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|n| (n, rx)) });
     notes
@@ -190,7 +192,8 @@ fn object_name(note: &Note) -> &str {
     note.regarding.name.as_deref().unwrap_or("switchyard")
 }
 
-/// The Event for `note`, without its name (`Repeats::record` names it).
+/// The Event for `note` by `instance` (already cut to its limit), without its name
+/// (`Repeats::record` names it).
 fn new_event(note: &Note, instance: &str) -> Event {
     Event {
         action: Some(note.action.as_str().to_string()),
@@ -199,7 +202,7 @@ fn new_event(note: &Note, instance: &str) -> Event {
         event_time: Some(MicroTime(note.at)),
         regarding: Some(note.regarding.clone()),
         reporting_controller: Some(CONTROLLER.to_owned()),
-        reporting_instance: Some(instance.chars().take(128).collect()),
+        reporting_instance: Some(instance.to_owned()),
         type_: Some(type_name(note.type_).to_owned()),
         metadata: ObjectMeta { namespace: note.regarding.namespace.clone(), ..Default::default() },
         ..Default::default()
