@@ -1,9 +1,28 @@
-//! Workspaces built in code, the one vocabulary of the unit tests, the integration tests and the
-//! benchmark: a name and a provider, then only what a case says about it.
+//! Workspaces (and simulated providers) built in code, the one vocabulary of the unit tests, the
+//! integration tests and the benchmark: a name and a provider, then only what a case says about it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{Instance, Size, Workspace, WorkspaceSpec, WorkspaceStatus, WorkspaceTemplate};
+use super::{
+    ComputeProvider, ComputeProviderSpec, DriverKind, Instance, SimulatedSettings, Size, Workspace, WorkspaceSpec,
+    WorkspaceStatus, WorkspaceTemplate,
+};
+
+impl ComputeProvider {
+    /// ComputeProvider `name` with the in-process `simulated` driver and these latencies.
+    pub fn simulated(name: &str, provision_latency_ms: u64, stop_latency_ms: u64) -> Self {
+        let simulated = SimulatedSettings { provision_latency_ms, stop_latency_ms };
+        let spec = ComputeProviderSpec {
+            driver: DriverKind::Simulated,
+            http: None,
+            kubernetes: None,
+            simulated: Some(simulated),
+            stop_policy: None,
+            call_timeout_seconds: None,
+        };
+        ComputeProvider::new(name, spec)
+    }
+}
 
 impl Instance {
     /// Instance `id` on `provider`, created under `key`; no location recorded, its state known.

@@ -105,7 +105,7 @@ impl WorkspaceStatus {
     /// Whether this status says the workspace has converged (DESIGN.md §3.5) on `provider`,
     /// with compute there exactly when it should be `running`: no operation, Ready, and written
     /// for the object's `generation`.
-    pub fn settled(&self, provider: &str, running: bool, generation: Option<i64>) -> bool {
+    fn settled(&self, provider: &str, running: bool, generation: Option<i64>) -> bool {
         let compute_as_wanted = match &self.instance {
             Some(i) => running && i.provider == provider,
             None => !running,

@@ -34,13 +34,8 @@ pub fn unique(prefix: &str) -> String {
 /// Creates a simulated ComputeProvider; a call to it that hangs fails after
 /// [`SIM_CALL_TIMEOUT_SECONDS`], as one to a provider-sim does.
 pub async fn simulated_provider(client: &Client, name: &str, provision_ms: u64, stop_ms: u64) {
-    let p: ComputeProvider = serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
-        "metadata": {"name": name},
-        "spec": {"driver": "simulated", "callTimeoutSeconds": SIM_CALL_TIMEOUT_SECONDS,
-                 "simulated": {"provisionLatencyMs": provision_ms, "stopLatencyMs": stop_ms}}
-    }))
-    .expect("provider");
+    let mut p = ComputeProvider::simulated(name, provision_ms, stop_ms);
+    p.spec.call_timeout_seconds = Some(SIM_CALL_TIMEOUT_SECONDS);
     Api::<ComputeProvider>::all(client.clone()).create(&PostParams::default(), &p).await.expect("create provider");
 }
 

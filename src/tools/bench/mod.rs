@@ -394,11 +394,7 @@ async fn create_namespace(client: &Client, name: &str) -> Result<(), BenchError>
 }
 
 async fn create_provider(client: &Client, name: &str, provision_ms: u64, stop_ms: u64) -> Result<(), BenchError> {
-    let provider: ComputeProvider = serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ComputeProvider",
-        "metadata": {"name": name},
-        "spec": {"driver": "simulated", "simulated": {"provisionLatencyMs": provision_ms, "stopLatencyMs": stop_ms}}
-    }))?;
+    let provider = ComputeProvider::simulated(name, provision_ms, stop_ms);
     Api::<ComputeProvider>::all(client.clone())
         .create(&PostParams::default(), &provider)
         .await
