@@ -91,11 +91,6 @@ pub enum Call {
 }
 
 impl Call {
-    /// Whether the call can change the cloud's instances.
-    pub fn is_mutating(self) -> bool {
-        matches!(self, Call::Provision | Call::Stop)
-    }
-
     /// Whether the call is judged against the workspace's fence, and advances it once admitted:
     /// every per-workspace call, read or write.
     pub fn is_fenced(self) -> bool {
