@@ -301,6 +301,19 @@ pub struct Instance {
     pub cluster: String,
 }
 
+impl Instance {
+    /// The instance as a [`LiveInstance`] of `provider`, if it is Running.
+    pub fn live_on(self, provider: &str) -> Option<LiveInstance> {
+        let i = self.wire;
+        (i.state == InstanceState::Running).then(|| LiveInstance {
+            provider: provider.to_owned(),
+            id: i.id,
+            key: i.key,
+            workspace_uid: i.workspace_uid,
+        })
+    }
+}
+
 /// A Running instance of some provider.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -864,16 +877,7 @@ impl Clouds {
         let clouds: Vec<Arc<Cloud>> = lock(&self.inner.clouds).values().cloned().collect();
         clouds
             .iter()
-            .flat_map(|cloud| {
-                let running =
-                    cloud.instances().into_iter().map(|i| i.wire).filter(|i| i.state == InstanceState::Running);
-                running.map(|i| LiveInstance {
-                    provider: cloud.provider.clone(),
-                    id: i.id,
-                    key: i.key,
-                    workspace_uid: i.workspace_uid,
-                })
-            })
+            .flat_map(|cloud| cloud.instances().into_iter().filter_map(|i| i.live_on(&cloud.provider)))
             .collect()
     }
 }

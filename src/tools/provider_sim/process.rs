@@ -12,10 +12,10 @@ use tokio::process::{Child, Command};
 use tracing::debug;
 
 use crate::api::{HttpSettings, SecretKeyRef};
+use crate::provider::DriverError;
 use crate::provider::http::client::{BearerToken, Endpoint};
 use crate::provider::http::driver::{HttpDriver, TokenSource};
 use crate::provider::simulated::{Faults, Instance, LedgerEntry, LiveInstance};
-use crate::provider::{DriverError, InstanceState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimProcessError {
@@ -236,19 +236,7 @@ impl ProviderSimProcess {
 
     /// The Running instances, for [`check_live_instances`](crate::provider::simulated::check_live_instances).
     pub async fn live_instances(&self) -> Result<Vec<LiveInstance>, SimProcessError> {
-        Ok(self
-            .instances()
-            .await?
-            .into_iter()
-            .map(|i| i.wire)
-            .filter(|i| i.state == InstanceState::Running)
-            .map(|i| LiveInstance {
-                provider: self.options.name.clone(),
-                id: i.id,
-                key: i.key,
-                workspace_uid: i.workspace_uid,
-            })
-            .collect())
+        Ok(self.instances().await?.into_iter().filter_map(|i| i.live_on(&self.options.name)).collect())
     }
 
     async fn admin_call<T: serde::de::DeserializeOwned>(
