@@ -342,14 +342,18 @@ impl Stored {
         InstanceInfo { id: id.to_owned(), key: self.key.to_string(), state: self.state }
     }
 
+    fn wire(&self, id: &str) -> wire::Instance {
+        wire::Instance {
+            id: id.to_owned(),
+            key: self.key.to_string(),
+            workspace_uid: self.workspace_uid.to_string(),
+            state: self.state,
+        }
+    }
+
     fn instance(&self, id: &str) -> Instance {
         Instance {
-            wire: wire::Instance {
-                id: id.to_owned(),
-                key: self.key.to_string(),
-                workspace_uid: self.workspace_uid.to_string(),
-                state: self.state,
-            },
+            wire: self.wire(id),
             namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             cluster: self.cluster.to_string(),
@@ -518,6 +522,11 @@ impl Cloud {
 
     pub fn instance(&self, id: &str) -> Option<Instance> {
         lock(&self.state).instances.get(id).map(|i| i.instance(id))
+    }
+
+    /// Instance `id` as the protocol describes it (without where it came from).
+    pub fn wire(&self, id: &str) -> Option<wire::Instance> {
+        lock(&self.state).instances.get(id).map(|i| i.wire(id))
     }
 
     /// The fence of `workspace_uid`: the newest epoch admitted for it, if any call was.

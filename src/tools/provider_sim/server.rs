@@ -182,10 +182,6 @@ impl ProviderSim {
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self)
     }
-
-    fn wire(&self, id: &str) -> Option<Instance> {
-        self.cloud.instance(id).map(|i| i.wire)
-    }
 }
 
 /// A protocol error answer.
@@ -376,7 +372,7 @@ async fn fence(
 
 async fn get_instance(State(sim): Sim, UrlPath(id): UrlPath<String>) -> Result<Json<Instance>, ApiError> {
     read_faults(&sim).await;
-    sim.wire(&id).map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no instance {id}")))
+    sim.cloud.wire(&id).map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no instance {id}")))
 }
 
 /// `GET /v1/instances` in all its forms: by workspace, by key, or an inventory page by cluster.
@@ -425,13 +421,13 @@ async fn list(
         operation_id: text(OPERATION_HEADER),
         cluster: text(CLUSTER_HEADER),
     };
-    let sim2 = sim.clone();
+    let cloud = sim.cloud.clone();
     Ok(engine(
         &sim,
         Duration::ZERO,
         move |cloud| cloud.lookup_now(&ctx, &key),
         move |found| {
-            let items = found.and_then(|f| sim2.wire(&f.id)).filter(|i| i.workspace_uid == uid);
+            let items = found.and_then(|f| cloud.wire(&f.id)).filter(|i| i.workspace_uid == uid);
             Json(InstanceList { items: items.into_iter().collect() }).into_response()
         },
     )
