@@ -16,17 +16,17 @@ run: testenv build
 ## test: unit tests and integration tests against a real kube-apiserver (with the chaos scenarios
 ##       and one short seeded campaign of tests/chaos.rs), then the OpenTelemetry
 ##       trace test on the `otel` build (lint: make lint)
-##       The fuller-cluster tests (tests/$(SLOW_TEST).rs) mostly wait for Pods, so they run
+##       The fuller-cluster tests (tests/provider_kubernetes.rs) mostly wait for Pods, so they run
 ##       beside the other test binaries, which cargo runs one after another; their output follows.
 SLOW_TEST := provider_kubernetes
 OTHER_TESTS := $(patsubst tests/%.rs,--test %,$(filter-out tests/$(SLOW_TEST).rs,$(wildcard tests/*.rs)))
 test: testenv krew
 	$(CARGO) test --all-targets --no-run
-	@mkdir -p target; \
-	$(CARGO) test --test $(SLOW_TEST) -- --color never --test-threads 4 > target/test-$(SLOW_TEST).log 2>&1 & slow=$$!; \
+	@log="$${CARGO_TARGET_DIR:-target}/test-$(SLOW_TEST).log"; mkdir -p "$$(dirname "$$log")"; \
+	$(CARGO) test --test $(SLOW_TEST) -- --color never --test-threads 4 > "$$log" 2>&1 & slow=$$!; \
 	$(CARGO) test --lib --bins $(OTHER_TESTS) -- --color never --test-threads 4; rc=$$?; \
 	wait $$slow; slow_rc=$$?; \
-	echo "--- tests/$(SLOW_TEST).rs (ran beside the others): exit $$slow_rc"; cat target/test-$(SLOW_TEST).log; \
+	echo "--- tests/$(SLOW_TEST).rs (ran beside the others): exit $$slow_rc"; cat "$$log"; \
 	[ $$rc -eq 0 ] && [ $$slow_rc -eq 0 ]
 	$(CARGO) test --features otel --test otel -- --color never
 

@@ -14,6 +14,7 @@ use support::*;
 use switchyard::api::conditions as cond;
 use switchyard::api::{Workspace, WorkspaceStatus};
 use switchyard::provider::simulated::Clouds;
+use switchyard::tools::process::{Signal, signal_child};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -265,9 +266,8 @@ async fn ctrl_c_while_waiting_exits_130() {
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let first = tokio::time::timeout(RUN, lines.next_line()).await.expect("first line in time").expect("read stdout");
     assert!(first.as_deref().is_some_and(|l| l.contains("switching")), "{first:?}");
-    // SAFETY: kill(2) on the child we spawned and still own.
-    let sent = unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid fits"), libc::SIGINT) };
-    assert_eq!(sent, 0, "kill -INT {pid}");
+    let sent = signal_child(&child, Signal::INT);
+    assert!(sent.is_ok(), "kill -INT {pid}: {sent:?}");
     let out = tokio::time::timeout(RUN, child.wait_with_output()).await.expect("exits in time").expect("wait");
     assert_eq!(out.status.code(), Some(130), "{}", shown(&out));
     assert!(

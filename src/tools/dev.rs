@@ -80,9 +80,9 @@ pub const TESTENV: &str = "switchyard-testenv";
 
 /// The command that runs `testenv` (the program) with its cluster's data in `dir` and `nodes`
 /// fake nodes (0: kube-apiserver and etcd only), its log to `log`. Once serving it prints
-/// `ready <kubeconfig>` on stdout; it stops when its stdin closes, and removes its data unless
-/// `keep`. Tests start it this way too.
-pub fn testenv_command(testenv: &Path, dir: &Path, nodes: usize, keep: bool, log: std::fs::File) -> StdCommand {
+/// `ready <kubeconfig>` on stdout ([`ready_kubeconfig`] reads it); it stops when its stdin
+/// closes, and removes its data unless `keep`. Tests start it this way too.
+pub fn testenv_command(testenv: &Path, dir: &Path, nodes: u8, keep: bool, log: std::fs::File) -> StdCommand {
     let mut command = StdCommand::new(testenv);
     if keep {
         command.arg("--keep");
@@ -90,6 +90,12 @@ pub fn testenv_command(testenv: &Path, dir: &Path, nodes: usize, keep: bool, log
     command.arg("--dir").arg(dir).arg("--nodes").arg(nodes.to_string()).arg("--stdin-lifeline");
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
     command
+}
+
+/// The kubeconfig of the control plane that printed `line` on its stdout, if the line is the one
+/// ([`testenv_command`]) that says it is serving.
+pub fn ready_kubeconfig(line: &str) -> Option<PathBuf> {
+    line.strip_prefix("ready ").map(PathBuf::from)
 }
 
 /// A running local control plane; stops when dropped (its stdin closes).
@@ -111,15 +117,15 @@ impl LocalControlPlane {
         let log_path = dir.join("control-plane.log");
         let log = std::fs::File::create(&log_path)?;
         let path = testenv_bin.join(TESTENV);
-        let mut child = Command::from(testenv_command(&path, &dir.join("cluster"), nodes.into(), keep, log))
+        let mut child = Command::from(testenv_command(&path, &dir.join("cluster"), nodes, keep, log))
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| DevError::Spawn { path, source })?;
         let stdout = child.stdout.take().ok_or_else(|| DevError::Other("no stdout".into()))?;
         let mut lines = BufReader::new(stdout).lines();
         while let Some(line) = lines.next_line().await? {
-            if let Some(kubeconfig) = line.strip_prefix("ready ") {
-                return Ok(Self { kubeconfig: PathBuf::from(kubeconfig), child });
+            if let Some(kubeconfig) = ready_kubeconfig(&line) {
+                return Ok(Self { kubeconfig, child });
             }
         }
         Err(DevError::NotReady { log: log_path })

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod dev;
+pub mod process;
 pub mod provider_sim;
 
 pub use conformance::ConformanceArgs;

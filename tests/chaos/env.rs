@@ -13,6 +13,7 @@ use kube::{Client, ResourceExt};
 use switchyard::api::Workspace;
 use switchyard::api::conditions as cond;
 use switchyard::provider::simulated::{LedgerEntry, LiveInstance};
+use switchyard::tools::process::{Signal, signal_child};
 
 use super::checks::{self, Observed, Violation, WsState};
 use super::watch::Recorder;
@@ -151,22 +152,21 @@ impl Controller {
         self.child.is_some()
     }
 
-    fn signal(&self, signal: i32) {
-        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()).and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill(2) on our own child, which has not been reaped, so the pid is ours.
-            unsafe { libc::kill(pid, signal) };
+    fn signal(&self, signal: Signal) {
+        if let Some(child) = &self.child {
+            let _ = signal_child(child, signal);
         }
     }
 
     /// SIGSTOP: the process freezes wherever it is, calls and sockets in flight.
     pub fn pause(&mut self) {
-        self.signal(libc::SIGSTOP);
+        self.signal(Signal::STOP);
         self.paused = true;
     }
 
     /// SIGCONT.
     pub fn resume(&mut self) {
-        self.signal(libc::SIGCONT);
+        self.signal(Signal::CONT);
         self.paused = false;
     }
 

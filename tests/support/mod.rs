@@ -37,7 +37,7 @@ pub struct ControlPlane {
 }
 
 /// Fake nodes of the fuller cluster: two, so that a Pod can land elsewhere when one goes away.
-pub const FULLER_NODES: usize = 2;
+pub const FULLER_NODES: u8 = 2;
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 /// Set by [`fuller_client`] before the control plane starts.
@@ -92,7 +92,7 @@ pub fn bare_control_plane() -> ControlPlane {
 
 /// Starts `switchyard-testenv` (with `nodes` fake nodes, 0 for the bare control plane); its log
 /// is target/testenv/logs/<binary>-<pid><suffix>.log.
-pub fn start_cluster(nodes: usize, log_suffix: &str) -> ControlPlane {
+pub fn start_cluster(nodes: u8, log_suffix: &str) -> ControlPlane {
     let dir = tempfile::Builder::new().prefix("switchyard-testenv-").tempdir().expect("temp dir");
     let logs = repo_root().join("target/testenv/logs");
     std::fs::create_dir_all(&logs).expect("log dir");
@@ -108,8 +108,8 @@ pub fn start_cluster(nodes: usize, log_suffix: &str) -> ControlPlane {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(path) = line.strip_prefix("ready ") {
-                let _ = tx.send(PathBuf::from(path));
+            if let Some(kubeconfig) = switchyard::tools::dev::ready_kubeconfig(&line) {
+                let _ = tx.send(kubeconfig);
             }
         }
     });

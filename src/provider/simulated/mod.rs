@@ -91,11 +91,6 @@ pub enum Call {
 }
 
 impl Call {
-    /// Whether the call can change the cloud's instances.
-    pub fn is_mutating(self) -> bool {
-        matches!(self, Call::Provision | Call::Stop)
-    }
-
     /// Whether the call is judged against the workspace's fence, and advances it once admitted:
     /// every per-workspace call, read or write.
     pub fn is_fenced(self) -> bool {
@@ -306,6 +301,19 @@ pub struct Instance {
     pub cluster: String,
 }
 
+impl Instance {
+    /// The instance as a [`LiveInstance`] of `provider`, if it is Running.
+    pub fn live_on(self, provider: &str) -> Option<LiveInstance> {
+        let i = self.wire;
+        (i.state == InstanceState::Running).then(|| LiveInstance {
+            provider: provider.to_owned(),
+            id: i.id,
+            key: i.key,
+            workspace_uid: i.workspace_uid,
+        })
+    }
+}
+
 /// A Running instance of some provider.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -334,14 +342,18 @@ impl Stored {
         InstanceInfo { id: id.to_owned(), key: self.key.to_string(), state: self.state }
     }
 
+    fn wire(&self, id: &str) -> wire::Instance {
+        wire::Instance {
+            id: id.to_owned(),
+            key: self.key.to_string(),
+            workspace_uid: self.workspace_uid.to_string(),
+            state: self.state,
+        }
+    }
+
     fn instance(&self, id: &str) -> Instance {
         Instance {
-            wire: wire::Instance {
-                id: id.to_owned(),
-                key: self.key.to_string(),
-                workspace_uid: self.workspace_uid.to_string(),
-                state: self.state,
-            },
+            wire: self.wire(id),
             namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             cluster: self.cluster.to_string(),
@@ -510,6 +522,11 @@ impl Cloud {
 
     pub fn instance(&self, id: &str) -> Option<Instance> {
         lock(&self.state).instances.get(id).map(|i| i.instance(id))
+    }
+
+    /// Instance `id` as the protocol describes it (without where it came from).
+    pub fn wire(&self, id: &str) -> Option<wire::Instance> {
+        lock(&self.state).instances.get(id).map(|i| i.wire(id))
     }
 
     /// The fence of `workspace_uid`: the newest epoch admitted for it, if any call was.
@@ -869,16 +886,7 @@ impl Clouds {
         let clouds: Vec<Arc<Cloud>> = lock(&self.inner.clouds).values().cloned().collect();
         clouds
             .iter()
-            .flat_map(|cloud| {
-                let running =
-                    cloud.instances().into_iter().map(|i| i.wire).filter(|i| i.state == InstanceState::Running);
-                running.map(|i| LiveInstance {
-                    provider: cloud.provider.clone(),
-                    id: i.id,
-                    key: i.key,
-                    workspace_uid: i.workspace_uid,
-                })
-            })
+            .flat_map(|cloud| cloud.instances().into_iter().filter_map(|i| i.live_on(&cloud.provider)))
             .collect()
     }
 }

@@ -12,6 +12,7 @@ use tokio::process::{Child, Command};
 use tracing::warn;
 
 use super::{BenchError, read_text};
+use crate::tools::process::{Signal, signal_child};
 
 /// How long a SIGTERMed controller may take to shut down before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -127,11 +128,7 @@ impl ControllerProcess {
 
     /// SIGTERM (a graceful stop, so the log ends cleanly), then SIGKILL after a grace period.
     pub async fn stop(mut self) {
-        // The pid is our own child, not yet reaped (we hold its Child), so it cannot name
-        // another process.
-        if let Some(pid) = i32::try_from(self.pid).ok().and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+        let _ = signal_child(&self.child, Signal::TERM);
         if tokio::time::timeout(STOP_GRACE, self.child.wait()).await.is_err() {
             warn!(pid = self.pid, "controller did not stop on SIGTERM; killing it");
             let _ = self.child.kill().await;

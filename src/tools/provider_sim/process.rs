@@ -12,10 +12,11 @@ use tokio::process::{Child, Command};
 use tracing::debug;
 
 use crate::api::{HttpSettings, SecretKeyRef};
+use crate::provider::DriverError;
 use crate::provider::http::client::{BearerToken, Endpoint};
 use crate::provider::http::driver::{HttpDriver, TokenSource};
 use crate::provider::simulated::{Faults, Instance, LedgerEntry, LiveInstance};
-use crate::provider::{DriverError, InstanceState};
+use crate::tools::process::{Signal, signal_child};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimProcessError {
@@ -184,10 +185,7 @@ impl ProviderSimProcess {
     /// SIGTERM, then waits for the exit.
     pub async fn terminate(&mut self) -> Result<(), SimProcessError> {
         if let Some(mut child) = self.child.take() {
-            // Our own child, not yet reaped (we hold it), so the pid cannot name another process.
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
+            let _ = signal_child(&child, Signal::TERM);
             child.wait().await.map_err(|source| self.io("wait for exit", source))?;
         }
         Ok(())
@@ -236,19 +234,7 @@ impl ProviderSimProcess {
 
     /// The Running instances, for [`check_live_instances`](crate::provider::simulated::check_live_instances).
     pub async fn live_instances(&self) -> Result<Vec<LiveInstance>, SimProcessError> {
-        Ok(self
-            .instances()
-            .await?
-            .into_iter()
-            .map(|i| i.wire)
-            .filter(|i| i.state == InstanceState::Running)
-            .map(|i| LiveInstance {
-                provider: self.options.name.clone(),
-                id: i.id,
-                key: i.key,
-                workspace_uid: i.workspace_uid,
-            })
-            .collect())
+        Ok(self.instances().await?.into_iter().filter_map(|i| i.live_on(&self.options.name)).collect())
     }
 
     async fn admin_call<T: serde::de::DeserializeOwned>(

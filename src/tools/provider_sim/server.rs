@@ -182,10 +182,6 @@ impl ProviderSim {
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self)
     }
-
-    fn wire(&self, id: &str) -> Option<Instance> {
-        self.cloud.instance(id).map(|i| i.wire)
-    }
 }
 
 /// A protocol error answer.
@@ -303,13 +299,13 @@ async fn health(State(sim): Sim) -> Json<Health> {
 /// the async workers (it may fsync the journal) and turns its answer into a response; a lost
 /// answer drops the connection, a hang never answers.
 async fn engine<T: Send + 'static>(
-    sim: &ProviderSim,
+    cloud: &Arc<Cloud>,
     base: Duration,
     call: impl FnOnce(&Cloud) -> Answer<T> + Send + 'static,
     respond: impl FnOnce(T) -> Response,
 ) -> Response {
-    sim.cloud.latency(base).await;
-    let cloud = sim.cloud.clone();
+    cloud.latency(base).await;
+    let cloud = cloud.clone();
     match tokio::task::spawn_blocking(move || call(&cloud)).await {
         Ok(Answer::Reply(Ok(v))) => respond(v),
         Ok(Answer::Reply(Err(e))) => ApiError::from(e).into_response(),
@@ -331,7 +327,7 @@ async fn create(State(sim): Sim, body: Result<Json<CreateInstance>, JsonRejectio
     let uid = body.call.workspace_uid.clone();
     let (key, ctx) = (body.key, CallContext::from(body.call));
     Ok(engine(
-        &sim,
+        &sim.cloud,
         Duration::from_millis(sim.latency.provision_latency_ms),
         move |cloud| cloud.provision_now(&ctx, &key),
         |p| {
@@ -351,7 +347,7 @@ async fn stop(
     let Json(body) = body?;
     let ctx = CallContext::from(body.call);
     Ok(engine(
-        &sim,
+        &sim.cloud,
         Duration::from_millis(sim.latency.stop_latency_ms),
         move |cloud| cloud.stop_now(&ctx, &id).map_reply(|()| id),
         |id| Json(Stopped { id, state: InstanceState::Stopped }).into_response(),
@@ -371,12 +367,12 @@ async fn fence(
     let ctx = CallContext::from(body.call);
     let epoch = ctx.epoch;
     let respond = move |()| Json(Fence { workspace_uid: uid, epoch }).into_response();
-    Ok(engine(&sim, Duration::ZERO, move |cloud| cloud.fence_now(&ctx), respond).await)
+    Ok(engine(&sim.cloud, Duration::ZERO, move |cloud| cloud.fence_now(&ctx), respond).await)
 }
 
 async fn get_instance(State(sim): Sim, UrlPath(id): UrlPath<String>) -> Result<Json<Instance>, ApiError> {
     read_faults(&sim).await;
-    sim.wire(&id).map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no instance {id}")))
+    sim.cloud.wire(&id).map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no instance {id}")))
 }
 
 /// `GET /v1/instances` in all its forms: by workspace, by key, or an inventory page by cluster.
@@ -425,13 +421,13 @@ async fn list(
         operation_id: text(OPERATION_HEADER),
         cluster: text(CLUSTER_HEADER),
     };
-    let sim2 = sim.clone();
+    let cloud = sim.cloud.clone();
     Ok(engine(
-        &sim,
+        &sim.cloud,
         Duration::ZERO,
         move |cloud| cloud.lookup_now(&ctx, &key),
         move |found| {
-            let items = found.and_then(|f| sim2.wire(&f.id)).filter(|i| i.workspace_uid == uid);
+            let items = found.and_then(|f| cloud.wire(&f.id)).filter(|i| i.workspace_uid == uid);
             Json(InstanceList { items: items.into_iter().collect() }).into_response()
         },
     )
@@ -453,7 +449,7 @@ async fn inventory(
     }
     let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
     Ok(engine(
-        sim,
+        &sim.cloud,
         Duration::ZERO,
         move |cloud| cloud.list_now(&cluster, page.as_deref(), limit),
         |p| {
