@@ -89,7 +89,7 @@ impl ComputeProviderSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpSettings {
-    /// Base URL of the provider, e.g. https://compute.example.com/switchyard. Immutable: it
+    /// Base URL of the provider, e.g. `https://compute.example.com/switchyard`. Immutable: it
     /// decides where compute lives.
     #[schemars(regex(pattern = r"^https?://"), length(max = 2000))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.http.endpoint is immutable: it decides where compute lives; create another ComputeProvider and switch the workspaces to it"))]

@@ -64,7 +64,7 @@ impl Workspace {
     }
 
     /// Whether the workspace is settled on `provider`, running or stopped as its spec says
-    /// (see [`WorkspaceStatus::settled`]).
+    /// (see `WorkspaceStatus::settled`).
     pub fn settled_on(&self, provider: &str) -> bool {
         self.status.as_ref().is_some_and(|s| s.settled(provider, self.spec.running, self.metadata.generation))
     }

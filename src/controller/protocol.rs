@@ -24,7 +24,8 @@
 //! | finish_without_compute | no compute wanted any more | lookup, stop under the key, if it may have created any | `finished_without_compute` | – | – |
 //! | hold | our operation cannot progress | – | `step_failed` (Stalled) | – | the stall's reason (Warning), once |
 //!
-//! A step makes its provider calls, then at most one write, guarded by the resourceVersion it
+//! Each step is a method of [`Turn`]: the context, the workspace `decide` judged, its API and the
+//! time. A step makes its provider calls, then at most one write, guarded by the resourceVersion it
 //! read (`writes`); `stop_old` also renews the claim before each retry of its stop, and `abort`
 //! and `stop_old` go on to commit or finish in the same step. A lost claim or a fenced provider
 //! call ends the reconcile at once: no further call, no further write.
@@ -113,51 +114,26 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
 /// Carries out one decision.
 async fn step(ctx: &Context, ws: &Workspace, next: Next) -> Result<Flow, Error> {
     let api = ctx.workspaces(&ws.namespace().unwrap_or_default());
-    let now = ctx.now();
+    let t = Turn { ctx, api: &api, ws, now: ctx.now() };
     match next {
-        Next::Nothing => Ok(nothing(ctx, ws)),
-        Next::AddFinalizer => add_finalizer(ctx, &api, ws).await,
-        Next::RemoveFinalizer => remove_finalizer(ctx, &api, ws).await,
-        Next::Rest { stall } => rest(ctx, &api, ws, stall, &now).await,
+        Next::Nothing => Ok(t.nothing()),
+        Next::AddFinalizer => t.add_finalizer().await,
+        Next::RemoveFinalizer => t.remove_finalizer().await,
+        Next::Rest { stall } => t.rest(stall).await,
         Next::Wait { after, why } => Ok(wait(after, why)),
-        Next::Claim { kind, from, to } => claim(ctx, &api, ws, kind, from, to, &now).await,
-        Next::TakeOver => take_over(ctx, &api, ws, &now).await,
-        Next::Fence { providers } => fence(ctx, &api, ws, &providers, &now).await,
-        Next::Renew => held_write(ctx, &api, ws, |w| status::renewed(w, &now)).await,
-        Next::ConvertToDelete => held_write(ctx, &api, ws, |w| status::converted_to_delete(w, &now)).await,
-        Next::Abort => abort(ctx, &api, ws, &now).await,
-        Next::StopOld { instance } => stop_old(ctx, &api, ws, instance, &now).await,
-        Next::Commit => commit(ctx, &api, ws, &now).await,
-        Next::Provision { provider, key } => provision(ctx, &api, ws, &provider, &key, &now).await,
-        Next::Retarget { provider, key } => retarget(ctx, &api, ws, &provider, &key, &now).await,
-        Next::FinishWithoutCompute { release } => finish_without_compute(ctx, &api, ws, release, &now).await,
-        Next::Hold { stall } => hold(ctx, &api, ws, stall, &now).await,
+        Next::Claim { kind, from, to } => t.claim(kind, from, to).await,
+        Next::TakeOver => t.take_over().await,
+        Next::Fence { providers } => t.fence(&providers).await,
+        Next::Renew => t.held_write(|w| status::renewed(w, &t.now)).await,
+        Next::ConvertToDelete => t.held_write(|w| status::converted_to_delete(w, &t.now)).await,
+        Next::Abort => t.abort().await,
+        Next::StopOld { instance } => t.stop_old(instance).await,
+        Next::Commit => t.commit().await,
+        Next::Provision { provider, key } => t.provision(&provider, &key).await,
+        Next::Retarget { provider, key } => t.retarget(&provider, &key).await,
+        Next::FinishWithoutCompute { release } => t.finish_without_compute(release).await,
+        Next::Hold { stall } => t.hold(stall).await,
     }
-}
-
-/// Not ours to touch: forget it.
-fn nothing(ctx: &Context, ws: &Workspace) -> Flow {
-    ctx.memory().forget(&workspace_key(ws));
-    Flow::Done(Action::await_change())
-}
-
-/// Our finalizer first, so that no compute is created for a workspace that could vanish without us.
-async fn add_finalizer(ctx: &Context, api: &Api<Workspace>, ws: &Workspace) -> Result<Flow, Error> {
-    let mut finalizers = ws.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    let fresh = writes::set_finalizers(api, ws, finalizers).await?;
-    remember_write(ctx, &fresh);
-    Ok(Flow::Continue(Box::new(fresh)))
-}
-
-/// The compute is released: let the workspace go.
-async fn remove_finalizer(ctx: &Context, api: &Api<Workspace>, ws: &Workspace) -> Result<Flow, Error> {
-    let finalizers = ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    writes::set_finalizers(api, ws, finalizers).await?;
-    // The object goes away with its finalizer: forget it.
-    ctx.memory().forget(&workspace_key(ws));
-    publish(ctx, ws, Outcome::FinalizerRemoved);
-    Ok(Flow::Done(Action::await_change()))
 }
 
 /// Wait without writing; the reconcile comes back after `after`.
@@ -166,124 +142,500 @@ fn wait(after: Duration, why: WaitReason) -> Flow {
     Flow::Done(Action::requeue(after))
 }
 
-/// The target changed after the old compute stopped: release what the old key created, then
-/// provision under a new operation id (hence a new key).
-async fn retarget(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    provider: &str,
-    key: &str,
-    now: &Time,
-) -> Result<Flow, Error> {
-    if let Some(stop) = release(ctx, ws, provider, key).await {
-        return stop;
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let flow = held_write(ctx, api, ws, |w| status::retargeted(w, &id, now)).await?;
-    publish(ctx, ws, Outcome::Retargeted { target: ws.spec.provider.clone(), released: provider.to_string() });
-    Ok(flow)
+/// What one step works with: the context, the workspace `decide` judged, the API that writes
+/// it, and the time of the decision.
+struct Turn<'a> {
+    ctx: &'a Context,
+    api: &'a Api<Workspace>,
+    ws: &'a Workspace,
+    now: Time,
 }
 
-/// The spec went back to where the compute is, before our stop: release the claim. A holder
-/// we took over may have stopped that compute already, so the provider is asked first; if the
-/// compute is gone, the operation carries on as though its own stop had happened.
-async fn abort(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
-    let Some((call, _)) = call_context(ctx, ws) else {
-        return Ok(Flow::Done(Action::await_change()));
-    };
-    if let Some(instance) = ws.status.as_ref().and_then(|s| s.instance.clone())
-        && let Some(provider) = lookup_provider(ctx, &instance.provider).await?
-    {
-        let running = match ctx.dispatcher.lookup(&provider, &call, &instance.key).await {
-            // What runs under the key, whatever id status records (see `stop_named`).
-            Ok(found) => found.is_some_and(|i| i.state == InstanceState::Running),
-            Err(e) => return Ok(release_failed(ctx, ws, &e)),
+impl Turn<'_> {
+    /// The same step, on the copy of the workspace our last write returned, at the time now.
+    fn after<'b>(&'b self, ws: &'b Workspace) -> Turn<'b> {
+        Turn { ctx: self.ctx, api: self.api, ws, now: self.ctx.now() }
+    }
+
+    fn publish(&self, outcome: Outcome) {
+        publish(self.ctx, self.ws, outcome);
+    }
+
+    /// Not ours to touch: forget it.
+    fn nothing(&self) -> Flow {
+        self.ctx.memory().forget(&workspace_key(self.ws));
+        Flow::Done(Action::await_change())
+    }
+
+    /// Our finalizer first, so that no compute is created for a workspace that could vanish
+    /// without us.
+    async fn add_finalizer(&self) -> Result<Flow, Error> {
+        let mut finalizers = self.ws.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let fresh = writes::set_finalizers(self.api, self.ws, finalizers).await?;
+        remember_write(self.ctx, &fresh);
+        Ok(Flow::Continue(Box::new(fresh)))
+    }
+
+    /// The compute is released: let the workspace go.
+    async fn remove_finalizer(&self) -> Result<Flow, Error> {
+        let finalizers = self.ws.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+        writes::set_finalizers(self.api, self.ws, finalizers).await?;
+        // The object goes away with its finalizer: forget it.
+        self.ctx.memory().forget(&workspace_key(self.ws));
+        self.publish(Outcome::FinalizerRemoved);
+        Ok(Flow::Done(Action::await_change()))
+    }
+
+    /// The target changed after the old compute stopped: release what the old key created,
+    /// then provision under a new operation id (hence a new key).
+    async fn retarget(&self, provider: &str, key: &str) -> Result<Flow, Error> {
+        if let Some(stop) = self.release(provider, key).await {
+            return stop;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let flow = self.held_write(|w| status::retargeted(w, &id, &self.now)).await?;
+        let (target, released) = (self.ws.spec.provider.clone(), provider.to_string());
+        self.publish(Outcome::Retargeted { target, released });
+        Ok(flow)
+    }
+
+    /// The spec went back to where the compute is, before our stop: release the claim. A
+    /// holder we took over may have stopped that compute already, so the provider is asked
+    /// first; if the compute is gone, the operation carries on as though its own stop had
+    /// happened.
+    async fn abort(&self) -> Result<Flow, Error> {
+        let Turn { ctx, ws, .. } = *self;
+        let Some((call, _)) = call_context(ctx, ws) else {
+            return Ok(Flow::Done(Action::await_change()));
         };
-        if !running {
-            publish(ctx, ws, Outcome::AlreadyStopped { instance });
-            return stopped(ctx, api, ws, now).await;
+        if let Some(instance) = ws.status.as_ref().and_then(|s| s.instance.clone())
+            && let Some(provider) = lookup_provider(ctx, &instance.provider).await?
+        {
+            let running = match ctx.dispatcher.lookup(&provider, &call, &instance.key).await {
+                // What runs under the key, whatever id status records (see `stop_named`).
+                Ok(found) => found.is_some_and(|i| i.state == InstanceState::Running),
+                Err(e) => return Ok(self.release_failed(&e)),
+            };
+            if !running {
+                self.publish(Outcome::AlreadyStopped { instance });
+                return self.stopped().await;
+            }
+        }
+        let in_doubt = ws.status.as_ref().and_then(|s| s.instance.as_ref()).is_some_and(|i| i.unconfirmed);
+        let op = ws.operation();
+        let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
+        let to = op.and_then(|o| o.to.clone()).unwrap_or_default();
+        let flow = self.held_write(|w| status::aborted(w, &self.now)).await?;
+        self.publish(Outcome::Aborted { from, to, in_doubt });
+        Ok(flow)
+    }
+
+    /// Our operation cannot progress for now: record why (Stalled), keep the claim, try again
+    /// after a backoff (`retryAt`; `decide` waits it out, renewing the claim).
+    async fn hold(&self, stall: Stall) -> Result<Flow, Error> {
+        let changed = newly_stalled(self.ws, &stall);
+        let flow = self.step_failed(stall.reason, &stall.message, 0).await?;
+        if changed && matches!(flow, Flow::Continue(_)) {
+            self.publish(Outcome::Held { stall });
+        }
+        Ok(flow)
+    }
+
+    /// A step of our operation failed: count the attempt and set the time of the next one.
+    async fn step_failed(&self, reason: ConditionReason, error: &str, stall_after: i32) -> Result<Flow, Error> {
+        let attempts = self.ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
+        // Exact, not jittered: the time is recorded in status (`retryAt`) and judged by `decide`.
+        let delay = self.ctx.settings.provision_backoff.delay(u32::try_from(attempts).unwrap_or(0));
+        let retry_at = Time(self.now.0 + jiff::SignedDuration::try_from(delay).unwrap_or_default());
+        self.held_write(|w| status::step_failed(w, reason, error, stall_after, &retry_at, &self.now)).await
+    }
+
+    /// Raise the fence at every provider the superseded operation could still call. One that
+    /// cannot be fenced holds the operation (safe by default), unless the workspace is annotated
+    /// `switchyard.dev/skip-fence` with its name: then it is skipped, with an Event and a metric.
+    async fn fence(&self, providers: &[String]) -> Result<Flow, Error> {
+        let Turn { ctx, ws, .. } = *self;
+        let Some((call, _)) = call_context(ctx, ws) else {
+            return Ok(Flow::Done(Action::await_change()));
+        };
+        let skip = skipped_fences(ws);
+        for name in providers {
+            if skip.contains(&name.as_str()) {
+                let message =
+                    format!("provider {name} left unfenced (annotation {SKIP_FENCE}); the inventory is the backstop");
+                self.publish(Outcome::FenceSkipped { provider: name.clone(), message });
+                continue;
+            }
+            let error = match lookup_provider(ctx, name).await? {
+                None => format!("ComputeProvider {name:?} does not exist, so it cannot be fenced"),
+                Some(provider) => match ctx.dispatcher.fence(&provider, &call).await {
+                    Ok(()) => continue,
+                    Err(e) if fenced(&e) => return Ok(self.fenced_off(&e)),
+                    Err(e) => e.to_string(),
+                },
+            };
+            let message = format!(
+                "cannot fence {name}, which a superseded operation could still call: {error}; \
+                 retrying (annotate the workspace {SKIP_FENCE}={name} to go on without it)"
+            );
+            let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
+            let stall_after = ctx.settings.stall_after;
+            let flow = self.step_failed(ConditionReason::FenceFailed, &message, stall_after).await?;
+            let notify = told(attempts, stall_after);
+            self.publish(Outcome::FenceFailed { provider: name.clone(), error, message, notify });
+            return Ok(flow);
+        }
+        self.publish(Outcome::Fenced { providers: providers.to_vec() });
+        self.held_write(|w| status::fenced(w, &self.now)).await
+    }
+
+    /// At rest: write the status only if what it says would change.
+    async fn rest(&self, stall: Option<Stall>) -> Result<Flow, Error> {
+        let Turn { ctx, ws, .. } = *self;
+        let next = status::at_rest(ws, stall.as_ref(), &self.now);
+        // At rest, the resync sweep (`super::resync`) looks again now and then.
+        let action =
+            if stall.is_some() { Action::requeue(ctx.settings.provision_backoff.cap) } else { Action::await_change() };
+        let unwritten = crate::api::WorkspaceStatus::default();
+        if status::differs(ws.status.as_ref().unwrap_or(&unwritten), &next) {
+            match writes::patch_status(self.api, ws, &next).await {
+                Ok(fresh) => {
+                    remember_write(ctx, &fresh);
+                    // A stall is told once, when the Stalled condition comes to say it.
+                    let told = stall.filter(|stall| newly_stalled(ws, stall));
+                    self.publish(Outcome::Rested { stall: told });
+                }
+                // Someone wrote first; their event brings us back with the fresh object.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Flow::Done(action))
+    }
+
+    /// The claim: a guarded write of a fresh operation. Losing it ends everything for us.
+    async fn claim(&self, kind: OperationKind, from: Option<String>, to: Option<String>) -> Result<Flow, Error> {
+        let Turn { ctx, ws, .. } = *self;
+        // The id carries the claim time to the millisecond (startedAt keeps whole seconds).
+        let id = crate::runtime::events::operation_id(self.now.0);
+        let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, &self.now);
+        let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
+        match writes::claim(self.api, ws, &next, is_ours).await? {
+            Written::Lost => {
+                self.publish(Outcome::ClaimLost { kind });
+                Ok(Flow::Done(Action::await_change()))
+            }
+            Written::Landed(fresh) => {
+                remember_write(ctx, &fresh);
+                let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
+                self.publish(Outcome::Claimed { id, kind, from, to, epoch });
+                ctx.failpoints.hit(FailPoint::AfterClaim).await;
+                Ok(Flow::Continue(fresh))
+            }
         }
     }
-    let in_doubt = ws.status.as_ref().and_then(|s| s.instance.as_ref()).is_some_and(|i| i.unconfirmed);
-    let op = ws.operation();
-    let from = op.and_then(|o| o.from.clone()).unwrap_or_default();
-    let to = op.and_then(|o| o.to.clone()).unwrap_or_default();
-    let flow = held_write(ctx, api, ws, |w| status::aborted(w, now)).await?;
-    publish(ctx, ws, Outcome::Aborted { from, to, in_doubt });
-    Ok(flow)
-}
 
-/// Our operation cannot progress for now: record why (Stalled), keep the claim, try again
-/// after a backoff (`retryAt`; `decide` waits it out, renewing the claim).
-async fn hold(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, stall: Stall, now: &Time) -> Result<Flow, Error> {
-    let changed = newly_stalled(ws, &stall);
-    let flow = step_failed(ctx, api, ws, stall.reason, &stall.message, 0, now).await?;
-    if changed && matches!(flow, Flow::Continue(_)) {
-        publish(ctx, ws, Outcome::Held { stall });
-    }
-    Ok(flow)
-}
-
-/// A step of our operation failed: count the attempt and set the time of the next one.
-async fn step_failed(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    reason: ConditionReason,
-    error: &str,
-    stall_after: i32,
-    now: &Time,
-) -> Result<Flow, Error> {
-    let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
-    // Exact, not jittered: the time is recorded in status (`retryAt`) and judged by `decide`.
-    let delay = ctx.settings.provision_backoff.delay(u32::try_from(attempts).unwrap_or(0));
-    let retry_at = Time(now.0 + jiff::SignedDuration::try_from(delay).unwrap_or_default());
-    held_write(ctx, api, ws, |w| status::step_failed(w, reason, error, stall_after, &retry_at, now)).await
-}
-
-/// Raise the fence at every provider the superseded operation could still call. One that
-/// cannot be fenced holds the operation (safe by default), unless the workspace is annotated
-/// `switchyard.dev/skip-fence` with its name: then it is skipped, with an Event and a metric.
-async fn fence(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    providers: &[String],
-    now: &Time,
-) -> Result<Flow, Error> {
-    let Some((call, _)) = call_context(ctx, ws) else {
-        return Ok(Flow::Done(Action::await_change()));
-    };
-    let skip = skipped_fences(ws);
-    for name in providers {
-        if skip.contains(&name.as_str()) {
-            let message =
-                format!("provider {name} left unfenced (annotation {SKIP_FENCE}); the inventory is the backstop");
-            publish(ctx, ws, Outcome::FenceSkipped { provider: name.clone(), message });
-            continue;
-        }
-        let error = match lookup_provider(ctx, name).await? {
-            None => format!("ComputeProvider {name:?} does not exist, so it cannot be fenced"),
-            Some(provider) => match ctx.dispatcher.fence(&provider, &call).await {
-                Ok(()) => continue,
-                Err(e) if fenced(&e) => return Ok(fenced_off(ctx, ws, &e)),
-                Err(e) => e.to_string(),
-            },
+    /// Takeover of a stale claim: same operation, our identity, a new epoch.
+    async fn take_over(&self) -> Result<Flow, Error> {
+        let Turn { ctx, ws, .. } = *self;
+        let me = ctx.settings.identity.clone();
+        let previous = ws.operation().map(|o| o.holder.clone()).unwrap_or_default();
+        let next = status::taken_over(ws, &me, &self.now);
+        let epoch = next.epoch;
+        let is_ours = |w: &Workspace| {
+            w.status.as_ref().is_some_and(|s| s.epoch == epoch && s.operation.as_ref().is_some_and(|o| o.holder == me))
         };
-        let message = format!(
-            "cannot fence {name}, which a superseded operation could still call: {error}; \
-             retrying (annotate the workspace {SKIP_FENCE}={name} to go on without it)"
-        );
-        let attempts = ws.operation().map(|o| o.attempts).unwrap_or_default().saturating_add(1);
-        let stall_after = ctx.settings.stall_after;
-        let flow = step_failed(ctx, api, ws, ConditionReason::FenceFailed, &message, stall_after, now).await?;
-        let notify = told(attempts, stall_after);
-        publish(ctx, ws, Outcome::FenceFailed { provider: name.clone(), error, message, notify });
-        return Ok(flow);
+        match writes::claim(self.api, ws, &next, is_ours).await? {
+            Written::Lost => {
+                self.publish(Outcome::TakeOverLost);
+                Ok(Flow::Done(Action::await_change()))
+            }
+            Written::Landed(fresh) => {
+                remember_write(ctx, &fresh);
+                publish(ctx, &fresh, Outcome::TookOver { previous, epoch });
+                Ok(Flow::Continue(fresh))
+            }
+        }
     }
-    publish(ctx, ws, Outcome::Fenced { providers: providers.to_vec() });
-    held_write(ctx, api, ws, |w| status::fenced(w, now)).await
+
+    /// Stop the old compute, with bounded retries; then what `after_stop` says (commit a
+    /// switch, finish a stop or delete).
+    async fn stop_old(&self, instance: Instance) -> Result<Flow, Error> {
+        let Some((call, kind)) = call_context(self.ctx, self.ws) else {
+            return Ok(Flow::Done(Action::await_change()));
+        };
+        let Some(provider) = lookup_provider(self.ctx, &instance.provider).await? else {
+            let stall = Stall::new(
+                ConditionReason::ProviderNotFound,
+                format!("ComputeProvider {:?} holding the old compute does not exist", instance.provider),
+            );
+            return self.hold(stall).await;
+        };
+        let ws = match self.stop_with_retries(&provider, &call, &instance).await? {
+            Stopped::Yes(after) => after,
+            Stopped::No(after, error) => return self.after(&after).stop_failed(&error).await,
+            Stopped::Ended(flow) => return Ok(flow),
+        };
+        // What follows describes the workspace and the time after the stop.
+        let t = self.after(&ws);
+        t.ctx.memory().stop_failures.remove(&workspace_key(&ws));
+        t.publish(Outcome::Stopped { instance, kind });
+        t.ctx.failpoints.hit(FailPoint::AfterStop).await;
+        t.stopped().await
+    }
+
+    /// The old compute is gone (our stop, or one the provider reports): on to what `after_stop`
+    /// says, committing a switch or finishing a stop or delete.
+    async fn stopped(&self) -> Result<Flow, Error> {
+        match after_stop(self.ws) {
+            AfterStop::Commit => self.commit().await,
+            AfterStop::Finish { release } => self.finish_without_compute(release).await,
+        }
+    }
+
+    /// The stop of `instance`, retried with backoff up to the policy's attempts. Slow failing
+    /// calls could outlast the claim lease, so the claim is renewed before each retry.
+    async fn stop_with_retries(
+        &self,
+        provider: &ComputeProvider,
+        call: &CallContext,
+        instance: &Instance,
+    ) -> Result<Stopped, Error> {
+        let (attempts, backoff) = stop_policy(self.ctx, provider);
+        let mut current = self.ws.clone();
+        for attempt in 1..=attempts {
+            let e = match self.stop_named(provider, call, instance).await {
+                Ok(()) => return Ok(Stopped::Yes(current)),
+                Err(e) if fenced(&e) => return Ok(Stopped::Ended(self.fenced_off(&e))),
+                Err(e) => e,
+            };
+            warn!(attempt, attempts, error = %e, "stop failed");
+            let error = e.to_string();
+            if !e.is_retryable() || attempt == attempts {
+                return Ok(Stopped::No(current, error));
+            }
+            tokio::time::sleep(backoff.delay(attempt)).await;
+            let t = self.after(&current);
+            match t.held_write(|w| status::retrying(w, &error, &t.now)).await? {
+                Flow::Continue(fresh) => current = *fresh,
+                done @ Flow::Done(_) => return Ok(Stopped::Ended(done)),
+            }
+        }
+        // Only a policy of zero attempts (below the schema's minimum of one) gets here: it
+        // calls nothing and carries on.
+        Ok(Stopped::Yes(current))
+    }
+
+    /// Stops the compute `instance` names, as the provider knows it: the instance created under
+    /// its key. A recorded id alone is not trusted (whoever can write status can write any id):
+    /// stopping a forged id would stop a phantom, or another workspace's compute, while ours
+    /// runs on. So the key is looked up first and the instance found is stopped. A key the
+    /// provider does not know (forged too, or the instance lost) is no proof that nothing of
+    /// ours runs there: the provider's inventory is searched for this workspace's running
+    /// compute, and that is stopped.
+    async fn stop_named(
+        &self,
+        provider: &ComputeProvider,
+        call: &CallContext,
+        instance: &Instance,
+    ) -> Result<(), DispatchError> {
+        let dispatcher = &self.ctx.dispatcher;
+        match dispatcher.lookup(provider, call, &instance.key).await? {
+            Some(found) if found.state == InstanceState::Running => {
+                if found.id != instance.id {
+                    warn!(recorded = %instance.id, found = %found.id, key = %instance.key, "status named another instance id than the provider holds under its key: stopping the one it holds");
+                }
+                dispatcher.stop(provider, call, &found.id).await
+            }
+            Some(_) => Ok(()),
+            None => {
+                let listed =
+                    super::inventory::list_all(self.ctx, provider).await.map_err(|e| DispatchError::Driver {
+                        provider: provider.name_any(),
+                        source: DriverError::Transient(format!("listing instances: {e}")),
+                    })?;
+                let ours: Vec<String> = listed
+                    .into_iter()
+                    .filter(|i| i.workspace_uid == call.workspace_uid && i.state == InstanceState::Running)
+                    .map(|i| i.id)
+                    .collect();
+                for id in &ours {
+                    dispatcher.stop(provider, call, id).await?;
+                }
+                self.publish(Outcome::InstanceNotFound { instance: instance.clone(), stopped: ours });
+                Ok(())
+            }
+        }
+    }
+
+    /// End the operation with no compute, releasing first what its key may have created on its
+    /// target (`in_flight`: provider and key).
+    async fn finish_without_compute(&self, in_flight: Option<(String, String)>) -> Result<Flow, Error> {
+        if let Some((provider, key)) = in_flight
+            && let Some(stop) = self.release(&provider, &key).await
+        {
+            return stop;
+        }
+        self.held_write(|w| status::finished_without_compute(w, &self.now)).await
+    }
+
+    /// The commit: only now, with the old compute confirmed stopped, is the new provider
+    /// recorded.
+    async fn commit(&self) -> Result<Flow, Error> {
+        let flow = self.held_write(|w| status::committed(w, &self.now)).await?;
+        self.ctx.failpoints.hit(FailPoint::AfterCommit).await;
+        Ok(flow)
+    }
+
+    /// A stop failed past its budget: release the claim, stay on the old provider, retry later.
+    async fn stop_failed(&self, error: &str) -> Result<Flow, Error> {
+        let Turn { ctx, ws, .. } = *self;
+        let key = workspace_key(ws);
+        let delay = {
+            let mut memory = ctx.memory();
+            let failures = memory.stop_failures.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
+            let delay = ctx.settings.stop_retry.jittered(failures);
+            let at = ctx.now().0 + jiff::SignedDuration::try_from(delay).unwrap_or_default();
+            memory.stop_failures.insert(key, (failures, at));
+            delay
+        };
+        let switch = ws
+            .operation()
+            .filter(|o| o.kind == OperationKind::Switch)
+            .map(|o| (o.from.clone().unwrap_or_default(), o.to.clone().unwrap_or_default()));
+        let flow = self.held_write(|w| status::stop_failed(w, error, &self.now)).await?;
+        let error = error.to_string();
+        self.publish(Outcome::StopFailed { switch, error, retry_in_secs: delay.as_secs() });
+        Ok(match flow {
+            Flow::Continue(_) => Flow::Done(Action::requeue(delay)),
+            done => done,
+        })
+    }
+
+    /// Provision on the target under the operation's key; then finish.
+    async fn provision(&self, provider_name: &str, key: &str) -> Result<Flow, Error> {
+        let Turn { ctx, ws, .. } = *self;
+        let Some((call, kind)) = call_context(ctx, ws) else {
+            return Ok(Flow::Done(Action::await_change()));
+        };
+        let Some(provider) = lookup_provider(ctx, provider_name).await? else {
+            let message = format!("ComputeProvider {provider_name:?} does not exist");
+            return self.hold(Stall::new(ConditionReason::ProviderNotFound, message)).await;
+        };
+        ctx.failpoints.hit(FailPoint::BeforeProvision).await;
+        let result = ctx.dispatcher.provision(&provider, &call, key, ws.spec.template.as_ref()).await;
+        let instance = match result {
+            Ok(info) if info.state == InstanceState::Running => info,
+            Ok(info) => {
+                let error = format!("instance {} under key {key} is {:?}", info.id, info.state);
+                return self.provision_failed(&error).await;
+            }
+            Err(e) if fenced(&e) => return Ok(self.fenced_off(&e)),
+            Err(e) => return self.provision_failed(&e.to_string()).await,
+        };
+        ctx.failpoints.hit(FailPoint::AfterProvision).await;
+        let instance = Instance {
+            id: instance.id,
+            provider: provider_name.to_string(),
+            key: key.to_string(),
+            location: Some(provider.spec.location()),
+            unconfirmed: false,
+        };
+        let flow = self.held_write(|w| status::provisioned(w, instance.clone(), &self.now)).await?;
+        if let Flow::Continue(_) = &flow {
+            let switched = (kind == OperationKind::Switch).then(|| {
+                let op = ws.operation();
+                // Timed at the finish, not at this reconcile's start: the provision call counts too.
+                let finished = ctx.now();
+                Switched {
+                    from: op.and_then(|o| o.from.clone()).unwrap_or_default(),
+                    took: op.map(|o| crate::runtime::events::seconds_since_claim(&o.id, o.started_at.0, finished.0)),
+                }
+            });
+            self.publish(Outcome::Provisioned { instance, switched });
+        }
+        Ok(flow)
+    }
+
+    /// A provision failed: record it in the operation (roll forward only) and retry after a
+    /// backoff.
+    async fn provision_failed(&self, error: &str) -> Result<Flow, Error> {
+        let stall_after = self.ctx.settings.stall_after;
+        let flow = self.step_failed(ConditionReason::ProvisionFailed, error, stall_after).await?;
+        // Told on the first attempt and when the workspace stalls, if the failure was recorded.
+        let attempts = match &flow {
+            Flow::Continue(fresh) => fresh.operation().map(|o| o.attempts).unwrap_or(1),
+            Flow::Done(_) => 0,
+        };
+        let notify = matches!(flow, Flow::Continue(_)) && told(attempts, stall_after);
+        self.publish(Outcome::ProvisionFailed { error: error.to_string(), attempts, notify });
+        Ok(flow)
+    }
+
+    /// Stops whatever `key` created on `provider`. Returns a flow only when the reconcile must
+    /// end.
+    async fn release(&self, provider_name: &str, key: &str) -> Option<Result<Flow, Error>> {
+        let ctx = self.ctx;
+        let (call, _) = call_context(ctx, self.ws)?;
+        let provider = match lookup_provider(ctx, provider_name).await {
+            Ok(Some(p)) => p,
+            // A provider that no longer exists holds nothing we could release.
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let found = match ctx.dispatcher.lookup(&provider, &call, key).await {
+            Ok(found) => found,
+            Err(e) => return Some(Ok(self.release_failed(&e))),
+        };
+        if let Some(instance) = found.filter(|i| i.state == InstanceState::Running) {
+            if let Err(e) = ctx.dispatcher.stop(&provider, &call, &instance.id).await {
+                return Some(Ok(self.release_failed(&e)));
+            }
+            self.publish(Outcome::Released { instance: instance.id, provider: provider_name.to_string() });
+        }
+        None
+    }
+
+    fn release_failed(&self, e: &DispatchError) -> Flow {
+        if fenced(e) {
+            return self.fenced_off(e);
+        }
+        self.publish(Outcome::ReleaseFailed { error: e.to_string() });
+        Flow::Done(Action::requeue(self.ctx.settings.provision_backoff.base))
+    }
+
+    /// A write under our claim. Lost means someone took the workspace over: stop here.
+    async fn held_write(&self, transition: impl Fn(&Workspace) -> crate::api::WorkspaceStatus) -> Result<Flow, Error> {
+        let Some(op_id) = self.ws.operation().map(|o| o.id.clone()) else {
+            return Ok(Flow::Done(Action::await_change()));
+        };
+        match writes::under_claim(self.api, self.ws, &op_id, transition).await? {
+            Written::Landed(fresh) => {
+                remember_write(self.ctx, &fresh);
+                self.publish(Outcome::Written);
+                Ok(Flow::Continue(fresh))
+            }
+            Written::Lost => {
+                self.publish(Outcome::OperationLost { operation: op_id });
+                Ok(Flow::Done(Action::await_change()))
+            }
+        }
+    }
+
+    /// A provider refused us for a stale epoch: another instance has taken over. Touch nothing
+    /// more, and act on no copy of the workspace older than that epoch (see `cache_is_behind`):
+    /// our cache may not have seen the takeover yet, and a trigger already queued would
+    /// otherwise call again.
+    fn fenced_off(&self, e: &DispatchError) -> Flow {
+        if let DispatchError::Driver { source: DriverError::StaleEpoch { newest, .. }, .. } = e {
+            let mut memory = self.ctx.memory();
+            let known = memory.fenced.entry(workspace_key(self.ws)).or_insert(*newest);
+            *known = (*known).max(*newest);
+        }
+        self.publish(Outcome::FencedOff { error: e.to_string() });
+        Flow::Done(Action::await_change())
+    }
 }
 
 /// The annotation that lets an operation go on without fencing the providers it lists.
@@ -291,35 +643,6 @@ pub const SKIP_FENCE: &str = "switchyard.dev/skip-fence";
 
 fn skipped_fences(ws: &Workspace) -> Vec<&str> {
     ws.annotations().get(SKIP_FENCE).map(|v| v.split(',').map(str::trim).collect()).unwrap_or_default()
-}
-
-/// At rest: write the status only if what it says would change.
-async fn rest(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    stall: Option<Stall>,
-    now: &Time,
-) -> Result<Flow, Error> {
-    let next = status::at_rest(ws, stall.as_ref(), now);
-    // At rest, the resync sweep (`super::resync`) looks again now and then.
-    let action =
-        if stall.is_some() { Action::requeue(ctx.settings.provision_backoff.cap) } else { Action::await_change() };
-    let unwritten = crate::api::WorkspaceStatus::default();
-    if status::differs(ws.status.as_ref().unwrap_or(&unwritten), &next) {
-        match writes::patch_status(api, ws, &next).await {
-            Ok(fresh) => {
-                remember_write(ctx, &fresh);
-                // A stall is told once, when the Stalled condition comes to say it.
-                let told = stall.filter(|stall| newly_stalled(ws, stall));
-                publish(ctx, ws, Outcome::Rested { stall: told });
-            }
-            // Someone wrote first; their event brings us back with the fresh object.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Flow::Done(action))
 }
 
 /// Whether `stall` is news: the Stalled condition of `ws` does not say it yet.
@@ -333,102 +656,6 @@ fn told(attempts: i32, stall_after: i32) -> bool {
     attempts == 1 || attempts == stall_after
 }
 
-/// The claim: a guarded write of a fresh operation. Losing it ends everything for us.
-async fn claim(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    kind: OperationKind,
-    from: Option<String>,
-    to: Option<String>,
-    now: &Time,
-) -> Result<Flow, Error> {
-    // The id carries the claim time to the millisecond (startedAt keeps whole seconds).
-    let id = crate::runtime::events::operation_id(now.0);
-    let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, now);
-    let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
-    match writes::claim(api, ws, &next, is_ours).await? {
-        Written::Lost => {
-            publish(ctx, ws, Outcome::ClaimLost { kind });
-            Ok(Flow::Done(Action::await_change()))
-        }
-        Written::Landed(fresh) => {
-            remember_write(ctx, &fresh);
-            let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
-            publish(ctx, ws, Outcome::Claimed { id, kind, from, to, epoch });
-            ctx.failpoints.hit(FailPoint::AfterClaim).await;
-            Ok(Flow::Continue(fresh))
-        }
-    }
-}
-
-/// Takeover of a stale claim: same operation, our identity, a new epoch.
-async fn take_over(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
-    let me = ctx.settings.identity.clone();
-    let previous = ws.operation().map(|o| o.holder.clone()).unwrap_or_default();
-    let next = status::taken_over(ws, &me, now);
-    let epoch = next.epoch;
-    let is_ours = |w: &Workspace| {
-        w.status.as_ref().is_some_and(|s| s.epoch == epoch && s.operation.as_ref().is_some_and(|o| o.holder == me))
-    };
-    match writes::claim(api, ws, &next, is_ours).await? {
-        Written::Lost => {
-            publish(ctx, ws, Outcome::TakeOverLost);
-            Ok(Flow::Done(Action::await_change()))
-        }
-        Written::Landed(fresh) => {
-            remember_write(ctx, &fresh);
-            publish(ctx, &fresh, Outcome::TookOver { previous, epoch });
-            Ok(Flow::Continue(fresh))
-        }
-    }
-}
-
-/// Stop the old compute, with bounded retries; then what `after_stop` says (commit a switch,
-/// finish a stop or delete).
-async fn stop_old(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    instance: Instance,
-    now: &Time,
-) -> Result<Flow, Error> {
-    let Some((call, kind)) = call_context(ctx, ws) else {
-        return Ok(Flow::Done(Action::await_change()));
-    };
-    let provider = match lookup_provider(ctx, &instance.provider).await? {
-        Some(p) => p,
-        None => {
-            let stall = Stall::new(
-                ConditionReason::ProviderNotFound,
-                format!("ComputeProvider {:?} holding the old compute does not exist", instance.provider),
-            );
-            return hold(ctx, api, ws, stall, now).await;
-        }
-    };
-    let ws = match stop_with_retries(ctx, api, ws, &provider, &call, &instance).await? {
-        Stopped::Yes(after) => after,
-        Stopped::No(after, error) => return stop_failed(ctx, api, &after, &error, &ctx.now()).await,
-        Stopped::Ended(flow) => return Ok(flow),
-    };
-    // The writes below describe the workspace and the time after the stop.
-    let ws = &ws;
-    let now = &ctx.now();
-    ctx.memory().stop_failures.remove(&workspace_key(ws));
-    publish(ctx, ws, Outcome::Stopped { instance, kind });
-    ctx.failpoints.hit(FailPoint::AfterStop).await;
-    stopped(ctx, api, ws, now).await
-}
-
-/// The old compute is gone (our stop, or one the provider reports): on to what `after_stop`
-/// says, committing a switch or finishing a stop or delete.
-async fn stopped(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
-    match after_stop(ws) {
-        AfterStop::Commit => commit(ctx, api, ws, now).await,
-        AfterStop::Finish { release } => finish_without_compute(ctx, api, ws, release, now).await,
-    }
-}
-
 /// How a stop with retries ended, with the workspace as our last write left it.
 enum Stopped {
     Yes(Workspace),
@@ -436,272 +663,6 @@ enum Stopped {
     No(Workspace, String),
     /// The reconcile must end (fenced off, or the claim lost while renewing it).
     Ended(Flow),
-}
-
-/// The stop of `instance`, retried with backoff up to the policy's attempts. Slow failing calls
-/// could outlast the claim lease, so the claim is renewed before each retry.
-async fn stop_with_retries(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    provider: &ComputeProvider,
-    call: &CallContext,
-    instance: &Instance,
-) -> Result<Stopped, Error> {
-    let (attempts, backoff) = stop_policy(ctx, provider);
-    let mut current = ws.clone();
-    for attempt in 1..=attempts {
-        let e = match stop_named(ctx, ws, provider, call, instance).await {
-            Ok(()) => return Ok(Stopped::Yes(current)),
-            Err(e) if fenced(&e) => return Ok(Stopped::Ended(fenced_off(ctx, ws, &e))),
-            Err(e) => e,
-        };
-        warn!(attempt, attempts, error = %e, "stop failed");
-        let error = e.to_string();
-        if !e.is_retryable() || attempt == attempts {
-            return Ok(Stopped::No(current, error));
-        }
-        tokio::time::sleep(backoff.delay(attempt)).await;
-        match held_write(ctx, api, &current, |w| status::retrying(w, &error, &ctx.now())).await? {
-            Flow::Continue(fresh) => current = *fresh,
-            done @ Flow::Done(_) => return Ok(Stopped::Ended(done)),
-        }
-    }
-    // Only a policy of zero attempts (below the schema's minimum of one) gets here: it calls
-    // nothing and carries on.
-    Ok(Stopped::Yes(current))
-}
-
-/// Stops the compute `instance` names, as the provider knows it: the instance created under its
-/// key. A recorded id alone is not trusted (whoever can write status can write any id): stopping
-/// a forged id would stop a phantom, or another workspace's compute, while ours runs on. So the
-/// key is looked up first and the instance found is stopped. A key the provider does not know
-/// (forged too, or the instance lost) is no proof that nothing of ours runs there: the
-/// provider's inventory is searched for this workspace's running compute, and that is stopped.
-async fn stop_named(
-    ctx: &Context,
-    ws: &Workspace,
-    provider: &ComputeProvider,
-    call: &CallContext,
-    instance: &Instance,
-) -> Result<(), DispatchError> {
-    match ctx.dispatcher.lookup(provider, call, &instance.key).await? {
-        Some(found) if found.state == InstanceState::Running => {
-            if found.id != instance.id {
-                warn!(recorded = %instance.id, found = %found.id, key = %instance.key, "status named another instance id than the provider holds under its key: stopping the one it holds");
-            }
-            ctx.dispatcher.stop(provider, call, &found.id).await
-        }
-        Some(_) => Ok(()),
-        None => {
-            let listed = super::inventory::list_all(ctx, provider).await.map_err(|e| DispatchError::Driver {
-                provider: provider.name_any(),
-                source: DriverError::Transient(format!("listing instances: {e}")),
-            })?;
-            let ours: Vec<String> = listed
-                .into_iter()
-                .filter(|i| i.workspace_uid == call.workspace_uid && i.state == InstanceState::Running)
-                .map(|i| i.id)
-                .collect();
-            for id in &ours {
-                ctx.dispatcher.stop(provider, call, id).await?;
-            }
-            publish(ctx, ws, Outcome::InstanceNotFound { instance: instance.clone(), stopped: ours });
-            Ok(())
-        }
-    }
-}
-
-/// End the operation with no compute, releasing first what its key may have created on its
-/// target (`release`: provider and key).
-async fn finish_without_compute(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    in_flight: Option<(String, String)>,
-    now: &Time,
-) -> Result<Flow, Error> {
-    if let Some((provider, key)) = in_flight
-        && let Some(stop) = release(ctx, ws, &provider, &key).await
-    {
-        return stop;
-    }
-    held_write(ctx, api, ws, |w| status::finished_without_compute(w, now)).await
-}
-
-/// The commit: only now, with the old compute confirmed stopped, is the new provider recorded.
-async fn commit(ctx: &Context, api: &Api<Workspace>, ws: &Workspace, now: &Time) -> Result<Flow, Error> {
-    let flow = held_write(ctx, api, ws, |w| status::committed(w, now)).await?;
-    ctx.failpoints.hit(FailPoint::AfterCommit).await;
-    Ok(flow)
-}
-
-/// A stop failed past its budget: release the claim, stay on the old provider, retry later.
-async fn stop_failed(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    error: &str,
-    now: &Time,
-) -> Result<Flow, Error> {
-    let key = workspace_key(ws);
-    let delay = {
-        let mut memory = ctx.memory();
-        let failures = memory.stop_failures.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
-        let delay = ctx.settings.stop_retry.jittered(failures);
-        let at = ctx.now().0 + jiff::SignedDuration::try_from(delay).unwrap_or_default();
-        memory.stop_failures.insert(key, (failures, at));
-        delay
-    };
-    let switch = ws
-        .operation()
-        .filter(|o| o.kind == OperationKind::Switch)
-        .map(|o| (o.from.clone().unwrap_or_default(), o.to.clone().unwrap_or_default()));
-    let flow = held_write(ctx, api, ws, |w| status::stop_failed(w, error, now)).await?;
-    let error = error.to_string();
-    publish(ctx, ws, Outcome::StopFailed { switch, error, retry_in_secs: delay.as_secs() });
-    Ok(match flow {
-        Flow::Continue(_) => Flow::Done(Action::requeue(delay)),
-        done => done,
-    })
-}
-
-/// Provision on the target under the operation's key; then finish.
-async fn provision(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    provider_name: &str,
-    key: &str,
-    now: &Time,
-) -> Result<Flow, Error> {
-    let Some((call, kind)) = call_context(ctx, ws) else {
-        return Ok(Flow::Done(Action::await_change()));
-    };
-    let Some(provider) = lookup_provider(ctx, provider_name).await? else {
-        let stall =
-            Stall::new(ConditionReason::ProviderNotFound, format!("ComputeProvider {provider_name:?} does not exist"));
-        return hold(ctx, api, ws, stall, now).await;
-    };
-    ctx.failpoints.hit(FailPoint::BeforeProvision).await;
-    let result = ctx.dispatcher.provision(&provider, &call, key, ws.spec.template.as_ref()).await;
-    let instance = match result {
-        Ok(info) if info.state == InstanceState::Running => info,
-        Ok(info) => {
-            let error = format!("instance {} under key {key} is {:?}", info.id, info.state);
-            return provision_failed(ctx, api, ws, &error, now).await;
-        }
-        Err(e) if fenced(&e) => return Ok(fenced_off(ctx, ws, &e)),
-        Err(e) => return provision_failed(ctx, api, ws, &e.to_string(), now).await,
-    };
-    ctx.failpoints.hit(FailPoint::AfterProvision).await;
-    let instance = Instance {
-        id: instance.id,
-        provider: provider_name.to_string(),
-        key: key.to_string(),
-        location: Some(provider.spec.location()),
-        unconfirmed: false,
-    };
-    let flow = held_write(ctx, api, ws, |w| status::provisioned(w, instance.clone(), now)).await?;
-    if let Flow::Continue(_) = &flow {
-        let switched = (kind == OperationKind::Switch).then(|| {
-            let op = ws.operation();
-            // Timed at the finish, not at this reconcile's start: the provision call counts too.
-            let finished = ctx.now();
-            Switched {
-                from: op.and_then(|o| o.from.clone()).unwrap_or_default(),
-                took: op.map(|o| crate::runtime::events::seconds_since_claim(&o.id, o.started_at.0, finished.0)),
-            }
-        });
-        publish(ctx, ws, Outcome::Provisioned { instance, switched });
-    }
-    Ok(flow)
-}
-
-/// A provision failed: record it in the operation (roll forward only) and retry after a backoff.
-async fn provision_failed(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    error: &str,
-    now: &Time,
-) -> Result<Flow, Error> {
-    let stall_after = ctx.settings.stall_after;
-    let flow = step_failed(ctx, api, ws, ConditionReason::ProvisionFailed, error, stall_after, now).await?;
-    // Told on the first attempt and when the workspace stalls, if the failure was recorded.
-    let attempts = match &flow {
-        Flow::Continue(fresh) => fresh.operation().map(|o| o.attempts).unwrap_or(1),
-        Flow::Done(_) => 0,
-    };
-    let notify = matches!(flow, Flow::Continue(_)) && told(attempts, stall_after);
-    publish(ctx, ws, Outcome::ProvisionFailed { error: error.to_string(), attempts, notify });
-    Ok(flow)
-}
-
-/// Stops whatever `key` created on `provider`. Returns a flow only when the reconcile must end.
-async fn release(ctx: &Context, ws: &Workspace, provider_name: &str, key: &str) -> Option<Result<Flow, Error>> {
-    let (call, _) = call_context(ctx, ws)?;
-    let provider = match lookup_provider(ctx, provider_name).await {
-        Ok(Some(p)) => p,
-        // A provider that no longer exists holds nothing we could release.
-        Ok(None) => return None,
-        Err(e) => return Some(Err(e)),
-    };
-    let found = match ctx.dispatcher.lookup(&provider, &call, key).await {
-        Ok(found) => found,
-        Err(e) => return Some(Ok(release_failed(ctx, ws, &e))),
-    };
-    if let Some(instance) = found.filter(|i| i.state == InstanceState::Running) {
-        if let Err(e) = ctx.dispatcher.stop(&provider, &call, &instance.id).await {
-            return Some(Ok(release_failed(ctx, ws, &e)));
-        }
-        publish(ctx, ws, Outcome::Released { instance: instance.id, provider: provider_name.to_string() });
-    }
-    None
-}
-
-fn release_failed(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
-    if fenced(e) {
-        return fenced_off(ctx, ws, e);
-    }
-    publish(ctx, ws, Outcome::ReleaseFailed { error: e.to_string() });
-    Flow::Done(Action::requeue(ctx.settings.provision_backoff.base))
-}
-
-/// A write under our claim. Lost means someone took the workspace over: stop here.
-async fn held_write(
-    ctx: &Context,
-    api: &Api<Workspace>,
-    ws: &Workspace,
-    transition: impl Fn(&Workspace) -> crate::api::WorkspaceStatus,
-) -> Result<Flow, Error> {
-    let Some(op_id) = ws.operation().map(|o| o.id.clone()) else {
-        return Ok(Flow::Done(Action::await_change()));
-    };
-    match writes::under_claim(api, ws, &op_id, transition).await? {
-        Written::Landed(fresh) => {
-            remember_write(ctx, &fresh);
-            publish(ctx, ws, Outcome::Written);
-            Ok(Flow::Continue(fresh))
-        }
-        Written::Lost => {
-            publish(ctx, ws, Outcome::OperationLost { operation: op_id });
-            Ok(Flow::Done(Action::await_change()))
-        }
-    }
-}
-
-/// A provider refused us for a stale epoch: another instance has taken over. Touch nothing more,
-/// and act on no copy of the workspace older than that epoch (see `cache_is_behind`): our cache
-/// may not have seen the takeover yet, and a trigger already queued would otherwise call again.
-fn fenced_off(ctx: &Context, ws: &Workspace, e: &DispatchError) -> Flow {
-    if let DispatchError::Driver { source: DriverError::StaleEpoch { newest, .. }, .. } = e {
-        let mut memory = ctx.memory();
-        let known = memory.fenced.entry(workspace_key(ws)).or_insert(*newest);
-        *known = (*known).max(*newest);
-    }
-    publish(ctx, ws, Outcome::FencedOff { error: e.to_string() });
-    Flow::Done(Action::await_change())
 }
 
 fn fenced(e: &DispatchError) -> bool {

@@ -1,6 +1,6 @@
 //! provider-sim's durable state: its ledger as an append-only JSON-lines file, one entry per
 //! line, fsync'd before the call answers. Replaying it rebuilds the cloud
-//! ([`Clouds::restore`]), so instances, keys and fences survive a kill -9.
+//! ([`Clouds::restore`](crate::provider::simulated::Clouds::restore)), so instances, keys and fences survive a kill -9.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, Write};

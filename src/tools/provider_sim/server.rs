@@ -507,7 +507,7 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, Si
 
 /// Serves `router` on `listener` (over TLS if `tls` is given) until `shutdown` resolves. Each
 /// connection runs on hyper directly (not `axum::serve`) so a response marked
-/// [`DropConnection`] can abort the connection without an answer.
+/// `DropConnection` can abort the connection without an answer.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
