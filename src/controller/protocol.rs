@@ -610,7 +610,7 @@ impl Turn<'_> {
         let Some(op_id) = self.ws.operation().map(|o| o.id.clone()) else {
             return Ok(Flow::Done(Action::await_change()));
         };
-        match writes::under_claim(self.api, self.ws, &op_id, transition).await? {
+        match writes::under_claim(self.api, self.ws, transition).await? {
             Written::Landed(fresh) => {
                 remember_write(self.ctx, &fresh);
                 self.publish(Outcome::Written);

@@ -88,17 +88,16 @@ pub async fn claim(
     }
 }
 
-/// A write under a claim we hold (operation id `op_id`, at the epoch `ws` shows). On a
-/// conflict, re-read: while the operation is still ours, apply the same transition to the
-/// fresh copy and write again. A takeover keeps the operation id but bumps its epoch, so the
-/// epoch must match too: otherwise a paused ex-holder would write over the new holder.
+/// A write under the claim `ws` shows, which we hold. On a conflict, re-read: while the
+/// operation is still ours, apply the same transition to the fresh copy and write again. A
+/// takeover keeps the operation id but bumps its epoch, so the epoch must match too: otherwise
+/// a paused ex-holder would write over the new holder.
 pub async fn under_claim(
     api: &Api<Workspace>,
     ws: &Workspace,
-    op_id: &str,
     transition: impl Fn(&Workspace) -> WorkspaceStatus,
 ) -> Result<Written, Error> {
-    let epoch = ws.operation().map(|o| o.epoch);
+    let held = ws.operation().map(|o| (o.id.as_str(), o.epoch));
     let mut current = ws.clone();
     for _ in 0..MAX_HELD_RETRIES {
         match patch_status(api, &current, &transition(&current)).await {
@@ -109,7 +108,7 @@ pub async fn under_claim(
                     .status
                     .as_ref()
                     .and_then(|s| s.operation.as_ref())
-                    .is_some_and(|o| o.id == op_id && Some(o.epoch) == epoch);
+                    .is_some_and(|o| held == Some((o.id.as_str(), o.epoch)));
                 if !still_ours {
                     return Ok(Written::Lost);
                 }
