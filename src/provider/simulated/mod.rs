@@ -18,9 +18,9 @@ use tracing::trace;
 use super::http::wire;
 use super::{
     CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, PAGE_TOKEN_MAX,
-    clamp_limit,
+    Provision, clamp_limit,
 };
-use crate::api::{SimulatedSettings, WorkspaceTemplate};
+use crate::api::SimulatedSettings;
 
 /// Locks `m`, recovering from poisoning: the guarded state is updated in single steps that
 /// cannot be left half-done by a panic elsewhere, so it stays consistent.
@@ -917,14 +917,9 @@ impl SimulatedDriver {
 
 #[async_trait]
 impl Driver for SimulatedDriver {
-    async fn provision(
-        &self,
-        call: &CallContext,
-        key: &str,
-        _template: Option<&WorkspaceTemplate>,
-    ) -> Result<InstanceInfo, DriverError> {
+    async fn provision(&self, req: Provision<'_>) -> Result<InstanceInfo, DriverError> {
         self.latency(self.settings.provision_latency_ms).await;
-        Self::answer(self.cloud.provision_now(call, key)).await.map(|p| p.instance)
+        Self::answer(self.cloud.provision_now(req.call, req.key)).await.map(|p| p.instance)
     }
 
     async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError> {
