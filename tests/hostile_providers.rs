@@ -33,7 +33,7 @@ use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::kubernetes::LABEL_WORKSPACE_UID;
 use switchyard::provider::simulated::{Call, Clouds};
 use switchyard::provider::{
-    CREDENTIAL_PROVIDERS_ANNOTATION, CallContext, DispatchError, Dispatcher, Driver, DriverError,
+    CREDENTIAL_PROVIDERS_ANNOTATION, CallContext, DispatchError, Dispatcher, Driver, DriverError, Provision,
 };
 use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
 
@@ -178,7 +178,7 @@ async fn hostile_answers_are_protocol_violations_or_harmless() {
         })
         .await;
         let d = driver(&fake.endpoint).with_retry(Retry { attempts: 1, first_backoff: Duration::from_millis(1) });
-        let e = d.provision(&call("u1", 1), "u1.op1", None).await.expect_err(what);
+        let e = d.provision(Provision::new(&call("u1", 1), "u1.op1")).await.expect_err(what);
         assert!(expected(&e), "{what}: {e:?}");
     }
 

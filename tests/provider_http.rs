@@ -16,7 +16,7 @@ use support::sims::Request as Seen;
 use switchyard::api::{ComputeProvider, HttpSettings};
 use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::simulated::{Clouds, Faults, Outcome, Violation, check_ledger, merge_ledgers};
-use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState};
+use switchyard::provider::{CallContext, DispatchError, Dispatcher, Driver, DriverError, InstanceState, Provision};
 use switchyard::tools::provider_sim::{ProviderSimOptions, ProviderSimProcess, SimTls};
 use tokio::net::TcpListener;
 
@@ -96,8 +96,8 @@ async fn conformance_suite_fails_against_a_broken_provider() {
 async fn state_survives_kill_9_and_restart() {
     let (mut p, _dir) = sim("east").await;
     let d = p.driver(BUDGET).expect("driver");
-    let a = d.provision(&call("u1", 2), "u1.op2", None).await.expect("provision a");
-    let b = d.provision(&call("u2", 1), "u2.op1", None).await.expect("provision b");
+    let a = d.provision(Provision::new(&call("u1", 2), "u1.op2")).await.expect("provision a");
+    let b = d.provision(Provision::new(&call("u2", 1), "u2.op1")).await.expect("provision b");
     d.stop(&call("u2", 3), &b.id).await.expect("stop b");
     let before = p.ledger().await.expect("ledger");
     let endpoint = p.endpoint();
@@ -110,14 +110,14 @@ async fn state_survives_kill_9_and_restart() {
     assert_eq!(p.endpoint(), endpoint, "same address after a restart");
     let found = d.lookup(&call("u1", 2), "u1.op2").await.expect("lookup");
     assert_eq!(found, Some(a.clone()), "the instance created before the kill is still there");
-    let again = d.provision(&call("u1", 2), "u1.op2", None).await.expect("provision again");
+    let again = d.provision(Provision::new(&call("u1", 2), "u1.op2")).await.expect("provision again");
     assert_eq!(again.id, a.id, "create by the same key returns the same instance");
     let instances = p.instances().await.expect("instances");
     assert_eq!(instances.iter().find(|i| i.wire.id == b.id).map(|i| i.wire.state), Some(InstanceState::Stopped));
     // Fences survived too.
     let fenced = d.stop(&call("u2", 2), &b.id).await.expect_err("stale epoch");
     assert_eq!(fenced, DriverError::StaleEpoch { epoch: 2, newest: 3 });
-    let c = d.provision(&call("u3", 1), "u3.op1", None).await.expect("provision c");
+    let c = d.provision(Provision::new(&call("u3", 1), "u3.op1")).await.expect("provision c");
     assert!(c.id != a.id && c.id != b.id, "ids are not reused after a restart: {}", c.id);
 
     let after = p.ledger().await.expect("ledger");
@@ -134,8 +134,11 @@ async fn state_survives_kill_9_and_restart() {
 async fn stale_epochs_are_refused_over_http() {
     let (p, _dir) = sim("fence").await;
     let d = p.driver(BUDGET).expect("driver");
-    let a = d.provision(&call("u1", 4), "u1.op4", None).await.expect("provision");
-    assert_eq!(d.provision(&call("u1", 3), "u1.op3", None).await, Err(DriverError::StaleEpoch { epoch: 3, newest: 4 }));
+    let a = d.provision(Provision::new(&call("u1", 4), "u1.op4")).await.expect("provision");
+    assert_eq!(
+        d.provision(Provision::new(&call("u1", 3), "u1.op3")).await,
+        Err(DriverError::StaleEpoch { epoch: 3, newest: 4 })
+    );
     assert_eq!(d.stop(&call("u1", 1), &a.id).await, Err(DriverError::StaleEpoch { epoch: 1, newest: 4 }));
     // A paused ex-holder is not helped by retries: StaleEpoch is final.
     let ledger = p.ledger().await.expect("ledger");
@@ -152,7 +155,7 @@ async fn fences_and_failed_calls_hold_off_a_paused_ex_holder_over_http_and_acros
     d.fence(&call("u1", 3)).await.expect("fence again: idempotent");
     assert_eq!(d.fence(&call("u1", 2)).await, Err(DriverError::StaleEpoch { epoch: 2, newest: 3 }));
     p.set_faults(&Faults { fail_provision: 1, ..Faults::default() }).await.expect("faults");
-    assert!(d.provision(&call("u2", 5), "u2.op5", None).await.expect_err("injected").is_retryable());
+    assert!(d.provision(Provision::new(&call("u2", 5), "u2.op5")).await.expect_err("injected").is_retryable());
     // A failed lookup at 7 for u3 (answered, but lost to the caller is the same to the provider).
     p.set_faults(&Faults { fail_lookup: 1, ..Faults::default() }).await.expect("faults");
     assert!(d.lookup(&call("u3", 7), "u3.op7").await.expect_err("injected").is_retryable());
@@ -163,7 +166,7 @@ async fn fences_and_failed_calls_hold_off_a_paused_ex_holder_over_http_and_acros
     for (uid, epoch, newest) in [("u1", 2, 3), ("u2", 4, 5), ("u3", 6, 7)] {
         let key = format!("{uid}.op{epoch}");
         assert_eq!(
-            d.provision(&call(uid, epoch), &key, None).await,
+            d.provision(Provision::new(&call(uid, epoch), &key)).await,
             Err(DriverError::StaleEpoch { epoch, newest }),
             "{uid}"
         );
@@ -181,10 +184,10 @@ async fn the_inventory_pages_through_one_cluster_over_http() {
     let mut mine = Vec::new();
     for n in 0..5 {
         let uid = format!("u{n}");
-        mine.push(d.provision(&call(&uid, 2), &format!("{uid}.op2"), None).await.expect("provision").id);
+        mine.push(d.provision(Provision::new(&call(&uid, 2), &format!("{uid}.op2"))).await.expect("provision").id);
     }
     let theirs = CallContext { cluster: "elsewhere".into(), ..call("x1", 1) };
-    d.provision(&theirs, "x1.op1", None).await.expect("provision");
+    d.provision(Provision::new(&theirs, "x1.op1")).await.expect("provision");
     d.stop(&call("u0", 3), &mine[0]).await.expect("stop");
 
     let mut seen = Vec::new();
@@ -218,19 +221,19 @@ async fn faults_set_over_the_admin_endpoint_take_effect() {
     // An injected failure is retryable: one attempt sees it, the default driver retries past it.
     p.set_faults(&Faults { fail_provision: 1, ..Faults::default() }).await.expect("set faults");
     assert_eq!(p.faults().await.expect("faults").fail_provision, 1);
-    let e = once.provision(&call("u1", 1), "k1", None).await.expect_err("injected");
+    let e = once.provision(Provision::new(&call("u1", 1), "k1")).await.expect_err("injected");
     assert!(matches!(&e, DriverError::Transient(m) if m.contains("503")), "{e:?}");
     p.set_faults(&Faults { fail_provision: 2, ..Faults::default() }).await.expect("set faults");
-    d.provision(&call("u1", 1), "k1", None).await.expect("retried past two failures");
+    d.provision(Provision::new(&call("u1", 1), "k1")).await.expect("retried past two failures");
 
     // Commit, then drop the connection: the caller sees a lost answer; the retry under the
     // same key gets the committed instance.
     p.set_faults(&Faults { drop_provision_response: 1, ..Faults::default() }).await.expect("set faults");
-    let e = once.provision(&call("u1", 1), "k2", None).await.expect_err("lost answer");
+    let e = once.provision(Provision::new(&call("u1", 1), "k2")).await.expect_err("lost answer");
     assert!(matches!(&e, DriverError::Transient(m) if m.contains("connection lost")), "{e:?}");
     let k2 = once.lookup(&call("u1", 1), "k2").await.expect("lookup").expect("committed");
     p.set_faults(&Faults { drop_provision_response: 1, ..Faults::default() }).await.expect("set faults");
-    let k3 = d.provision(&call("u1", 1), "k3", None).await.expect("the retry finds the committed instance");
+    let k3 = d.provision(Provision::new(&call("u1", 1), "k3")).await.expect("the retry finds the committed instance");
     let outcomes: Vec<Outcome> = p.ledger().await.expect("ledger").into_iter().map(|e| e.outcome).collect();
     assert!(outcomes.ends_with(&[Outcome::CommittedResponseLost { created: true }, Outcome::Existing]), "{outcomes:?}");
     assert_ne!(k2.id, k3.id);
@@ -270,7 +273,7 @@ async fn faults_set_over_the_admin_endpoint_take_effect() {
 async fn missing_or_wrong_tokens_are_clear_rejections() {
     let (p, _dir) = sim("auth").await;
     let none = driver_for(&p.endpoint(), TokenSource::None, BUDGET);
-    let e = none.provision(&call("u1", 1), "k1", None).await.expect_err("no token");
+    let e = none.provision(Provision::new(&call("u1", 1), "k1")).await.expect_err("no token");
     assert_eq!(e, DriverError::Rejected("401 Unauthorized: the provider refused no token configured".into()));
     let wrong = driver_for(&p.endpoint(), TokenSource::Static(BearerToken::new("not-the-token")), BUDGET);
     let e = wrong.health().await.expect_err("wrong token");
@@ -292,7 +295,7 @@ async fn https_with_a_ca_bundle() {
     // The driver trusts the provider through spec.http.caBundle.
     let d = p.driver(BUDGET).expect("driver");
     d.health().await.expect("healthy over TLS");
-    let i = d.provision(&call("u1", 1), "u1.op1", None).await.expect("provision over TLS");
+    let i = d.provision(Provision::new(&call("u1", 1), "u1.op1")).await.expect("provision over TLS");
     assert_eq!(d.lookup(&call("u1", 1), "u1.op1").await.expect("lookup"), Some(i));
 
     // Without the bundle the certificate is not trusted: a clear error, no call made.
@@ -356,7 +359,7 @@ async fn bad_providers_give_clear_driver_errors() {
         let endpoint = Fake::start(respond).await.endpoint;
         let d = driver_for(&endpoint, token(), Duration::from_millis(800)).with_retry(one_attempt());
         let started = Instant::now();
-        let e = d.provision(&call("u1", 1), "k1", None).await.expect_err(what);
+        let e = d.provision(Provision::new(&call("u1", 1), "k1")).await.expect_err(what);
         assert!(expected(&e), "{what}: {e:?}");
         assert!(started.elapsed() < Duration::from_secs(3), "{what}: bounded: {:?}", started.elapsed());
         // Stops and lookups map the same way, and nothing panics.
@@ -389,15 +392,15 @@ async fn ledgers_of_two_provider_sims_merge_into_one_checked_history() {
     let (b, _db) = sim("merge-b").await;
     let (da, db) = (a.driver(BUDGET).expect("driver"), b.driver(BUDGET).expect("driver"));
     // A safe switch of u1 from a to b: stop first, then provision.
-    let old = da.provision(&call("u1", 1), "u1.op1", None).await.expect("provision on a");
+    let old = da.provision(Provision::new(&call("u1", 1), "u1.op1")).await.expect("provision on a");
     da.stop(&call("u1", 2), &old.id).await.expect("stop on a");
-    db.provision(&call("u1", 2), "u1.op2", None).await.expect("provision on b");
+    db.provision(Provision::new(&call("u1", 2), "u1.op2")).await.expect("provision on b");
     let merged = merge_ledgers(vec![a.ledger().await.expect("ledger a"), b.ledger().await.expect("ledger b")]);
     assert_eq!(merged.len(), 3);
     assert!(check_ledger(&merged).is_empty(), "{:?}", check_ledger(&merged));
     // An unsafe one for u2: b starts before a stops. Only the merged ledger shows it.
-    da.provision(&call("u2", 1), "u2.op1", None).await.expect("provision on a");
-    db.provision(&call("u2", 2), "u2.op2", None).await.expect("provision on b");
+    da.provision(Provision::new(&call("u2", 1), "u2.op1")).await.expect("provision on a");
+    db.provision(Provision::new(&call("u2", 2), "u2.op2")).await.expect("provision on b");
     let (la, lb) = (a.ledger().await.expect("ledger a"), b.ledger().await.expect("ledger b"));
     assert!(check_ledger(&la).is_empty() && check_ledger(&lb).is_empty());
     let v = check_ledger(&merge_ledgers(vec![la, lb]));

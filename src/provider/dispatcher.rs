@@ -7,7 +7,7 @@ use tracing::{Instrument, debug, info_span};
 use super::http::HttpDrivers;
 use super::kubernetes::{KubernetesDriver, Targets as KubernetesTargets};
 use super::simulated::{Clouds, SimulatedDriver};
-use super::{CallContext, Driver, DriverError, InstanceInfo, InstancePage};
+use super::{CallContext, Driver, DriverError, InstanceInfo, InstancePage, Provision};
 use crate::api::{ComputeProvider, DriverKind, WorkspaceTemplate};
 use crate::telemetry::{CallLabels, Metrics};
 
@@ -120,7 +120,7 @@ impl Dispatcher {
         template: Option<&WorkspaceTemplate>,
     ) -> Result<InstanceInfo, DispatchError> {
         let driver = self.driver(provider)?;
-        self.bounded(provider, "provision", call, driver.provision(call, key, template)).await
+        self.bounded(provider, "provision", call, driver.provision(Provision { call, key, template })).await
     }
 
     pub async fn stop(

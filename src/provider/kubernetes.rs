@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, PAGE_TOKEN_MAX,
-    clamp_limit,
+    Provision, clamp_limit,
 };
 use crate::api::{KubernetesSettings, SecretKeyRef, Size, WorkspaceTemplate};
 
@@ -827,12 +827,8 @@ impl KubernetesDriver {
 impl Driver for KubernetesDriver {
     /// Creates the Pod for `key`, or adopts the one already created under `key`, and waits
     /// until it is Running and Ready.
-    async fn provision(
-        &self,
-        call: &CallContext,
-        key: &str,
-        template: Option<&WorkspaceTemplate>,
-    ) -> Result<InstanceInfo, DriverError> {
+    async fn provision(&self, req: Provision<'_>) -> Result<InstanceInfo, DriverError> {
+        let Provision { call, key, template } = req;
         let (client, namespace) = self.target().await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let mut pod = build_pod(call, namespace, key, template);

@@ -50,6 +50,24 @@ impl CallContext {
     }
 }
 
+/// What a provision asks for: the call's identity, the idempotency key, the template. One
+/// value, as the wire protocol's create request is, so a new field reaches every driver
+/// without changing every signature.
+#[derive(Clone, Copy, Debug)]
+pub struct Provision<'a> {
+    pub call: &'a CallContext,
+    /// The idempotency key: the same key always names the same instance.
+    pub key: &'a str,
+    pub template: Option<&'a WorkspaceTemplate>,
+}
+
+impl<'a> Provision<'a> {
+    /// A provision under `key`, without a template.
+    pub fn new(call: &'a CallContext, key: &'a str) -> Self {
+        Self { call, key, template: None }
+    }
+}
+
 /// Whether an instance is consuming compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum InstanceState {
@@ -126,13 +144,8 @@ impl DriverError {
 /// with [`DriverError::StaleEpoch`] and has no effect. `list` is provider-wide and fences nothing.
 #[async_trait]
 pub trait Driver: Send + Sync {
-    /// Creates the instance for `key`, or returns the one already created under `key`.
-    async fn provision(
-        &self,
-        call: &CallContext,
-        key: &str,
-        template: Option<&WorkspaceTemplate>,
-    ) -> Result<InstanceInfo, DriverError>;
+    /// Creates the instance for `req.key`, or returns the one already created under that key.
+    async fn provision(&self, req: Provision<'_>) -> Result<InstanceInfo, DriverError>;
 
     /// Stops `instance_id`. An unknown or already stopped instance counts as stopped.
     async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError>;

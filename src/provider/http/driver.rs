@@ -20,9 +20,10 @@ use super::wire::{
     CALLER_HEADER, CLUSTER_HEADER, CallFields, CreateInstance, EPOCH_HEADER, ErrorBody, ErrorCode, Fence, Health,
     Instance, InstanceList, InventoryPage, InventoryQuery, ListQuery, OPERATION_HEADER, RaiseFence, StopInstance,
 };
-use crate::api::{ComputeProvider, HttpSettings, SecretKeyRef, WorkspaceTemplate};
+use crate::api::{ComputeProvider, HttpSettings, SecretKeyRef};
 use crate::provider::{
-    CallContext, Driver, DriverError, InstanceInfo, InstancePage, LIST_LIMIT_MAX, PAGE_TOKEN_MAX, clamp_limit,
+    CallContext, Driver, DriverError, InstanceInfo, InstancePage, LIST_LIMIT_MAX, PAGE_TOKEN_MAX, Provision,
+    clamp_limit,
 };
 
 /// How long a token read from a Secret is used before the Secret is read again: a rotated
@@ -601,12 +602,8 @@ fn check_page(page: InventoryPage, limit: u32, sent: Option<&str>) -> Result<Ins
 
 #[async_trait]
 impl Driver for HttpDriver {
-    async fn provision(
-        &self,
-        call: &CallContext,
-        key: &str,
-        template: Option<&WorkspaceTemplate>,
-    ) -> Result<InstanceInfo, DriverError> {
+    async fn provision(&self, req: Provision<'_>) -> Result<InstanceInfo, DriverError> {
+        let Provision { call, key, template } = req;
         let template = template
             .map(serde_json::to_value)
             .transpose()

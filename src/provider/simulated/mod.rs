@@ -18,9 +18,9 @@ use tracing::trace;
 use super::http::wire;
 use super::{
     CallContext, Driver, DriverError, InstanceInfo, InstancePage, InstanceState, ListedInstance, PAGE_TOKEN_MAX,
-    clamp_limit,
+    Provision, clamp_limit,
 };
-use crate::api::{SimulatedSettings, WorkspaceTemplate};
+use crate::api::SimulatedSettings;
 
 /// Locks `m`, recovering from poisoning: the guarded state is updated in single steps that
 /// cannot be left half-done by a panic elsewhere, so it stays consistent.
@@ -470,6 +470,10 @@ pub struct Provisioned {
     pub created: bool,
 }
 
+/// Ledgers the outcome of the call in hand, naming the instance it concerns (if any). Fails
+/// only if the entry could not be made durable.
+type Recorder<'a> = dyn Fn(&CloudState, Option<&str>, Outcome) -> Result<(), String> + 'a;
+
 /// An injected fault that preempts a call.
 enum Injected {
     Fail(String),
@@ -647,50 +651,64 @@ impl Cloud {
         })
     }
 
+    /// Runs a ledgered `call` about `key` (None for a fence) under the state lock: first the
+    /// [`gate`](Self::gate), whose refusals are ledgered naming no instance, then `body`, with
+    /// the state and the call's [`Recorder`]. (A stop names its instance even at the gate, and
+    /// finds its key under the lock, so it opens on its own.)
+    fn ledgered<T>(
+        &self,
+        ctx: &CallContext,
+        call: Call,
+        key: Option<&str>,
+        body: impl FnOnce(&mut CloudState, &Recorder<'_>) -> Answer<T>,
+    ) -> Answer<T> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let rec = |st: &CloudState, instance: Option<&str>, outcome| self.record(st, ctx, call, key, instance, outcome);
+        if let Err(answer) = self.gate(st, ctx, call, |st, outcome| rec(st, None, outcome)) {
+            return answer;
+        }
+        body(st, &rec)
+    }
+
     /// Provisions under `key` now (no latency): the engine behind [`SimulatedDriver::provision`]
     /// and provider-sim's create.
     pub fn provision_now(&self, ctx: &CallContext, key: &str) -> Answer<Provisioned> {
-        let mut guard = lock(&self.state);
-        let st = &mut *guard;
-        let rec = |st: &CloudState, instance: Option<&str>, outcome| {
-            self.record(st, ctx, Call::Provision, Some(key), instance, outcome)
-        };
-        if let Err(answer) = self.gate(st, ctx, Call::Provision, |st, outcome| rec(st, None, outcome)) {
-            return answer;
-        }
-        let existing = st.by_key(key).map(|(id, inst)| (inst.workspace_uid.to_string(), inst.info(id)));
-        let (info, created) = match existing {
-            Some((owner, info)) if owner != ctx.workspace_uid => {
-                let msg = format!("key {key} belongs to workspace {owner}");
-                let _ = rec(st, Some(&info.id), Outcome::Rejected(msg.clone()));
-                return Answer::Reply(Err(DriverError::Rejected(msg)));
+        self.ledgered(ctx, Call::Provision, Some(key), |st, rec| {
+            let existing = st.by_key(key).map(|(id, inst)| (inst.workspace_uid.to_string(), inst.info(id)));
+            let (info, created) = match existing {
+                Some((owner, info)) if owner != ctx.workspace_uid => {
+                    let msg = format!("key {key} belongs to workspace {owner}");
+                    let _ = rec(st, Some(&info.id), Outcome::Rejected(msg.clone()));
+                    return Answer::Reply(Err(DriverError::Rejected(msg)));
+                }
+                Some((_, info)) => (info, false),
+                None => {
+                    st.next_id += 1;
+                    let inst = Instance {
+                        wire: wire::Instance {
+                            id: format!("i-{}-{}", self.provider, st.next_id),
+                            key: key.to_owned(),
+                            workspace_uid: ctx.workspace_uid.clone(),
+                            state: InstanceState::Running,
+                        },
+                        namespace: ctx.namespace.clone(),
+                        name: ctx.name.clone(),
+                        cluster: ctx.cluster.clone(),
+                    };
+                    let info = inst.wire.info();
+                    st.insert(inst);
+                    (info, true)
+                }
+            };
+            if st.faults.drop_provision_response > 0 {
+                st.faults.drop_provision_response -= 1;
+                let _ = rec(st, Some(&info.id), Outcome::CommittedResponseLost { created });
+                return Answer::Lost;
             }
-            Some((_, info)) => (info, false),
-            None => {
-                st.next_id += 1;
-                let inst = Instance {
-                    wire: wire::Instance {
-                        id: format!("i-{}-{}", self.provider, st.next_id),
-                        key: key.to_owned(),
-                        workspace_uid: ctx.workspace_uid.clone(),
-                        state: InstanceState::Running,
-                    },
-                    namespace: ctx.namespace.clone(),
-                    name: ctx.name.clone(),
-                    cluster: ctx.cluster.clone(),
-                };
-                let info = inst.wire.info();
-                st.insert(inst);
-                (info, true)
-            }
-        };
-        if st.faults.drop_provision_response > 0 {
-            st.faults.drop_provision_response -= 1;
-            let _ = rec(st, Some(&info.id), Outcome::CommittedResponseLost { created });
-            return Answer::Lost;
-        }
-        let outcome = if created { Outcome::Created } else { Outcome::Existing };
-        answered(rec(st, Some(&info.id), outcome), Provisioned { instance: info, created })
+            let outcome = if created { Outcome::Created } else { Outcome::Existing };
+            answered(rec(st, Some(&info.id), outcome), Provisioned { instance: info, created })
+        })
     }
 
     /// Stops `id` now (no latency): the engine behind [`SimulatedDriver::stop`] and
@@ -726,31 +744,19 @@ impl Cloud {
 
     /// Looks up the instance created under `key` now (no latency), ledgered.
     pub fn lookup_now(&self, ctx: &CallContext, key: &str) -> Answer<Option<InstanceInfo>> {
-        let mut guard = lock(&self.state);
-        let st = &mut *guard;
-        let rec = |st: &CloudState, instance: Option<&str>, outcome| {
-            self.record(st, ctx, Call::Lookup, Some(key), instance, outcome)
-        };
-        if let Err(answer) = self.gate(st, ctx, Call::Lookup, |st, outcome| rec(st, None, outcome)) {
-            return answer;
-        }
-        let found = st.by_key(key).map(|(id, inst)| inst.info(id));
-        let (instance, outcome) = match &found {
-            Some(info) => (Some(info.id.as_str()), Outcome::Found),
-            None => (None, Outcome::NotFound),
-        };
-        answered(rec(st, instance, outcome), found)
+        self.ledgered(ctx, Call::Lookup, Some(key), |st, rec| {
+            let found = st.by_key(key).map(|(id, inst)| inst.info(id));
+            let (instance, outcome) = match &found {
+                Some(info) => (Some(info.id.as_str()), Outcome::Found),
+                None => (None, Outcome::NotFound),
+            };
+            answered(rec(st, instance, outcome), found)
+        })
     }
 
     /// Raises the fence of `ctx.workspace_uid` to `ctx.epoch` now (no latency), ledgered.
     pub fn fence_now(&self, ctx: &CallContext) -> Answer<()> {
-        let mut guard = lock(&self.state);
-        let st = &mut *guard;
-        let rec = |st: &CloudState, outcome| self.record(st, ctx, Call::Fence, None, None, outcome);
-        if let Err(answer) = self.gate(st, ctx, Call::Fence, rec) {
-            return answer;
-        }
-        answered(rec(st, Outcome::FenceRaised), ())
+        self.ledgered(ctx, Call::Fence, None, |st, rec| answered(rec(st, None, Outcome::FenceRaised), ()))
     }
 
     /// One page of the instances created by `cluster` (running or stopped), ordered by id;
@@ -917,14 +923,9 @@ impl SimulatedDriver {
 
 #[async_trait]
 impl Driver for SimulatedDriver {
-    async fn provision(
-        &self,
-        call: &CallContext,
-        key: &str,
-        _template: Option<&WorkspaceTemplate>,
-    ) -> Result<InstanceInfo, DriverError> {
+    async fn provision(&self, req: Provision<'_>) -> Result<InstanceInfo, DriverError> {
         self.latency(self.settings.provision_latency_ms).await;
-        Self::answer(self.cloud.provision_now(call, key)).await.map(|p| p.instance)
+        Self::answer(self.cloud.provision_now(req.call, req.key)).await.map(|p| p.instance)
     }
 
     async fn stop(&self, call: &CallContext, instance_id: &str) -> Result<(), DriverError> {

@@ -42,9 +42,9 @@ fn outcomes(clouds: &Clouds) -> Vec<Outcome> {
 #[tokio::test]
 async fn provision_is_idempotent_by_key() {
     let (clouds, _, d) = east();
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
-    let b = d.provision(&ctx(1), "k1", None).await.unwrap();
-    let c = d.provision(&ctx(1), "k2", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
+    let b = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
+    let c = d.provision(Provision::new(&ctx(1), "k2")).await.unwrap();
     assert_eq!(a, b);
     assert_eq!(a.state, InstanceState::Running);
     assert_eq!(a.key, "k1");
@@ -58,8 +58,8 @@ async fn provision_is_idempotent_by_key() {
 async fn unledgered_clouds_keep_instances_and_fences_but_no_ledger() {
     let clouds = Clouds::unledgered();
     let d = driver(&clouds, "east");
-    let a = d.provision(&ctx(2), "k1", None).await.unwrap();
-    assert_eq!(d.provision(&ctx(2), "k1", None).await.unwrap(), a, "idempotent by key");
+    let a = d.provision(Provision::new(&ctx(2), "k1")).await.unwrap();
+    assert_eq!(d.provision(Provision::new(&ctx(2), "k1")).await.unwrap(), a, "idempotent by key");
     assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::StaleEpoch { epoch: 1, newest: 2 })));
     d.stop(&ctx(2), &a.id).await.unwrap();
     assert_eq!(clouds.cloud("east").instance(&a.id).map(|i| i.wire.state), Some(InstanceState::Stopped));
@@ -69,9 +69,9 @@ async fn unledgered_clouds_keep_instances_and_fences_but_no_ledger() {
 #[tokio::test]
 async fn provision_returns_a_stopped_instance_as_is() {
     let (clouds, _, d) = east();
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     d.stop(&ctx(1), &a.id).await.unwrap();
-    let again = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let again = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     assert_eq!(again.id, a.id);
     assert_eq!(again.state, InstanceState::Stopped);
     assert_eq!(clouds.cloud("east").instances().len(), 1);
@@ -87,7 +87,7 @@ async fn concurrent_provisions_of_one_key_create_one_instance() {
             let cloud = cloud.clone();
             tokio::spawn(async move {
                 let d = SimulatedDriver::new(cloud, SimulatedSettings { provision_latency_ms: 1, stop_latency_ms: 0 });
-                d.provision(&ctx(1), "k", None).await
+                d.provision(Provision::new(&ctx(1), "k")).await
             })
         })
         .collect();
@@ -106,7 +106,7 @@ async fn concurrent_provisions_of_one_key_create_one_instance() {
 async fn stop_semantics() {
     let (clouds, _, d) = east();
     d.stop(&ctx(1), "i-does-not-exist").await.unwrap();
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     d.stop(&ctx(1), &a.id).await.unwrap();
     assert_eq!(clouds.cloud("east").instance(&a.id).unwrap().wire.state, InstanceState::Stopped);
     d.stop(&ctx(1), &a.id).await.unwrap();
@@ -124,7 +124,7 @@ async fn stop_semantics() {
 #[tokio::test]
 async fn stop_of_another_workspaces_instance_is_rejected() {
     let (clouds, _, d) = east();
-    let a = d.provision(&ctx_for("uid-a", 1), "ka", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx_for("uid-a", 1), "ka")).await.unwrap();
     let err = d.stop(&ctx_for("uid-b", 1), &a.id).await.unwrap_err();
     assert!(matches!(err, DriverError::Rejected(_)), "{err:?}");
     assert!(!err.is_retryable());
@@ -137,7 +137,7 @@ async fn stop_of_another_workspaces_instance_is_rejected() {
 async fn lookup_finds_by_key_and_is_ledgered() {
     let (clouds, _, d) = east();
     assert_eq!(d.lookup(&ctx(1), "k1").await.unwrap(), None);
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     assert_eq!(d.lookup(&ctx(1), "k1").await.unwrap(), Some(a.clone()));
     let ledger = clouds.ledger();
     assert_eq!(ledger.len(), 3);
@@ -153,7 +153,7 @@ async fn ledger_attributes_each_call() {
     let mut c = ctx(7);
     c.caller = "ctrl-b".into();
     c.operation_id = "op-x".into();
-    let a = d.provision(&c, "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&c, "k1")).await.unwrap();
     let [e] = clouds.ledger().try_into().unwrap();
     assert_eq!(e.seq, 1);
     assert_eq!(e.provider, "east");
@@ -175,7 +175,7 @@ async fn ledger_attributes_each_call() {
 #[tokio::test]
 async fn instance_json_is_stable() {
     let (_, cloud, d) = east();
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     let json = serde_json::to_string(&cloud.instances()).unwrap();
     let expected = format!(
         r#"[{{"id":"{}","key":"k1","workspaceUid":"uid-1","state":"Running","namespace":"default","name":"ws-uid-1","cluster":"c1"}}]"#,
@@ -197,7 +197,7 @@ async fn clouds_share_one_totally_ordered_ledger() {
     assert!(!Arc::ptr_eq(&clouds.cloud("east"), &clouds.cloud("west")));
     let east = driver(&clouds, "east");
     let west = driver(&clouds, "west");
-    east.provision(&ctx(1), "k1", None).await.unwrap();
+    east.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     west.lookup(&ctx(1), "k1").await.unwrap();
     east.lookup(&ctx(1), "k1").await.unwrap();
     let ledger = clouds.ledger();
@@ -225,9 +225,9 @@ async fn live_instances_span_providers_and_skip_stopped() {
 /// Three workspaces' instances: u1's on east, u2's and u3's on west, u3's stopped.
 async fn three_workspaces() -> (Clouds, [InstanceInfo; 3]) {
     let (clouds, east, west) = east_and_west();
-    let a = east.provision(&ctx_for("u1", 1), "k1", None).await.unwrap();
-    let b = west.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
-    let c = west.provision(&ctx_for("u3", 1), "k3", None).await.unwrap();
+    let a = east.provision(Provision::new(&ctx_for("u1", 1), "k1")).await.unwrap();
+    let b = west.provision(Provision::new(&ctx_for("u2", 1), "k2")).await.unwrap();
+    let c = west.provision(Provision::new(&ctx_for("u3", 1), "k3")).await.unwrap();
     west.stop(&ctx_for("u3", 1), &c.id).await.unwrap();
     (clouds, [a, b, c])
 }
@@ -237,10 +237,10 @@ async fn three_workspaces() -> (Clouds, [InstanceInfo; 3]) {
 #[tokio::test]
 async fn stale_epochs_are_fenced_without_effect() {
     let (clouds, cloud, d) = east();
-    let a = d.provision(&ctx(2), "k2", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(2), "k2")).await.unwrap();
     assert_eq!(cloud.newest_epoch(WS), Some(2));
 
-    let err = d.provision(&ctx(1), "k1", None).await.unwrap_err();
+    let err = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap_err();
     assert_eq!(err, DriverError::StaleEpoch { epoch: 1, newest: 2 });
     assert!(!err.is_retryable());
     assert_eq!(cloud.instances().len(), 1, "a fenced provision creates nothing");
@@ -259,19 +259,22 @@ async fn stale_epochs_are_fenced_without_effect() {
     assert_eq!(fenced[1].instance.as_deref(), Some(a.id.as_str()));
 
     // The same epoch is still accepted; a newer one moves the fence.
-    d.provision(&ctx(2), "k2", None).await.unwrap();
+    d.provision(Provision::new(&ctx(2), "k2")).await.unwrap();
     d.stop(&ctx(3), &a.id).await.unwrap();
     assert_eq!(cloud.newest_epoch(WS), Some(3));
-    assert_eq!(d.provision(&ctx(2), "k2", None).await.unwrap_err(), DriverError::StaleEpoch { epoch: 2, newest: 3 });
+    assert_eq!(
+        d.provision(Provision::new(&ctx(2), "k2")).await.unwrap_err(),
+        DriverError::StaleEpoch { epoch: 2, newest: 3 }
+    );
     assert!(check_ledger(&clouds.ledger()).is_empty(), "{:?}", check_ledger(&clouds.ledger()));
 }
 
 #[tokio::test]
 async fn fences_are_per_workspace_and_per_provider() {
     let (clouds, east, west) = east_and_west();
-    east.provision(&ctx_for("u1", 5), "k1", None).await.unwrap();
-    east.provision(&ctx_for("u2", 1), "k2", None).await.unwrap();
-    west.provision(&ctx_for("u1", 1), "k3", None).await.unwrap();
+    east.provision(Provision::new(&ctx_for("u1", 5), "k1")).await.unwrap();
+    east.provision(Provision::new(&ctx_for("u2", 1), "k2")).await.unwrap();
+    west.provision(Provision::new(&ctx_for("u1", 1), "k3")).await.unwrap();
     assert_eq!(clouds.cloud("west").newest_epoch("u1"), Some(1));
     assert_eq!(clouds.cloud("east").newest_epoch("u1"), Some(5));
 }
@@ -281,7 +284,10 @@ async fn lookups_move_the_fence() {
     let (clouds, _, d) = east();
     assert_eq!(d.lookup(&ctx(9), "k").await.unwrap(), None);
     assert_eq!(clouds.cloud("east").newest_epoch(WS), Some(9));
-    assert_eq!(d.provision(&ctx(1), "k", None).await.unwrap_err(), DriverError::StaleEpoch { epoch: 1, newest: 9 });
+    assert_eq!(
+        d.provision(Provision::new(&ctx(1), "k")).await.unwrap_err(),
+        DriverError::StaleEpoch { epoch: 1, newest: 9 }
+    );
     assert!(clouds.cloud("east").instances().is_empty());
     assert!(check_ledger(&clouds.ledger()).is_empty(), "{:?}", check_ledger(&clouds.ledger()));
 }
@@ -291,10 +297,13 @@ async fn an_older_provision_after_a_newer_failed_call_is_refused() {
     let (clouds, cloud, d) = east();
     // The new holder's provision fails by injection, after it passed the fence.
     cloud.set_faults(Faults { fail_provision: 1, ..Faults::default() });
-    assert!(d.provision(&ctx(3), "k3", None).await.unwrap_err().is_retryable());
+    assert!(d.provision(Provision::new(&ctx(3), "k3")).await.unwrap_err().is_retryable());
     assert_eq!(cloud.newest_epoch(WS), Some(3));
     // The paused ex-holder wakes up: it must not create anything.
-    assert_eq!(d.provision(&ctx(2), "k2", None).await.unwrap_err(), DriverError::StaleEpoch { epoch: 2, newest: 3 });
+    assert_eq!(
+        d.provision(Provision::new(&ctx(2), "k2")).await.unwrap_err(),
+        DriverError::StaleEpoch { epoch: 2, newest: 3 }
+    );
     assert!(cloud.instances().is_empty());
     let o = outcomes(&clouds);
     assert!(matches!(&o[..], [Outcome::FailedAfterFence(_), Outcome::Fenced { newest: 3 }]), "{o:?}");
@@ -308,7 +317,10 @@ async fn an_older_provision_after_a_newer_lookup_that_failed_is_refused() {
     assert!(d.lookup(&ctx(4), "k4").await.unwrap_err().is_retryable());
     assert_eq!(cloud.faults().fail_lookup, 0);
     assert_eq!(cloud.newest_epoch(WS), Some(4));
-    assert!(matches!(d.provision(&ctx(3), "k3", None).await, Err(DriverError::StaleEpoch { epoch: 3, newest: 4 })));
+    assert!(matches!(
+        d.provision(Provision::new(&ctx(3), "k3")).await,
+        Err(DriverError::StaleEpoch { epoch: 3, newest: 4 })
+    ));
     assert!(cloud.instances().is_empty());
     let o = outcomes(&clouds);
     assert!(matches!(&o[..], [Outcome::FailedAfterFence(_), Outcome::Fenced { newest: 4 }]), "{o:?}");
@@ -319,14 +331,14 @@ async fn an_older_provision_after_a_newer_lookup_that_failed_is_refused() {
 #[tokio::test]
 async fn the_fence_call_raises_the_fence_and_nothing_else() {
     let (clouds, cloud, d) = east();
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     d.fence(&ctx(4)).await.unwrap();
     d.fence(&ctx(4)).await.unwrap();
     assert_eq!(cloud.newest_epoch(WS), Some(4));
     assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running, "a fence stops nothing");
     assert_eq!(d.fence(&ctx(3)).await.unwrap_err(), DriverError::StaleEpoch { epoch: 3, newest: 4 });
     for e in [
-        d.provision(&ctx(3), "k3", None).await.unwrap_err(),
+        d.provision(Provision::new(&ctx(3), "k3")).await.unwrap_err(),
         d.stop(&ctx(3), &a.id).await.unwrap_err(),
         d.lookup(&ctx(3), "k1").await.unwrap_err(),
     ] {
@@ -365,7 +377,10 @@ async fn fences_survive_restore_whatever_advanced_them() {
         assert_eq!(clouds.cloud("east").newest_epoch(uid), newest, "{uid}: live and restored agree");
     }
     let d = driver(&restored, "east");
-    assert!(matches!(d.provision(&ctx_for("u1", 4), "k", None).await, Err(DriverError::StaleEpoch { newest: 5, .. })));
+    assert!(matches!(
+        d.provision(Provision::new(&ctx_for("u1", 4), "k")).await,
+        Err(DriverError::StaleEpoch { newest: 5, .. })
+    ));
     assert!(restored.cloud("east").instances().is_empty());
 }
 
@@ -381,8 +396,8 @@ async fn list_pages_through_one_clusters_instances_in_a_stable_order() {
     let mut mine = Vec::new();
     for n in 0..7 {
         let uid = format!("u{n}");
-        mine.push(d.provision(&in_cluster(&uid, 2, "c1"), &format!("{uid}.op"), None).await.unwrap().id);
-        d.provision(&in_cluster(&format!("x{n}"), 1, "c2"), &format!("x{n}.op"), None).await.unwrap();
+        mine.push(d.provision(Provision::new(&in_cluster(&uid, 2, "c1"), &format!("{uid}.op"))).await.unwrap().id);
+        d.provision(Provision::new(&in_cluster(&format!("x{n}"), 1, "c2"), &format!("x{n}.op"))).await.unwrap();
     }
     d.stop(&in_cluster("u0", 3, "c1"), &mine[0]).await.unwrap();
     d.fence(&in_cluster("u1", 9, "c1")).await.unwrap();
@@ -425,7 +440,7 @@ async fn list_pages_through_one_clusters_instances_in_a_stable_order() {
 async fn list_clamps_its_limit() {
     let (_clouds, _, d) = east();
     for n in 0..3 {
-        d.provision(&in_cluster(&format!("u{n}"), 1, "c1"), &format!("k{n}"), None).await.unwrap();
+        d.provision(Provision::new(&in_cluster(&format!("u{n}"), 1, "c1"), &format!("k{n}"))).await.unwrap();
     }
     let p = d.list("c1", None, 0).await.unwrap();
     assert_eq!(p.items.len(), 1, "0 is read as 1");
@@ -437,7 +452,7 @@ async fn list_clamps_its_limit() {
 #[tokio::test]
 async fn instances_of_restored_old_ledgers_are_listed_under_the_empty_cluster() {
     let (clouds, _, d) = east();
-    d.provision(&in_cluster("u1", 1, "c1"), "k1", None).await.unwrap();
+    d.provision(Provision::new(&in_cluster("u1", 1, "c1"), "k1")).await.unwrap();
     let mut ledger = clouds.ledger();
     // What an entry written before clusters were recorded reads back as.
     let mut json = serde_json::to_value(&ledger[0]).unwrap();
@@ -464,7 +479,7 @@ async fn fail_provision_fails_the_next_n_without_effect() {
     let (clouds, cloud, d) = east();
     cloud.set_faults(Faults { fail_provision: 2, ..Faults::default() });
     for left in [1, 0] {
-        let err = d.provision(&ctx(5), "k", None).await.unwrap_err();
+        let err = d.provision(Provision::new(&ctx(5), "k")).await.unwrap_err();
         assert!(matches!(err, DriverError::Transient(_)), "{err:?}");
         assert_eq!(cloud.faults().fail_provision, left);
     }
@@ -472,7 +487,7 @@ async fn fail_provision_fails_the_next_n_without_effect() {
     assert_eq!(cloud.newest_epoch(WS), Some(5), "a failed call that reached the provider advanced the fence");
     // Stops are not affected by provision faults.
     d.stop(&ctx(5), "i-x").await.unwrap();
-    d.provision(&ctx(5), "k", None).await.unwrap();
+    d.provision(Provision::new(&ctx(5), "k")).await.unwrap();
     assert_eq!(cloud.instances().len(), 1);
     let o = outcomes(&clouds);
     assert!(matches!(&o[..2], [Outcome::FailedAfterFence(_), Outcome::FailedAfterFence(_)]), "{o:?}");
@@ -482,10 +497,10 @@ async fn fail_provision_fails_the_next_n_without_effect() {
 #[tokio::test]
 async fn fail_stop_fails_the_next_n_without_effect() {
     let (clouds, cloud, d) = east();
-    let a = d.provision(&ctx(1), "k", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k")).await.unwrap();
     cloud.set_faults(Faults { fail_stop: 1, ..Faults::default() });
     // Provisions are not affected by stop faults.
-    d.provision(&ctx(1), "k", None).await.unwrap();
+    d.provision(Provision::new(&ctx(1), "k")).await.unwrap();
     let err = d.stop(&ctx(1), &a.id).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
     assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running);
@@ -508,10 +523,10 @@ async fn survives_the_faults(cloud: &Cloud, d: &SimulatedDriver, epoch: i64, id:
 #[tokio::test]
 async fn always_failing_faults_persist_until_cleared() {
     let (_clouds, cloud, d) = east();
-    let a = d.provision(&ctx(1), "k", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k")).await.unwrap();
     cloud.set_faults(Faults { fail_provision_always: true, fail_stop_always: true, ..Faults::default() });
     for _ in 0..5 {
-        assert!(matches!(d.provision(&ctx(1), "k2", None).await, Err(DriverError::Transient(_))));
+        assert!(matches!(d.provision(Provision::new(&ctx(1), "k2")).await, Err(DriverError::Transient(_))));
         assert!(matches!(d.stop(&ctx(1), &a.id).await, Err(DriverError::Transient(_))));
     }
     survives_the_faults(&cloud, &d, 1, &a.id).await;
@@ -521,13 +536,13 @@ async fn always_failing_faults_persist_until_cleared() {
 async fn dropped_provision_response_commits() {
     let (clouds, cloud, d) = east();
     cloud.set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
-    let err = d.provision(&ctx(1), "k", None).await.unwrap_err();
+    let err = d.provision(Provision::new(&ctx(1), "k")).await.unwrap_err();
     assert_eq!(err, DriverError::Transient("response lost".into()));
     let [Instance { wire: inst, .. }] = cloud.instances().try_into().unwrap();
     assert_eq!(inst.state, InstanceState::Running, "the lost answer's effect happened");
     assert_eq!(cloud.faults().drop_provision_response, 0);
     // The retry under the same key finds the committed instance instead of creating another.
-    let again = d.provision(&ctx(1), "k", None).await.unwrap();
+    let again = d.provision(Provision::new(&ctx(1), "k")).await.unwrap();
     assert_eq!(again.id, inst.id);
     assert_eq!(outcomes(&clouds), vec![Outcome::CommittedResponseLost { created: true }, Outcome::Existing]);
     assert_eq!(clouds.ledger()[0].instance.as_deref(), Some(inst.id.as_str()));
@@ -537,12 +552,12 @@ async fn dropped_provision_response_commits() {
 #[tokio::test]
 async fn dropped_response_of_a_replay_and_fenced_calls() {
     let (clouds, cloud, d) = east();
-    let a = d.provision(&ctx(2), "k", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(2), "k")).await.unwrap();
     cloud.set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
     // A fenced provision commits nothing, so it does not consume the drop.
-    assert!(matches!(d.provision(&ctx(1), "k", None).await, Err(DriverError::StaleEpoch { .. })));
+    assert!(matches!(d.provision(Provision::new(&ctx(1), "k")).await, Err(DriverError::StaleEpoch { .. })));
     assert_eq!(cloud.faults().drop_provision_response, 1);
-    assert!(matches!(d.provision(&ctx(2), "k", None).await, Err(DriverError::Transient(_))));
+    assert!(matches!(d.provision(Provision::new(&ctx(2), "k")).await, Err(DriverError::Transient(_))));
     assert_eq!(cloud.instances().len(), 1);
     assert_eq!(cloud.instance(&a.id).unwrap().wire.state, InstanceState::Running);
     assert_eq!(outcomes(&clouds)[2], Outcome::CommittedResponseLost { created: false });
@@ -553,7 +568,7 @@ async fn latency_elapses_before_the_effect() {
     let clouds = Clouds::new();
     let cloud = clouds.cloud("east");
     let d = SimulatedDriver::new(cloud.clone(), SimulatedSettings { provision_latency_ms: 100, stop_latency_ms: 40 });
-    let task = tokio::spawn(async move { d.provision(&ctx(1), "k", None).await });
+    let task = tokio::spawn(async move { d.provision(Provision::new(&ctx(1), "k")).await });
     tokio::time::advance(Duration::from_millis(99)).await;
     tokio::task::yield_now().await;
     assert!(cloud.instances().is_empty(), "no effect before the latency has passed");
@@ -578,7 +593,7 @@ async fn extra_latency_applies_to_every_call() {
     cloud.set_faults(Faults { extra_latency: Duration::from_secs(5), ..Faults::default() });
     let d = SimulatedDriver::new(cloud.clone(), SimulatedSettings { provision_latency_ms: 100, stop_latency_ms: 40 });
     let started = Instant::now();
-    let inst = d.provision(&ctx(1), "k", None).await.unwrap();
+    let inst = d.provision(Provision::new(&ctx(1), "k")).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(5100));
     let started = Instant::now();
     d.stop(&ctx(1), &inst.id).await.unwrap();
@@ -591,10 +606,10 @@ async fn extra_latency_applies_to_every_call() {
 #[tokio::test(start_paused = true)]
 async fn hang_never_answers_and_has_no_effect() {
     let (clouds, cloud, d) = east();
-    let a = d.provision(&ctx(1), "k", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k")).await.unwrap();
     cloud.set_faults(Faults { hang: true, ..Faults::default() });
     let limit = Duration::from_secs(3600);
-    assert!(tokio::time::timeout(limit, d.provision(&ctx(2), "k2", None)).await.is_err());
+    assert!(tokio::time::timeout(limit, d.provision(Provision::new(&ctx(2), "k2"))).await.is_err());
     assert!(tokio::time::timeout(limit, d.stop(&ctx(2), &a.id)).await.is_err());
     assert!(tokio::time::timeout(limit, d.lookup(&ctx(2), "k")).await.is_err());
     assert_eq!(cloud.newest_epoch(WS), Some(1), "a hung call does not reach the fence");
@@ -607,13 +622,13 @@ async fn hang_never_answers_and_has_no_effect() {
 #[tokio::test]
 async fn a_safe_switch_leaves_a_clean_ledger() {
     let (clouds, east, west) = east_and_west();
-    let a = east.provision(&ctx(1), "uid-1.op-1", None).await.unwrap();
+    let a = east.provision(Provision::new(&ctx(1), "uid-1.op-1")).await.unwrap();
     // Switch under epoch 2: stop the old instance first, then start the new one.
     east.stop(&ctx(2), &a.id).await.unwrap();
-    let b = west.provision(&ctx(2), "uid-1.op-2", None).await.unwrap();
+    let b = west.provision(Provision::new(&ctx(2), "uid-1.op-2")).await.unwrap();
     // A takeover under epoch 3 resumes and repeats both calls idempotently.
     east.stop(&ctx(3), &a.id).await.unwrap();
-    assert_eq!(west.provision(&ctx(3), "uid-1.op-2", None).await.unwrap().id, b.id);
+    assert_eq!(west.provision(Provision::new(&ctx(3), "uid-1.op-2")).await.unwrap().id, b.id);
     assert!(check_ledger(&clouds.ledger()).is_empty(), "{:?}", check_ledger(&clouds.ledger()));
     assert!(check_live(&clouds, &[("west".into(), b.id.clone())]).is_empty());
 }
@@ -621,8 +636,8 @@ async fn a_safe_switch_leaves_a_clean_ledger() {
 #[tokio::test]
 async fn an_unsafe_switch_is_flagged() {
     let (clouds, east, west) = east_and_west();
-    let a = east.provision(&ctx(1), "k1", None).await.unwrap();
-    let b = west.provision(&ctx(2), "k2", None).await.unwrap();
+    let a = east.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
+    let b = west.provision(Provision::new(&ctx(2), "k2")).await.unwrap();
     east.stop(&ctx(2), &a.id).await.unwrap();
     let v = check_ledger(&clouds.ledger());
     assert_eq!(
@@ -1065,12 +1080,12 @@ async fn check_live_flags_leaks_and_missing_instances() {
 #[tokio::test]
 async fn restore_from_the_ledger_rebuilds_instances_keys_and_fences() {
     let (clouds, _, d) = east();
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
-    let b = d.provision(&ctx(3), "k2", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
+    let b = d.provision(Provision::new(&ctx(3), "k2")).await.unwrap();
     d.stop(&ctx(3), &a.id).await.unwrap();
-    let _ = d.provision(&ctx(2), "k3", None).await.unwrap_err();
+    let _ = d.provision(Provision::new(&ctx(2), "k3")).await.unwrap_err();
     clouds.cloud("east").set_faults(Faults { drop_provision_response: 1, ..Faults::default() });
-    let _ = d.provision(&ctx_for("u2", 7), "k4", None).await.unwrap_err();
+    let _ = d.provision(Provision::new(&ctx_for("u2", 7), "k4")).await.unwrap_err();
     d.lookup(&ctx(3), "k2").await.unwrap();
 
     let restored = Clouds::restore(clouds.ledger());
@@ -1083,8 +1098,8 @@ async fn restore_from_the_ledger_rebuilds_instances_keys_and_fences() {
 
     // It carries on where it stopped: same key same instance, fresh ids, seq continues.
     let d = driver(&restored, "east");
-    assert_eq!(d.provision(&ctx(3), "k2", None).await.unwrap(), b);
-    let c = d.provision(&ctx(3), "k5", None).await.unwrap();
+    assert_eq!(d.provision(Provision::new(&ctx(3), "k2")).await.unwrap(), b);
+    let c = d.provision(Provision::new(&ctx(3), "k5")).await.unwrap();
     assert!(before.instance(&c.id).is_none(), "a new id, not a reused one: {}", c.id);
     assert!(matches!(d.stop(&ctx(2), &b.id).await, Err(DriverError::StaleEpoch { newest: 3, .. })));
     let seqs: Vec<u64> = restored.ledger().iter().map(|e| e.seq).collect();
@@ -1118,10 +1133,10 @@ async fn a_failed_sink_refuses_every_later_call() {
     let sink = Arc::new(FlakySink::default());
     clouds.set_sink(sink.clone());
     let d = driver(&clouds, "east");
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     assert_eq!(*sink.written.lock().unwrap(), vec![1]);
     sink.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    let err = d.provision(&ctx(1), "k2", None).await.unwrap_err();
+    let err = d.provision(Provision::new(&ctx(1), "k2")).await.unwrap_err();
     assert!(matches!(&err, DriverError::Transient(m) if m.contains("disk full")), "{err:?}");
     sink.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     // Effects that might not survive a restart must not pile up: the cloud stays down.
@@ -1134,14 +1149,16 @@ async fn a_failed_sink_refuses_every_later_call() {
 #[tokio::test]
 async fn refuse_all_and_error_rates() {
     let (_clouds, cloud, d) = east();
-    let a = d.provision(&ctx(1), "k1", None).await.unwrap();
+    let a = d.provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     cloud.set_faults(Faults { refuse_all: true, ..Faults::default() });
-    assert!(matches!(d.provision(&ctx(2), "k2", None).await, Err(DriverError::Transient(_))));
+    assert!(matches!(d.provision(Provision::new(&ctx(2), "k2")).await, Err(DriverError::Transient(_))));
     assert!(matches!(d.lookup(&ctx(2), "k1").await, Err(DriverError::Transient(_))));
     assert_eq!(cloud.newest_epoch(WS), Some(1), "a refused call does not reach the fence");
 
     cloud.set_faults(Faults { provision_error_rate: 1.0, stop_error_rate: 1.0, ..Faults::default() });
-    assert!(matches!(d.provision(&ctx(2), "k2", None).await, Err(DriverError::Transient(m)) if m.contains("rate")));
+    assert!(
+        matches!(d.provision(Provision::new(&ctx(2), "k2")).await, Err(DriverError::Transient(m)) if m.contains("rate"))
+    );
     assert!(matches!(d.stop(&ctx(2), &a.id).await, Err(DriverError::Transient(_))));
     assert_eq!(cloud.instances().len(), 1);
     cloud.set_faults(Faults { provision_error_rate: 0.0, stop_error_rate: 0.0, ..Faults::default() });
@@ -1189,9 +1206,9 @@ impl AtSecs for LedgerEntry {
 #[tokio::test]
 async fn merged_ledgers_of_two_clouds_are_checked_together() {
     let (east, west) = (Clouds::new(), Clouds::new());
-    let a = driver(&east, "east").provision(&ctx(1), "k1", None).await.unwrap();
+    let a = driver(&east, "east").provision(Provision::new(&ctx(1), "k1")).await.unwrap();
     // Unsafe: west starts before east's instance is stopped.
-    driver(&west, "west").provision(&ctx(2), "k2", None).await.unwrap();
+    driver(&west, "west").provision(Provision::new(&ctx(2), "k2")).await.unwrap();
     driver(&east, "east").stop(&ctx(2), &a.id).await.unwrap();
     let v = check_ledger(&merge_ledgers(vec![east.ledger(), west.ledger()]));
     assert!(matches!(v.as_slice(), [Violation::MultipleLive { .. }]), "{v:?}");
