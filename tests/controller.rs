@@ -52,6 +52,58 @@ async fn stale_copy_loses_its_claim_and_calls_no_provider() {
     assert_eq!(after.metadata.resource_version, fresh.metadata.resource_version, "the loser wrote");
 }
 
+/// The write that finishes a provision lands, but its answer is lost on the way back (and, in
+/// the second round, so is the answer to the read that would have told); the next reconcile is
+/// handed the copy from before that write, as a cache that has not caught up would. It must
+/// read the workspace afresh and call no provider again: on that copy its operation still looks
+/// unfinished, and acting on it would repeat the provision (or, had the spec moved on
+/// meanwhile, release the compute the lost write recorded).
+#[tokio::test]
+async fn a_write_landed_unanswered_is_not_followed_by_calls_on_an_older_copy() {
+    for read_lost_too in [false, true] {
+        unanswered_write(read_lost_too).await;
+    }
+}
+
+async fn unanswered_write(read_lost_too: bool) {
+    use kube::runtime::reflector;
+    use switchyard::controller::{Context, Handles, reconcile};
+    use switchyard::provider::Dispatcher;
+
+    let s = Scenario::new(Transport::InProcess, "ctl-unanswered").await;
+    let lossy = support::lossy::LoseAnswer::default();
+    let mut ws = workspace("ws", &s.a);
+    ws.metadata.finalizers = Some(vec![switchyard::api::FINALIZER.to_string()]);
+    let created = s.api.create(&PostParams::default(), &ws).await.expect("create");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let a = s.a.clone();
+    let watch = tokio::spawn(watch_versions(s.api.clone(), move |ws| ws.settled_on(&a), CONVERGE));
+    // The write that finishes the operation is the one that clears it.
+    lossy.arm(r#""operation":null"#, read_lost_too);
+    let (providers, _writer) = reflector::store();
+    let handles = Handles::default();
+    let dispatcher = Dispatcher::new(s.clouds.clone());
+    let ctx = Context::new(lossy.client().await, s.settings("unanswered-x"), dispatcher, providers, &handles);
+    let first = reconcile(std::sync::Arc::new(created), ctx.clone()).await;
+    assert_eq!(lossy.lost(), 1, "the finishing write was made and its answer lost");
+    // Unsure whether it landed, the reconcile fails (and is retried), or it found out.
+    assert_eq!(first.is_err(), read_lost_too, "{first:?}");
+
+    let seen = watch.await.expect("watch");
+    let settled = seen.last().expect("the lost write landed").clone();
+    let calls = ledger_of(&s.clouds, &uid);
+    assert_eq!(calls.len(), 1, "one provision: {calls:#?}");
+    // The newest version that still shows the operation: our last write whose answer came back.
+    let older = seen.iter().rev().find(|w| w.operation().is_some()).expect("a version with the operation").clone();
+    reconcile(std::sync::Arc::new(older), ctx).await.expect("reconcile");
+
+    assert_eq!(ledger_of(&s.clouds, &uid), calls, "a provider was called on the older copy");
+    let now = s.api.get("ws").await.expect("get");
+    assert!(now.settled_on(&s.a), "{:?}", now.status);
+    assert_eq!(status(&now).instance, status(&settled).instance);
+    s.assert_invariants().await;
+}
+
 /// A stop takes effect but its answer is lost, and the provider allows one attempt, so the stop
 /// fails past its budget while the compute is in fact gone; then the user switches back. The workspace must not read Ready on
 /// compute that no longer runs: the instance is marked unconfirmed, the provider is asked, and

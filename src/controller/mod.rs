@@ -12,7 +12,7 @@ pub mod status;
 pub mod worker;
 pub mod writes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -159,6 +159,11 @@ struct Memory {
     /// The newest epoch a provider refused us for: the API server holds a claim at least that
     /// new, so a cached copy with an older epoch is stale and must not be acted on.
     fenced: HashMap<ObjectRef<Workspace>, i64>,
+    /// Workspaces whose next reconcile reads the object afresh instead of trusting the cache: a
+    /// step of ours failed (its write may have landed unanswered), or a write showed the
+    /// workspace lost (possibly to our own write, landed unanswered). The cache may still show
+    /// our operation where it was, and acting on that copy would repeat provider calls.
+    unsure: HashSet<ObjectRef<Workspace>>,
     /// Consecutive failed stops and when the next may be tried.
     stop_failures: HashMap<ObjectRef<Workspace>, (u32, jiff::Timestamp)>,
     /// Consecutive reconcile errors, for the error backoff.
@@ -170,6 +175,7 @@ impl Memory {
     fn forget(&mut self, key: &ObjectRef<Workspace>) {
         self.written.remove(key);
         self.fenced.remove(key);
+        self.unsure.remove(key);
         self.stop_failures.remove(key);
         self.errors.remove(key);
     }
@@ -178,6 +184,7 @@ impl Memory {
     fn retain(&mut self, live: impl Fn(&ObjectRef<Workspace>) -> bool) {
         self.written.retain(|k, _| live(k));
         self.fenced.retain(|k, _| live(k));
+        self.unsure.retain(|k| live(k));
         self.stop_failures.retain(|k, _| live(k));
         self.errors.retain(|k, _| live(k));
     }

@@ -30,7 +30,8 @@
 //! and `stop_old` go on to commit or finish in the same step. A lost claim or a fenced provider
 //! call ends the reconcile at once: no further call, no further write.
 //! Every write is remembered (`remember_write`), so no later reconcile acts on a cached copy
-//! older than it. What a step did that users and operators hear of (Events, metrics, logs) it
+//! older than it; after a failed step, or a write that finds the workspace lost (perhaps to our
+//! own write, landed unanswered), the next reconcile reads the workspace afresh. What a step did that users and operators hear of (Events, metrics, logs) it
 //! reports as an [`Outcome`]; `outcome::report` decides what each says. Two warnings within a stop
 //! are logged where they happen: each failed attempt, and an instance id that status names but
 //! the provider does not hold under its key.
@@ -80,8 +81,13 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
         let mut ws = if cache_is_behind(&ctx, &ws) {
             let fresh = ctx.workspaces(&ws.namespace().unwrap_or_default()).get_opt(&ws.name_any()).await?;
             // The read is authoritative for the epoch: a fence is heeded once, not forever (a
-            // provider could name any epoch).
-            ctx.memory().fenced.remove(&key);
+            // provider could name any epoch). It also settles what a failed or lost write left
+            // unsure.
+            {
+                let mut memory = ctx.memory();
+                memory.fenced.remove(&key);
+                memory.unsure.remove(&key);
+            }
             match fresh {
                 Some(fresh) if !cache_is_behind(&ctx, &fresh) => fresh,
                 // Gone, or the read is behind our write too: the watch event of our write
@@ -97,11 +103,16 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
             debug!(?next, "decided");
             let span = info_span!("step", step = next.name(), otel.name = tracing::field::Empty);
             crate::telemetry::otel_span(&span, next.name(), "");
-            match step(&ctx, &ws, next).instrument(span).await? {
-                Flow::Continue(fresh) => ws = *fresh,
-                Flow::Done(action) => {
+            match step(&ctx, &ws, next).instrument(span).await {
+                Ok(Flow::Continue(fresh)) => ws = *fresh,
+                Ok(Flow::Done(action)) => {
                     ctx.memory().errors.remove(&key);
                     return Ok(action);
+                }
+                Err(e) => {
+                    // A write of this step may have landed unanswered: read afresh next time.
+                    ctx.memory().unsure.insert(key);
+                    return Err(e);
                 }
             }
         }
@@ -322,10 +333,7 @@ impl Turn<'_> {
         let next = status::claimed(ws, &id, kind, from.clone(), to.clone(), &ctx.settings.identity, &self.now);
         let is_ours = |w: &Workspace| w.operation().is_some_and(|o| o.id == id);
         match writes::claim(self.api, ws, &next, is_ours).await? {
-            Written::Lost => {
-                self.publish(Outcome::ClaimLost { kind });
-                Ok(Flow::Done(Action::await_change()))
-            }
+            Written::Lost => Ok(self.lost(Outcome::ClaimLost { kind })),
             Written::Landed(fresh) => {
                 remember_write(ctx, &fresh);
                 let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
@@ -347,10 +355,7 @@ impl Turn<'_> {
             w.status.as_ref().is_some_and(|s| s.epoch == epoch && s.operation.as_ref().is_some_and(|o| o.holder == me))
         };
         match writes::claim(self.api, ws, &next, is_ours).await? {
-            Written::Lost => {
-                self.publish(Outcome::TakeOverLost);
-                Ok(Flow::Done(Action::await_change()))
-            }
+            Written::Lost => Ok(self.lost(Outcome::TakeOverLost)),
             Written::Landed(fresh) => {
                 remember_write(ctx, &fresh);
                 publish(ctx, &fresh, Outcome::TookOver { previous, epoch });
@@ -616,11 +621,16 @@ impl Turn<'_> {
                 self.publish(Outcome::Written);
                 Ok(Flow::Continue(fresh))
             }
-            Written::Lost => {
-                self.publish(Outcome::OperationLost { operation: op_id });
-                Ok(Flow::Done(Action::await_change()))
-            }
+            Written::Lost => Ok(self.lost(Outcome::OperationLost { operation: op_id })),
         }
+    }
+
+    /// A write showed the workspace held by another, or finished (by our own write, landed
+    /// unanswered): touch nothing more, and read it afresh next time (`Memory::unsure`).
+    fn lost(&self, outcome: Outcome) -> Flow {
+        self.ctx.memory().unsure.insert(workspace_key(self.ws));
+        self.publish(outcome);
+        Flow::Done(Action::await_change())
     }
 
     /// A provider refused us for a stale epoch: another instance has taken over. Touch nothing
@@ -813,11 +823,15 @@ pub(super) fn event(
 }
 
 /// Whether `ws` is older than our own last write of it, or than the epoch a provider last
-/// fenced us at.
+/// fenced us at, or may be (a write of ours failed or was lost since).
 fn cache_is_behind(ctx: &Context, ws: &Workspace) -> bool {
     let epoch = ws.status.as_ref().map(|s| s.epoch).unwrap_or_default();
-    let fenced = ctx.memory().fenced.get(&workspace_key(ws)).is_some_and(|newest| epoch < *newest);
-    fenced || ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
+    let key = workspace_key(ws);
+    let (fenced, unsure) = {
+        let memory = ctx.memory();
+        (memory.fenced.get(&key).is_some_and(|newest| epoch < *newest), memory.unsure.contains(&key))
+    };
+    fenced || unsure || ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
 }
 
 /// Records the resourceVersion a write of ours returned, so that no later reconcile acts on a

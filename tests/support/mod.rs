@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub mod fake_provider;
 pub mod fixtures;
+pub mod lossy;
 pub mod scenario;
 pub mod sims;
 
