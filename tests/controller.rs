@@ -76,8 +76,21 @@ async fn unanswered_write(read_lost_too: bool) {
     ws.metadata.finalizers = Some(vec![switchyard::api::FINALIZER.to_string()]);
     let created = s.api.create(&PostParams::default(), &ws).await.expect("create");
     let uid = created.metadata.uid.clone().expect("uid");
-    let a = s.a.clone();
-    let watch = tokio::spawn(watch_versions(s.api.clone(), move |ws| ws.settled_on(&a), CONVERGE));
+    // Every version from the created one on, so that the test can hand out an older copy.
+    let (tx, mut versions) = tokio::sync::mpsc::unbounded_channel();
+    let stream = watcher(s.api.clone(), watcher::Config::default().fields("metadata.name=ws"));
+    let watch = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) = event
+                && tx.send(ws).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let listed = tokio::time::timeout(CONVERGE, versions.recv()).await.expect("the watch lists").expect("a version");
+    assert_eq!(listed.metadata.resource_version, created.metadata.resource_version, "the watch starts there");
     // The write that finishes the operation is the one that clears it.
     lossy.arm(r#""operation":null"#, read_lost_too);
     let (providers, _writer) = reflector::store();
@@ -89,8 +102,14 @@ async fn unanswered_write(read_lost_too: bool) {
     // Unsure whether it landed, the reconcile fails (and is retried), or it found out.
     assert_eq!(first.is_err(), read_lost_too, "{first:?}");
 
-    let seen = watch.await.expect("watch");
-    let settled = seen.last().expect("the lost write landed").clone();
+    let mut seen = vec![listed];
+    while !seen.last().is_some_and(|ws| ws.settled_on(&s.a)) {
+        seen.push(
+            tokio::time::timeout(CONVERGE, versions.recv()).await.expect("the lost write landed").expect("watch"),
+        );
+    }
+    watch.abort();
+    let settled = seen.last().expect("settled").clone();
     let calls = ledger_of(&s.clouds, &uid);
     assert_eq!(calls.len(), 1, "one provision: {calls:#?}");
     // The newest version that still shows the operation: our last write whose answer came back.
