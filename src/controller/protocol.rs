@@ -31,7 +31,8 @@
 //! call ends the reconcile at once: no further call, no further write.
 //! Every write is remembered (`remember_write`), so no later reconcile acts on a cached copy
 //! older than it; after a failed step, or a write that finds the workspace lost (perhaps to our
-//! own write, landed unanswered), the next reconcile reads the workspace afresh. What a step did that users and operators hear of (Events, metrics, logs) it
+//! own write, landed unanswered), the next reconcile reads the workspace afresh, and what it
+//! reads is remembered the same way. What a step did that users and operators hear of (Events, metrics, logs) it
 //! reports as an [`Outcome`]; `outcome::report` decides what each says. Two warnings within a stop
 //! are logged where they happen: each failed attempt, and an instance id that status names but
 //! the provider does not hold under its key.
@@ -89,7 +90,13 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
                 memory.unsure.remove(&key);
             }
             match fresh {
-                Some(fresh) if !cache_is_behind(&ctx, &fresh) => fresh,
+                Some(fresh) if !cache_is_behind(&ctx, &fresh) => {
+                    // What we read is the floor from now on, as a write's answer is: a cached
+                    // copy older than it may predate a write of ours that landed unanswered,
+                    // and a later trigger (a late watch event, a resync) could hand us that copy.
+                    remember_write(&ctx, &fresh);
+                    fresh
+                }
                 // Gone, or the read is behind our write too: the watch event of our write
                 // brings us back.
                 _ => return Ok(Action::requeue(Duration::from_secs(1))),
@@ -834,8 +841,9 @@ fn cache_is_behind(ctx: &Context, ws: &Workspace) -> bool {
     fenced || unsure || ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
 }
 
-/// Records the resourceVersion a write of ours returned, so that no later reconcile acts on a
-/// cached copy older than it. Every write calls this, including those that end a reconcile.
+/// Records the resourceVersion a write of ours returned (or a read of ours found), so that no
+/// later reconcile acts on a cached copy older than it. Every write calls this, including those
+/// that end a reconcile, and so does the fresh read of `reconcile`.
 fn remember_write(ctx: &Context, ws: &Workspace) {
     if let Some(rv) = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok()) {
         ctx.memory().written.insert(workspace_key(ws), rv);

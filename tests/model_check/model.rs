@@ -3,9 +3,9 @@
 //! The controllers' decisions are the real `decide`; every status they write is the output of
 //! the real `status::*` transitions. What is modelled around them is the effects, as
 //! src/controller/protocol.rs and src/controller/writes.rs carry them out: an API server with
-//! resourceVersion compare-and-swap, watch caches that lag, providers with per-workspace fences,
-//! provider calls as messages delivered later (or never answered), crashes, a user, inventory
-//! reconciliation and time.
+//! resourceVersion compare-and-swap, status writes whose answer is lost after they landed, watch
+//! caches that lag, providers with per-workspace fences, provider calls as messages delivered
+//! later (or never answered), crashes, a user, inventory reconciliation and time.
 
 // The scopes use only some initial states, and the enabled-action loops read as the protocol's cases.
 #![allow(dead_code, clippy::collapsible_if, clippy::needless_range_loop)]
@@ -54,6 +54,14 @@ pub enum Rules {
     /// A mutation: a controller that loses a claim's compare-and-swap carries on as though it
     /// had won.
     LoserContinues,
+    /// The rules before `Memory::unsure` (protocol.rs): a failed step, or a write found lost,
+    /// leaves nothing behind, so the next reconcile acts on a cached copy as new as the last
+    /// write whose answer came back, though a later write of ours may have landed unanswered.
+    PreUnsure,
+    /// The first form of that fix: `unsure` makes the next reconcile read afresh, but what it
+    /// reads is not remembered, so a later reconcile may still act on a cached copy older than
+    /// the read (as new as the last write whose answer came back).
+    ReadNotRemembered,
 }
 
 /// How the workspace starts.
@@ -79,6 +87,9 @@ pub struct Scope {
     pub user_delete: bool,
     /// Provider faults: a failed call, an unreachable provider, a lost answer.
     pub faults: u8,
+    /// Status writes (claim, takeover, write under a claim) that land but whose answer is lost,
+    /// and perhaps the answer of the read after it too.
+    pub lost_answers: u8,
     pub crashes: u8,
     pub ticks: u8,
     /// Stop attempts of one StopOld step (the controller's `stop_attempts`).
@@ -212,6 +223,9 @@ pub struct Ctrl {
     pub cache: u32,
     /// The resourceVersion of our last write (protocol.rs `remember_write`).
     pub written: Option<u32>,
+    /// A step of ours failed, or a write of ours was found lost: the next reconcile reads the
+    /// object afresh (protocol.rs `Memory::unsure`).
+    pub unsure: bool,
     /// Stops failed past their budget: (count, tick before which no stop is claimed).
     pub stop_failures: Option<(u8, u8)>,
     pub work: Work,
@@ -249,6 +263,8 @@ pub const STOPPED_TWICE: u8 = 4;
 pub const KEY_REUSED: u8 = 8;
 /// A call was delivered after a takeover of its sender's claim (a paused holder woke up).
 pub const PAUSED_HOLDER_WOKE: u8 = 16;
+/// A provider admitted a call under an operation the API server no longer holds.
+pub const FINISHED_CALLED: u8 = 32;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct State {
@@ -260,7 +276,11 @@ pub struct State {
     pub net: Vec<Msg>,
     pub user_left: u8,
     pub faults_left: u8,
+    pub lost_answers_left: u8,
     pub crashes_left: u8,
+    /// The fault armed for the status write of the step being taken (`Action::Unanswered`);
+    /// always `None` between transitions.
+    pub armed: Option<WriteFault>,
     pub writes: u16,
     pub bad: u8,
     /// Events worth seeing happen (sanity of the model), as bits.
@@ -295,6 +315,8 @@ pub const SEEN_TAKEOVER: u8 = 2;
 pub const SEEN_FENCED_OFF: u8 = 4;
 pub const SEEN_COLLECTED: u8 = 8;
 pub const SEEN_DELETED: u8 = 16;
+/// A controller found its own write, landed unanswered, to have ended its operation.
+pub const SEEN_OWN_WRITE_LOST: u8 = 32;
 
 // ---- actions -----------------------------------------------------------------------------------
 
@@ -309,6 +331,16 @@ pub enum Fault {
     AnswerLost,
 }
 
+/// A status write of a controller's that lands, but whose answer is lost on the way back (a
+/// timeout, a dropped connection): writes.rs then reads the object to find out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteFault {
+    /// The answer is lost; the read after it answers.
+    AnswerLost,
+    /// The answer of the read is lost too: the step ends in an error.
+    ReadLostToo,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum UserAct {
     Switch(usize),
@@ -321,6 +353,9 @@ pub enum Action {
     /// A controller takes its next step: begins a reconcile, decides again after a write, or
     /// handles the answer of its call.
     Step(usize),
+    /// The same, and the status write the step makes (a claim, a takeover, a write under a
+    /// claim) lands but its answer is lost. Not enabled if the step makes no such write.
+    Unanswered(usize, WriteFault),
     /// A controller's watch cache catches up to a newer version.
     Watch(usize, u32),
     /// A provider receives call `id`.
@@ -471,6 +506,7 @@ impl SwitchModel {
                 incarnation: 0,
                 cache: 1,
                 written: None,
+                unsure: false,
                 stop_failures: None,
                 work: Work::Idle,
                 lost: false,
@@ -484,7 +520,9 @@ impl SwitchModel {
             net: vec![],
             user_left: self.scope.user_actions,
             faults_left: self.scope.faults,
+            lost_answers_left: self.scope.lost_answers,
             crashes_left: self.scope.crashes,
+            armed: None,
             writes: 0,
             bad: 0,
             seen: 0,
@@ -495,6 +533,12 @@ impl SwitchModel {
     pub fn apply(&self, st: &mut State, action: &Action, log: &mut Log) -> bool {
         match action {
             Action::Step(c) => self.step(st, *c, log),
+            Action::Unanswered(c, fault) => {
+                st.armed = Some(*fault);
+                self.step(st, *c, log);
+                // Still armed: the step wrote no status, so this is no more than `Step`.
+                return st.armed.take().is_none();
+            }
             Action::Watch(c, rv) => {
                 st.ctrls[*c].cache = *rv;
                 log.add(|| format!("c{c}'s watch cache catches up to rv {rv}"));
@@ -511,6 +555,7 @@ impl SwitchModel {
                     incarnation: ctrl.incarnation,
                     cache: latest,
                     written: None,
+                    unsure: false,
                     stop_failures: None,
                     work: Work::Idle,
                     lost: false,
@@ -628,27 +673,67 @@ impl SwitchModel {
         st.ctrls[c].work = Work::Ready(fresh.clone());
     }
 
+    /// protocol.rs `Memory::forget`: not ours to touch, or gone.
+    fn forget(st: &mut State, c: usize) {
+        let ctrl = &mut st.ctrls[c];
+        ctrl.written = None;
+        ctrl.unsure = false;
+        ctrl.stop_failures = None;
+    }
+
+    /// The step ends in an error (protocol.rs `reconcile`): a write of it may have landed
+    /// unanswered, so the next reconcile reads afresh. The controller reconciles again later.
+    fn failed(&self, st: &mut State, c: usize) {
+        Self::idle(st, c);
+        st.ctrls[c].unsure = self.rules != Rules::PreUnsure;
+    }
+
+    /// A write found the workspace no longer ours (protocol.rs `Turn::lost`): touch nothing
+    /// more this reconcile, and read afresh next time.
+    fn lost(&self, st: &mut State, c: usize) {
+        Self::idle(st, c);
+        st.ctrls[c].lost = true;
+        st.ctrls[c].unsure = self.rules != Rules::PreUnsure;
+    }
+
+    /// The answer of a status write that has just landed: lost if a fault is armed for it.
+    fn answer_lost(st: &mut State, log: &mut Log) -> Option<WriteFault> {
+        let fault = st.armed.take()?;
+        st.lost_answers_left -= 1;
+        log.add(|| match fault {
+            WriteFault::AnswerLost => "  … it landed, but its answer is lost: reads to find out".to_string(),
+            WriteFault::ReadLostToo => {
+                "  … it landed, but its answer is lost, and so is the read's: the step fails".into()
+            }
+        });
+        Some(fault)
+    }
+
     fn step(&self, st: &mut State, c: usize, log: &mut Log) {
         match std::mem::replace(&mut st.ctrls[c].work, Work::Idle) {
             Work::Idle => {
                 st.ctrls[c].lost = false;
                 let ctrl = &st.ctrls[c];
-                // protocol.rs: a cache older than our own last write is not acted on.
-                let obj = match ctrl.written {
-                    Some(w) if ctrl.cache < w => {
-                        log.add(|| {
-                            format!(
-                                "c{c} reconciles: its cache (rv {}) is behind its write: reads rv {}",
-                                ctrl.cache,
-                                st.latest().rv
-                            )
-                        });
-                        st.latest().clone()
+                // protocol.rs `cache_is_behind`: a cache older than our own last write is not
+                // acted on, nor any cache after a failed step or a lost write (`unsure`); the
+                // read settles that.
+                let behind = ctrl.written.is_some_and(|w| ctrl.cache < w);
+                let obj = if behind || ctrl.unsure {
+                    log.add(|| {
+                        let why = if behind { "is behind its write" } else { "may be: a write of its is unsure" };
+                        format!("c{c} reconciles: its cache (rv {}) {why}: reads rv {}", ctrl.cache, st.latest().rv)
+                    });
+                    let latest = st.latest().clone();
+                    st.ctrls[c].unsure = false;
+                    // What it read is the floor from then on: a cached copy older than it may
+                    // predate a write of ours that landed unanswered.
+                    if !matches!(self.rules, Rules::PreUnsure | Rules::ReadNotRemembered) {
+                        st.ctrls[c].written = Some(latest.rv);
                     }
-                    _ => {
-                        log.add(|| format!("c{c} reconciles on its cached rv {}", ctrl.cache));
-                        st.version(ctrl.cache)
-                    }
+                    latest
+                } else {
+                    log.add(|| format!("c{c} reconciles on its cached rv {}", ctrl.cache));
+                    st.version(ctrl.cache)
                 };
                 if obj.gone {
                     return;
@@ -673,16 +758,14 @@ impl SwitchModel {
         let now = time(st.time);
         let me = st.identity(c);
         match next {
-            Next::Nothing => {
-                st.ctrls[c].written = None;
-                st.ctrls[c].stop_failures = None;
-            }
+            Next::Nothing => Self::forget(st, c),
             Next::Wait { .. } => {}
             Next::AddFinalizer | Next::RemoveFinalizer => {
                 Self::acting(st, c);
                 let latest = st.latest().clone();
                 if latest.gone || latest.rv != obj.rv {
-                    log.add(|| "  finalizer write: 409, the reconcile ends".to_string());
+                    log.add(|| "  finalizer write: 409, the step fails".to_string());
+                    self.failed(st, c);
                     return;
                 }
                 let mut o = (*latest).clone();
@@ -699,8 +782,7 @@ impl SwitchModel {
                 if fresh.finalizer {
                     Self::landed(st, c, &fresh);
                 } else {
-                    st.ctrls[c].written = None;
-                    st.ctrls[c].stop_failures = None;
+                    Self::forget(st, c);
                 }
             }
             Next::Rest { stall } => {
@@ -785,7 +867,9 @@ impl SwitchModel {
         }
     }
 
-    /// writes.rs `claim`: one attempt; on a conflict, a fresh read decides.
+    /// writes.rs `claim`: one attempt; on a conflict or a lost answer, a fresh read decides:
+    /// landed if it shows the claim ours, lost if anything was written since `obj`, else an
+    /// error.
     fn claim(
         &self,
         st: &mut State,
@@ -796,29 +880,48 @@ impl SwitchModel {
         log: &mut Log,
     ) -> bool {
         Self::acting(st, c);
-        match self.cas_status(st, obj, next.clone()) {
+        let conflict = match self.cas_status(st, obj, next.clone()) {
             Ok(fresh) => {
                 log.add(|| format!("  claim written (rv {}, epoch {})", fresh.rv, next.epoch));
-                Self::landed(st, c, &fresh);
-                true
-            }
-            Err(WriteErr::Gone) => false,
-            Err(WriteErr::Conflict) => {
-                let fresh = st.latest().clone();
-                if is_ours(&fresh) {
-                    Self::landed(st, c, &fresh);
-                    return true;
+                match Self::answer_lost(st, log) {
+                    None => {
+                        Self::landed(st, c, &fresh);
+                        return true;
+                    }
+                    Some(WriteFault::ReadLostToo) => {
+                        self.failed(st, c);
+                        return false;
+                    }
+                    Some(WriteFault::AnswerLost) => false,
                 }
-                st.ctrls[c].lost = true;
-                log.add(|| format!("  claim: 409 (rv {} is not {}): lost", fresh.rv, obj.rv));
-                if self.rules == Rules::LoserContinues {
-                    let mut o = (**obj).clone();
-                    o.status = Some(next);
-                    st.ctrls[c].work = Work::Ready(Arc::new(o));
-                }
-                false
             }
+            Err(WriteErr::Gone) => {
+                self.failed(st, c);
+                return false;
+            }
+            Err(WriteErr::Conflict) => true,
+        };
+        let fresh = st.latest().clone();
+        if is_ours(&fresh) {
+            log.add(|| format!("  the read shows the claim ours (rv {})", fresh.rv));
+            Self::landed(st, c, &fresh);
+            return true;
         }
+        if !conflict && fresh.rv == obj.rv {
+            log.add(|| "  the read shows nothing written: the step fails".to_string());
+            self.failed(st, c);
+            return false;
+        }
+        log.add(|| {
+            format!("  claim: {} (rv {} is not {}): lost", if conflict { "409" } else { "read" }, fresh.rv, obj.rv)
+        });
+        self.lost(st, c);
+        if self.rules == Rules::LoserContinues {
+            let mut o = (**obj).clone();
+            o.status = Some(next);
+            st.ctrls[c].work = Work::Ready(Arc::new(o));
+        }
+        false
     }
 
     /// writes.rs `under_claim`: on a conflict, re-read and re-apply while the operation (id and
@@ -837,7 +940,7 @@ impl SwitchModel {
         let mut current = obj.clone();
         for _ in 0..MAX_HELD_RETRIES {
             let next = self.store(transition(&to_workspace(&current)));
-            match self.cas_status(st, &current, next) {
+            let conflict = match self.cas_status(st, &current, next) {
                 Ok(fresh) => {
                     log.add(|| format!("  status written under the claim (rv {}): {}", fresh.rv, summary(&fresh)));
                     if fresh.status.as_ref().is_some_and(|s| s.last_switch.is_some())
@@ -846,25 +949,35 @@ impl SwitchModel {
                     {
                         st.seen |= SEEN_SWITCHED;
                     }
-                    Self::landed(st, c, &fresh);
-                    return;
-                }
-                Err(WriteErr::Gone) => return,
-                Err(WriteErr::Conflict) => {
-                    let fresh = st.latest().clone();
-                    let ours = !fresh.gone && fresh.op().is_some_and(|o| o.id == id && o.epoch == epoch);
-                    if !ours {
-                        log.add(|| {
-                            format!("  write under the claim: 409, operation no longer ours (rv {}): stops", fresh.rv)
-                        });
-                        st.ctrls[c].lost = true;
-                        return;
+                    match Self::answer_lost(st, log) {
+                        None => {
+                            Self::landed(st, c, &fresh);
+                            return;
+                        }
+                        Some(WriteFault::ReadLostToo) => return self.failed(st, c),
+                        Some(WriteFault::AnswerLost) => false,
                     }
-                    log.add(|| format!("  write under the claim: 409; still ours at rv {}: re-applied", fresh.rv));
-                    current = fresh;
                 }
+                Err(WriteErr::Gone) => return self.failed(st, c),
+                Err(WriteErr::Conflict) => true,
+            };
+            let why = if conflict { "409" } else { "answer lost" };
+            let fresh = st.latest().clone();
+            let ours = !fresh.gone && fresh.op().is_some_and(|o| o.id == id && o.epoch == epoch);
+            if !ours {
+                log.add(|| {
+                    format!("  write under the claim: {why}, operation no longer ours (rv {}): stops", fresh.rv)
+                });
+                if !conflict {
+                    st.seen |= SEEN_OWN_WRITE_LOST;
+                }
+                return self.lost(st, c);
             }
+            log.add(|| format!("  write under the claim: {why}; still ours at rv {}: re-applied", fresh.rv));
+            current = fresh;
         }
+        // writes.rs: too many conflicts, an error.
+        self.failed(st, c);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1092,6 +1205,10 @@ impl SwitchModel {
     fn provider_call(&self, st: &mut State, msg: &Msg, fault: &Fault) -> Reply {
         let shipped = self.rules != Rules::PreFencing;
         let mut bad = 0;
+        // Operation ids are never used twice (a claim is named by the epoch it claims, a
+        // retarget extends the id), and every call is made under an operation some version
+        // held: one the API server no longer holds has been finished, retargeted or released.
+        let finished = st.latest().op().is_none_or(|o| o.id != msg.op);
         let p = &mut st.provs[msg.provider];
         p.quiet = 0;
         if *fault == Fault::Unreachable {
@@ -1104,6 +1221,9 @@ impl SwitchModel {
             bad |= STALE_ACCEPTED;
         }
         p.judge = Some(p.judge.map_or(msg.epoch, |j| j.max(msg.epoch)));
+        if finished {
+            bad |= FINISHED_CALLED;
+        }
         if shipped {
             p.fence = Some(msg.epoch);
         }
@@ -1378,11 +1498,19 @@ impl Model for SwitchModel {
     fn actions(&self, st: &State, out: &mut Vec<Action>) {
         let latest = st.latest().clone();
         for (c, ctrl) in st.ctrls.iter().enumerate() {
-            match &ctrl.work {
-                Work::Idle if !latest.gone => out.push(Action::Step(c)),
-                Work::Ready(_) => out.push(Action::Step(c)),
-                Work::Await { reply: Some(_), .. } => out.push(Action::Step(c)),
-                _ => {}
+            let steps = match &ctrl.work {
+                Work::Idle => !latest.gone,
+                Work::Ready(_) | Work::Await { reply: Some(_), .. } => true,
+                Work::Await { reply: None, .. } => false,
+            };
+            if steps {
+                out.push(Action::Step(c));
+                // The controllers start alike and are treated alike, so a lost answer of the
+                // second is the mirror image of one of the first's: only the first's are tried.
+                if st.lost_answers_left > 0 && c == 0 {
+                    out.push(Action::Unanswered(c, WriteFault::AnswerLost));
+                    out.push(Action::Unanswered(c, WriteFault::ReadLostToo));
+                }
             }
             for rv in ctrl.cache + 1..=latest.rv {
                 out.push(Action::Watch(c, rv));
@@ -1427,8 +1555,7 @@ impl Model for SwitchModel {
 
     fn next_state(&self, st: &State, action: Action) -> Option<State> {
         let mut next = st.clone();
-        self.apply(&mut next, &action, &mut Log::off());
-        Some(next)
+        self.apply(&mut next, &action, &mut Log::off()).then_some(next)
     }
 
     fn within_boundary(&self, st: &State) -> bool {
@@ -1436,7 +1563,7 @@ impl Model for SwitchModel {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always("at most one live instance", |_: &SwitchModel, st: &State| st.live().len() <= 1),
             Property::always("a claim loser makes no call and no write", |_: &SwitchModel, st: &State| {
                 st.bad & LOSER_ACTED == 0
@@ -1449,6 +1576,9 @@ impl Model for SwitchModel {
             }),
             Property::always("one key yields at most one instance", |_: &SwitchModel, st: &State| {
                 st.bad & KEY_REUSED == 0
+            }),
+            Property::always("no call accepted under a finished operation", |_: &SwitchModel, st: &State| {
+                st.bad & FINISHED_CALLED == 0
             }),
             Property::always("no leak once quiescent", |m: &SwitchModel, st: &State| !m.quiescent(st) || leak_free(st)),
             Property::always("converges once faults and the user stop", |m: &SwitchModel, st: &State| {
@@ -1463,7 +1593,14 @@ impl Model for SwitchModel {
             Property::sometimes("a paused holder's call arrives after a takeover", |_: &SwitchModel, st: &State| {
                 st.bad & PAUSED_HOLDER_WOKE != 0
             }),
-        ]
+        ];
+        if self.scope.lost_answers > 0 {
+            properties.push(Property::sometimes(
+                "a write landed unanswered is found to have ended its operation",
+                |_, st: &State| st.seen & SEEN_OWN_WRITE_LOST != 0,
+            ));
+        }
+        properties
     }
 }
 
