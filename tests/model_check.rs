@@ -222,19 +222,24 @@ fn render(model: &SwitchModel, path: Vec<(State, Option<Action>)>) -> Vec<String
     lines
 }
 
+/// Checks the shipped rules over the whole of `scope`: no counterexample, nothing left out.
+fn shipped_rules_hold(name: &str, scope: Scope) -> Outcome {
+    let out = check(name, SwitchModel::new(scope, Rules::Shipped), Until::Exhausted, None);
+    assert!(out.found.is_empty(), "counterexamples: {:?}", out.names());
+    assert!(out.complete, "the whole scope is explored");
+    out
+}
+
 #[test]
 fn shipped_rules_hold_in_a_small_scope() {
-    let out = check("small (make test)", SwitchModel::new(small_scope(), Rules::Shipped), Until::Exhausted, None);
-    assert!(out.found.is_empty(), "counterexamples: {:?}", out.names());
-    assert!(out.complete && out.unique > 1000, "the scope is explored, and is not trivial");
+    let out = shipped_rules_hold("small (make test)", small_scope());
+    assert!(out.unique > 1000, "the scope is not trivial");
 }
 
 #[test]
 fn shipped_rules_hold_with_a_lost_answer() {
-    let model = SwitchModel::new(unanswered_scope(), Rules::Shipped);
-    let out = check("lost answer (make test)", model, Until::Exhausted, None);
-    assert!(out.found.is_empty(), "counterexamples: {:?}", out.names());
-    assert!(out.complete && out.unique > 1000, "the scope is explored, and is not trivial");
+    let out = shipped_rules_hold("lost answer (make test)", unanswered_scope());
+    assert!(out.unique > 1000, "the scope is not trivial");
 }
 
 /// The paused holder's leak needs the switch back (A→B→A): the smallest scope that has it.
@@ -283,29 +288,14 @@ fn a_claim_loser_that_carries_on_is_caught() {
 #[test]
 #[ignore = "a larger scope: make model-check runs it in a release build"]
 fn shipped_rules_hold_with_a_switch_back() {
-    let out = check(
-        "switch back (make model-check)",
-        SwitchModel::new(switch_scope(), Rules::Shipped),
-        Until::Exhausted,
-        None,
-    );
-    assert!(out.found.is_empty(), "counterexamples: {:?}", out.names());
-    assert!(out.complete);
+    shipped_rules_hold("switch back (make model-check)", switch_scope());
 }
 
 /// `make model-check`: the shipped rules with the switch back and a lost answer, exhaustively.
 #[test]
 #[ignore = "a larger scope: make model-check runs it in a release build"]
 fn shipped_rules_hold_with_a_lost_answer_and_a_switch_back() {
-    let scope = Scope { lost_answers: 1, ..switch_scope() };
-    let out = check(
-        "lost answer, switch back (make model-check)",
-        SwitchModel::new(scope, Rules::Shipped),
-        Until::Exhausted,
-        None,
-    );
-    assert!(out.found.is_empty(), "counterexamples: {:?}", out.names());
-    assert!(out.complete);
+    shipped_rules_hold("lost answer, switch back (make model-check)", Scope { lost_answers: 1, ..switch_scope() });
 }
 
 /// `make model-check`: the pre-fencing rules over the whole switch-back scope, every counterexample.

@@ -32,10 +32,10 @@
 //! Every write is remembered (`remember_write`), so no later reconcile acts on a cached copy
 //! older than it; after a failed step, or a write that finds the workspace lost (perhaps to our
 //! own write, landed unanswered), the next reconcile reads the workspace afresh, and what it
-//! reads is remembered the same way. What a step did that users and operators hear of (Events, metrics, logs) it
-//! reports as an [`Outcome`]; `outcome::report` decides what each says. Two warnings within a stop
-//! are logged where they happen: each failed attempt, and an instance id that status names but
-//! the provider does not hold under its key.
+//! reads is remembered the same way. What a step did that users and operators hear of (Events,
+//! metrics, logs) it reports as an [`Outcome`]; `outcome::report` decides what each says. Two
+//! warnings within a stop are logged where they happen: each failed attempt, and an instance id
+//! that status names but the provider does not hold under its key.
 
 use std::sync::Arc;
 use std::time::Duration;
