@@ -256,7 +256,7 @@ fn pre_fencing_rules_let_a_paused_holder_leak() {
     );
 }
 
-/// The rules before `Memory::unsure`: a write that finishes the operation lands, its answer is
+/// The rules before `Floor::unsure`: a write that finishes the operation lands, its answer is
 /// lost, and the next reconcile acts on the cached copy from before it, calling a provider
 /// again under the operation that write finished.
 #[test]
@@ -264,7 +264,7 @@ fn pre_unsure_rules_call_again_after_a_lost_answer() {
     finds_a_call_under_a_finished_operation("pre-unsure (make test)", Rules::PreUnsure);
 }
 
-/// `Memory::unsure` alone: the reconcile after the lost answer reads afresh, but a later one is
+/// `Floor::unsure` alone: the reconcile after the lost answer reads afresh, but a later one is
 /// handed the older cached copy and, with nothing remembered of the read, acts on it.
 #[test]
 fn a_read_not_remembered_lets_an_older_copy_call_again() {

@@ -12,7 +12,7 @@ pub mod status;
 pub mod worker;
 pub mod writes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -154,37 +154,61 @@ pub struct Handles {
 /// Per-workspace facts kept in memory only (lost on restart, which is safe).
 #[derive(Default)]
 struct Memory {
-    /// resourceVersion of our last write, to skip reconciles on a cache that has not caught up.
-    written: HashMap<ObjectRef<Workspace>, u64>,
-    /// The newest epoch a provider refused us for: the API server holds a claim at least that
-    /// new, so a cached copy with an older epoch is stale and must not be acted on.
-    fenced: HashMap<ObjectRef<Workspace>, i64>,
-    /// Workspaces whose next reconcile reads the object afresh instead of trusting the cache: a
-    /// step of ours failed (its write may have landed unanswered), or a write showed the
-    /// workspace lost (possibly to our own write, landed unanswered). The cache may still show
-    /// our operation where it was, and acting on that copy would repeat provider calls.
-    unsure: HashSet<ObjectRef<Workspace>>,
+    /// How new a copy must be before a reconcile acts on it.
+    floors: HashMap<ObjectRef<Workspace>, Floor>,
     /// Consecutive failed stops and when the next may be tried.
     stop_failures: HashMap<ObjectRef<Workspace>, (u32, jiff::Timestamp)>,
     /// Consecutive reconcile errors, for the error backoff.
     errors: HashMap<ObjectRef<Workspace>, u32>,
 }
 
+/// How new a copy of a workspace must be before a reconcile acts on it. A copy below the floor
+/// may predate what this instance wrote or was told, and acting on it could repeat provider
+/// calls already made; it is read afresh instead (`protocol::reconcile`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Floor {
+    /// resourceVersion of our last write, or of the fresh read that followed a failed or lost one.
+    version: Option<u64>,
+    /// The newest epoch a provider refused us for: the API server holds a claim at least that
+    /// new, so a copy with an older epoch is stale.
+    epoch: Option<i64>,
+    /// No copy is trusted until a fresh read: a step of ours failed (its write may have landed
+    /// unanswered), or a write found the workspace lost (possibly to our own write, landed
+    /// unanswered), and the cache may still show our operation where it was.
+    unsure: bool,
+}
+
+impl Floor {
+    fn is_empty(&self) -> bool {
+        self.version.is_none() && self.epoch.is_none() && !self.unsure
+    }
+}
+
+/// The resourceVersion of `ws` as a number (the API server's are; a copy without one is none).
+fn version(ws: &Workspace) -> Option<u64> {
+    ws.resource_version().and_then(|rv| rv.parse::<u64>().ok())
+}
+
 impl Memory {
+    /// Changes the floor of `key`, dropping it once it says nothing.
+    fn floor(&mut self, key: ObjectRef<Workspace>, change: impl FnOnce(&mut Floor)) {
+        let floor = self.floors.entry(key.clone()).or_default();
+        change(floor);
+        if floor.is_empty() {
+            self.floors.remove(&key);
+        }
+    }
+
     /// Drops what is kept about a workspace that is gone, so memory is bounded by live objects.
     fn forget(&mut self, key: &ObjectRef<Workspace>) {
-        self.written.remove(key);
-        self.fenced.remove(key);
-        self.unsure.remove(key);
+        self.floors.remove(key);
         self.stop_failures.remove(key);
         self.errors.remove(key);
     }
 
     /// Keeps only what is kept about workspaces that are `live`.
     fn retain(&mut self, live: impl Fn(&ObjectRef<Workspace>) -> bool) {
-        self.written.retain(|k, _| live(k));
-        self.fenced.retain(|k, _| live(k));
-        self.unsure.retain(|k| live(k));
+        self.floors.retain(|k, _| live(k));
         self.stop_failures.retain(|k, _| live(k));
         self.errors.retain(|k, _| live(k));
     }
@@ -235,18 +259,51 @@ impl Context {
     /// the cache has caught up and our write need not be remembered any more (so memory holds
     /// only writes still on their way, not one entry per workspace).
     fn is_own_write(&self, ws: &Workspace) -> bool {
-        let Some((seen, written)) = self.versions(ws) else { return false };
+        let Some(seen) = version(ws) else { return false };
+        let key = workspace_key(ws);
+        let mut memory = self.memory();
+        let Some(written) = memory.floors.get(&key).and_then(|f| f.version) else { return false };
         if seen >= written {
-            self.memory().written.remove(&workspace_key(ws));
+            memory.floor(key, |f| f.version = None);
         }
         seen <= written
     }
 
-    /// The resourceVersion of `ws` and that of our last write of it, when both are known.
-    fn versions(&self, ws: &Workspace) -> Option<(u64, u64)> {
-        let seen = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok())?;
-        let written = self.memory().written.get(&workspace_key(ws)).copied()?;
-        Some((seen, written))
+    /// Whether `ws` is below its floor: older than our own last write of it, with an older epoch
+    /// than a provider last fenced us at, or any copy while a write of ours is unsure.
+    fn is_behind(&self, ws: &Workspace) -> bool {
+        let Some(floor) = self.memory().floors.get(&workspace_key(ws)).copied() else { return false };
+        let epoch = ws.status.as_ref().map(|s| s.epoch).unwrap_or_default();
+        floor.unsure
+            || floor.epoch.is_some_and(|newest| epoch < newest)
+            || floor.version.zip(version(ws)).is_some_and(|(written, seen)| seen < written)
+    }
+
+    /// Raises the floor of `ws` to its resourceVersion: a write of ours returned it, or a fresh
+    /// read found it. Every write calls this, including those that end a reconcile.
+    fn remember(&self, ws: &Workspace) {
+        if let Some(rv) = version(ws) {
+            self.memory().floor(workspace_key(ws), |f| f.version = Some(rv));
+        }
+    }
+
+    /// Trust no copy of `key` until a fresh read.
+    fn unsure(&self, key: ObjectRef<Workspace>) {
+        self.memory().floor(key, |f| f.unsure = true);
+    }
+
+    /// A provider refused us: the API server holds a claim at epoch `newest` or newer.
+    fn fenced_at(&self, key: ObjectRef<Workspace>, newest: i64) {
+        self.memory().floor(key, |f| f.epoch = Some(f.epoch.map_or(newest, |e| e.max(newest))));
+    }
+
+    /// A fresh read is authoritative: what the floor was unsure of, and the epoch a provider
+    /// named (heeded once, not forever: a provider could name any epoch), are settled by it.
+    fn read_afresh(&self, key: ObjectRef<Workspace>) {
+        self.memory().floor(key, |f| {
+            f.epoch = None;
+            f.unsure = false;
+        });
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {

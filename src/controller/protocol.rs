@@ -29,13 +29,14 @@
 //! read (`writes`); `stop_old` also renews the claim before each retry of its stop, and `abort`
 //! and `stop_old` go on to commit or finish in the same step. A lost claim or a fenced provider
 //! call ends the reconcile at once: no further call, no further write.
-//! Every write is remembered (`remember_write`), so no later reconcile acts on a cached copy
-//! older than it; after a failed step, or a write that finds the workspace lost (perhaps to our
-//! own write, landed unanswered), the next reconcile reads the workspace afresh, and what it
-//! reads is remembered the same way. What a step did that users and operators hear of (Events,
-//! metrics, logs) it reports as an [`Outcome`]; `outcome::report` decides what each says. Two
-//! warnings within a stop are logged where they happen: each failed attempt, and an instance id
-//! that status names but the provider does not hold under its key.
+//! Every write is remembered (`Context::remember`, the workspace's `Floor`), so no later
+//! reconcile acts on a cached copy older than it; after a failed step, or a write that finds
+//! the workspace lost (perhaps to our own write, landed unanswered), the next reconcile reads
+//! the workspace afresh, and what it reads is remembered the same way. What a step did that
+//! users and operators hear of (Events, metrics, logs) it reports as an [`Outcome`];
+//! `outcome::report` decides what each says. Two warnings within a stop are logged where they
+//! happen: each failed attempt, and an instance id that status names but the provider does not
+//! hold under its key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,22 +80,15 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
         // Acting on a copy older than our own last write could repeat a step we already took
         // (a stop under a claim we released, say), and one older than a fence we met would call
         // a provider again under an epoch already superseded: read the object afresh instead.
-        let mut ws = if cache_is_behind(&ctx, &ws) {
+        let mut ws = if ctx.is_behind(&ws) {
             let fresh = ctx.workspaces(&ws.namespace().unwrap_or_default()).get_opt(&ws.name_any()).await?;
-            // The read is authoritative for the epoch: a fence is heeded once, not forever (a
-            // provider could name any epoch). It also settles what a failed or lost write left
-            // unsure.
-            {
-                let mut memory = ctx.memory();
-                memory.fenced.remove(&key);
-                memory.unsure.remove(&key);
-            }
+            ctx.read_afresh(key.clone());
             match fresh {
-                Some(fresh) if !cache_is_behind(&ctx, &fresh) => {
+                Some(fresh) if !ctx.is_behind(&fresh) => {
                     // What we read is the floor from now on, as a write's answer is: a cached
                     // copy older than it may predate a write of ours that landed unanswered,
                     // and a later trigger (a late watch event, a resync) could hand us that copy.
-                    remember_write(&ctx, &fresh);
+                    ctx.remember(&fresh);
                     fresh
                 }
                 // Gone, or the read is behind our write too: the watch event of our write
@@ -118,7 +112,7 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
                 }
                 Err(e) => {
                     // A write of this step may have landed unanswered: read afresh next time.
-                    ctx.memory().unsure.insert(key);
+                    ctx.unsure(key);
                     return Err(e);
                 }
             }
@@ -191,7 +185,7 @@ impl Turn<'_> {
         let mut finalizers = self.ws.finalizers().to_vec();
         finalizers.push(FINALIZER.to_string());
         let fresh = writes::set_finalizers(self.api, self.ws, finalizers).await?;
-        remember_write(self.ctx, &fresh);
+        self.ctx.remember(&fresh);
         Ok(Flow::Continue(Box::new(fresh)))
     }
 
@@ -319,7 +313,7 @@ impl Turn<'_> {
         if status::differs(ws.status.as_ref().unwrap_or(&unwritten), &next) {
             match writes::patch_status(self.api, ws, &next).await {
                 Ok(fresh) => {
-                    remember_write(ctx, &fresh);
+                    ctx.remember(&fresh);
                     // A stall is told once, when the Stalled condition comes to say it.
                     let told = stall.filter(|stall| newly_stalled(ws, stall));
                     self.publish(Outcome::Rested { stall: told });
@@ -342,7 +336,7 @@ impl Turn<'_> {
         match writes::claim(self.api, ws, &next, is_ours).await? {
             Written::Lost => Ok(self.lost(Outcome::ClaimLost { kind })),
             Written::Landed(fresh) => {
-                remember_write(ctx, &fresh);
+                ctx.remember(&fresh);
                 let epoch = fresh.status.as_ref().map(|s| s.epoch).unwrap_or_default();
                 self.publish(Outcome::Claimed { id, kind, from, to, epoch });
                 ctx.failpoints.hit(FailPoint::AfterClaim).await;
@@ -364,7 +358,7 @@ impl Turn<'_> {
         match writes::claim(self.api, ws, &next, is_ours).await? {
             Written::Lost => Ok(self.lost(Outcome::TakeOverLost)),
             Written::Landed(fresh) => {
-                remember_write(ctx, &fresh);
+                ctx.remember(&fresh);
                 publish(ctx, &fresh, Outcome::TookOver { previous, epoch });
                 Ok(Flow::Continue(fresh))
             }
@@ -624,7 +618,7 @@ impl Turn<'_> {
         };
         match writes::under_claim(self.api, self.ws, transition).await? {
             Written::Landed(fresh) => {
-                remember_write(self.ctx, &fresh);
+                self.ctx.remember(&fresh);
                 self.publish(Outcome::Written);
                 Ok(Flow::Continue(fresh))
             }
@@ -633,22 +627,20 @@ impl Turn<'_> {
     }
 
     /// A write showed the workspace held by another, or finished (by our own write, landed
-    /// unanswered): touch nothing more, and read it afresh next time (`Memory::unsure`).
+    /// unanswered): touch nothing more, and read it afresh next time (`Floor::unsure`).
     fn lost(&self, outcome: Outcome) -> Flow {
-        self.ctx.memory().unsure.insert(workspace_key(self.ws));
+        self.ctx.unsure(workspace_key(self.ws));
         self.publish(outcome);
         Flow::Done(Action::await_change())
     }
 
     /// A provider refused us for a stale epoch: another instance has taken over. Touch nothing
-    /// more, and act on no copy of the workspace older than that epoch (see `cache_is_behind`):
+    /// more, and act on no copy of the workspace older than that epoch (see `Floor`):
     /// our cache may not have seen the takeover yet, and a trigger already queued would
     /// otherwise call again.
     fn fenced_off(&self, e: &DispatchError) -> Flow {
         if let DispatchError::Driver { source: DriverError::StaleEpoch { newest, .. }, .. } = e {
-            let mut memory = self.ctx.memory();
-            let known = memory.fenced.entry(workspace_key(self.ws)).or_insert(*newest);
-            *known = (*known).max(*newest);
+            self.ctx.fenced_at(workspace_key(self.ws), *newest);
         }
         self.publish(Outcome::FencedOff { error: e.to_string() });
         Flow::Done(Action::await_change())
@@ -827,25 +819,4 @@ pub(super) fn event(
         regarding: writes::reference(ws),
         at: Timestamp::now(),
     });
-}
-
-/// Whether `ws` is older than our own last write of it, or than the epoch a provider last
-/// fenced us at, or may be (a write of ours failed or was lost since).
-fn cache_is_behind(ctx: &Context, ws: &Workspace) -> bool {
-    let epoch = ws.status.as_ref().map(|s| s.epoch).unwrap_or_default();
-    let key = workspace_key(ws);
-    let (fenced, unsure) = {
-        let memory = ctx.memory();
-        (memory.fenced.get(&key).is_some_and(|newest| epoch < *newest), memory.unsure.contains(&key))
-    };
-    fenced || unsure || ctx.versions(ws).is_some_and(|(cached, written)| cached < written)
-}
-
-/// Records the resourceVersion a write of ours returned (or a read of ours found), so that no
-/// later reconcile acts on a cached copy older than it. Every write calls this, including those
-/// that end a reconcile, and so does the fresh read of `reconcile`.
-fn remember_write(ctx: &Context, ws: &Workspace) {
-    if let Some(rv) = ws.resource_version().and_then(|rv| rv.parse::<u64>().ok()) {
-        ctx.memory().written.insert(workspace_key(ws), rv);
-    }
 }

@@ -54,7 +54,7 @@ pub enum Rules {
     /// A mutation: a controller that loses a claim's compare-and-swap carries on as though it
     /// had won.
     LoserContinues,
-    /// The rules before `Memory::unsure` (protocol.rs): a failed step, or a write found lost,
+    /// The rules before `Floor::unsure`: a failed step, or a write found lost,
     /// leaves nothing behind, so the next reconcile acts on a cached copy as new as the last
     /// write whose answer came back, though a later write of ours may have landed unanswered.
     PreUnsure,
@@ -221,10 +221,10 @@ pub struct Ctrl {
     pub incarnation: u8,
     /// The resourceVersion the watch cache shows.
     pub cache: u32,
-    /// The resourceVersion of our last write (protocol.rs `remember_write`).
+    /// The resourceVersion of our last write (`Context::remember`).
     pub written: Option<u32>,
     /// A step of ours failed, or a write of ours was found lost: the next reconcile reads the
-    /// object afresh (protocol.rs `Memory::unsure`).
+    /// object afresh (`Floor::unsure`).
     pub unsure: bool,
     /// Stops failed past their budget: (count, tick before which no stop is claimed).
     pub stop_failures: Option<(u8, u8)>,
@@ -714,7 +714,7 @@ impl SwitchModel {
             Work::Idle => {
                 st.ctrls[c].lost = false;
                 let ctrl = &st.ctrls[c];
-                // protocol.rs `cache_is_behind`: a cache older than our own last write is not
+                // `Context::is_behind`: a cache older than our own last write is not
                 // acted on, nor any cache after a failed step or a lost write (`unsure`); the
                 // read settles that.
                 let behind = ctrl.written.is_some_and(|w| ctrl.cache < w);
