@@ -209,9 +209,11 @@ async fn manual_finalizer_removal_and_the_escape_hatch_leak_nothing() {
 async fn a_provider_repointed_under_running_compute_gets_no_stop() {
     use support::sims::Sim;
     use switchyard::api::ComputeProvider;
-    let s = Scenario::new(Transport::InProcess, "hostile-repoint").await;
-    let sim = Sim::provider(&s.client, &s.ns, &unique("where")).await;
-    let p = sim.name.clone();
+    let mut s = Scenario::new(Transport::InProcess, "hostile-repoint").await;
+    let p = unique("where");
+    // Its calls and instances join the history the invariants are checked on.
+    s.adopt(Sim::provider(&s.client, &s.ns, &p).await);
+    let sim = s.sim(&p);
     let _x = s.start("repoint-x");
     s.api.create(&PostParams::default(), &workspace("ws", &p)).await.expect("create");
     let ws = wait_ready_on(&s.api, "ws", &p, CONVERGE).await;
@@ -238,9 +240,14 @@ async fn a_provider_repointed_under_running_compute_gets_no_stop() {
     // Deleted and re-created under the same name as another provider (the in-process cloud).
     let providers: Api<ComputeProvider> = Api::all(s.client.clone());
     let saved = providers.get(&p).await.expect("provider");
-    providers.delete(&p, &Default::default()).await.expect("delete provider");
-    eventually("the provider gone", CONVERGE, || async { providers.get_opt(&p).await.ok()?.is_none().then_some(()) })
+    let delete_provider = || async {
+        providers.delete(&p, &Default::default()).await.expect("delete provider");
+        eventually("the provider gone", CONVERGE, || async {
+            providers.get_opt(&p).await.ok()?.is_none().then_some(())
+        })
         .await;
+    };
+    delete_provider().await;
     simulated_provider(&s.client, &p, 5, 5).await;
     switch_with_kubectl(&s.ns, "ws", &s.b);
     wait_stalled(&s.api, "ws", cond::ConditionReason::ProviderChanged, CONVERGE).await;
@@ -252,9 +259,7 @@ async fn a_provider_repointed_under_running_compute_gets_no_stop() {
     wait_for_event(&s.client, &s.ns, "ws", cond::ConditionReason::ProviderChanged.as_str(), CONVERGE).await;
 
     // Put back where the compute is: the switch goes on, the stop lands there.
-    providers.delete(&p, &Default::default()).await.expect("delete provider");
-    eventually("the provider gone", CONVERGE, || async { providers.get_opt(&p).await.ok()?.is_none().then_some(()) })
-        .await;
+    delete_provider().await;
     let mut restored = ComputeProvider::new(&p, saved.spec.clone());
     restored.metadata.labels = saved.metadata.labels.clone();
     providers.create(&PostParams::default(), &restored).await.expect("re-create provider");

@@ -13,7 +13,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use switchyard::api::{Workspace, WorkspaceStatus};
 use switchyard::controller::{FailPoint, Settings};
-use switchyard::provider::simulated::{Call, Clouds, Faults, LedgerEntry, LiveInstance, Outcome};
+use switchyard::provider::simulated::{Call, Clouds, Faults, LedgerEntry, LiveInstance, Outcome, merge_ledgers};
 
 use super::fixtures::{
     Instance, assert_history, settings, simulated_provider, status, switch_with_kubectl, unique, wait_ready_on,
@@ -161,12 +161,11 @@ impl Scenario {
         .await
     }
 
-    /// Every call any of the providers ledgered, as one history.
-    pub async fn full_ledger(&self) -> Vec<LedgerEntry> {
-        match self.transport {
-            Transport::InProcess => self.clouds.ledger(),
-            Transport::Http => merged_ledger(&self.sims.iter().collect::<Vec<_>>()).await,
-        }
+    /// Every call any of the providers ledgered (in this process and in provider-sims, whatever
+    /// the transport: a test may adopt a sim of its own), as one history.
+    async fn full_ledger(&self) -> Vec<LedgerEntry> {
+        let sims = merged_ledger(&self.sims.iter().collect::<Vec<_>>()).await;
+        merge_ledgers(vec![self.clouds.ledger(), sims])
     }
 
     /// The calls made for `ws`, as one history.
@@ -179,12 +178,11 @@ impl Scenario {
         self.ledger().await.iter().any(|e| e.provider == provider && e.call == call && pred(&e.outcome))
     }
 
-    /// Every provider's Running instances.
-    pub async fn all_live(&self) -> Vec<LiveInstance> {
-        match self.transport {
-            Transport::InProcess => self.clouds.live_instances(),
-            Transport::Http => live_instances(&self.sims.iter().collect::<Vec<_>>()).await,
-        }
+    /// Every provider's Running instances, in this process and in provider-sims.
+    async fn all_live(&self) -> Vec<LiveInstance> {
+        let mut live = self.clouds.live_instances();
+        live.extend(live_instances(&self.sims.iter().collect::<Vec<_>>()).await);
+        live
     }
 
     /// `ws`'s Running instances, as (provider, id).
