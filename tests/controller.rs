@@ -9,9 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
 use support::fixtures::*;
 use support::scenario::{CONVERGE, Scenario, Transport};
 use support::*;
@@ -78,38 +76,20 @@ async fn unanswered_write(read_lost_too: bool) {
     let created = s.api.create(&PostParams::default(), &ws).await.expect("create");
     let uid = created.metadata.uid.clone().expect("uid");
     // Every version from the created one on, so that the test can hand out an older copy.
-    let (tx, mut versions) = tokio::sync::mpsc::unbounded_channel();
-    let stream = watcher(s.api.clone(), watcher::Config::default().fields("metadata.name=ws"));
-    let watch = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) = event
-                && tx.send(ws).is_err()
-            {
-                return;
-            }
-        }
-    });
-    let listed = tokio::time::timeout(CONVERGE, versions.recv()).await.expect("the watch lists").expect("a version");
-    assert_eq!(listed.metadata.resource_version, created.metadata.resource_version, "the watch starts there");
+    let mut versions = Versions::of(&s.api, "ws").await;
     // The write that finishes the operation is the one that clears it.
     lossy.arm(r#""operation":null"#, read_lost_too);
     let (providers, _writer) = reflector::store();
     let handles = Handles::default();
     let dispatcher = Dispatcher::new(s.clouds.clone());
     let ctx = Context::new(lossy.client().await, s.settings("unanswered-x"), dispatcher, providers, &handles);
-    let first = reconcile(std::sync::Arc::new(created), ctx.clone()).await;
+    let first = reconcile(std::sync::Arc::new(created.clone()), ctx.clone()).await;
     assert_eq!(lossy.lost(), 1, "the finishing write was made and its answer lost");
     // Unsure whether it landed, the reconcile fails (and is retried), or it found out.
     assert_eq!(first.is_err(), read_lost_too, "{first:?}");
 
-    let mut seen = vec![listed];
-    while !seen.last().is_some_and(|ws| ws.settled_on(&s.a)) {
-        seen.push(
-            tokio::time::timeout(CONVERGE, versions.recv()).await.expect("the lost write landed").expect("watch"),
-        );
-    }
-    watch.abort();
+    let seen = versions.until(CONVERGE, |ws| ws.settled_on(&s.a)).await;
+    assert_eq!(seen[0].metadata.resource_version, created.metadata.resource_version, "the watch starts there");
     let settled = seen.last().expect("settled").clone();
     let calls = ledger_of(&s.clouds, &uid);
     assert_eq!(calls.len(), 1, "one provision: {calls:#?}");
@@ -233,26 +213,6 @@ async fn unknown_provider_stalls_and_spec_edits_do_not_break_a_switch() {
     assert_invariants(&api, &clouds).await;
 }
 
-/// The versions of `ws` a watch saw, as (resourceVersion, operation) pairs.
-async fn watch_versions(api: Api<Workspace>, until: impl Fn(&Workspace) -> bool, timeout: Duration) -> Vec<Workspace> {
-    let mut seen = Vec::new();
-    let stream = watcher(api, watcher::Config::default().fields("metadata.name=ws"));
-    let mut stream = std::pin::pin!(stream);
-    let deadline = tokio::time::Instant::now() + timeout;
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, stream.next()).await {
-        if let Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) = event {
-            let done = until(&ws);
-            if seen.last().is_none_or(|w: &Workspace| w.metadata.resource_version != ws.metadata.resource_version) {
-                seen.push(ws);
-            }
-            if done {
-                return seen;
-            }
-        }
-    }
-    panic!("the watch did not see the awaited version within {timeout:?}; saw {} versions", seen.len());
-}
-
 /// A holder that waits is neither a hot loop nor taken over. Provision on b fails and then b's
 /// ComputeProvider disappears, so the holder holds (ProviderNotFound) with a backoff longer than
 /// the claim lease, beside a second instance without leader election. Before the fix every hold
@@ -279,7 +239,7 @@ async fn a_waiting_holder_writes_once_per_wait_and_keeps_its_claim() {
     let providers: Api<switchyard::api::ComputeProvider> = Api::all(s.client.clone());
     providers.delete(&s.b, &Default::default()).await.expect("delete provider b");
     let attempts = |ws: &Workspace| status(ws).operation.map(|o| o.attempts).unwrap_or_default();
-    let versions = watch_versions(s.api.clone(), |ws| attempts(ws) >= 5, Duration::from_secs(120)).await;
+    let versions = Versions::of(&s.api, "ws").await.until(Duration::from_secs(120), |ws| attempts(ws) >= 5).await;
 
     let ops: Vec<_> = versions.iter().filter_map(|ws| status(ws).operation).collect();
     let epochs: std::collections::BTreeSet<i64> = ops.iter().map(|o| o.epoch).collect();

@@ -9,14 +9,10 @@ mod support;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher::Event;
-use kube::runtime::{WatchStreamExt, watcher};
 use mlua::serde::SerializeOptions;
 use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib, Table};
 use serde::Deserialize;
@@ -27,8 +23,6 @@ use support::*;
 use switchyard::api::conditions as cond;
 use switchyard::api::{OperationKind, Workspace};
 use switchyard::provider::simulated::Faults;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const HEALTH_DIR: &str = "deploy/gitops/argocd/switchyard.dev/Workspace";
@@ -193,63 +187,6 @@ fn kstatus_agrees_with_the_health_check_on_its_test_cases() {
     assert!(failures.is_empty(), "kstatus and health.lua disagree:\n{}", failures.join("\n"));
 }
 
-/// Every version of every workspace in a namespace, in the order the API server sent them,
-/// including the last one a deletion event carries.
-struct Versions {
-    task: JoinHandle<()>,
-    seen: Arc<Mutex<Vec<Workspace>>>,
-    stop: oneshot::Sender<()>,
-}
-
-impl Versions {
-    /// Starts recording once the watch is established, so no version after this call is missed.
-    async fn record(api: Api<Workspace>) -> Self {
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let (synced, is_synced) = oneshot::channel::<()>();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let into = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut synced = Some(synced);
-            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    ev = stream.next() => match ev {
-                        Some(Ok(Event::InitDone)) => {
-                            if let Some(tx) = synced.take() { let _ = tx.send(()); }
-                        }
-                        Some(Ok(Event::Apply(ws) | Event::InitApply(ws) | Event::Delete(ws))) => {
-                            into.lock().unwrap_or_else(|e| e.into_inner()).push(ws);
-                        }
-                        Some(_) => {}
-                        None => break,
-                    }
-                }
-            }
-        });
-        tokio::time::timeout(CONVERGE, is_synced).await.expect("watch established").expect("watch task alive");
-        Self { task, seen, stop }
-    }
-
-    async fn finish(self) -> Vec<Workspace> {
-        let _ = self.stop.send(());
-        self.task.await.expect("version recorder");
-        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Finishes once the watch has delivered `last` (read by another request, so the watch may
-    /// not have it yet): the recording then ends with it.
-    async fn finish_with(self, last: &Workspace) -> Vec<Workspace> {
-        let version = last.resource_version();
-        eventually("the recorder saw the last version", CONVERGE, || async {
-            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.iter().any(|ws| ws.resource_version() == version).then_some(())
-        })
-        .await;
-        self.finish().await
-    }
-}
-
 /// What a version of a workspace means, from the controller's own fields — independently of
 /// either tool's rules. Checked in this order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -406,7 +343,7 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
     for provider in [&a, &b] {
         clouds.cloud(provider).set_faults(Faults { extra_latency: Duration::from_millis(300), ..Faults::default() });
     }
-    let versions = Versions::record(api.clone()).await;
+    let mut versions = Versions::start(api.clone(), Default::default()).await;
     let _ctl = Instance::start(&client, settings("gitops-1", &ns), &clouds);
 
     api.create(&PostParams::default(), &workspace("ws", &a)).await.expect("create");
@@ -432,7 +369,8 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
         api.get_opt("ws").await.ok().and_then(|o| o.is_none().then_some(()))
     })
     .await;
-    let readings = read_all(&versions.finish().await);
+    // Every version up to the deletion, which the watch may deliver after the read above.
+    let readings = read_all(&versions.until_deleted(CONVERGE, "ws").await);
 
     // The history covers each state, so each verdict above was actually exercised.
     let is = |kind| move |r: &Reading| r.operation == Some(kind);
@@ -464,14 +402,14 @@ async fn flux_and_argo_follow_a_workspace_through_a_switch_and_a_deletion() {
 async fn flux_fails_and_argo_degrades_a_stalled_workspace() {
     let Scenario { client, ns, a, clouds, api, .. } = Scenario::new(Transport::InProcess, "gitops-stalled").await;
     clouds.cloud(&a).set_faults(Faults { extra_latency: Duration::from_millis(100), ..Faults::default() });
-    let versions = Versions::record(api.clone()).await;
+    let mut versions = Versions::start(api.clone(), Default::default()).await;
     let _ctl = Instance::start(&client, settings("gitops-2", &ns), &clouds);
 
     api.create(&PostParams::default(), &workspace("lost", "no-such-cloud")).await.expect("create");
     wait_stalled(&api, "lost", cond::ConditionReason::ProviderNotFound, CONVERGE).await;
     switch_with_kubectl(&ns, "lost", &a);
     let ready = wait_ready_on(&api, "lost", &a, CONVERGE).await;
-    let readings = read_all(&versions.finish_with(&ready).await);
+    let readings = read_all(&versions.until(CONVERGE, |ws| ws.resource_version() == ready.resource_version()).await);
 
     let failed: Vec<&Reading> = readings.iter().filter(|r| r.flux.status == "Failed").collect();
     assert!(!failed.is_empty(), "kstatus never reported Failed");

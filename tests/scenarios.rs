@@ -13,9 +13,7 @@ mod support;
 
 use std::time::Instant;
 
-use futures::StreamExt;
 use kube::api::PostParams;
-use kube::runtime::watcher;
 use support::fixtures::*;
 use support::scenario::*;
 use support::*;
@@ -63,28 +61,13 @@ async fn switch_stops_a_before_creating_on_b(t: Transport) {
     let first = status(&running).instance.expect("instance on a");
 
     // Count status writes from the API server's side: every version after the spec patch.
-    let mut versions = watcher::watch_object(s.api.clone(), "ws").boxed();
+    let mut versions = Versions::of(&s.api, "ws").await;
     switch_with_kubectl(&s.ns, "ws", &s.b);
-    let mut status_writes = 0;
-    let mut patched_generation = None;
-    let done = tokio::time::timeout(CONVERGE, async {
-        while let Some(Ok(Some(ws))) = versions.next().await {
-            if ws.spec.provider != s.b {
-                continue; // versions before our patch
-            }
-            if patched_generation.is_none() {
-                patched_generation = ws.metadata.generation; // the spec patch itself
-                continue;
-            }
-            status_writes += 1;
-            if ws.settled_on(&s.b) {
-                return ws;
-            }
-        }
-        panic!("watch ended");
-    })
-    .await
-    .expect("switch completes");
+    let seen = versions.until(CONVERGE, |ws| ws.settled_on(&s.b)).await;
+    // Versions before our patch, then the spec patch itself, then the status writes.
+    let patch = seen.iter().position(|ws| ws.spec.provider == s.b).expect("the spec patch");
+    let status_writes = seen.len() - patch - 1;
+    let done = seen.last().expect("settled on b").clone();
     assert!(status_writes <= 3, "the switch took {status_writes} status writes");
     let second = status(&done).instance.expect("instance on b");
     let last = status(&done).last_switch.expect("lastSwitch");
@@ -133,7 +116,7 @@ async fn two_instances_race_on_many_workspaces(t: Transport) {
         Transport::InProcess => (50, 4),
         Transport::Http => (20, 3),
     };
-    let watch = StatusWatch::start(s.api.clone());
+    let watch = StatusWatch::start(s.api.clone()).await;
     let x = s.start("race-x");
     let y = s.start("race-y");
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard::api::conditions as cond;
@@ -19,7 +19,7 @@ use switchyard::provider::Dispatcher;
 use switchyard::provider::simulated::{Clouds, LedgerEntry, LiveInstance, check_ledger, check_live_instances};
 use switchyard::runtime::Backoff;
 use switchyard::telemetry::Metrics;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::eventually;
@@ -221,11 +221,92 @@ pub fn ledger_of(clouds: &Clouds, uid: &str) -> Vec<LedgerEntry> {
     clouds.ledger().into_iter().filter(|e| e.workspace_uid == uid).collect()
 }
 
-/// Watches every workspace in a namespace and records each version seen; checks §3.7 on each.
-pub struct StatusWatch {
-    task: JoinHandle<Seen>,
-    stop: oneshot::Sender<()>,
+/// Every version of the workspaces a watch selects, from the moment `start` returns: it returns
+/// once the watch is established (its initial list done), so no version written after it is
+/// missed. The listed versions come first, and a deletion's last version (finalizers gone) ends
+/// an object's; a version seen again (a relist) is not repeated.
+pub struct Versions {
+    /// Each version, and whether it is the last (a deletion event's).
+    rx: mpsc::UnboundedReceiver<(Workspace, bool)>,
+    task: JoinHandle<()>,
 }
+
+impl Versions {
+    pub async fn start(api: Api<Workspace>, config: watcher::Config) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (synced, is_synced) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut synced = Some(synced);
+            let mut last = std::collections::HashMap::new();
+            let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+            while let Some(event) = stream.next().await {
+                let (ws, deleted) = match event {
+                    Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) => (ws, false),
+                    Ok(watcher::Event::Delete(ws)) => (ws, true),
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(synced) = synced.take() {
+                            let _ = synced.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let rv = ws.resource_version();
+                if last.insert(ws.uid(), rv.clone()) == Some(rv) {
+                    continue;
+                }
+                if tx.send((ws, deleted)).is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(90), is_synced).await.expect("watch established").expect("watch task");
+        Self { rx, task }
+    }
+
+    /// The versions of workspace `name` in `api`'s namespace.
+    pub async fn of(api: &Api<Workspace>, name: &str) -> Self {
+        Self::start(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).await
+    }
+
+    /// The versions seen from now up to the first for which `done` holds, that one included.
+    pub async fn until(&mut self, timeout: Duration, done: impl Fn(&Workspace) -> bool) -> Vec<Workspace> {
+        self.until_seen(timeout, |ws, _| done(ws)).await
+    }
+
+    /// The versions seen from now up to the deletion of workspace `name`, its last included.
+    pub async fn until_deleted(&mut self, timeout: Duration, name: &str) -> Vec<Workspace> {
+        self.until_seen(timeout, |ws, deleted| deleted && ws.name_any() == name).await
+    }
+
+    async fn until_seen(&mut self, timeout: Duration, done: impl Fn(&Workspace, bool) -> bool) -> Vec<Workspace> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.rx.recv()).await;
+            let (ws, deleted) = next.unwrap_or_else(|_| panic!("not seen within {timeout:?}")).expect("watch ended");
+            let stop = done(&ws, deleted);
+            seen.push(ws);
+            if stop {
+                return seen;
+            }
+        }
+    }
+
+    /// The versions already seen, without waiting.
+    fn drain(&mut self) -> Vec<Workspace> {
+        std::iter::from_fn(|| self.rx.try_recv().ok().map(|(ws, _)| ws)).collect()
+    }
+}
+
+impl Drop for Versions {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches every workspace in a namespace and records each version seen; checks §3.7 on each.
+pub struct StatusWatch(Versions);
 
 /// What a status watch saw.
 pub struct Seen {
@@ -236,39 +317,24 @@ pub struct Seen {
 }
 
 impl StatusWatch {
-    pub fn start(api: Api<Workspace>) -> Self {
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let mut versions = 0;
-            let mut breaches = Vec::new();
-            let mut claims: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-            let stream = watcher(api, watcher::Config::default()).boxed();
-            let mut stream = stream.fuse();
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    ev = stream.next() => match ev {
-                        Some(Ok(watcher::Event::Apply(ws))) | Some(Ok(watcher::Event::InitApply(ws))) => {
-                            versions += 1;
-                            if let Some(b) = ws.kstatus_breach() { breaches.push(b); }
-                            if let Some(op) = status(&ws).operation {
-                                let seen = claims.entry(ws.uid().unwrap_or_default()).or_default();
-                                if !seen.contains(&(op.holder.clone(), op.epoch)) { seen.push((op.holder, op.epoch)); }
-                            }
-                        }
-                        Some(_) => {}
-                        None => break,
-                    }
-                }
-            }
-            Seen { versions, breaches, claims }
-        });
-        Self { task, stop }
+    pub async fn start(api: Api<Workspace>) -> Self {
+        Self(Versions::start(api, watcher::Config::default()).await)
     }
 
-    pub async fn finish(self) -> Seen {
-        let _ = self.stop.send(());
-        self.task.await.expect("status watch")
+    /// What the watch saw until now.
+    pub async fn finish(mut self) -> Seen {
+        let all = self.0.drain();
+        let mut claims: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+        for ws in &all {
+            if let Some(op) = status(ws).operation {
+                let seen = claims.entry(ws.uid().unwrap_or_default()).or_default();
+                if !seen.contains(&(op.holder.clone(), op.epoch)) {
+                    seen.push((op.holder, op.epoch));
+                }
+            }
+        }
+        let breaches = all.iter().filter_map(|ws| ws.kstatus_breach()).collect();
+        Seen { versions: all.len(), breaches, claims }
     }
 }
 
