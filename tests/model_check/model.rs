@@ -688,12 +688,11 @@ impl SwitchModel {
         st.ctrls[c].unsure = self.rules != Rules::PreUnsure;
     }
 
-    /// A write found the workspace no longer ours (protocol.rs `Turn::lost`): touch nothing
-    /// more this reconcile, and read afresh next time.
+    /// A write found the workspace no longer ours (protocol.rs `Turn::lost`): as a failed step,
+    /// and a claim loser besides, which must touch nothing more this reconcile.
     fn lost(&self, st: &mut State, c: usize) {
-        Self::idle(st, c);
+        self.failed(st, c);
         st.ctrls[c].lost = true;
-        st.ctrls[c].unsure = self.rules != Rules::PreUnsure;
     }
 
     /// The answer of a status write that has just landed: lost if a fault is armed for it.
