@@ -502,7 +502,7 @@ impl Turn<'_> {
             let mut memory = ctx.memory();
             let failures = memory.stop_failures.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
             let delay = ctx.settings.stop_retry.jittered(failures);
-            let at = ctx.now().0 + jiff::SignedDuration::try_from(delay).unwrap_or_default();
+            let at = self.now.0 + jiff::SignedDuration::try_from(delay).unwrap_or_default();
             memory.stop_failures.insert(key, (failures, at));
             delay
         };
