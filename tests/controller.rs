@@ -232,10 +232,7 @@ async fn a_waiting_holder_writes_once_per_wait_and_keeps_its_claim() {
     s.clouds.cloud(&s.b).set_faults(Faults { fail_provision_always: true, ..Faults::default() });
     let (x, y) = (patient("wait-x"), patient("wait-y"));
     switch_with_kubectl(&s.ns, "ws", &s.b);
-    eventually("a failed provision on b", CONVERGE, || async {
-        s.ledger_has(&s.b, Call::Provision, |o| !o.created()).await.then_some(())
-    })
-    .await;
+    s.call_seen(&s.b, "a failed provision on b", |e| e.call == Call::Provision && !e.outcome.created()).await;
     let providers: Api<switchyard::api::ComputeProvider> = Api::all(s.client.clone());
     providers.delete(&s.b, &Default::default()).await.expect("delete provider b");
     let attempts = |ws: &Workspace| status(ws).operation.map(|o| o.attempts).unwrap_or_default();
@@ -308,13 +305,11 @@ async fn the_inventory_stops_compute_no_status_names() {
     st.inventory_grace = Duration::from_secs(1);
     let started = std::time::Instant::now();
     let x = s.start_with(st);
-    eventually("the stray instance stopped", CONVERGE, || async {
-        s.ledger_has(&s.b, Call::Stop, |o| *o == Outcome::Stopped).await.then_some(())
-    })
-    .await;
+    let stop = s
+        .call_seen(&s.b, "the stray instance stopped", |e| e.call == Call::Stop && e.outcome == Outcome::Stopped)
+        .await;
     let took = started.elapsed();
     eprintln!("inventory collected the stray instance {took:?} after start (grace 1 s, interval 300 ms)");
-    let stop = s.ledger().await.into_iter().find(|e| e.call == Call::Stop).expect("stop");
     assert_eq!(stop.instance.as_deref(), Some(stray.as_str()));
     assert_eq!(stop.operation_id, "inventory");
     assert_eq!(stop.epoch, status(&ws).epoch, "under the workspace's current epoch");

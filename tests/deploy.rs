@@ -105,27 +105,23 @@ fn monitoring_overlay_renders() {
 }
 
 /// A merge patch of a workspace's status by `user` (in `groups`) with kubectl, as a person would
-/// write it; kubectl's output.
+/// write it, with `extra` arguments (`--dry-run=server`, say); kubectl's output.
 fn patch_status_as(
     user: &str,
     groups: &[&str],
     ns: &str,
     name: &str,
     status: serde_json::Value,
+    extra: &[&str],
 ) -> std::process::Output {
-    let args = status_patch_args(user, groups, ns, name, status);
-    kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// `kubectl patch` arguments for a merge patch of `name`'s status as `user` in `groups`.
-fn status_patch_args(user: &str, groups: &[&str], ns: &str, name: &str, status: serde_json::Value) -> Vec<String> {
     let patch = json!({"status": status}).to_string();
     let mut args = vec!["patch", "workspace", name, "-n", ns, "--subresource=status", "--type", "merge", "-p", &patch];
     args.extend(["--as", user]);
     for group in groups {
         args.extend(["--as-group", group]);
     }
-    args.into_iter().map(String::from).collect()
+    args.extend(extra);
+    kubectl(&args)
 }
 
 const REFUSED: &str = "workspaces/status is written only by the Switchyard controller";
@@ -135,9 +131,7 @@ const REFUSED: &str = "workspaces/status is written only by the Switchyard contr
 /// that comes too early writes anything.
 async fn policy_enforced(ns: &str, name: &str) {
     eventually("the admission policy refuses a cluster admin", Duration::from_secs(60), || async {
-        let mut args = status_patch_args("admin", &["system:masters"], ns, name, json!({"epoch": 7}));
-        args.push("--dry-run=server".into());
-        let out = kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = patch_status_as("admin", &["system:masters"], ns, name, json!({"epoch": 7}), &["--dry-run=server"]);
         stderr(&out).contains(REFUSED).then_some(())
     })
     .await
@@ -166,17 +160,17 @@ async fn only_the_controller_and_break_glass_write_workspace_status() {
     assert!(can_i("alice", "patch", "workspaces.switchyard.dev/status", &ns), "RBAC lets alice write status");
 
     policy_enforced(&ns, "ws").await;
-    let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"epoch": 7}));
+    let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"epoch": 7}), &[]);
     assert!(!out.status.success(), "a cluster admin wrote status");
     let admin = stderr(&out);
     assert!(admin.contains(REFUSED) && admin.contains("admin is neither") && admin.contains("Escape hatch"), "{admin}");
-    let out = patch_status_as("alice", &[], &ns, "ws", json!({"epoch": 7}));
+    let out = patch_status_as("alice", &[], &ns, "ws", json!({"epoch": 7}), &[]);
     assert!(!out.status.success(), "alice wrote status");
     assert!(stderr(&out).contains(REFUSED) && stderr(&out).contains("alice is neither"), "{}", stderr(&out));
     assert_eq!(api.get_status("ws").await.expect("get").status.unwrap_or_default().epoch, 0, "a refused write landed");
 
     // The controller's ServiceAccount may.
-    let out = patch_status_as(SA, &SA_GROUPS, &ns, "ws", json!({"epoch": 3, "operation": null}));
+    let out = patch_status_as(SA, &SA_GROUPS, &ns, "ws", json!({"epoch": 3, "operation": null}), &[]);
     assert!(out.status.success(), "the controller's write was refused: {}", stderr(&out));
 
     // The README's escape hatch: a guarded write in the break-glass group, by someone whose own
@@ -239,6 +233,6 @@ async fn the_controller_works_as_its_service_account() {
     )
     .await;
     // And nobody else could have written that status: the admin's own write is refused.
-    let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"phase": "Stopped"}));
+    let out = patch_status_as("admin", &["system:masters"], &ns, "ws", json!({"phase": "Stopped"}), &[]);
     assert!(stderr(&out).contains(REFUSED), "{}", stderr(&out));
 }

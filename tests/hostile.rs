@@ -168,10 +168,10 @@ async fn manual_finalizer_removal_and_the_escape_hatch_leak_nothing() {
         .await
         .expect("remove finalizers");
     s.api.delete("gone", &Default::default()).await.expect("delete");
-    let mut st = settings("manual-x", &s.ns);
+    let mut st = s.settings("manual-x");
     st.inventory_interval = Some(Duration::from_millis(300));
     st.inventory_grace = Duration::from_secs(1);
-    let _x = Instance::start(&s.client, st, &s.clouds);
+    let _x = s.start_with(st);
     eventually("the orphan stopped by the inventory", CONVERGE, || async {
         s.clouds.live_instances().iter().all(|i| i.workspace_uid != uid).then_some(())
     })
@@ -333,11 +333,8 @@ async fn claims_that_do_not_fit_stall_without_a_call() {
             "epoch": epoch + 1, "startedAt": "2020-01-01T00:00:00Z", "renewedAt": "2020-01-01T00:00:00Z"}}});
         let out = s.kubectl_status_patch(name, forged);
         assert!(out.status.success(), "{}", stderr(&out));
-        wait_stalled(&s.api, name, cond::ConditionReason::InvalidClaim, CONVERGE).await;
-        let ws = s.api.get(name).await.expect("ws");
-        let message = switchyard::api::conditions::get(&status(&ws).conditions, cond::STALLED)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
+        let ws = wait_stalled(&s.api, name, cond::ConditionReason::InvalidClaim, CONVERGE).await;
+        let message = stalled_message(&ws);
         assert!(message.contains("forged") && message.contains("not carried out"), "{message}");
         assert_eq!(s.calls_for(&uid), before, "{kind}/{step}: no provider call: {:#?}", ledger_of(&s.clouds, &uid));
         assert_eq!(s.clouds.live_instances().iter().filter(|i| i.workspace_uid == uid).count(), 1);

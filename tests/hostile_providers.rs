@@ -558,7 +558,7 @@ async fn a_provider_being_deleted_gets_no_new_work() {
         })
         .await;
     let st = fixtures::status(&stalled);
-    let message = cond::get(&st.conditions, cond::STALLED).map(|c| c.message.clone()).unwrap_or_default();
+    let message = fixtures::stalled_message(&stalled);
     assert!(message.contains("being deleted"), "{message}");
     assert!(st.operation.is_none() && st.instance.is_none(), "{st:?}");
     assert!(

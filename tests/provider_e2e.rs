@@ -129,7 +129,7 @@ async fn bad_credentials_stall_clearly_and_recover() {
         })
         .await;
         let st = status(&stalled);
-        let message = cond::get(&st.conditions, cond::STALLED).map(|c| c.message.clone()).unwrap_or_default();
+        let message = stalled_message(&stalled);
         assert!(message.contains(target.as_str()) && message.contains(says), "{message}");
         assert_eq!(condition(&stalled, cond::READY).map(|c| c.0), Some("False".into()));
         assert!(st.operation.is_none(), "no claim for an unusable target");

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::fake_provider::{Fake, Reply};
-use support::sims::Request as Seen;
+use support::fake_provider::{Fake, Reply, Seen};
 use switchyard::api::{ComputeProvider, HttpSettings};
 use switchyard::provider::http::{BearerToken, HttpDriver, Retry, TokenSource};
 use switchyard::provider::simulated::{Clouds, Faults, Outcome, Violation, check_ledger, merge_ledgers};
@@ -376,8 +375,9 @@ async fn bad_providers_give_clear_driver_errors() {
 
     // A provider that keeps failing retryably is retried, within the attempts, then reported.
     let endpoint =
-        Fake::start(|_| Reply::Json(503, r#"{"code":"Unavailable","message":"busy","retryable":true}"#.into())).await;
-    let endpoint = endpoint.endpoint;
+        Fake::start(|_| Reply::Json(503, r#"{"code":"Unavailable","message":"busy","retryable":true}"#.into()))
+            .await
+            .endpoint;
     let d = driver_for(&endpoint, token(), BUDGET)
         .with_retry(Retry { attempts: 3, first_backoff: Duration::from_millis(50) });
     let started = Instant::now();

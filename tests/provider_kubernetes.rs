@@ -514,7 +514,6 @@ async fn a_switch_between_two_namespaces_removes_the_old_pod_before_creating_the
     controller.stop().await;
 }
 
-/// The kubeconfig of `remote` in a provider-credential Secret `name` of `namespace`.
 /// A namespace `<prefix>` of the fuller cluster and a ComputeProvider putting Pods there (call
 /// timeout `call_timeout` seconds), created: (namespace, provider name).
 async fn place(client: &Client, prefix: &str, call_timeout: u32) -> (support::ScopedNamespace, String) {
@@ -546,6 +545,7 @@ impl Remote {
     }
 }
 
+/// The kubeconfig of `remote` in a provider-credential Secret `name` of `namespace`.
 async fn kubeconfig_secret(client: &Client, namespace: &str, name: &str, remote: &support::ControlPlane) {
     let kubeconfig = std::fs::read(&remote.kubeconfig).expect("read kubeconfig");
     let secret = Secret {

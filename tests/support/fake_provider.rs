@@ -2,14 +2,12 @@
 //! handling of answers no well-behaved provider gives (oversized, endless, malformed, none).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-
-use super::sims::{Request as Seen, read_request};
 
 /// What the fake provider answers.
 pub enum Reply {
@@ -25,15 +23,48 @@ pub enum Reply {
     Close,
 }
 
-pub type Respond = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+/// One HTTP/1.1 request as the fake provider saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The request line, e.g. `POST /v1/instances HTTP/1.1`.
+    pub line: String,
+    pub authorization: Option<String>,
+}
 
-/// A fake provider: the requests it saw, the bytes it wrote, and how many endless answers the
-/// client hung up on.
+/// Reads one request (headers and a content-length body) off `stream`; None once it closes.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Seen> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let header = |name: &str| {
+            text[..end].lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let length = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            let line = text.lines().next().unwrap_or_default().to_owned();
+            return Some(Seen { line, authorization: header("authorization") });
+        }
+    }
+}
+
+type Respond = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// A fake provider: the requests it saw, and how many endless answers the client hung up on.
 #[derive(Clone)]
 pub struct Fake {
     pub endpoint: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    pub written: Arc<AtomicU64>,
     pub hung_up: Arc<AtomicUsize>,
 }
 
@@ -46,12 +77,7 @@ impl Fake {
     pub async fn start_on(ip: IpAddr, respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let fake = Self {
-            endpoint: format!("http://{addr}"),
-            seen: Arc::default(),
-            written: Arc::default(),
-            hung_up: Arc::default(),
-        };
+        let fake = Self { endpoint: format!("http://{addr}"), seen: Arc::default(), hung_up: Arc::default() };
         let respond: Respond = Arc::new(respond);
         let state = fake.clone();
         tokio::spawn(async move {
@@ -100,7 +126,6 @@ impl Fake {
                         self.hung_up.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
-                    self.written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
                 }
             }
         }

@@ -160,6 +160,11 @@ pub fn stalled_with(ws: &Workspace, reason: cond::ConditionReason) -> bool {
     condition(ws, cond::STALLED) == Some(("True".into(), reason.as_str().into()))
 }
 
+/// The message of `ws`'s Stalled condition ("" without one).
+pub fn stalled_message(ws: &Workspace) -> String {
+    cond::get(&status(ws).conditions, cond::STALLED).map(|c| c.message.clone()).unwrap_or_default()
+}
+
 /// Waits until `name` is Stalled=True with `reason`.
 pub async fn wait_stalled(
     api: &Api<Workspace>,

@@ -9,7 +9,6 @@ use futures::future::BoxFuture;
 use http::{Method, Request};
 use kube::Client;
 use kube::client::{Body, ClientBuilder};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tower::{BoxError, Layer, Service};
 
 /// Loses the answer to the next status write whose body contains the armed marker, once; and,
@@ -38,9 +37,7 @@ impl LoseAnswer {
 
     /// A client of the test control plane that loses the armed answer.
     pub async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(&super::control_plane().kubeconfig).expect("read kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+        let config = super::config_for(super::control_plane()).await;
         ClientBuilder::try_from(config).expect("client").with_layer(self).build()
     }
 

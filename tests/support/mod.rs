@@ -189,19 +189,21 @@ pub async fn client() -> Client {
     client_for(control_plane()).await
 }
 
+/// The client configuration of `cp`'s kubeconfig.
+pub async fn config_for(cp: &ControlPlane) -> Config {
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig")
+}
+
 /// A kube client for `cp`, bound to the calling test's runtime.
 pub async fn client_for(cp: &ControlPlane) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    Client::try_from(config_for(cp).await).expect("client")
 }
 
 /// A kube client for the test control plane that acts as `user` in `groups` (impersonation by
 /// the cluster-admin of the kubeconfig), so RBAC and admission judge that user.
 pub async fn client_as(user: &str, groups: &[&str]) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
-    let mut config =
-        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    let mut config = config_for(control_plane()).await;
     config.auth_info.impersonate = Some(user.to_string());
     config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
     Client::try_from(config).expect("client")

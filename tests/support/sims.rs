@@ -106,38 +106,3 @@ pub async fn live_instances(sims: &[&Sim]) -> Vec<LiveInstance> {
     }
     live
 }
-
-/// One HTTP/1.1 request as a fake provider saw it.
-#[derive(Clone, Debug)]
-pub struct Request {
-    /// The request line, e.g. `POST /v1/instances HTTP/1.1`.
-    pub line: String,
-    pub authorization: Option<String>,
-}
-
-/// Reads one request (headers and a content-length body) off `stream`; None once it closes.
-pub async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Request> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let Some(end) = text.find("\r\n\r\n") else { continue };
-        let header = |name: &str| {
-            text[..end].lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let length = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        if buf.len() >= end + 4 + length {
-            let line = text.lines().next().unwrap_or_default().to_owned();
-            return Some(Request { line, authorization: header("authorization") });
-        }
-    }
-}
