@@ -310,6 +310,8 @@ async fn the_inventory_stops_compute_no_status_names() {
         .await;
     let took = started.elapsed();
     eprintln!("inventory collected the stray instance {took:?} after start (grace 1 s, interval 300 ms)");
+    let first = s.ledger().await.into_iter().find(|e| e.call == Call::Stop).expect("stop");
+    assert_eq!(first, stop, "the first stop of the workspace's compute is this one");
     assert_eq!(stop.instance.as_deref(), Some(stray.as_str()));
     assert_eq!(stop.operation_id, "inventory");
     assert_eq!(stop.epoch, status(&ws).epoch, "under the workspace's current epoch");
